@@ -1,0 +1,20 @@
+#include <stdio.h>
+#include <string.h>
+
+#include "reg-util.h"
+
+int reg_error_set(RegError *e, int code, const char *fmt, ...)
+{
+        if (code > 0)
+                code = -code;
+        if (code == 0)
+                code = -EIO;
+        if (e) {
+                va_list ap;
+                va_start(ap, fmt);
+                vsnprintf(e->msg, sizeof(e->msg), fmt, ap);
+                va_end(ap);
+                e->code = code;
+        }
+        return code;
+}

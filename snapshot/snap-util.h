@@ -1,0 +1,50 @@
+/* snap-util.h: the small helpers every snapshot module uses: cleanup attributes for owned resources,
+ * ownership moves, and SnapError, the error that carries text a person can act on up to the agent. */
+#pragma once
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+#define _cleanup_(f) __attribute__((cleanup(f)))
+#define _unused_ __attribute__((unused))
+#define _printf_(a, b) __attribute__((format(printf, a, b)))
+
+static inline void snap_freep(void *p)
+{
+        free(*(void **)p);
+}
+static inline void snap_closep(int *fd)
+{
+        if (*fd >= 0) {
+                int saved = errno;
+                close(*fd);
+                errno = saved;
+        }
+}
+#define _cleanup_free_ _cleanup_(snap_freep)
+#define _cleanup_close_ _cleanup_(snap_closep)
+
+#define TAKE_PTR(p)                                                                                             \
+        ({                                                                                                      \
+                __typeof__(p) _p = (p);                                                                         \
+                (p) = NULL;                                                                                     \
+                _p;                                                                                             \
+        })
+#define TAKE_FD(fd)                                                                                             \
+        ({                                                                                                      \
+                int _fd = (fd);                                                                                 \
+                (fd) = -1;                                                                                      \
+                _fd;                                                                                            \
+        })
+#define ELEMENTSOF(x) (sizeof(x) / sizeof((x)[0]))
+
+/* An error with a message for people. code is a negative errno. */
+typedef struct SnapError {
+        int code;
+        char msg[1024];
+} SnapError;
+
+/* Fills e (when not NULL) and returns code (negative errno), so callers can `return snap_error_set(...)`. */
+int snap_error_set(SnapError *e, int code, const char *fmt, ...) _printf_(3, 4);
