@@ -1,0 +1,6 @@
+#include "agent-version.h"
+
+const char *nbsnap_version(void)
+{
+        return NBSNAP_VERSION;
+}
