@@ -7,9 +7,14 @@
 #include <stdlib.h>
 #include <unistd.h>
 
-#define _cleanup_(f) __attribute__((cleanup(f)))
-#define _unused_ __attribute__((unused))
+#ifndef NB_UTIL_MACROS
+#define NB_UTIL_MACROS
+/* shared by snap-util.h and reg-util.h: the agent includes both */
+#define _cleanup_(f)   __attribute__((cleanup(f)))
+#define _unused_       __attribute__((unused))
 #define _printf_(a, b) __attribute__((format(printf, a, b)))
+
+#endif
 
 static inline void reg_freep(void *p)
 {
@@ -23,29 +28,37 @@ static inline void reg_closep(int *fd)
                 errno = saved;
         }
 }
-#define _cleanup_free_ _cleanup_(reg_freep)
+#ifndef _cleanup_free_
+#define _cleanup_free_  _cleanup_(reg_freep)
 #define _cleanup_close_ _cleanup_(reg_closep)
 
-#define TAKE_PTR(p)                                                                                             \
-        ({                                                                                                      \
-                __typeof__(p) _p = (p);                                                                         \
-                (p) = NULL;                                                                                     \
-                _p;                                                                                             \
+#endif
+#ifndef TAKE_PTR
+#define TAKE_PTR(p)                                                                                         \
+        ({                                                                                                  \
+                __typeof__(p) _p = (p);                                                                     \
+                (p) = NULL;                                                                                 \
+                _p;                                                                                         \
         })
-#define TAKE_FD(fd)                                                                                             \
-        ({                                                                                                      \
-                int _fd = (fd);                                                                                 \
-                (fd) = -1;                                                                                      \
-                _fd;                                                                                            \
+#define TAKE_FD(fd)                                                                                         \
+        ({                                                                                                  \
+                int _fd = (fd);                                                                             \
+                (fd) = -1;                                                                                  \
+                _fd;                                                                                        \
         })
 #define ELEMENTSOF(x) (sizeof(x) / sizeof((x)[0]))
+#endif
 
 /* An error with a message for people. code is a negative errno. */
 typedef struct RegError {
         int code;        /* negative errno */
         int http_status; /* the registry's HTTP status when the error came from a response, else 0 */
-        char msg[1024];  /* e.g. "registry refused the push: DENIED: requested access to the resource is denied" */
+        char msg[1024];  /* e.g. "registry refused the push: DENIED: requested access to the resource is
+                            denied" */
 } RegError;
 
 /* Fills e (when not NULL) and returns code (negative errno), so callers can `return reg_error_set(...)`. */
 int reg_error_set(RegError *e, int code, const char *fmt, ...) _printf_(3, 4);
+/* Puts context before the message e already has ("pushing manifest x: <old message>"), the way crun's
+ * crun_error_wrap does; when e holds no error yet, the context alone. Returns code. */
+int reg_error_wrap(RegError *e, int code, const char *fmt, ...) _printf_(3, 4);

@@ -7,9 +7,14 @@
 #include <stdlib.h>
 #include <unistd.h>
 
+#ifndef NB_UTIL_MACROS
+#define NB_UTIL_MACROS
+/* shared by snap-util.h and reg-util.h: the agent includes both */
 #define _cleanup_(f) __attribute__((cleanup(f)))
 #define _unused_ __attribute__((unused))
 #define _printf_(a, b) __attribute__((format(printf, a, b)))
+
+#endif
 
 static inline void snap_freep(void *p)
 {
@@ -23,9 +28,12 @@ static inline void snap_closep(int *fd)
                 errno = saved;
         }
 }
+#ifndef _cleanup_free_
 #define _cleanup_free_ _cleanup_(snap_freep)
 #define _cleanup_close_ _cleanup_(snap_closep)
 
+#endif
+#ifndef TAKE_PTR
 #define TAKE_PTR(p)                                                                                             \
         ({                                                                                                      \
                 __typeof__(p) _p = (p);                                                                         \
@@ -39,6 +47,7 @@ static inline void snap_closep(int *fd)
                 _fd;                                                                                            \
         })
 #define ELEMENTSOF(x) (sizeof(x) / sizeof((x)[0]))
+#endif
 
 /* An error with a message for people. code is a negative errno. */
 typedef struct SnapError {

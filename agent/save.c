@@ -1,0 +1,531 @@
+#include <inttypes.h>
+#include <limits.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/utsname.h>
+
+#include "diff.h"
+#include "pgzip.h"
+#include "registry.h"
+#include "save.h"
+
+static const char *const phase_names[_NB_PHASE_MAX] = {
+        [NB_PHASE_RESOLVING] = "resolving base image", [NB_PHASE_BASE_LAYERS] = "checking base layers",
+        [NB_PHASE_PACKING] = "packing and uploading layer", [NB_PHASE_CONFIG] = "uploading config",
+        [NB_PHASE_MANIFEST] = "pushing manifest",
+};
+
+const char *nb_phase_to_string(NbPhase p)
+{
+        return p < _NB_PHASE_MAX ? phase_names[p] : "unknown";
+}
+
+typedef struct Save {
+        const NbSaveOptions *o;
+        NbImage *img;
+        RegClient *dst, *src_owned, *src; /* src == dst unless the base lives on another registry */
+        RegRef *ref;
+        char *dst_repo;
+        RegImage *base;
+        RegUpload *upload;
+        RegError upload_error; /* written by the compressor's output thread, read after it was joined */
+        PGzip *gzip;
+        SnapLayer *layer;
+        _Atomic uint64_t sent;
+        NbProgress progress;
+        PGzipResult result;
+        char config_digest[72];
+        size_t config_size;
+} Save;
+
+static void save_done(Save *s)
+{
+        reg_upload_abort(s->upload);
+        pgzip_free(s->gzip);
+        snap_layer_free(s->layer);
+        reg_image_free(s->base);
+        reg_ref_free(s->ref);
+        reg_client_free(s->src_owned);
+        reg_client_free(s->dst);
+        free(s->dst_repo);
+}
+
+static void report(Save *s, NbPhase phase)
+{
+        s->progress.phase = phase;
+        s->progress.sent = atomic_load(&s->sent);
+        if (s->o->progress)
+                s->o->progress(s->o->userdata, &s->progress);
+}
+
+static void note(Save *s, const char *fmt, ...) _printf_(2, 3);
+static void note(Save *s, const char *fmt, ...)
+{
+        if (!s->o->note)
+                return;
+        char buf[1024];
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(buf, sizeof(buf), fmt, ap);
+        va_end(ap);
+        s->o->note(s->o->userdata, buf);
+}
+
+int nb_baseline_path(const char *state_dir, char **ret)
+{
+        return asprintf(ret, "%s/baseline", state_dir) < 0 ? -ENOMEM : 0;
+}
+
+/* The credential files the registry client may read (the containers convention), so they are never saved. */
+static int exclude_credentials(SnapExcludes *x, const char *root, const char *authfile, SnapError *se)
+{
+        const char *env = getenv("REGISTRY_AUTH_FILE"), *dc = getenv("DOCKER_CONFIG"), *home = getenv("HOME");
+        char buf[3][PATH_MAX];
+        const char *c[4] = { authfile, env, NULL, NULL };
+        if (dc && snprintf(buf[0], PATH_MAX, "%s/config.json", dc) < PATH_MAX)
+                c[2] = buf[0];
+        if (home && snprintf(buf[1], PATH_MAX, "%s/.docker/config.json", home) < PATH_MAX)
+                c[3] = buf[1];
+        for (size_t i = 0; i < ELEMENTSOF(c); i++) {
+                if (!c[i] || !c[i][0])
+                        continue;
+                int r = snap_excludes_add_host_path(x, root, c[i], se);
+                if (r < 0)
+                        return r;
+        }
+        return 0;
+}
+
+int nb_excludes_build(const char *root, const char *state_dir, const char *authfile, const char *const *paths,
+                      size_t n_paths, const char *mountinfo, SnapExcludes **ret, NbError *e)
+{
+        SnapError se = { 0 };
+        SnapExcludes *x = NULL;
+        static const char *const defaults[] = NB_DEFAULT_EXCLUDES;
+        int r = snap_excludes_new(&x, &se);
+        for (size_t i = 0; r >= 0 && defaults[i]; i++)
+                r = snap_excludes_add(x, defaults[i], &se);
+        if (n_paths > NB_EXCLUDES_MAX)
+                r = snap_error_set(&se, -E2BIG, "too many --exclude paths (at most %d)", NB_EXCLUDES_MAX);
+        for (size_t i = 0; r >= 0 && i < n_paths; i++)
+                r = snap_excludes_add(x, paths[i], &se);
+        if (r >= 0)
+                r = snap_excludes_add_mounts(x, root, mountinfo, &se);
+        if (r >= 0 && state_dir)
+                r = snap_excludes_add_host_path(x, root, state_dir, &se);
+        if (r >= 0)
+                r = exclude_credentials(x, root, authfile, &se);
+        if (r < 0) {
+                snap_excludes_free(x);
+                return nb_error_from_snap(e, &se, r, "cannot set up the excluded paths");
+        }
+        *ret = x;
+        return 0;
+}
+
+int nb_save_validate(const NbSaveOptions *o, NbError *e)
+{
+        static const struct {
+                size_t offset;
+                const char *flag;
+        } required[] = {
+                { offsetof(NbSaveOptions, root), "--root" },
+                { offsetof(NbSaveOptions, state_dir), "--state-dir" },
+                { offsetof(NbSaveOptions, registry_url), "--registry" },
+                { offsetof(NbSaveOptions, base_image), "--base-image" },
+                { offsetof(NbSaveOptions, namespace), "--namespace" },
+                { offsetof(NbSaveOptions, name), "--name" },
+                { offsetof(NbSaveOptions, tag), "--tag" },
+        };
+        for (size_t i = 0; i < ELEMENTSOF(required); i++) {
+                const char *v = *(const char *const *)((const char *)o + required[i].offset);
+                if (!v || !v[0])
+                        return nb_error_set(e, -EINVAL, "%s is required", required[i].flag);
+        }
+        if (!nb_namespace_valid(o->namespace, e) || !nb_name_valid(o->name, e) || !nb_tag_valid(o->tag, e) ||
+            !nb_description_valid(o->description, e) ||
+            (o->workspace_id && !nb_workspace_id_valid(o->workspace_id, e)))
+                return e->code;
+        if (strlen(o->namespace) + 1 + strlen(o->name) > 255)
+                return nb_error_set(e, -EINVAL,
+                                    "namespace/name is %zu characters; registries take repository names of at "
+                                    "most 255",
+                                    strlen(o->namespace) + 1 + strlen(o->name));
+        if (strncmp(o->registry_url, "https://", 8) != 0 && strncmp(o->registry_url, "http://", 7) != 0)
+                return nb_error_set(e, -EINVAL, "--registry must be a URL: https://HOST[:PORT] or http://HOST[:PORT]");
+        struct stat st;
+        if (stat(o->root, &st) < 0)
+                return nb_error_set(e, -errno, "root %s: %m", o->root);
+        if (!S_ISDIR(st.st_mode))
+                return nb_error_set(e, -ENOTDIR, "root %s is not a directory", o->root);
+        return 0;
+}
+
+static const char *machine_arch(void)
+{
+        struct utsname u;
+        if (uname(&u) == 0 && (strcmp(u.machine, "aarch64") == 0 || strcmp(u.machine, "arm64") == 0))
+                return "arm64";
+        return "amd64";
+}
+
+static int set_arch(NbImage *img, const char *config_json)
+{
+        cJSON *c = cJSON_Parse(config_json);
+        const cJSON *a = cJSON_GetObjectItemCaseSensitive(c, "architecture");
+        const char *arch = cJSON_IsString(a) ? a->valuestring : machine_arch();
+        char up[32];
+        if (strcmp(arch, "amd64") == 0)
+                snprintf(up, sizeof(up), "X86_64");
+        else if (strcmp(arch, "arm64") == 0)
+                snprintf(up, sizeof(up), "AARCH64");
+        else {
+                size_t i = 0;
+                for (; arch[i] && i < sizeof(up) - 1; i++)
+                        up[i] = (char)(arch[i] >= 'a' && arch[i] <= 'z' ? arch[i] - 32 : arch[i]);
+                up[i] = '\0';
+        }
+        cJSON_Delete(c);
+        return nb_image_set(&img->arch, up);
+}
+
+static int connect_registries(Save *s, NbError *e)
+{
+        const NbSaveOptions *o = s->o;
+        RegError re = { 0 };
+        RegClientOptions co = { .url = o->registry_url, .authfile = o->authfile, .ca_file = o->ca_file,
+                                .user_agent = "nbsnap", .chunk_size = o->chunk_size };
+        int r = reg_client_new(&co, &s->dst, &re);
+        if (r < 0)
+                return nb_error_from_reg(e, &re, r, "cannot use registry");
+        r = reg_ref_parse(o->base_image, &s->ref, &re);
+        if (r < 0)
+                return nb_error_from_reg(e, &re, r, "bad --base-image");
+        s->src = s->dst;
+        if (s->ref->host && strcmp(s->ref->host, reg_client_host(s->dst)) != 0) {
+                /* the base lives elsewhere: same scheme as given for the target when it is plain http */
+                _cleanup_free_ char *url = NULL;
+                bool http = strncmp(o->registry_url, "http://", 7) == 0;
+                if (asprintf(&url, "%s://%s", http ? "http" : "https", s->ref->host) < 0)
+                        return nb_error_set(e, -ENOMEM, "out of memory");
+                co.url = url;
+                r = reg_client_new(&co, &s->src_owned, &re);
+                if (r < 0)
+                        return nb_error_from_reg(e, &re, r, "cannot use the base image's registry");
+                s->src = s->src_owned;
+        }
+        if (asprintf(&s->dst_repo, "%s/%s", o->namespace, o->name) < 0)
+                return nb_error_set(e, -ENOMEM, "out of memory");
+        return 0;
+}
+
+static int resolve_base(Save *s, NbError *e)
+{
+        RegError re = { 0 };
+        report(s, NB_PHASE_RESOLVING);
+        const char *reference = s->ref->digest ? s->ref->digest : s->ref->tag ? s->ref->tag : "latest";
+        int r = reg_image_fetch(s->src, s->ref->repository, reference, "linux", machine_arch(), NULL, &s->base, &re);
+        if (r < 0)
+                return nb_error_from_reg(e, &re, r, "cannot resolve the base image");
+        if (s->base->n_layers + 1 > NB_LAYERS_MAX)
+                return nb_error_set(e, -E2BIG,
+                                    "the base image already has %zu layers; an image may have at most %d: save "
+                                    "from a base image with fewer layers (e.g. one squashed with a build)",
+                                    s->base->n_layers, NB_LAYERS_MAX);
+        return set_arch(s->img, s->base->config_json);
+}
+
+/* Each base layer must be in the target repository: already there, mounted from the base repository, or
+ * copied (another registry, or a registry that declines mounts). Never uploaded from here. */
+static int ensure_base_layers(Save *s, NbError *e)
+{
+        report(s, NB_PHASE_BASE_LAYERS);
+        bool same_registry = s->src == s->dst;
+        for (size_t i = 0; i < s->base->n_layers; i++) {
+                const RegDescriptor *l = &s->base->layers[i];
+                RegError re = { 0 };
+                if (same_registry && strcmp(s->ref->repository, s->dst_repo) == 0)
+                        continue; /* the manifest we resolved references them in this repository */
+                int r = reg_blob_exists(s->dst, s->dst_repo, l->digest, NULL, &re);
+                if (r == 0 && same_registry) {
+                        r = reg_blob_mount(s->dst, s->dst_repo, l->digest, s->ref->repository, &re);
+                        if (r > 0)
+                                note(s, "base layer %.19s mounted from %s", l->digest, s->ref->repository);
+                }
+                if (r == 0) {
+                        note(s, "base layer %.19s copied into %s", l->digest, s->dst_repo);
+                        r = reg_blob_copy(s->src, s->ref->repository, s->dst, s->dst_repo, l, &re);
+                }
+                if (r < 0)
+                        return nb_error_from_reg(e, &re, r, "cannot make the base layers available");
+        }
+        return 0;
+}
+
+static int on_gzip_output(void *userdata, const void *data, size_t size)
+{
+        Save *s = userdata;
+        int r = reg_upload_write(s->upload, data, size, &s->upload_error);
+        if (r < 0)
+                return r;
+        atomic_fetch_add(&s->sent, size);
+        return 0;
+}
+
+static int on_tar_output(void *userdata, const void *data, size_t size)
+{
+        Save *s = userdata;
+        SnapError se = { 0 };
+        return pgzip_write(s->gzip, data, size, &se);
+}
+
+static void on_layer_note(void *userdata, const char *path, const char *message)
+{
+        note(userdata, "/%s: %s", path, message);
+}
+
+static void on_diff_progress(void *userdata, const SnapDiffStats *st)
+{
+        Save *s = userdata;
+        s->progress.entries = st->live;
+        s->progress.read = snap_layer_stats(s->layer)->data_bytes;
+        report(s, NB_PHASE_PACKING);
+}
+
+/* After a failure in the pipeline, the registry's words are the ones that say what to do. */
+static int pack_error(Save *s, NbError *e, const SnapError *se, int r)
+{
+        if (s->upload_error.code < 0)
+                return nb_error_from_reg(e, &s->upload_error, s->upload_error.code, "cannot upload the layer");
+        return nb_error_from_snap(e, se, r, "cannot pack the layer");
+}
+
+static int pack_and_upload(Save *s, NbError *e)
+{
+        const NbSaveOptions *o = s->o;
+        SnapError se = { 0 };
+        RegError re = { 0 };
+        _cleanup_free_ char *bpath = NULL, *root = NULL;
+        SnapBaseline *base = NULL;
+        SnapWalk *walk = NULL;
+        SnapExcludes *ex = NULL;
+        SnapDiffStats st = { 0 };
+        report(s, NB_PHASE_PACKING);
+        int r = nb_baseline_path(o->state_dir, &bpath);
+        if (r < 0 || !(root = realpath(o->root, NULL)))
+                return nb_error_set(e, r < 0 ? r : -errno, "root %s: %m", o->root);
+        r = snap_baseline_open(bpath, &base, &se);
+        if (r < 0)
+                return nb_error_from_snap(e, &se, r, NULL);
+        r = nb_excludes_build(root, o->state_dir, o->authfile, o->excludes, o->n_excludes, o->mountinfo, &ex, e);
+        if (r < 0)
+                goto out;
+        r = snap_walk_new(root, ex, &walk, &se);
+        if (r < 0) {
+                r = nb_error_from_snap(e, &se, r, NULL);
+                goto out;
+        }
+        r = reg_upload_begin(s->dst, s->dst_repo, NULL, NULL, &s->upload, &re);
+        if (r < 0) {
+                r = nb_error_from_reg(e, &re, r, "cannot start the layer upload");
+                goto out;
+        }
+        PGzipOptions zo = { .threads = o->threads, .level = o->level, .output = on_gzip_output, .userdata = s };
+        r = pgzip_new(&zo, &s->gzip, &se);
+        if (r >= 0)
+                r = snap_layer_new(on_tar_output, on_layer_note, s, &s->layer, &se);
+        if (r >= 0)
+                r = snap_diff_layer(base, walk, ex, s->layer, on_diff_progress, s, &st, &se);
+        if (r >= 0)
+                r = snap_layer_finish(s->layer, &se);
+        if (r >= 0)
+                r = pgzip_finish(s->gzip, &s->result, &se);
+        if (r < 0) {
+                r = pack_error(s, e, &se, r);
+                goto out;
+        }
+        r = reg_upload_commit(s->upload, s->result.digest, &re);
+        if (r < 0) {
+                r = nb_error_from_reg(e, &re, r, "cannot commit the layer");
+                goto out;
+        }
+        s->upload = NULL; /* committed: nothing to cancel */
+        note(s, "layer %.19s: %" PRIu64 " added, %" PRIu64 " modified, %" PRIu64 " recreated, %" PRIu64
+                " deleted, %" PRIu64 " unchanged; %" PRIu64 " bytes of tar, %" PRIu64 " compressed",
+             s->result.digest, st.added, st.modified, st.recreated, st.deleted, st.same, s->result.size_in,
+             s->result.size_out);
+out:
+        snap_walk_free(walk);
+        snap_baseline_free(base);
+        snap_excludes_free(ex);
+        return r;
+}
+
+static cJSON *history_entry(const char *created, const char *description)
+{
+        cJSON *h = cJSON_CreateObject();
+        cJSON_AddStringToObject(h, "created", created);
+        cJSON_AddStringToObject(h, "created_by", "nbsnap save");
+        if (description && description[0])
+                cJSON_AddStringToObject(h, "comment", description);
+        return h;
+}
+
+static cJSON *object_member(cJSON *parent, const char *key)
+{
+        cJSON *o = cJSON_GetObjectItemCaseSensitive(parent, key);
+        if (cJSON_IsObject(o))
+                return o;
+        cJSON_DeleteItemFromObjectCaseSensitive(parent, key);
+        return cJSON_AddObjectToObject(parent, key);
+}
+
+static cJSON *array_member(cJSON *parent, const char *key)
+{
+        cJSON *a = cJSON_GetObjectItemCaseSensitive(parent, key);
+        if (cJSON_IsArray(a))
+                return a;
+        cJSON_DeleteItemFromObjectCaseSensitive(parent, key);
+        return cJSON_AddArrayToObject(parent, key);
+}
+
+/* The base config, kept whole (Env, Cmd, Entrypoint, WorkingDir, User, Labels, ExposedPorts, Volumes,
+ * architecture ...), with the new diff_id and one history entry appended. */
+static int push_config(Save *s, NbError *e)
+{
+        report(s, NB_PHASE_CONFIG);
+        cJSON *c = cJSON_ParseWithLength(s->base->config_json, s->base->config_size);
+        if (!cJSON_IsObject(c)) {
+                cJSON_Delete(c);
+                return nb_error_set(e, -EBADMSG, "the base image's config is not a JSON object");
+        }
+        char created[32];
+        nb_rfc3339(nb_now_ms(), created);
+        cJSON *rootfs = object_member(c, "rootfs");
+        cJSON *diff_ids = rootfs ? array_member(rootfs, "diff_ids") : NULL;
+        cJSON *history = array_member(c, "history");
+        cJSON_DeleteItemFromObjectCaseSensitive(c, "created");
+        if (!diff_ids || !history || !cJSON_AddStringToObject(c, "created", created)) {
+                cJSON_Delete(c);
+                return nb_error_set(e, -ENOMEM, "out of memory");
+        }
+        if (!cJSON_GetObjectItemCaseSensitive(rootfs, "type"))
+                cJSON_AddStringToObject(rootfs, "type", "layers");
+        cJSON_AddItemToArray(diff_ids, cJSON_CreateString(s->result.diff_id));
+        cJSON_AddItemToArray(history, history_entry(created, s->o->description));
+        _cleanup_free_ char *json = cJSON_PrintUnformatted(c);
+        cJSON_Delete(c);
+        if (!json)
+                return nb_error_set(e, -ENOMEM, "out of memory");
+        s->config_size = strlen(json);
+        int r = nb_sha256_digest(json, s->config_size, s->config_digest);
+        RegError re = { 0 };
+        if (r >= 0)
+                r = reg_blob_upload_buffer(s->dst, s->dst_repo, s->config_digest, json, s->config_size, &re);
+        if (r < 0)
+                return nb_error_from_reg(e, &re, r, "cannot upload the image config");
+        return 0;
+}
+
+static cJSON *descriptor(const char *media_type, const char *digest, uint64_t size)
+{
+        cJSON *d = cJSON_CreateObject();
+        cJSON_AddStringToObject(d, "mediaType", media_type);
+        cJSON_AddStringToObject(d, "digest", digest);
+        cJSON_AddNumberToObject(d, "size", (double)size);
+        return d;
+}
+
+/* The base manifest with our config and one more layer, in the base's media-type family. Base layer
+ * descriptors are kept as they are (urls, annotations). */
+static int build_manifest(Save *s, char **ret, const char **ret_type, NbError *e)
+{
+        bool oci = strcmp(s->base->manifest_media_type, REG_MEDIA_OCI_MANIFEST) == 0;
+        cJSON *m = cJSON_ParseWithLength(s->base->manifest, s->base->manifest_size);
+        cJSON *layers = m ? cJSON_GetObjectItemCaseSensitive(m, "layers") : NULL;
+        if (!cJSON_IsArray(layers)) {
+                cJSON_Delete(m);
+                return nb_error_set(e, -EBADMSG, "the base image's manifest has no layer list");
+        }
+        cJSON_DeleteItemFromObjectCaseSensitive(m, "mediaType");
+        cJSON_DeleteItemFromObjectCaseSensitive(m, "config");
+        cJSON_DeleteItemFromObjectCaseSensitive(m, "annotations");
+        cJSON_DeleteItemFromObjectCaseSensitive(m, "subject");
+        cJSON_AddStringToObject(m, "mediaType", s->base->manifest_media_type);
+        cJSON_AddItemToObject(m, "config",
+                              descriptor(s->base->config.media_type, s->config_digest, s->config_size));
+        cJSON_AddItemToArray(layers, descriptor(oci ? REG_MEDIA_OCI_LAYER_GZIP : REG_MEDIA_DOCKER_LAYER_GZIP,
+                                                s->result.digest, s->result.size_out));
+        if (oci) {
+                cJSON *a = cJSON_AddObjectToObject(m, "annotations");
+                cJSON_AddStringToObject(a, "org.opencontainers.image.base.digest", s->base->manifest_digest);
+                cJSON_AddStringToObject(a, "org.opencontainers.image.base.name", s->o->base_image);
+        }
+        *ret = cJSON_PrintUnformatted(m);
+        cJSON_Delete(m);
+        *ret_type = s->base->manifest_media_type;
+        return *ret ? 0 : nb_error_set(e, -ENOMEM, "out of memory");
+}
+
+static int push_manifest(Save *s, NbError *e)
+{
+        report(s, NB_PHASE_MANIFEST);
+        _cleanup_free_ char *json = NULL, *digest = NULL;
+        const char *type;
+        int r = build_manifest(s, &json, &type, e);
+        if (r < 0)
+                return r;
+        RegError re = { 0 };
+        r = reg_manifest_put(s->dst, s->dst_repo, s->o->tag, type, json, strlen(json), &digest, &re);
+        if (r < 0)
+                return nb_error_from_reg(e, &re, r, "cannot push the manifest");
+        uint64_t total = s->result.size_out + s->config_size;
+        for (size_t i = 0; i < s->base->n_layers; i++)
+                total += (uint64_t)s->base->layers[i].size;
+        s->img->size_kb = (int64_t)((total + 1023) / 1024);
+        return nb_image_set(&s->img->manifest_digest, digest);
+}
+
+static int fill_request_fields(Save *s)
+{
+        const NbSaveOptions *o = s->o;
+        NbImage *img = s->img;
+        _cleanup_free_ char *swr = NULL;
+        const char *host = reg_client_host(s->dst);
+        if (asprintf(&swr, "%s/%s/%s:%s", host, o->namespace, o->name, o->tag) < 0)
+                return -ENOMEM;
+        if (nb_image_set(&img->swr_path, swr) < 0 || nb_image_set(&img->repository, s->dst_repo) < 0)
+                return -ENOMEM;
+        return 0;
+}
+
+int nb_save(const NbSaveOptions *o, NbImage *img, NbError *e)
+{
+        Save s = { .o = o, .img = img };
+        int r = nb_save_validate(o, e);
+        if (r >= 0)
+                r = connect_registries(&s, e);
+        if (r >= 0)
+                r = fill_request_fields(&s) < 0 ? nb_error_set(e, -ENOMEM, "out of memory") : 0;
+        if (r >= 0)
+                r = nb_image_set_status(img, NB_STATUS_CREATING, "%s", nb_phase_to_string(NB_PHASE_RESOLVING));
+        if (r >= 0)
+                r = resolve_base(&s, e);
+        if (r >= 0)
+                r = ensure_base_layers(&s, e);
+        if (r >= 0)
+                r = pack_and_upload(&s, e);
+        if (r >= 0)
+                r = push_config(&s, e);
+        if (r >= 0)
+                r = push_manifest(&s, e);
+        save_done(&s);
+        if (r < 0) {
+                nb_image_set_status(img, NB_STATUS_CREATE_FAILED, "%s", e->msg);
+                return r;
+        }
+        return nb_image_set_status(img, NB_STATUS_ACTIVE, "saved as %s (%s)", img->swr_path,
+                                   img->manifest_digest ? img->manifest_digest : "");
+}

@@ -1,0 +1,69 @@
+/* save.h: one save, start to end: validate, resolve the base image, ensure its layers are in the target
+ * repository (HEAD, cross-repository mount, copy), pack what changed since the baseline into one layer while it
+ * uploads (diff -> tar -> parallel gzip -> chunked PATCH), push the config, push the manifest last (so the tag
+ * never points at a half-pushed image), and fill the image object. */
+#pragma once
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "image.h"
+#include "util.h"
+
+#define NB_LAYERS_MAX 125 /* docker's layer depth limit (overlay takes 128) */
+#define NB_EXCLUDES_MAX 1024
+
+/* Paths never saved, besides mount points (read from /proc/self/mountinfo), the state dir and credentials. */
+#define NB_DEFAULT_EXCLUDES { "/proc", "/sys", "/dev", "/run", NULL }
+
+typedef enum NbPhase {
+        NB_PHASE_RESOLVING,   /* base image manifest and config */
+        NB_PHASE_BASE_LAYERS, /* HEAD / mount / copy of base layers */
+        NB_PHASE_PACKING,     /* walk, diff, tar, gzip, upload of the new layer */
+        NB_PHASE_CONFIG,
+        NB_PHASE_MANIFEST,
+        _NB_PHASE_MAX,
+} NbPhase;
+
+const char *nb_phase_to_string(NbPhase p);
+
+typedef struct NbProgress {
+        NbPhase phase;
+        uint64_t entries;   /* entries walked */
+        uint64_t read;      /* file bytes read into the layer */
+        uint64_t sent;      /* compressed bytes uploaded */
+        uint64_t expected;  /* estimate of compressed bytes, 0 when unknown */
+} NbProgress;
+
+typedef struct NbSaveOptions {
+        const char *root;
+        const char *state_dir;
+        const char *registry_url;
+        const char *base_image; /* REPO[:TAG|@DIGEST], optionally with a host */
+        const char *namespace, *name, *tag, *description, *workspace_id;
+        const char *authfile;
+        const char *ca_file;
+        const char *const *excludes; /* container paths */
+        size_t n_excludes;
+        const char *mountinfo; /* NULL: /proc/self/mountinfo */
+        unsigned threads;      /* 0: all CPUs */
+        int level;             /* gzip level, -1: default */
+        size_t chunk_size;     /* upload PATCH size, 0: default */
+        void (*progress)(void *userdata, const NbProgress *p);
+        void (*note)(void *userdata, const char *message);
+        void *userdata;
+} NbSaveOptions;
+
+/* Checks every option that can be checked without touching the registry or the tree. */
+int nb_save_validate(const NbSaveOptions *o, NbError *e);
+
+/* Runs the save. img must come with id, create_at and the request fields set; on return its status is ACTIVE
+ * (0) or CREATE_FAILED (negative errno, status_message and e say why). */
+int nb_save(const NbSaveOptions *o, NbImage *img, NbError *e);
+
+/* Baseline file inside the state dir. */
+int nb_baseline_path(const char *state_dir, char **ret);
+/* The exclusion set a save or a baseline uses: defaults, mount points, state dir, credentials, user paths. */
+struct SnapExcludes;
+int nb_excludes_build(const char *root, const char *state_dir, const char *authfile, const char *const *paths,
+                      size_t n_paths, const char *mountinfo, struct SnapExcludes **ret, NbError *e);

@@ -1,0 +1,422 @@
+#include <fcntl.h>
+#include <limits.h>
+#include <openssl/evp.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "baseline.h"
+#include "walk.h"
+
+#define HEADER_SIZE 16 /* magic + u32 version + u32 flags */
+#define TRAILER_SIZE 32
+#define BASELINE_VERSION 1
+#define TAG_RECORD 'R'
+#define TAG_END 'E'
+
+/* ---- writer -------------------------------------------------------------------------------------------- */
+
+typedef struct Writer {
+        FILE *f;
+        EVP_MD_CTX *md;
+        char *prev;
+        size_t prev_len, prev_allocated;
+        uint64_t count;
+        bool failed;
+} Writer;
+
+static void w_bytes(Writer *w, const void *p, size_t n)
+{
+        if (n == 0 || w->failed)
+                return;
+        if (fwrite(p, 1, n, w->f) != n || EVP_DigestUpdate(w->md, p, n) != 1)
+                w->failed = true;
+}
+
+static void w_varint(Writer *w, uint64_t v)
+{
+        uint8_t buf[10];
+        size_t n = 0;
+        do {
+                buf[n] = v & 0x7f;
+                v >>= 7;
+                if (v)
+                        buf[n] |= 0x80;
+                n++;
+        } while (v);
+        w_bytes(w, buf, n);
+}
+
+static uint64_t zigzag(int64_t v)
+{
+        return ((uint64_t)v << 1) ^ (uint64_t)(v >> 63);
+}
+
+static int w_entry(Writer *w, const SnapEntry *en)
+{
+        size_t common = 0, max = en->path_len < w->prev_len ? en->path_len : w->prev_len;
+        while (common < max && en->path[common] == w->prev[common])
+                common++;
+        uint8_t tag = TAG_RECORD;
+        w_bytes(w, &tag, 1);
+        w_varint(w, common);
+        w_varint(w, en->path_len - common);
+        w_bytes(w, en->path + common, en->path_len - common);
+        w_varint(w, en->mode);
+        w_varint(w, en->uid);
+        w_varint(w, en->gid);
+        w_varint(w, en->nlink);
+        w_varint(w, en->size);
+        w_varint(w, zigzag(en->mtime_sec));
+        w_varint(w, en->mtime_nsec);
+        w_varint(w, zigzag(en->ctime_sec));
+        w_varint(w, en->ctime_nsec);
+        w_varint(w, en->dev);
+        w_varint(w, en->ino);
+        w_varint(w, en->rdev);
+        if (S_ISLNK(en->mode)) {
+                w_varint(w, en->link_len);
+                w_bytes(w, en->link, en->link_len);
+        }
+        if (en->path_len + 1 > w->prev_allocated) {
+                size_t n = (en->path_len + 1) * 2;
+                char *p = realloc(w->prev, n);
+                if (!p)
+                        return -ENOMEM;
+                w->prev = p, w->prev_allocated = n;
+        }
+        memcpy(w->prev, en->path, en->path_len + 1);
+        w->prev_len = en->path_len;
+        w->count++;
+        return w->failed ? -EIO : 0;
+}
+
+static int fsync_parent(const char *path)
+{
+        _cleanup_free_ char *dir = strdup(path);
+        if (!dir)
+                return -ENOMEM;
+        char *slash = strrchr(dir, '/');
+        if (slash)
+                *(slash == dir ? slash + 1 : slash) = '\0';
+        _cleanup_close_ int fd = open(slash ? dir : ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        if (fd < 0 || fsync(fd) < 0)
+                return -errno;
+        return 0;
+}
+
+static int write_all(Writer *w, const char *root, const SnapExcludes *ex, SnapError *e)
+{
+        SnapWalk *walk = NULL;
+        int r = snap_walk_new(root, ex, &walk, e);
+        if (r < 0)
+                return r;
+        uint8_t header[HEADER_SIZE] = { 0 };
+        memcpy(header, SNAP_BASELINE_MAGIC, 8);
+        header[8] = BASELINE_VERSION;
+        w_bytes(w, header, sizeof(header));
+        const SnapEntry *en;
+        while ((r = snap_walk_next(walk, &en, e)) > 0)
+                if (w_entry(w, en) < 0) {
+                        r = snap_error_set(e, -EIO, "cannot write the baseline: %m");
+                        break;
+                }
+        snap_walk_free(walk);
+        if (r < 0)
+                return r;
+        uint8_t tag = TAG_END;
+        w_bytes(w, &tag, 1);
+        w_varint(w, w->count);
+        uint8_t sum[EVP_MAX_MD_SIZE];
+        unsigned sum_len = 0;
+        if (EVP_DigestFinal_ex(w->md, sum, &sum_len) != 1 || sum_len != TRAILER_SIZE)
+                return snap_error_set(e, -EIO, "SHA-256 failed");
+        if (w->failed || fwrite(sum, 1, TRAILER_SIZE, w->f) != TRAILER_SIZE || fflush(w->f) != 0 ||
+            fsync(fileno(w->f)) < 0)
+                return snap_error_set(e, -errno ?: -EIO, "cannot write the baseline: %m");
+        return 0;
+}
+
+int snap_baseline_write(const char *root, const SnapExcludes *ex, const char *path, SnapBaselineStats *ret,
+                        SnapError *e)
+{
+        _cleanup_free_ char *tmp = NULL;
+        if (asprintf(&tmp, "%s.tmp.XXXXXX", path) < 0)
+                return snap_error_set(e, -ENOMEM, "out of memory");
+        int fd = mkostemp(tmp, O_CLOEXEC);
+        if (fd < 0)
+                return snap_error_set(e, -errno, "cannot create %s: %m", tmp);
+        Writer w = { .f = fdopen(fd, "w"), .md = EVP_MD_CTX_new() };
+        bool closed = false;
+        int r;
+        if (!w.f || !w.md || EVP_DigestInit_ex(w.md, EVP_sha256(), NULL) != 1) {
+                r = snap_error_set(e, -ENOMEM, "out of memory");
+                goto fail;
+        }
+        setvbuf(w.f, NULL, _IOFBF, 1 << 20);
+        r = write_all(&w, root, ex, e);
+        if (r < 0)
+                goto fail;
+        struct stat st;
+        if (fstat(fileno(w.f), &st) < 0 || fclose(w.f) != 0) {
+                w.f = NULL;
+                closed = true;
+                r = snap_error_set(e, -errno, "cannot write %s: %m", tmp);
+                goto fail;
+        }
+        w.f = NULL;
+        closed = true;
+        if (rename(tmp, path) < 0) {
+                r = snap_error_set(e, -errno, "cannot rename %s to %s: %m", tmp, path);
+                goto fail;
+        }
+        (void)fsync_parent(path);
+        if (ret)
+                *ret = (SnapBaselineStats){ .entries = w.count, .file_size = (uint64_t)st.st_size };
+        EVP_MD_CTX_free(w.md);
+        free(w.prev);
+        return 0;
+fail:
+        if (w.f)
+                fclose(w.f); /* closes fd */
+        else if (fd >= 0 && r != 0 && !closed)
+                close(fd);
+        unlink(tmp);
+        EVP_MD_CTX_free(w.md);
+        free(w.prev);
+        return r;
+}
+
+/* ---- reader -------------------------------------------------------------------------------------------- */
+
+struct SnapBaseline {
+        FILE *f;
+        char *what;
+        uint64_t count, seen;
+        char *path, *suffix;
+        size_t path_len, allocated;
+        char link[SNAP_LINK_MAX + 1];
+        SnapEntry entry;
+        bool done;
+};
+
+SnapBaseline *snap_baseline_free(SnapBaseline *b)
+{
+        if (!b)
+                return NULL;
+        if (b->f)
+                fclose(b->f);
+        free(b->what);
+        free(b->path);
+        free(b->suffix);
+        free(b);
+        return NULL;
+}
+
+static int corrupt(SnapBaseline *b, SnapError *e, const char *why)
+{
+        return snap_error_set(e, -EBADMSG,
+                              "baseline %s is corrupt (%s): record a new one with `nbsnap baseline --force` "
+                              "(changes made since the container started will then be taken as the base)",
+                              b->what, why);
+}
+
+/* Hashes [0, size - 32) and compares with the trailer, before any entry is trusted. */
+static int verify_checksum(int fd, uint64_t size)
+{
+        _cleanup_free_ uint8_t *buf = malloc(1 << 20);
+        EVP_MD_CTX *md = EVP_MD_CTX_new();
+        int r = -ENOMEM;
+        if (!buf || !md || EVP_DigestInit_ex(md, EVP_sha256(), NULL) != 1)
+                goto out;
+        uint64_t off = 0, end = size - TRAILER_SIZE;
+        while (off < end) {
+                size_t want = end - off < (1 << 20) ? (size_t)(end - off) : (1 << 20);
+                ssize_t n = pread(fd, buf, want, (off_t)off);
+                if (n <= 0) {
+                        r = n < 0 ? -errno : -EBADMSG;
+                        goto out;
+                }
+                EVP_DigestUpdate(md, buf, (size_t)n);
+                off += (uint64_t)n;
+        }
+        uint8_t sum[EVP_MAX_MD_SIZE], stored[TRAILER_SIZE];
+        unsigned len = 0;
+        if (EVP_DigestFinal_ex(md, sum, &len) != 1 || pread(fd, stored, TRAILER_SIZE, (off_t)end) != TRAILER_SIZE) {
+                r = -EIO;
+                goto out;
+        }
+        r = memcmp(sum, stored, TRAILER_SIZE) == 0 ? 0 : -EBADMSG;
+out:
+        EVP_MD_CTX_free(md);
+        return r;
+}
+
+int snap_baseline_open_fd(int fd, const char *what, SnapBaseline **ret, SnapError *e)
+{
+        _cleanup_close_ int owned = fd;
+        SnapBaseline *b = calloc(1, sizeof(*b));
+        if (!b || !(b->what = strdup(what)))
+                return free(b), snap_error_set(e, -ENOMEM, "out of memory");
+        struct stat st;
+        int r;
+        if (fstat(fd, &st) < 0) {
+                r = snap_error_set(e, -errno, "cannot read baseline %s: %m", what);
+                goto fail;
+        }
+        if ((uint64_t)st.st_size < HEADER_SIZE + 2 + TRAILER_SIZE || (uint64_t)st.st_size > SNAP_BASELINE_FILE_MAX) {
+                r = corrupt(b, e, "impossible size");
+                goto fail;
+        }
+        uint8_t header[HEADER_SIZE];
+        if (pread(fd, header, sizeof(header), 0) != (ssize_t)sizeof(header) ||
+            memcmp(header, SNAP_BASELINE_MAGIC, 8) != 0 || header[8] != BASELINE_VERSION) {
+                r = corrupt(b, e, "not an nbsnap baseline of a known version");
+                goto fail;
+        }
+        r = verify_checksum(fd, (uint64_t)st.st_size);
+        if (r < 0) {
+                r = r == -EBADMSG ? corrupt(b, e, "checksum mismatch") : snap_error_set(e, r, "cannot read %s", what);
+                goto fail;
+        }
+        if (lseek(fd, HEADER_SIZE, SEEK_SET) < 0 || !(b->f = fdopen(fd, "r"))) {
+                r = snap_error_set(e, -errno, "cannot read baseline %s: %m", what);
+                goto fail;
+        }
+        owned = -1;
+        setvbuf(b->f, NULL, _IOFBF, 1 << 20);
+        *ret = b;
+        return 0;
+fail:
+        snap_baseline_free(b);
+        return r;
+}
+
+int snap_baseline_open(const char *path, SnapBaseline **ret, SnapError *e)
+{
+        int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+        if (fd < 0) {
+                if (errno == ENOENT)
+                        return snap_error_set(e, -ENOENT,
+                                              "no baseline at %s: run `nbsnap baseline` when the container starts "
+                                              "(nbsnap-baseline.service does it at boot)",
+                                              path);
+                return snap_error_set(e, -errno, "cannot open baseline %s: %m", path);
+        }
+        return snap_baseline_open_fd(fd, path, ret, e);
+}
+
+static int r_varint(FILE *f, uint64_t *ret)
+{
+        uint64_t v = 0;
+        for (unsigned shift = 0; shift < 64; shift += 7) {
+                int c = getc_unlocked(f);
+                if (c == EOF)
+                        return -EBADMSG;
+                if (shift == 63 && (c & 0x7e))
+                        return -EBADMSG; /* more than 64 bits */
+                v |= (uint64_t)(c & 0x7f) << shift;
+                if (!(c & 0x80)) {
+                        *ret = v;
+                        return 0;
+                }
+        }
+        return -EBADMSG;
+}
+
+static int r_u32(FILE *f, uint32_t *ret)
+{
+        uint64_t v;
+        if (r_varint(f, &v) < 0 || v > UINT32_MAX)
+                return -EBADMSG;
+        *ret = (uint32_t)v;
+        return 0;
+}
+
+static int r_time(FILE *f, int64_t *sec, uint32_t *nsec)
+{
+        uint64_t z;
+        if (r_varint(f, &z) < 0 || r_u32(f, nsec) < 0 || *nsec >= 1000000000u)
+                return -EBADMSG;
+        *sec = (int64_t)(z >> 1) ^ -(int64_t)(z & 1);
+        return 0;
+}
+
+static int read_path(SnapBaseline *b, SnapError *e)
+{
+        uint64_t common, suffix;
+        if (r_varint(b->f, &common) < 0 || r_varint(b->f, &suffix) < 0)
+                return corrupt(b, e, "truncated record");
+        if (common > b->path_len || suffix == 0 || common + suffix > SNAP_PATH_MAX)
+                return corrupt(b, e, "bad path length");
+        size_t len = (size_t)(common + suffix);
+        if (len + 1 > b->allocated) {
+                size_t n = (len + 1) * 2;
+                char *p = realloc(b->path, n), *q = p ? realloc(b->suffix, n) : NULL;
+                if (p)
+                        b->path = p;
+                if (!q)
+                        return snap_error_set(e, -ENOMEM, "out of memory");
+                b->suffix = q, b->allocated = n;
+        }
+        if (fread(b->suffix, 1, (size_t)suffix, b->f) != suffix)
+                return corrupt(b, e, "truncated path");
+        /* the first `common` bytes are shared, so comparing the rest orders the whole paths */
+        if (b->seen > 0 && snap_path_cmp(b->path + common, b->path_len - common, b->suffix, (size_t)suffix) >= 0)
+                return corrupt(b, e, "entries out of order");
+        memcpy(b->path + common, b->suffix, (size_t)suffix);
+        b->path[len] = '\0';
+        b->path_len = len;
+        if (memchr(b->path, '\0', len) || b->path[0] == '/' || b->path[len - 1] == '/' || strstr(b->path, "//"))
+                return corrupt(b, e, "bad path");
+        return 0;
+}
+
+static int read_record(SnapBaseline *b, SnapError *e)
+{
+        int r = read_path(b, e);
+        if (r < 0)
+                return r;
+        SnapEntry *en = &b->entry;
+        *en = (SnapEntry){ .path = b->path, .path_len = b->path_len };
+        if (r_u32(b->f, &en->mode) < 0 || r_u32(b->f, &en->uid) < 0 || r_u32(b->f, &en->gid) < 0 ||
+            r_u32(b->f, &en->nlink) < 0 || r_varint(b->f, &en->size) < 0 ||
+            r_time(b->f, &en->mtime_sec, &en->mtime_nsec) < 0 || r_time(b->f, &en->ctime_sec, &en->ctime_nsec) < 0 ||
+            r_varint(b->f, &en->dev) < 0 || r_varint(b->f, &en->ino) < 0 || r_varint(b->f, &en->rdev) < 0)
+                return corrupt(b, e, "truncated record");
+        if (S_ISLNK(en->mode)) {
+                uint64_t n;
+                if (r_varint(b->f, &n) < 0 || n > SNAP_LINK_MAX || fread(b->link, 1, (size_t)n, b->f) != n)
+                        return corrupt(b, e, "bad symlink target");
+                b->link[n] = '\0';
+                en->link = b->link, en->link_len = (size_t)n;
+        }
+        b->seen++;
+        return 1;
+}
+
+int snap_baseline_next(SnapBaseline *b, const SnapEntry **ret, SnapError *e)
+{
+        if (b->done)
+                return 0;
+        int tag = getc_unlocked(b->f);
+        if (tag == TAG_RECORD) {
+                int r = read_record(b, e);
+                if (r > 0)
+                        *ret = &b->entry;
+                return r;
+        }
+        uint64_t count;
+        if (tag != TAG_END || r_varint(b->f, &count) < 0)
+                return corrupt(b, e, "bad record tag");
+        if (count != b->seen)
+                return corrupt(b, e, "entry count mismatch");
+        b->done = true;
+        b->count = count;
+        return 0;
+}
+
+uint64_t snap_baseline_count(const SnapBaseline *b)
+{
+        return b->seen;
+}

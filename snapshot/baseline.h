@@ -1,0 +1,37 @@
+/* baseline.h: the record of the root filesystem taken at container start, and its reader.
+ *
+ * The file holds every entry of the tree (excludes applied) in tree order with its stat data and symlink
+ * target: paths prefix-compressed against the previous one, numbers as LEB128 varints, a SHA-256 of the whole
+ * file at its end. It is written to a temporary file in the same directory, fsync'ed and renamed, so a crash
+ * leaves the old baseline or the new one, never half of one. The reader checks the checksum, the limits and
+ * the order before handing out a single entry, then streams: memory does not grow with the tree.
+ */
+#pragma once
+
+#include <stdint.h>
+
+#include "entry.h"
+#include "excludes.h"
+#include "snap-util.h"
+
+#define SNAP_BASELINE_MAGIC "NBSNAPB1"
+#define SNAP_BASELINE_FILE_MAX (16ull * 1024 * 1024 * 1024) /* 16 GiB: ~100 M entries */
+
+typedef struct SnapBaselineStats {
+        uint64_t entries;
+        uint64_t file_size;
+} SnapBaselineStats;
+
+/* Walks root and writes the baseline to path atomically. */
+int snap_baseline_write(const char *root, const SnapExcludes *excludes, const char *path, SnapBaselineStats *ret,
+                        SnapError *e);
+
+typedef struct SnapBaseline SnapBaseline;
+
+int snap_baseline_open(const char *path, SnapBaseline **ret, SnapError *e);
+/* Takes over fd (e.g. a memfd in the fuzzer). */
+int snap_baseline_open_fd(int fd, const char *what, SnapBaseline **ret, SnapError *e);
+SnapBaseline *snap_baseline_free(SnapBaseline *b);
+/* 1 and the next entry (valid until the next call), 0 at the end, or a negative errno. */
+int snap_baseline_next(SnapBaseline *b, const SnapEntry **ret, SnapError *e);
+uint64_t snap_baseline_count(const SnapBaseline *b);

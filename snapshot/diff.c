@@ -1,0 +1,145 @@
+#include <string.h>
+#include <sys/stat.h>
+
+#include "diff.h"
+
+#define PROGRESS_EVERY 4096u
+
+typedef struct Diff {
+        SnapBaseline *base;
+        SnapWalk *live;
+        SnapLayer *layer;
+        const SnapEntry *b, *l;
+        char *skip; /* baseline entries under this path are gone with it (deleted, replaced, excluded, opaque) */
+        size_t skip_len, skip_allocated;
+        bool skipping;
+        SnapDiffStats stats;
+} Diff;
+
+static int next_base(Diff *d, SnapError *e)
+{
+        int r = snap_baseline_next(d->base, &d->b, e);
+        if (r == 0)
+                d->b = NULL;
+        else if (r > 0)
+                d->stats.base++;
+        return r;
+}
+
+static int next_live(Diff *d, SnapError *e)
+{
+        int r = snap_walk_next(d->live, &d->l, e);
+        if (r == 0)
+                d->l = NULL;
+        else if (r > 0)
+                d->stats.live++;
+        return r;
+}
+
+static int skip_below(Diff *d, const SnapEntry *en, SnapError *e)
+{
+        if (en->path_len + 1 > d->skip_allocated) {
+                size_t n = (en->path_len + 1) * 2;
+                char *p = realloc(d->skip, n);
+                if (!p)
+                        return snap_error_set(e, -ENOMEM, "out of memory");
+                d->skip = p, d->skip_allocated = n;
+        }
+        memcpy(d->skip, en->path, en->path_len + 1);
+        d->skip_len = en->path_len;
+        d->skipping = true;
+        return 0;
+}
+
+static int add_live(Diff *d, SnapError *e)
+{
+        return snap_layer_add(d->layer, d->l, snap_walk_dirfd(d->live), snap_walk_name(d->live), e);
+}
+
+/* Entry only in the baseline. */
+static int gone(Diff *d, const SnapExcludes *ex, SnapError *e)
+{
+        if (!snap_excludes_covers(ex, d->b->path, d->b->path_len)) {
+                int r = snap_layer_whiteout(d->layer, d->b->path, e);
+                if (r < 0)
+                        return r;
+                d->stats.deleted++;
+        }
+        return S_ISDIR(d->b->mode) ? skip_below(d, d->b, e) : 0;
+}
+
+/* Entry on both sides. */
+static int both(Diff *d, SnapError *e)
+{
+        const SnapEntry *b = d->b, *l = d->l;
+        int r;
+        if ((b->mode ^ l->mode) & S_IFMT) {
+                d->stats.modified++;
+                r = add_live(d, e);
+                if (r >= 0 && S_ISDIR(b->mode))
+                        r = skip_below(d, b, e);
+                return r;
+        }
+        if (S_ISDIR(l->mode) && b->ino != l->ino) {
+                d->stats.recreated++;
+                r = add_live(d, e);
+                if (r >= 0)
+                        r = snap_layer_opaque(d->layer, l->path, e);
+                if (r >= 0)
+                        r = skip_below(d, b, e);
+                return r;
+        }
+        if (!snap_entry_changed(b, l)) {
+                d->stats.same++;
+                return 0;
+        }
+        d->stats.modified++;
+        return add_live(d, e);
+}
+
+static int step(Diff *d, const SnapExcludes *ex, SnapError *e)
+{
+        if (d->b && d->skipping) {
+                if (snap_path_within(d->b->path, d->b->path_len, d->skip, d->skip_len))
+                        return next_base(d, e);
+                d->skipping = false;
+        }
+        int c = !d->b ? 1 : !d->l ? -1 : snap_path_cmp(d->b->path, d->b->path_len, d->l->path, d->l->path_len);
+        int r;
+        if (c < 0) {
+                r = gone(d, ex, e);
+                return r < 0 ? r : next_base(d, e);
+        }
+        if (c > 0) {
+                d->stats.added++;
+                r = add_live(d, e);
+                return r < 0 ? r : next_live(d, e);
+        }
+        r = both(d, e);
+        if (r >= 0)
+                r = next_base(d, e);
+        return r < 0 ? r : next_live(d, e);
+}
+
+int snap_diff_layer(SnapBaseline *base, SnapWalk *live, const SnapExcludes *ex, SnapLayer *layer,
+                    snap_diff_progress_fn progress, void *userdata, SnapDiffStats *ret, SnapError *e)
+{
+        Diff d = { .base = base, .live = live, .layer = layer };
+        int r = next_base(&d, e);
+        if (r >= 0)
+                r = next_live(&d, e);
+        uint64_t n = 0;
+        while (r >= 0 && (d.b || d.l)) {
+                r = step(&d, ex, e);
+                if (progress && ++n % PROGRESS_EVERY == 0)
+                        progress(userdata, &d.stats);
+        }
+        free(d.skip);
+        if (r < 0)
+                return r;
+        if (progress)
+                progress(userdata, &d.stats);
+        if (ret)
+                *ret = d.stats;
+        return 0;
+}

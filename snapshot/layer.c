@@ -1,0 +1,317 @@
+#include <archive.h>
+#include <archive_entry.h>
+#include <fcntl.h>
+#include <linux/capability.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/xattr.h>
+
+#include "layer.h"
+
+#define READ_BUFFER (1u << 20)
+#define WHITEOUT_PREFIX ".wh."
+#define OPAQUE_NAME ".wh..wh..opq"
+
+struct SnapLayer {
+        struct archive *a;
+        struct archive_entry_linkresolver *links;
+        snap_layer_write_fn write;
+        snap_layer_note_fn note;
+        void *userdata;
+        uint8_t *buf;
+        SnapLayerStats stats;
+        int write_error; /* what the write callback returned, to report instead of libarchive's words */
+};
+
+static la_ssize_t on_write(struct archive *a, void *userdata, const void *data, size_t size)
+{
+        SnapLayer *l = userdata;
+        int r = l->write(l->userdata, data, size);
+        if (r < 0) {
+                l->write_error = r;
+                archive_set_error(a, -r, "layer output failed");
+                return -1;
+        }
+        return (la_ssize_t)size;
+}
+
+static void entry_freep(struct archive_entry **e)
+{
+        if (*e)
+                archive_entry_free(*e);
+}
+#define _cleanup_entry_ _cleanup_(entry_freep)
+
+SnapLayer *snap_layer_free(SnapLayer *l)
+{
+        if (!l)
+                return NULL;
+        if (l->a)
+                archive_write_free(l->a);
+        if (l->links)
+                archive_entry_linkresolver_free(l->links);
+        free(l->buf);
+        free(l);
+        return NULL;
+}
+
+static int archive_fail(SnapLayer *l, SnapError *e, const char *what)
+{
+        if (l->write_error < 0)
+                return snap_error_set(e, l->write_error, "%s: the layer could not be sent on", what);
+        int err = archive_errno(l->a);
+        return snap_error_set(e, err > 0 ? -err : -EIO, "%s: %s", what, archive_error_string(l->a) ?: "libarchive");
+}
+
+int snap_layer_new(snap_layer_write_fn write, snap_layer_note_fn note, void *userdata, SnapLayer **ret,
+                   SnapError *e)
+{
+        SnapLayer *l = calloc(1, sizeof(*l));
+        if (!l || !(l->buf = malloc(READ_BUFFER)) || !(l->a = archive_write_new()) ||
+            !(l->links = archive_entry_linkresolver_new())) {
+                snap_layer_free(l);
+                return snap_error_set(e, -ENOMEM, "out of memory");
+        }
+        l->write = write, l->note = note, l->userdata = userdata;
+        /* pax restricted: plain ustar headers unless a field needs PAX (long names, big sizes and ids, xattrs) */
+        if (archive_write_set_format_pax_restricted(l->a) != ARCHIVE_OK ||
+            archive_write_set_format_option(l->a, "pax", "xattrheader", "SCHILY") != ARCHIVE_OK ||
+            archive_write_set_format_option(l->a, "pax", "hdrcharset", "BINARY") != ARCHIVE_OK ||
+            archive_write_add_filter_none(l->a) != ARCHIVE_OK ||
+            archive_write_set_bytes_in_last_block(l->a, 1) != ARCHIVE_OK ||
+            archive_write_open2(l->a, l, NULL, on_write, NULL, NULL) != ARCHIVE_OK) {
+                int r = archive_fail(l, e, "cannot set up the layer writer");
+                snap_layer_free(l);
+                return r;
+        }
+        archive_entry_linkresolver_set_strategy(l->links, archive_format(l->a));
+        *ret = l;
+        return 0;
+}
+
+static bool xattr_kept(const char *name)
+{
+        if (strncmp(name, "user.", 5) == 0)
+                return strncmp(name, "user.overlay.", 13) != 0;
+        return strcmp(name, "security.capability") == 0 || strcmp(name, "system.posix_acl_access") == 0 ||
+               strcmp(name, "system.posix_acl_default") == 0;
+}
+
+/* A v3 capability (namespaced, with a root uid) becomes v2: the image must not depend on the user namespace
+ * of the machine that saved it. */
+static size_t capability_v2(uint8_t *value, size_t size)
+{
+        struct vfs_ns_cap_data v3;
+        if (size != sizeof(v3))
+                return size;
+        memcpy(&v3, value, sizeof(v3));
+        uint32_t magic = v3.magic_etc;
+        if ((magic & VFS_CAP_REVISION_MASK) != VFS_CAP_REVISION_3)
+                return size;
+        struct vfs_cap_data v2;
+        v2.magic_etc = VFS_CAP_REVISION_2 | (magic & VFS_CAP_FLAGS_EFFECTIVE);
+        memcpy(v2.data, v3.data, sizeof(v2.data));
+        memcpy(value, &v2, sizeof(v2));
+        return sizeof(v2);
+}
+
+static int cmp_names(const void *a, const void *b)
+{
+        return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/* Reads the kept xattrs of the inode behind fd (O_PATH is enough), in name order. */
+static int add_xattrs(struct archive_entry *ae, int fd, const char *path, SnapError *e)
+{
+        char proc[64];
+        snprintf(proc, sizeof(proc), "/proc/self/fd/%d", fd);
+        _cleanup_free_ char *list = malloc(SNAP_XATTR_LIST_MAX);
+        _cleanup_free_ uint8_t *value = malloc(SNAP_XATTR_SIZE_MAX);
+        if (!list || !value)
+                return snap_error_set(e, -ENOMEM, "out of memory");
+        ssize_t n = listxattr(proc, list, SNAP_XATTR_LIST_MAX);
+        if (n < 0) {
+                if (errno == ENOTSUP || errno == ENOENT)
+                        return 0;
+                return snap_error_set(e, -errno, "cannot list the extended attributes of /%s: %m", path);
+        }
+        const char *names[1024];
+        size_t count = 0;
+        for (char *p = list; p < list + n; p += strlen(p) + 1)
+                if (xattr_kept(p) && count < ELEMENTSOF(names))
+                        names[count++] = p;
+        qsort(names, count, sizeof(char *), cmp_names);
+        for (size_t i = 0; i < count; i++) {
+                ssize_t v = getxattr(proc, names[i], value, SNAP_XATTR_SIZE_MAX);
+                if (v < 0 && errno == ENODATA)
+                        continue;
+                if (v < 0)
+                        return snap_error_set(e, -errno, "cannot read extended attribute %s of /%s: %m",
+                                              names[i], path);
+                size_t size = (size_t)v;
+                if (strcmp(names[i], "security.capability") == 0)
+                        size = capability_v2(value, size);
+                archive_entry_xattr_add_entry(ae, names[i], value, size);
+        }
+        return 0;
+}
+
+static int open_entry(int dirfd, const char *name, const SnapEntry *en, const char *path, SnapError *e)
+{
+        int flags = S_ISREG(en->mode) ? O_RDONLY | O_NONBLOCK | O_NOATIME : O_PATH;
+        int fd = openat(dirfd, name, flags | O_NOFOLLOW | O_CLOEXEC);
+        if (fd < 0 && errno == EPERM && (flags & O_NOATIME))
+                fd = openat(dirfd, name, (flags & ~O_NOATIME) | O_NOFOLLOW | O_CLOEXEC);
+        if (fd < 0 && errno == ELOOP && S_ISREG(en->mode))
+                errno = ESTALE; /* became a symlink */
+        if (fd < 0)
+                return snap_error_set(e, -errno,
+                                      "cannot open /%s: %m (if it changed while saving, save again)", path);
+        return fd;
+}
+
+static void fill_header(struct archive_entry *ae, const SnapEntry *en, const struct stat *st)
+{
+        archive_entry_copy_pathname(ae, en->path);
+        archive_entry_set_mode(ae, st->st_mode);
+        archive_entry_set_uid(ae, st->st_uid);
+        archive_entry_set_gid(ae, st->st_gid);
+        archive_entry_set_mtime(ae, st->st_mtim.tv_sec, 0);
+        archive_entry_set_nlink(ae, (unsigned)st->st_nlink);
+        archive_entry_set_dev(ae, st->st_dev);
+        archive_entry_set_ino64(ae, (la_int64_t)st->st_ino);
+        if (S_ISREG(st->st_mode))
+                archive_entry_set_size(ae, st->st_size);
+        else
+                archive_entry_set_size(ae, 0);
+        if (S_ISCHR(st->st_mode) || S_ISBLK(st->st_mode))
+                archive_entry_set_rdev(ae, st->st_rdev);
+        if (S_ISLNK(st->st_mode))
+                archive_entry_copy_symlink(ae, en->link);
+}
+
+/* Copies exactly `size` bytes of content. A file that shrank fails: never a padded or cut file. */
+static int copy_data(SnapLayer *l, int fd, uint64_t size, const char *path, SnapError *e)
+{
+        uint64_t left = size;
+        while (left > 0) {
+                size_t want = left < READ_BUFFER ? (size_t)left : READ_BUFFER;
+                ssize_t n = read(fd, l->buf, want);
+                if (n < 0 && errno == EINTR)
+                        continue;
+                if (n < 0)
+                        return snap_error_set(e, -errno, "cannot read /%s: %m", path);
+                if (n == 0)
+                        return snap_error_set(e, -ESTALE,
+                                              "/%s shrank while it was being saved; save again when it is not "
+                                              "being written",
+                                              path);
+                if (archive_write_data(l->a, l->buf, (size_t)n) != n)
+                        return archive_fail(l, e, path);
+                left -= (uint64_t)n;
+                l->stats.data_bytes += (uint64_t)n;
+        }
+        return 0;
+}
+
+static int write_entry(SnapLayer *l, struct archive_entry *ae, const char *path, SnapError *e)
+{
+        int r = archive_write_header(l->a, ae);
+        if (r == ARCHIVE_WARN)
+                r = ARCHIVE_OK; /* names that are not UTF-8 are kept byte-exact (hdrcharset=BINARY) */
+        if (r != ARCHIVE_OK)
+                return archive_fail(l, e, path);
+        l->stats.entries++;
+        return 0;
+}
+
+int snap_layer_add(SnapLayer *l, const SnapEntry *en, int dirfd, const char *name, SnapError *e)
+{
+        if (S_ISSOCK(en->mode)) {
+                l->stats.skipped++;
+                if (l->note)
+                        l->note(l->userdata, en->path, "socket skipped: sockets cannot be stored in an image");
+                return 0;
+        }
+        if (strncmp(name, WHITEOUT_PREFIX, strlen(WHITEOUT_PREFIX)) == 0)
+                return snap_error_set(e, -EINVAL,
+                                      "/%s: a name starting with \".wh.\" cannot be saved: container runtimes "
+                                      "read it as a deletion marker; rename it, delete it or --exclude it",
+                                      en->path);
+        _cleanup_close_ int fd = open_entry(dirfd, name, en, en->path, e);
+        if (fd < 0)
+                return fd;
+        struct stat st;
+        if (fstat(fd, &st) < 0)
+                return snap_error_set(e, -errno, "cannot stat /%s: %m", en->path);
+        if (st.st_ino != en->ino || ((st.st_mode ^ en->mode) & S_IFMT))
+                return snap_error_set(e, -ESTALE, "/%s was replaced while it was being saved; save again",
+                                      en->path);
+        _cleanup_entry_ struct archive_entry *ae = archive_entry_new();
+        if (!ae)
+                return snap_error_set(e, -ENOMEM, "out of memory");
+        fill_header(ae, en, &st);
+        int r = add_xattrs(ae, fd, en->path, e);
+        if (r < 0)
+                return r;
+        struct archive_entry *spare = NULL;
+        if (!S_ISDIR(st.st_mode))
+                archive_entry_linkify(l->links, &ae, &spare);
+        /* LIKE_TAR strategy: never a deferred entry */
+        if (spare)
+                archive_entry_free(spare);
+        if (!ae)
+                return 1;
+        r = write_entry(l, ae, en->path, e);
+        if (r < 0)
+                return r;
+        if (S_ISREG(st.st_mode) && archive_entry_size(ae) > 0)
+                r = copy_data(l, fd, (uint64_t)st.st_size, en->path, e);
+        return r < 0 ? r : 1;
+}
+
+static int write_marker(SnapLayer *l, const char *dir, size_t dir_len, const char *name, SnapError *e)
+{
+        _cleanup_free_ char *p = NULL;
+        if (asprintf(&p, "%.*s%s%s", (int)dir_len, dir, dir_len ? "/" : "", name) < 0)
+                return snap_error_set(e, -ENOMEM, "out of memory");
+        _cleanup_entry_ struct archive_entry *ae = archive_entry_new();
+        if (!ae)
+                return snap_error_set(e, -ENOMEM, "out of memory");
+        archive_entry_copy_pathname(ae, p);
+        archive_entry_set_mode(ae, S_IFREG | 0644);
+        archive_entry_set_size(ae, 0);
+        archive_entry_set_mtime(ae, 0, 0);
+        int r = write_entry(l, ae, p, e);
+        if (r == 0)
+                l->stats.whiteouts++;
+        return r;
+}
+
+int snap_layer_whiteout(SnapLayer *l, const char *path, SnapError *e)
+{
+        const char *base = snap_path_basename(path);
+        _cleanup_free_ char *name = NULL;
+        if (asprintf(&name, WHITEOUT_PREFIX "%s", base) < 0)
+                return snap_error_set(e, -ENOMEM, "out of memory");
+        size_t dir_len = base > path ? (size_t)(base - path - 1) : 0;
+        return write_marker(l, path, dir_len, name, e);
+}
+
+int snap_layer_opaque(SnapLayer *l, const char *dir, SnapError *e)
+{
+        return write_marker(l, dir, strlen(dir), OPAQUE_NAME, e);
+}
+
+int snap_layer_finish(SnapLayer *l, SnapError *e)
+{
+        if (archive_write_close(l->a) != ARCHIVE_OK)
+                return archive_fail(l, e, "cannot finish the layer");
+        return 0;
+}
+
+const SnapLayerStats *snap_layer_stats(const SnapLayer *l)
+{
+        return &l->stats;
+}

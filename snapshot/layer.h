@@ -1,0 +1,47 @@
+/* layer.h: the layer tar stream, written with libarchive to a callback.
+ *
+ * The bytes follow the OCI image-spec layer rules and what docker, containerd and umoci read: PAX
+ * (restricted: ustar headers unless a field needs PAX) with xattrs as SCHILY.xattr.*, names stored byte-exact
+ * (hdrcharset=BINARY), whole-second mtimes, no atime/ctime, empty uname/gname, no GNU.sparse (holes are
+ * written as data), no padding after the end-of-archive blocks. Hard links: the first name carries the data,
+ * later names are link entries to it. Deletions are `.wh.NAME` files, a directory whose old content is gone
+ * gets `.wh..wh..opq`. A live entry whose name starts with `.wh.` fails the layer; sockets are skipped.
+ */
+#pragma once
+
+#include <stdint.h>
+
+#include "entry.h"
+#include "snap-util.h"
+
+#define SNAP_XATTR_SIZE_MAX (64u * 1024) /* one value; the kernel's own limit */
+#define SNAP_XATTR_LIST_MAX (64u * 1024) /* the name list of one entry */
+
+typedef int (*snap_layer_write_fn)(void *userdata, const void *data, size_t size);
+/* A note for the person saving: an entry left out and why. */
+typedef void (*snap_layer_note_fn)(void *userdata, const char *path, const char *note);
+
+typedef struct SnapLayerStats {
+        uint64_t entries;    /* tar entries, whiteouts included */
+        uint64_t whiteouts;  /* .wh. entries, opaque markers included */
+        uint64_t skipped;    /* sockets and the like */
+        uint64_t data_bytes; /* file content read */
+} SnapLayerStats;
+
+typedef struct SnapLayer SnapLayer;
+
+int snap_layer_new(snap_layer_write_fn write, snap_layer_note_fn note, void *userdata, SnapLayer **ret,
+                   SnapError *e);
+SnapLayer *snap_layer_free(SnapLayer *l);
+
+/* Adds a live entry: its name `name` in directory dirfd is opened for content and xattrs (without following
+ * symlinks) and checked against the walk's stat. Returns 1 when written, 0 when skipped. */
+int snap_layer_add(SnapLayer *l, const SnapEntry *entry, int dirfd, const char *name, SnapError *e);
+/* `.wh.<basename>` in the parent of path. */
+int snap_layer_whiteout(SnapLayer *l, const char *path, SnapError *e);
+/* `<dir>/.wh..wh..opq`. */
+int snap_layer_opaque(SnapLayer *l, const char *dir, SnapError *e);
+/* Writes the end-of-archive blocks. */
+int snap_layer_finish(SnapLayer *l, SnapError *e);
+
+const SnapLayerStats *snap_layer_stats(const SnapLayer *l);

@@ -1,0 +1,276 @@
+#include <dirent.h>
+#include <fcntl.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "walk.h"
+
+typedef struct Frame {
+        int fd;
+        char *names;     /* NUL-separated names of the directory */
+        size_t *offsets; /* into names, sorted by name */
+        size_t n, next;
+        size_t path_len; /* length of this directory's path in SnapWalk.path ("" for the root) */
+} Frame;
+
+struct SnapWalk {
+        const SnapExcludes *excludes;
+        Frame *frames;
+        size_t depth, allocated;
+        char *path; /* current entry's path */
+        size_t path_allocated;
+        char link[SNAP_LINK_MAX + 1];
+        SnapEntry entry;
+        bool descend; /* the entry last returned is a directory to enter on the next call */
+        const char *name;
+};
+
+static void frame_done(Frame *f)
+{
+        snap_closep(&f->fd);
+        free(f->names);
+        free(f->offsets);
+        *f = (Frame){ .fd = -1 };
+}
+
+SnapWalk *snap_walk_free(SnapWalk *w)
+{
+        if (!w)
+                return NULL;
+        for (size_t i = 0; i < w->depth; i++)
+                frame_done(&w->frames[i]);
+        free(w->frames);
+        free(w->path);
+        free(w);
+        return NULL;
+}
+
+static int cmp_offsets(const void *a, const void *b, void *base)
+{
+        return strcmp((const char *)base + *(const size_t *)a, (const char *)base + *(const size_t *)b);
+}
+
+/* Reads all names of the directory fd (taken over), sorted. */
+static int frame_fill(Frame *f, int fd, const char *what, SnapError *e)
+{
+        f->fd = fd;
+        int dupfd = fcntl(fd, F_DUPFD_CLOEXEC, 3);
+        if (dupfd < 0)
+                return snap_error_set(e, -errno, "cannot read directory %s: %m", what);
+        DIR *d = fdopendir(dupfd);
+        if (!d) {
+                int r = -errno;
+                close(dupfd);
+                return snap_error_set(e, r, "cannot read directory %s: %m", what);
+        }
+        size_t used = 0, cap = 0, n = 0, ncap = 0;
+        char *names = NULL;
+        size_t *offs = NULL;
+        int r = 0;
+        struct dirent *de;
+        for (errno = 0; (de = readdir(d)); errno = 0) {
+                if (de->d_name[0] == '.' && (de->d_name[1] == '\0' || (de->d_name[1] == '.' && !de->d_name[2])))
+                        continue;
+                size_t len = strlen(de->d_name) + 1;
+                if (n >= SNAP_DIR_ENTRIES_MAX) {
+                        r = snap_error_set(e, -E2BIG, "directory %s has more than %u entries", what,
+                                           SNAP_DIR_ENTRIES_MAX);
+                        break;
+                }
+                if (used + len > cap) {
+                        size_t nc = cap ? cap * 2 : 4096;
+                        while (nc < used + len)
+                                nc *= 2;
+                        char *p = realloc(names, nc);
+                        if (!p) {
+                                r = snap_error_set(e, -ENOMEM, "out of memory");
+                                break;
+                        }
+                        names = p, cap = nc;
+                }
+                if (n == ncap) {
+                        size_t nc = ncap ? ncap * 2 : 64;
+                        size_t *p = reallocarray(offs, nc, sizeof(size_t));
+                        if (!p) {
+                                r = snap_error_set(e, -ENOMEM, "out of memory");
+                                break;
+                        }
+                        offs = p, ncap = nc;
+                }
+                memcpy(names + used, de->d_name, len);
+                offs[n++] = used;
+                used += len;
+        }
+        if (r == 0 && errno != 0)
+                r = snap_error_set(e, -errno, "cannot read directory %s: %m", what);
+        closedir(d);
+        if (r < 0) {
+                free(names);
+                free(offs);
+                return r;
+        }
+        qsort_r(offs, n, sizeof(size_t), cmp_offsets, names);
+        f->names = names, f->offsets = offs, f->n = n, f->next = 0;
+        return 0;
+}
+
+static int path_reserve(SnapWalk *w, size_t need, SnapError *e)
+{
+        if (need > SNAP_PATH_MAX)
+                return snap_error_set(e, -ENAMETOOLONG, "path '%.200s...' is longer than %u bytes", w->path,
+                                      SNAP_PATH_MAX);
+        if (need <= w->path_allocated)
+                return 0;
+        size_t n = w->path_allocated ? w->path_allocated : 256;
+        while (n < need)
+                n *= 2;
+        char *p = realloc(w->path, n);
+        if (!p)
+                return snap_error_set(e, -ENOMEM, "out of memory");
+        w->path = p, w->path_allocated = n;
+        return 0;
+}
+
+static int push(SnapWalk *w, int fd, size_t path_len, SnapError *e)
+{
+        if (w->depth >= SNAP_DEPTH_MAX) {
+                close(fd);
+                return snap_error_set(e, -ELOOP, "directory '%.200s' is nested deeper than %u levels", w->path,
+                                      SNAP_DEPTH_MAX);
+        }
+        if (w->depth == w->allocated) {
+                size_t na = w->allocated ? w->allocated * 2 : 32;
+                Frame *f = reallocarray(w->frames, na, sizeof(Frame));
+                if (!f) {
+                        close(fd);
+                        return snap_error_set(e, -ENOMEM, "out of memory");
+                }
+                w->frames = f, w->allocated = na;
+        }
+        Frame *f = &w->frames[w->depth];
+        *f = (Frame){ .fd = -1, .path_len = path_len };
+        int r = frame_fill(f, fd, path_len ? w->path : "/", e);
+        if (r < 0) {
+                frame_done(f);
+                return r;
+        }
+        w->depth++;
+        return 0;
+}
+
+int snap_walk_new(const char *root, const SnapExcludes *excludes, SnapWalk **ret, SnapError *e)
+{
+        SnapWalk *w = calloc(1, sizeof(*w));
+        if (!w)
+                return snap_error_set(e, -ENOMEM, "out of memory");
+        w->excludes = excludes;
+        int r = path_reserve(w, 256, e);
+        if (r < 0)
+                return snap_walk_free(w), r;
+        w->path[0] = '\0';
+        int fd = open(root, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        if (fd < 0) {
+                r = snap_error_set(e, -errno, "cannot open root %s: %m", root);
+                return snap_walk_free(w), r;
+        }
+        r = push(w, fd, 0, e);
+        if (r < 0)
+                return snap_walk_free(w), r;
+        *ret = w;
+        return 0;
+}
+
+static void fill_entry(SnapEntry *en, const struct stat *st)
+{
+        en->mode = st->st_mode;
+        en->uid = st->st_uid;
+        en->gid = st->st_gid;
+        en->nlink = (uint32_t)st->st_nlink;
+        en->size = (uint64_t)st->st_size;
+        en->mtime_sec = st->st_mtim.tv_sec;
+        en->mtime_nsec = (uint32_t)st->st_mtim.tv_nsec;
+        en->ctime_sec = st->st_ctim.tv_sec;
+        en->ctime_nsec = (uint32_t)st->st_ctim.tv_nsec;
+        en->dev = st->st_dev;
+        en->ino = st->st_ino;
+        en->rdev = st->st_rdev;
+}
+
+/* Enters the directory returned last. A directory that vanished or turned into something else since its
+ * stat is skipped, like any entry that vanishes. */
+static int descend(SnapWalk *w, SnapError *e)
+{
+        Frame *top = &w->frames[w->depth - 1];
+        int fd = openat(top->fd, w->name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK);
+        if (fd < 0) {
+                if (errno == ENOENT || errno == ENOTDIR || errno == ELOOP)
+                        return 0;
+                return snap_error_set(e, -errno, "cannot open directory /%s: %m", w->path);
+        }
+        return push(w, fd, w->entry.path_len, e);
+}
+
+int snap_walk_next(SnapWalk *w, const SnapEntry **ret, SnapError *e)
+{
+        int r;
+        if (w->descend) {
+                w->descend = false;
+                r = descend(w, e);
+                if (r < 0)
+                        return r;
+        }
+        while (w->depth > 0) {
+                Frame *f = &w->frames[w->depth - 1];
+                if (f->next == f->n) {
+                        frame_done(f);
+                        w->depth--;
+                        continue;
+                }
+                const char *name = f->names + f->offsets[f->next++];
+                size_t nlen = strlen(name), plen = f->path_len ? f->path_len + 1 + nlen : nlen;
+                r = path_reserve(w, plen + 1, e);
+                if (r < 0)
+                        return r;
+                if (f->path_len)
+                        w->path[f->path_len] = '/';
+                memcpy(w->path + (f->path_len ? f->path_len + 1 : 0), name, nlen + 1);
+                if (snap_excludes_match(w->excludes, w->path))
+                        continue;
+                struct stat st;
+                if (fstatat(f->fd, name, &st, AT_SYMLINK_NOFOLLOW) < 0) {
+                        if (errno == ENOENT)
+                                continue;
+                        return snap_error_set(e, -errno, "cannot stat /%s: %m", w->path);
+                }
+                SnapEntry *en = &w->entry;
+                *en = (SnapEntry){ .path = w->path, .path_len = plen };
+                fill_entry(en, &st);
+                if (S_ISLNK(st.st_mode)) {
+                        ssize_t n = readlinkat(f->fd, name, w->link, sizeof(w->link));
+                        if (n < 0 && errno == ENOENT)
+                                continue;
+                        if (n < 0)
+                                return snap_error_set(e, -errno, "cannot read symlink /%s: %m", w->path);
+                        if ((size_t)n >= sizeof(w->link))
+                                return snap_error_set(e, -ENAMETOOLONG, "symlink /%s: target over %u bytes",
+                                                      w->path, SNAP_LINK_MAX);
+                        w->link[n] = '\0';
+                        en->link = w->link, en->link_len = (size_t)n;
+                }
+                w->name = name;
+                w->descend = S_ISDIR(st.st_mode);
+                *ret = en;
+                return 1;
+        }
+        return 0;
+}
+
+int snap_walk_dirfd(const SnapWalk *w)
+{
+        return w->depth > 0 ? w->frames[w->depth - 1].fd : -1;
+}
+
+const char *snap_walk_name(const SnapWalk *w)
+{
+        return w->name;
+}
