@@ -274,10 +274,17 @@ static int on_gzip_output(void *userdata, const void *data, size_t size)
         return 0;
 }
 
+static bool cancelled(const Save *s)
+{
+        return s->o->cancel && atomic_load(s->o->cancel);
+}
+
 static int on_tar_output(void *userdata, const void *data, size_t size)
 {
         Save *s = userdata;
         SnapError se = { 0 };
+        if (cancelled(s))
+                return -ECANCELED;
         return pgzip_write(s->gzip, data, size, &se);
 }
 
@@ -297,6 +304,8 @@ static void on_diff_progress(void *userdata, const SnapDiffStats *st)
 /* After a failure in the pipeline, the registry's words are the ones that say what to do. */
 static int pack_error(Save *s, NbError *e, const SnapError *se, int r)
 {
+        if (cancelled(s))
+                return nb_error_set(e, -ECANCELED, "the save was cancelled (the agent is stopping); save again");
         if (s->upload_error.code < 0)
                 return nb_error_from_reg(e, &s->upload_error, s->upload_error.code, "cannot upload the layer");
         return nb_error_from_snap(e, se, r, "cannot pack the layer");
@@ -519,6 +528,8 @@ int nb_save(const NbSaveOptions *o, NbImage *img, NbError *e)
                 r = pack_and_upload(&s, e);
         if (r >= 0)
                 r = push_config(&s, e);
+        if (r >= 0 && cancelled(&s))
+                r = nb_error_set(e, -ECANCELED, "the save was cancelled (the agent is stopping); save again");
         if (r >= 0)
                 r = push_manifest(&s, e);
         save_done(&s);

@@ -4,6 +4,7 @@
  * never points at a half-pushed image), and fill the image object. */
 #pragma once
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -49,6 +50,7 @@ typedef struct NbSaveOptions {
         unsigned threads;      /* 0: all CPUs */
         int level;             /* gzip level, -1: default */
         size_t chunk_size;     /* upload PATCH size, 0: default */
+        const _Atomic bool *cancel; /* set from another thread: the save stops soon with -ECANCELED */
         void (*progress)(void *userdata, const NbProgress *p);
         void (*note)(void *userdata, const char *message);
         void *userdata;

@@ -1,11 +1,13 @@
 /* registry.h: a client for the Docker Registry HTTP API v2 / OCI distribution-spec, on libcurl.
  *
- * One RegClient talks to one registry (scheme + host[:port]). It resolves images (OCI index / Docker manifest
- * list -> the platform asked for; Docker schema2 or OCI manifest), fetches configs and blobs, checks blobs with
- * HEAD, mounts blobs across repositories, uploads blobs (from memory, or streamed in chunked PATCHes) and puts
- * manifests. Auth: anonymous, Basic, and the Bearer challenge flow, with tokens cached per scope and renewed on
- * 401. Credentials come from the containers convention (authfile, $REGISTRY_AUTH_FILE, $DOCKER_CONFIG/config.json,
- * ~/.docker/config.json). TLS is verified; a CA file can be given and /etc/containers/certs.d/<host>/ is honoured.
+ * One RegClient talks to one registry (scheme + host[:port]). It resolves images (OCI index / Docker
+ * manifest list -> the platform asked for; Docker schema2 or OCI manifest), fetches configs and blobs,
+ * checks blobs with HEAD, mounts blobs across repositories, uploads blobs (from memory, or streamed in
+ * chunked PATCHes) and puts manifests. Auth: anonymous, Basic, and the Bearer challenge flow, with tokens
+ * cached per scope and renewed on 401. Credentials come from the containers convention (authfile,
+ * $REGISTRY_AUTH_FILE, $DOCKER_CONFIG/config.json,
+ * ~/.docker/config.json). TLS is verified; a CA file can be given and /etc/containers/certs.d/<host>/ is
+ * honoured.
  *
  * Every function returns 0 (or a documented positive value) on success and a negative errno on failure, with
  * RegError filled with a message a person can act on. Nothing here logs or prints.
@@ -18,25 +20,26 @@
 
 #include "reg-util.h"
 
-#define REG_MEDIA_OCI_INDEX "application/vnd.oci.image.index.v1+json"
-#define REG_MEDIA_OCI_MANIFEST "application/vnd.oci.image.manifest.v1+json"
-#define REG_MEDIA_OCI_CONFIG "application/vnd.oci.image.config.v1+json"
-#define REG_MEDIA_OCI_LAYER_GZIP "application/vnd.oci.image.layer.v1.tar+gzip"
-#define REG_MEDIA_OCI_LAYER_ZSTD "application/vnd.oci.image.layer.v1.tar+zstd"
-#define REG_MEDIA_DOCKER_LIST "application/vnd.docker.distribution.manifest.list.v2+json"
-#define REG_MEDIA_DOCKER_MANIFEST "application/vnd.docker.distribution.manifest.v2+json"
-#define REG_MEDIA_DOCKER_CONFIG "application/vnd.docker.container.image.v1+json"
+#define REG_MEDIA_OCI_INDEX         "application/vnd.oci.image.index.v1+json"
+#define REG_MEDIA_OCI_MANIFEST      "application/vnd.oci.image.manifest.v1+json"
+#define REG_MEDIA_OCI_CONFIG        "application/vnd.oci.image.config.v1+json"
+#define REG_MEDIA_OCI_LAYER_GZIP    "application/vnd.oci.image.layer.v1.tar+gzip"
+#define REG_MEDIA_OCI_LAYER_ZSTD    "application/vnd.oci.image.layer.v1.tar+zstd"
+#define REG_MEDIA_DOCKER_LIST       "application/vnd.docker.distribution.manifest.list.v2+json"
+#define REG_MEDIA_DOCKER_MANIFEST   "application/vnd.docker.distribution.manifest.v2+json"
+#define REG_MEDIA_DOCKER_CONFIG     "application/vnd.docker.container.image.v1+json"
 #define REG_MEDIA_DOCKER_LAYER_GZIP "application/vnd.docker.image.rootfs.diff.tar.gzip"
 
 /* Named limits: what a server controls is bounded. */
-#define REG_MANIFEST_MAX (4u * 1024 * 1024) /* manifests and indexes; registries must accept 4 MB */
-#define REG_CONFIG_MAX (8u * 1024 * 1024)   /* image config blob */
-#define REG_TOKEN_MAX (64u * 1024)          /* token endpoint answer */
-#define REG_ERROR_BODY_MAX (64u * 1024)     /* error bodies read; shown to people cut to 512 bytes */
-#define REG_LAYERS_MAX 1024                 /* layers in a manifest */
-#define REG_CHUNK_DEFAULT (16u * 1024 * 1024)
+#define REG_MANIFEST_MAX   (4u * 1024 * 1024) /* manifests and indexes; registries must accept 4 MB */
+#define REG_CONFIG_MAX     (8u * 1024 * 1024) /* image config blob */
+#define REG_TOKEN_MAX      (64u * 1024)       /* token endpoint answer */
+#define REG_ERROR_BODY_MAX (64u * 1024)       /* error bodies read; shown to people cut to 512 bytes */
+#define REG_LAYERS_MAX     1024               /* layers in a manifest */
+#define REG_CHUNK_DEFAULT  (16u * 1024 * 1024)
 
-/* ---- references ---------------------------------------------------------------------------------------- */
+/* ---- references ----------------------------------------------------------------------------------------
+ */
 
 /* A parsed image reference "[host[:port]/]path[:tag][@digest]" (docker reference grammar). */
 typedef struct RegRef {
@@ -56,13 +59,15 @@ bool reg_repository_valid(const char *repo);
 bool reg_tag_valid(const char *tag);
 bool reg_digest_valid(const char *digest);
 
-/* ---- client -------------------------------------------------------------------------------------------- */
+/* ---- client --------------------------------------------------------------------------------------------
+ */
 
 typedef struct RegClientOptions {
-        const char *url;       /* "https://swr.example.com" or "http://127.0.0.1:5000"; http only when said */
-        const char *authfile;  /* NULL: $REGISTRY_AUTH_FILE, then $DOCKER_CONFIG/config.json, ~/.docker/... */
-        const char *ca_file;   /* extra CA bundle, or NULL */
-        const char *certs_dir; /* NULL: /etc/containers/certs.d; <certs_dir>/<host[:port]>/ *.crt are trusted */
+        const char *url;      /* "https://swr.example.com" or "http://127.0.0.1:5000"; http only when said */
+        const char *authfile; /* NULL: $REGISTRY_AUTH_FILE, then $DOCKER_CONFIG/config.json, ~/.docker/... */
+        const char *ca_file;  /* extra CA bundle, or NULL */
+        const char
+                *certs_dir; /* NULL: /etc/containers/certs.d; <certs_dir>/<host[:port]>/ *.crt are trusted */
         const char *user_agent;
         long connect_timeout_s; /* 0: 30 */
         long low_speed_time_s;  /* abort a transfer below 1 KB/s for this long; 0: 60 */
@@ -76,7 +81,8 @@ RegClient *reg_client_free(RegClient *c);
 /* "host[:port]" of the registry, as used in image names (swr_path). */
 const char *reg_client_host(RegClient *c);
 
-/* ---- images -------------------------------------------------------------------------------------------- */
+/* ---- images --------------------------------------------------------------------------------------------
+ */
 
 typedef struct RegDescriptor {
         char *media_type;
@@ -98,26 +104,29 @@ typedef struct RegImage {
 
 /* Fetches repository:reference (a tag or a digest). An index / manifest list is resolved to the entry for
  * os/arch(/variant; NULL matches any). Verifies the digests of what it fetched by digest. */
-int reg_image_fetch(RegClient *c, const char *repository, const char *reference, const char *os, const char *arch,
-                    const char *variant, RegImage **ret, RegError *e);
+int reg_image_fetch(RegClient *c, const char *repository, const char *reference, const char *os,
+                    const char *arch, const char *variant, RegImage **ret, RegError *e);
 RegImage *reg_image_free(RegImage *img);
 
-/* ---- blobs --------------------------------------------------------------------------------------------- */
+/* ---- blobs ---------------------------------------------------------------------------------------------
+ */
 
 /* HEAD the blob. Returns 1 when present (size in *ret_size when not NULL), 0 when absent. */
-int reg_blob_exists(RegClient *c, const char *repository, const char *digest, int64_t *ret_size, RegError *e);
+int reg_blob_exists(RegClient *c, const char *repository, const char *digest, int64_t *ret_size,
+                    RegError *e);
 
 /* Cross-repository mount (POST /v2/<repository>/blobs/uploads/?mount=<digest>&from=<from>). Returns 1 when
  * mounted (201), 0 when the registry declined (it opened an upload session instead, which is cancelled). */
 int reg_blob_mount(RegClient *c, const char *repository, const char *digest, const char *from_repository,
                    RegError *e);
 
-/* Uploads a blob held in memory (monolithic: POST then PUT ?digest=). Skips the upload when HEAD finds it. */
-int reg_blob_upload_buffer(RegClient *c, const char *repository, const char *digest, const void *data, size_t size,
-                           RegError *e);
+/* Uploads a blob held in memory (monolithic: POST then PUT ?digest=). Skips the upload when HEAD finds it.
+ */
+int reg_blob_upload_buffer(RegClient *c, const char *repository, const char *digest, const void *data,
+                           size_t size, RegError *e);
 
-/* Copies a blob from another client's repository (streamed GET -> upload), for base images that live on another
- * registry. */
+/* Copies a blob from another client's repository (streamed GET -> upload), for base images that live on
+ * another registry. */
 int reg_blob_copy(RegClient *src, const char *src_repository, RegClient *dst, const char *dst_repository,
                   const RegDescriptor *blob, RegError *e);
 
@@ -133,10 +142,12 @@ int reg_upload_write(RegUpload *u, const void *data, size_t size, RegError *e);
 /* Sends what is buffered and commits with PUT ?digest=. If the PUT fails after the registry committed, the
  * digest is checked with HEAD before reporting an error. */
 int reg_upload_commit(RegUpload *u, const char *digest, RegError *e);
-/* Cancels an unfinished upload (DELETE on the session, errors ignored) and frees it; NULL is fine. */
+/* Cancels an unfinished upload (DELETE on the session, errors ignored) and frees it; NULL is fine. After
+ * reg_upload_commit() succeeded it only frees: call it in every case to release the upload. */
 RegUpload *reg_upload_abort(RegUpload *u);
 
-/* ---- manifests ----------------------------------------------------------------------------------------- */
+/* ---- manifests -----------------------------------------------------------------------------------------
+ */
 
 /* PUT /v2/<repository>/manifests/<reference>. *ret_digest (when not NULL) gets "sha256:..." of data. */
 int reg_manifest_put(RegClient *c, const char *repository, const char *reference, const char *media_type,

@@ -48,5 +48,11 @@ int pgzip_write(PGzip *z, const void *data, size_t size, SnapError *e);
 int pgzip_finish(PGzip *z, PGzipResult *ret, SnapError *e);
 /* Stops the threads (an unfinished stream is abandoned) and frees; NULL is fine. */
 PGzip *pgzip_free(PGzip *z);
+static inline void pgzip_freep(PGzip **z)
+{
+        pgzip_free(*z);
+}
+#define _cleanup_pgzip_ _cleanup_(pgzip_freep)
+
 /* "isa-l" or "zlib": the deflate engine this build uses. */
 const char *pgzip_engine(void);
