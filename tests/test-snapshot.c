@@ -1,0 +1,348 @@
+/* Unit tests of the snapshot library on plain directories: tree order, baseline round trip and corruption,
+ * the diff's decisions, and the layer bytes read back with libarchive. (The overlayfs + registry + skopeo +
+ * umoci round trip is tests/integration/save-roundtrip.sh.) */
+#include <archive.h>
+#include <archive_entry.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
+#include <sys/xattr.h>
+#include <unistd.h>
+
+#include "baseline.h"
+#include "diff.h"
+#include "entry.h"
+#include "excludes.h"
+#include "layer.h"
+#include "tests.h"
+#include "walk.h"
+
+static char scratch[] = "/tmp/test-snapshot.XXXXXX";
+
+static void sh(const char *fmt, ...) _printf_(1, 2);
+static void sh(const char *fmt, ...)
+{
+        char cmd[8192];
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(cmd, sizeof(cmd), fmt, ap);
+        va_end(ap);
+        int r = system(cmd);
+        if (r != 0) {
+                fprintf(stderr, "command failed (%d): %s\n", r, cmd);
+                abort();
+        }
+}
+
+static void test_order(void)
+{
+        /* depth-first with sorted siblings: a parent's subtree before a sibling extending its name */
+        const char *sorted[] = { "a", "a/b", "a/b/c", "a/x", "a b", "a-b", "a.b", "ab", "b" };
+        for (size_t i = 0; i + 1 < ELEMENTSOF(sorted); i++)
+                ASSERT_INT(snap_path_cmp(sorted[i], strlen(sorted[i]), sorted[i + 1], strlen(sorted[i + 1])), <, 0);
+        ASSERT_EQ(snap_path_cmp("a/b", 3, "a/b", 3), 0);
+        ASSERT_TRUE(snap_path_within("a/b/c", 5, "a/b", 3));
+        ASSERT_TRUE(snap_path_within("a/b", 3, "a/b", 3));
+        ASSERT_TRUE(!snap_path_within("a/bc", 4, "a/b", 3));
+}
+
+/* The walk yields tree order, and the baseline reads back exactly what was walked. */
+static void test_walk_and_baseline(const char *root, const char *state)
+{
+        char path[4096];
+        snprintf(path, sizeof(path), "%s/baseline", state);
+        SnapError e = { 0 };
+        SnapBaselineStats st;
+        ASSERT_OK(snap_baseline_write(root, NULL, path, &st, &e));
+        ASSERT_INT(st.entries, >, 10);
+
+        SnapBaseline *b = NULL;
+        SnapWalk *w = NULL;
+        ASSERT_OK(snap_baseline_open(path, &b, &e));
+        ASSERT_OK(snap_walk_new(root, NULL, &w, &e));
+        const SnapEntry *be, *we;
+        char prev[4096] = "";
+        uint64_t n = 0;
+        for (;;) {
+                int rb = snap_baseline_next(b, &be, &e), rw = snap_walk_next(w, &we, &e);
+                ASSERT_EQ(rb, rw);
+                if (rb == 0)
+                        break;
+                ASSERT_STREQ(be->path, we->path);
+                ASSERT_TRUE(!snap_entry_changed(be, we));
+                if (n++ > 0)
+                        ASSERT_INT(snap_path_cmp(prev, strlen(prev), we->path, we->path_len), <, 0);
+                snprintf(prev, sizeof(prev), "%s", we->path);
+        }
+        ASSERT_EQ(n, st.entries);
+        snap_walk_free(w);
+        snap_baseline_free(b);
+}
+
+static void test_baseline_corrupt(const char *state)
+{
+        char path[4096], bad[4096];
+        snprintf(path, sizeof(path), "%s/baseline", state);
+        snprintf(bad, sizeof(bad), "%s/bad", state);
+        SnapError e = { 0 };
+        SnapBaseline *b = NULL;
+        /* one flipped byte in the middle */
+        sh("cp %s %s && printf 'Z' | dd of=%s bs=1 seek=40 conv=notrunc status=none", path, bad, bad);
+        ASSERT_EQ(snap_baseline_open(bad, &b, &e), -EBADMSG);
+        ASSERT_TRUE(strstr(e.msg, "corrupt") != NULL);
+        /* truncated */
+        sh("head -c 100 %s > %s", path, bad);
+        ASSERT_EQ(snap_baseline_open(bad, &b, &e), -EBADMSG);
+        /* missing: says what to run */
+        ASSERT_EQ(snap_baseline_open("/nonexistent/baseline", &b, &e), -ENOENT);
+        ASSERT_TRUE(strstr(e.msg, "nbsnap baseline") != NULL);
+}
+
+typedef struct Buf {
+        uint8_t *data;
+        size_t size, allocated;
+} Buf;
+
+static int buf_write(void *userdata, const void *data, size_t size)
+{
+        Buf *b = userdata;
+        if (b->size + size > b->allocated) {
+                b->allocated = (b->size + size) * 2;
+                b->data = realloc(b->data, b->allocated);
+                ASSERT_TRUE(b->data);
+        }
+        memcpy(b->data + b->size, data, size);
+        b->size += size;
+        return 0;
+}
+
+/* Diffs root against the baseline in state and returns the layer as "kind path [-> link]" lines. */
+static char *diff_listing(const char *root, const char *state, const SnapExcludes *ex, SnapDiffStats *ret_stats)
+{
+        char path[4096];
+        snprintf(path, sizeof(path), "%s/baseline", state);
+        SnapError e = { 0 };
+        SnapBaseline *b = NULL;
+        SnapWalk *w = NULL;
+        SnapLayer *l = NULL;
+        Buf buf = { 0 };
+        ASSERT_OK(snap_baseline_open(path, &b, &e));
+        ASSERT_OK(snap_walk_new(root, ex, &w, &e));
+        ASSERT_OK(snap_layer_new(buf_write, NULL, &buf, &l, &e));
+        int r = snap_diff_layer(b, w, ex, l, NULL, NULL, ret_stats, &e);
+        if (r < 0)
+                fprintf(stderr, "diff: %s\n", e.msg);
+        ASSERT_OK(r);
+        ASSERT_OK(snap_layer_finish(l, &e));
+        snap_layer_free(l);
+        snap_walk_free(w);
+        snap_baseline_free(b);
+        /* no padding after the end-of-archive blocks */
+        ASSERT_EQ(buf.size % 512, 0);
+        ASSERT_INT(buf.size, >=, 1024);
+
+        struct archive *a = archive_read_new();
+        archive_read_support_format_tar(a);
+        ASSERT_EQ(archive_read_open_memory(a, buf.data, buf.size), ARCHIVE_OK);
+        char *out = NULL;
+        size_t outlen = 0;
+        FILE *f = open_memstream(&out, &outlen);
+        struct archive_entry *ae;
+        while (archive_read_next_header(a, &ae) == ARCHIVE_OK) {
+                const char *hl = archive_entry_hardlink(ae), *sl = archive_entry_symlink(ae);
+                char xattrs[256] = "";
+                if (archive_entry_xattr_reset(ae) > 0) {
+                        const char *name;
+                        const void *v;
+                        size_t vs;
+                        while (archive_entry_xattr_next(ae, &name, &v, &vs) == ARCHIVE_OK)
+                                snprintf(xattrs + strlen(xattrs), sizeof(xattrs) - strlen(xattrs), " %s=%.*s", name,
+                                         (int)vs, (const char *)v);
+                }
+                fprintf(f, "%s%s%s%s%s\n", archive_entry_pathname(ae), hl ? " => " : "", hl ? hl : "",
+                        sl ? " -> " : "", sl ? sl : "");
+                if (xattrs[0])
+                        fprintf(f, "  xattrs:%s\n", xattrs);
+                ASSERT_TRUE(archive_entry_mtime_nsec(ae) == 0);
+                ASSERT_TRUE(!archive_entry_atime_is_set(ae) && !archive_entry_ctime_is_set(ae));
+                ASSERT_TRUE(!archive_entry_uname(ae) || !archive_entry_uname(ae)[0]);
+                ASSERT_EQ(archive_entry_sparse_count(ae), 0);
+        }
+        fclose(f);
+        archive_read_free(a);
+        free(buf.data);
+        return out;
+}
+
+static bool has_line(const char *listing, const char *line)
+{
+        size_t n = strlen(line);
+        for (const char *p = listing; (p = strstr(p, line)); p++)
+                if ((p == listing || p[-1] == '\n') && (p[n] == '\n' || p[n] == '\0'))
+                        return true;
+        return false;
+}
+
+#define ASSERT_LISTED(listing, line)                                                                            \
+        do {                                                                                                    \
+                if (!has_line(listing, line)) {                                                                 \
+                        fprintf(stderr, "%s:%d: '%s' not in layer:\n%s", __FILE__, __LINE__, line, listing);    \
+                        abort();                                                                                \
+                }                                                                                               \
+        } while (0)
+#define ASSERT_NOT_LISTED(listing, line)                                                                        \
+        do {                                                                                                    \
+                if (has_line(listing, line)) {                                                                  \
+                        fprintf(stderr, "%s:%d: '%s' must not be in layer:\n%s", __FILE__, __LINE__, line,      \
+                                listing);                                                                       \
+                        abort();                                                                                \
+                }                                                                                               \
+        } while (0)
+
+static void test_diff(const char *root, const char *state)
+{
+        SnapDiffStats st;
+        /* nothing changed: an empty layer */
+        char *l0 = diff_listing(root, state, NULL, &st);
+        ASSERT_STREQ(l0, "");
+        ASSERT_EQ(st.added + st.modified + st.deleted + st.recreated, 0);
+        free(l0);
+
+        sleep(1); /* whole-second mtimes must differ from the baseline's for touch to be seen reliably */
+        sh("cd %s && echo new > added && echo changed >> etc/conf && chmod 600 etc/mode && touch -d @1000 etc/touched"
+           " && rm -rf deldir && rm etc/delfile && rm -rf redir && mkdir redir && echo n > redir/n"
+           " && rm file2dir && mkdir file2dir && echo c > file2dir/c && rm -rf dir2file && echo f > dir2file"
+           " && ln base/orig base/newlink && ln -sfn elsewhere link && setfattr -n user.k -v v1 xattr"
+           " && mkdir -p excluded/sub && echo x > excluded/sub/x && echo s > .wh-not-a-whiteout"
+           " && mkfifo fifo && mknod chr c 1 3 && rmdir gone-but-excluded",
+           root);
+        SnapError e = { 0 };
+        SnapExcludes *ex = NULL;
+        ASSERT_OK(snap_excludes_new(&ex, &e));
+        ASSERT_OK(snap_excludes_add(ex, "/excluded", &e));
+        ASSERT_OK(snap_excludes_add(ex, "/gone-but-excluded", &e));
+        char *l = diff_listing(root, state, ex, &st);
+        ASSERT_LISTED(l, "added");
+        ASSERT_LISTED(l, "etc/conf");
+        ASSERT_LISTED(l, "etc/mode");
+        ASSERT_LISTED(l, "etc/touched");
+        ASSERT_NOT_LISTED(l, "etc/same");
+        /* top-most whiteout only */
+        ASSERT_LISTED(l, ".wh.deldir");
+        ASSERT_NOT_LISTED(l, "deldir/.wh.sub");
+        ASSERT_NOT_LISTED(l, "deldir/sub/.wh.f");
+        ASSERT_LISTED(l, "etc/.wh.delfile");
+        /* recreated directory: opaque, new content, no whiteouts for the old */
+        ASSERT_LISTED(l, "redir/");
+        ASSERT_LISTED(l, "redir/.wh..wh..opq");
+        ASSERT_LISTED(l, "redir/n");
+        ASSERT_NOT_LISTED(l, "redir/.wh.old");
+        /* type changes replace, no whiteouts below an old directory */
+        ASSERT_LISTED(l, "file2dir/");
+        ASSERT_LISTED(l, "file2dir/c");
+        ASSERT_LISTED(l, "dir2file");
+        ASSERT_NOT_LISTED(l, "dir2file/.wh.inner");
+        /* a new link to a base file: both names, the second a hard link */
+        ASSERT_LISTED(l, "base/newlink"); /* first in tree order: carries the data */
+        ASSERT_LISTED(l, "base/orig => base/newlink");
+        ASSERT_LISTED(l, "link -> elsewhere");
+        ASSERT_LISTED(l, "  xattrs: user.k=v1");
+        ASSERT_LISTED(l, "fifo");
+        ASSERT_LISTED(l, "chr");
+        ASSERT_LISTED(l, ".wh-not-a-whiteout");
+        /* excluded: not saved, and an excluded path that vanished is not whited out */
+        ASSERT_NOT_LISTED(l, "excluded/");
+        ASSERT_NOT_LISTED(l, "excluded/sub/x");
+        ASSERT_NOT_LISTED(l, ".wh.gone-but-excluded");
+        ASSERT_EQ(st.deleted, 2);
+        ASSERT_EQ(st.recreated, 1);
+        free(l);
+
+        /* determinism: the same tree gives the same bytes (compared through the listing and the sizes) */
+        char *l2 = diff_listing(root, state, ex, NULL);
+        char *l3 = diff_listing(root, state, ex, NULL);
+        ASSERT_STREQ(l2, l3);
+        free(l2);
+        free(l3);
+
+        /* a user file named .wh.* fails the save with a clear message */
+        sh("cd %s && echo evil > .wh.evil", root);
+        char path[4096];
+        snprintf(path, sizeof(path), "%s/baseline", state);
+        SnapBaseline *b = NULL;
+        SnapWalk *w = NULL;
+        SnapLayer *ly = NULL;
+        Buf buf = { 0 };
+        ASSERT_OK(snap_baseline_open(path, &b, &e));
+        ASSERT_OK(snap_walk_new(root, ex, &w, &e));
+        ASSERT_OK(snap_layer_new(buf_write, NULL, &buf, &ly, &e));
+        ASSERT_EQ(snap_diff_layer(b, w, ex, ly, NULL, NULL, NULL, &e), -EINVAL);
+        ASSERT_TRUE(strstr(e.msg, ".wh.evil") && strstr(e.msg, "deletion marker"));
+        snap_layer_free(ly);
+        snap_walk_free(w);
+        snap_baseline_free(b);
+        free(buf.data);
+        sh("rm %s/.wh.evil", root);
+        snap_excludes_free(ex);
+}
+
+static void test_excludes_mountinfo(const char *state)
+{
+        char mi[4096];
+        snprintf(mi, sizeof(mi), "%s/mountinfo", state);
+        FILE *f = fopen(mi, "we");
+        ASSERT_TRUE(f);
+        fputs("22 1 0:21 / / rw - overlay overlay rw\n"
+              "23 22 0:22 / /r rw - overlay overlay rw\n"
+              "24 23 8:1 /vol /r/home/ma-user/work rw - ext4 /dev/sda1 rw\n"
+              "25 23 8:1 /hosts /r/etc/hosts rw - ext4 /dev/sda1 rw\n"
+              "26 23 0:5 / /r/dev/shm rw - tmpfs tmpfs rw\n"
+              "27 23 0:5 / /r/with\\040space rw - tmpfs tmpfs rw\n"
+              "28 1 0:5 / /rother rw - tmpfs tmpfs rw\n",
+              f);
+        fclose(f);
+        SnapError e = { 0 };
+        SnapExcludes *x = NULL;
+        ASSERT_OK(snap_excludes_new(&x, &e));
+        ASSERT_EQ(snap_excludes_add_mounts(x, "/r", mi, &e), 4);
+        ASSERT_TRUE(snap_excludes_match(x, "home/ma-user/work"));
+        ASSERT_TRUE(snap_excludes_match(x, "etc/hosts"));
+        ASSERT_TRUE(snap_excludes_match(x, "dev/shm"));
+        ASSERT_TRUE(snap_excludes_match(x, "with space"));
+        ASSERT_TRUE(!snap_excludes_match(x, "rother"));
+        ASSERT_TRUE(snap_excludes_covers(x, "home/ma-user/work/a/b", 21));
+        ASSERT_TRUE(!snap_excludes_covers(x, "home/ma-user/workx", 18));
+        ASSERT_EQ(snap_excludes_add(x, "relative", &e), -EINVAL);
+        ASSERT_EQ(snap_excludes_add(x, "/a/../b", &e), -EINVAL);
+        ASSERT_EQ(snap_excludes_add(x, "/", &e), -EINVAL);
+        ASSERT_OK(snap_excludes_add(x, "//home/ma-user/.cache/pip/", &e));
+        ASSERT_TRUE(snap_excludes_match(x, "home/ma-user/.cache/pip"));
+        snap_excludes_free(x);
+}
+
+int main(void)
+{
+        if (getuid() != 0) {
+                fprintf(stderr, "needs root (device nodes, chown)\n");
+                return TEST_SKIP;
+        }
+        ASSERT_TRUE(mkdtemp(scratch));
+        char root[4200], state[4200];
+        snprintf(root, sizeof(root), "%s/root", scratch);
+        snprintf(state, sizeof(state), "%s/state", scratch);
+        sh("mkdir -p %s %s && cd %s && mkdir -p etc deldir/sub redir/old dir2file/inner base && echo c > etc/conf"
+           " && echo m > etc/mode && echo t > etc/touched && echo s > etc/same && echo d > etc/delfile"
+           " && echo f > deldir/sub/f && echo o > redir/old/o && echo x > file2dir && echo i > dir2file/inner/i"
+           " && echo o > base/orig && ln -s target link && echo x > xattr && mkdir -p 'sp ace' && echo 1 > 'sp ace/f'"
+           " && mkdir gone-but-excluded",
+           root, state, root);
+        test_order();
+        test_walk_and_baseline(root, state);
+        test_baseline_corrupt(state);
+        test_diff(root, state);
+        test_excludes_mountinfo(state);
+        sh("rm -rf %s", scratch);
+        printf("test-snapshot: all passed\n");
+        return 0;
+}
