@@ -1,6 +1,7 @@
 #include <archive.h>
 #include <archive_entry.h>
 #include <fcntl.h>
+#include <inttypes.h>
 #include <linux/capability.h>
 #include <stdio.h>
 #include <string.h>
@@ -191,26 +192,68 @@ static void fill_header(struct archive_entry *ae, const SnapEntry *en, const str
                 archive_entry_copy_symlink(ae, en->link);
 }
 
-/* Copies exactly `size` bytes of content. A file that shrank fails: never a padded or cut file. */
-static int copy_data(SnapLayer *l, int fd, uint64_t size, const char *path, SnapError *e)
+static int write_zeros(SnapLayer *l, uint64_t n, const char *path, SnapError *e)
 {
-        uint64_t left = size;
-        while (left > 0) {
-                size_t want = left < READ_BUFFER ? (size_t)left : READ_BUFFER;
-                ssize_t n = read(fd, l->buf, want);
-                if (n < 0 && errno == EINTR)
+        static const uint8_t zeros[64 * 1024];
+        while (n > 0) {
+                size_t k = n < sizeof(zeros) ? (size_t)n : sizeof(zeros);
+                if (archive_write_data(l->a, zeros, k) != (la_ssize_t)k)
+                        return archive_fail(l, e, path);
+                n -= k;
+        }
+        return 0;
+}
+
+static int read_data(SnapLayer *l, int fd, uint64_t off, uint64_t n, const char *path, SnapError *e)
+{
+        while (n > 0) {
+                size_t want = n < READ_BUFFER ? (size_t)n : READ_BUFFER;
+                ssize_t k = pread(fd, l->buf, want, (off_t)off);
+                if (k < 0 && errno == EINTR)
                         continue;
-                if (n < 0)
+                if (k < 0)
                         return snap_error_set(e, -errno, "cannot read /%s: %m", path);
-                if (n == 0)
+                if (k == 0)
                         return snap_error_set(e, -ESTALE,
                                               "/%s shrank while it was being saved; save again when it is not "
                                               "being written",
                                               path);
-                if (archive_write_data(l->a, l->buf, (size_t)n) != n)
+                if (archive_write_data(l->a, l->buf, (size_t)k) != k)
                         return archive_fail(l, e, path);
-                left -= (uint64_t)n;
-                l->stats.data_bytes += (uint64_t)n;
+                off += (uint64_t)k, n -= (uint64_t)k;
+                l->stats.data_bytes += (uint64_t)k;
+        }
+        return 0;
+}
+
+/* Copies exactly `size` bytes of content: never a padded or cut file (one that shrank fails). Holes of sparse
+ * files are written as zeros without reading them (OCI: no GNU.sparse entries), up to SNAP_HOLES_MAX. */
+static int copy_data(SnapLayer *l, int fd, uint64_t size, uint64_t allocated, const char *path, SnapError *e)
+{
+        if (allocated >= size) /* not sparse: one sequential read */
+                return read_data(l, fd, 0, size, path, e);
+        if (size - allocated > SNAP_HOLES_MAX)
+                return snap_error_set(e, -EFBIG,
+                                      "/%s is a sparse file with %" PRIu64 " GiB of holes; images store holes as "
+                                      "data and at most %llu GiB are allowed: --exclude it or shrink it",
+                                      path, (size - allocated) >> 30, SNAP_HOLES_MAX >> 30);
+        uint64_t off = 0;
+        while (off < size) {
+                off_t data = lseek(fd, (off_t)off, SEEK_DATA);
+                if (data < 0 && errno == ENXIO)
+                        data = (off_t)size; /* a hole up to the end */
+                else if (data < 0)
+                        return read_data(l, fd, off, size - off, path, e); /* no SEEK_DATA here */
+                uint64_t d = (uint64_t)data < size ? (uint64_t)data : size;
+                int r = write_zeros(l, d - off, path, e);
+                if (r < 0 || d == size)
+                        return r;
+                off_t hole = lseek(fd, data, SEEK_HOLE);
+                uint64_t h = hole < 0 || (uint64_t)hole > size ? size : (uint64_t)hole;
+                r = read_data(l, fd, d, h - d, path, e);
+                if (r < 0)
+                        return r;
+                off = h;
         }
         return 0;
 }
@@ -267,7 +310,7 @@ int snap_layer_add(SnapLayer *l, const SnapEntry *en, int dirfd, const char *nam
         if (r < 0)
                 return r;
         if (S_ISREG(st.st_mode) && archive_entry_size(ae) > 0)
-                r = copy_data(l, fd, (uint64_t)st.st_size, en->path, e);
+                r = copy_data(l, fd, (uint64_t)st.st_size, (uint64_t)st.st_blocks * 512, en->path, e);
         return r < 0 ? r : 1;
 }
 

@@ -16,6 +16,7 @@
 
 #define SNAP_XATTR_SIZE_MAX (64u * 1024) /* one value; the kernel's own limit */
 #define SNAP_XATTR_LIST_MAX (64u * 1024) /* the name list of one entry */
+#define SNAP_HOLES_MAX (64ull << 30)       /* hole bytes of one sparse file, written out as zeros */
 
 typedef int (*snap_layer_write_fn)(void *userdata, const void *data, size_t size);
 /* A note for the person saving: an entry left out and why. */

@@ -1,0 +1,33 @@
+#!/bin/bash
+# Installs everything nbsnap needs to build, run its demo and run its tests, from Debian 12 packages.
+# Idempotent: asks apt only for what is missing. Run as root.
+set -euo pipefail
+
+build=(build-essential cmake pkg-config clang
+       libarchive-dev libcurl4-openssl-dev libcjson-dev libssl-dev zlib1g-dev libisal-dev libzstd-dev
+       libmount-dev libsystemd-dev libmicrohttpd-dev libinih-dev libgnutls28-dev)
+run=(ca-certificates curl)
+tests=(docker-registry skopeo umoci oci-image-tool isal pigz attr libcap2-bin python3 apache2-utils
+       systemd file tar gzip iproute2 golang-go)
+
+missing=()
+for p in "${build[@]}" "${run[@]}" "${tests[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if ((${#missing[@]} == 0)); then
+    echo "install-deps: all packages present" >&2
+    exit 0
+fi
+if [[ $(id -u) -ne 0 ]]; then
+    echo "install-deps: missing packages (${missing[*]}); run as root" >&2
+    exit 1
+fi
+echo "install-deps: installing ${missing[*]}" >&2
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+# Debian's docker-registry package may start a service listening on :5000 on machines with systemd; the
+# tests start their own on 127.0.0.1, so stop it where it exists.
+if command -v systemctl >/dev/null && [[ -d /run/systemd/system ]]; then
+    systemctl disable --now docker-registry.service >/dev/null 2>&1 || true
+fi
