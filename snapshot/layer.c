@@ -10,7 +10,7 @@
 
 #include "layer.h"
 
-#define READ_BUFFER (1u << 20)
+#define READ_BUFFER (SNAP_BUFFERED_MAX + 1)
 #define WHITEOUT_PREFIX ".wh."
 #define OPAQUE_NAME ".wh..wh..opq"
 
@@ -269,6 +269,78 @@ static int write_entry(SnapLayer *l, struct archive_entry *ae, const char *path,
         return 0;
 }
 
+static bool same_content_stat(const struct stat *a, const struct stat *b)
+{
+        return a->st_ino == b->st_ino && a->st_size == b->st_size && a->st_mtim.tv_sec == b->st_mtim.tv_sec &&
+               a->st_mtim.tv_nsec == b->st_mtim.tv_nsec && a->st_ctim.tv_sec == b->st_ctim.tv_sec &&
+               a->st_ctim.tv_nsec == b->st_ctim.tv_nsec;
+}
+
+static int changed_error(const char *path, SnapError *e)
+{
+        return snap_error_set(e, -EBUSY,
+                              "/%s kept changing while it was being saved; stop the program writing it (or "
+                              "--exclude it) and save again",
+                              path);
+}
+
+/* A small file is read whole into memory, with the stat taken before and after: when the notebook writes it
+ * meanwhile, it is read again (up to SNAP_READ_RETRIES times), so the header always matches a state the file
+ * really had. *st is updated to the state read. */
+static int read_small(SnapLayer *l, int fd, struct stat *st, const char *path, SnapError *e)
+{
+        for (unsigned attempt = 0; attempt <= SNAP_READ_RETRIES; attempt++) {
+                size_t got = 0, want = (size_t)st->st_size + 1; /* one more byte tells growth */
+                while (got < want) {
+                        ssize_t k = pread(fd, l->buf + got, want - got, (off_t)got);
+                        if (k < 0 && errno == EINTR)
+                                continue;
+                        if (k < 0)
+                                return snap_error_set(e, -errno, "cannot read /%s: %m", path);
+                        if (k == 0)
+                                break;
+                        got += (size_t)k;
+                }
+                struct stat after;
+                if (fstat(fd, &after) < 0)
+                        return snap_error_set(e, -errno, "cannot stat /%s: %m", path);
+                if (got == (size_t)st->st_size && same_content_stat(st, &after))
+                        return 0;
+                *st = after;
+                if ((uint64_t)st->st_size > SNAP_BUFFERED_MAX)
+                        return changed_error(path, e); /* grew past what is buffered: too busy to take */
+        }
+        return changed_error(path, e);
+}
+
+static int write_regular(SnapLayer *l, struct archive_entry *ae, int fd, struct stat *st, const char *path,
+                         SnapError *e)
+{
+        int r;
+        if ((uint64_t)st->st_size <= SNAP_BUFFERED_MAX) {
+                r = read_small(l, fd, st, path, e);
+                if (r < 0)
+                        return r;
+                archive_entry_set_size(ae, st->st_size);
+                archive_entry_set_mtime(ae, st->st_mtim.tv_sec, 0);
+                r = write_entry(l, ae, path, e);
+                if (r < 0)
+                        return r;
+                if (st->st_size > 0 && archive_write_data(l->a, l->buf, (size_t)st->st_size) != st->st_size)
+                        return archive_fail(l, e, path);
+                l->stats.data_bytes += (uint64_t)st->st_size;
+                return 0;
+        }
+        /* a big file streams: it cannot be taken back from the stream, so a change while reading fails */
+        r = write_entry(l, ae, path, e);
+        if (r >= 0)
+                r = copy_data(l, fd, (uint64_t)st->st_size, (uint64_t)st->st_blocks * 512, path, e);
+        struct stat after;
+        if (r >= 0 && (fstat(fd, &after) < 0 || !same_content_stat(st, &after)))
+                r = changed_error(path, e);
+        return r;
+}
+
 int snap_layer_add(SnapLayer *l, const SnapEntry *en, int dirfd, const char *name, SnapError *e)
 {
         if (S_ISSOCK(en->mode)) {
@@ -283,6 +355,12 @@ int snap_layer_add(SnapLayer *l, const SnapEntry *en, int dirfd, const char *nam
                                       "read it as a deletion marker; rename it, delete it or --exclude it",
                                       en->path);
         _cleanup_close_ int fd = open_entry(dirfd, name, en, en->path, e);
+        if (fd == -ENOENT) {
+                l->stats.skipped++;
+                if (l->note)
+                        l->note(l->userdata, en->path, "deleted while the save was running: not saved");
+                return 0;
+        }
         if (fd < 0)
                 return fd;
         struct stat st;
@@ -301,16 +379,14 @@ int snap_layer_add(SnapLayer *l, const SnapEntry *en, int dirfd, const char *nam
         struct archive_entry *spare = NULL;
         if (!S_ISDIR(st.st_mode))
                 archive_entry_linkify(l->links, &ae, &spare);
-        /* LIKE_TAR strategy: never a deferred entry */
-        if (spare)
+        if (spare) /* LIKE_TAR strategy: never a deferred entry */
                 archive_entry_free(spare);
         if (!ae)
                 return 1;
-        r = write_entry(l, ae, en->path, e);
-        if (r < 0)
-                return r;
-        if (S_ISREG(st.st_mode) && archive_entry_size(ae) > 0)
-                r = copy_data(l, fd, (uint64_t)st.st_size, (uint64_t)st.st_blocks * 512, en->path, e);
+        if (S_ISREG(st.st_mode) && !archive_entry_hardlink(ae))
+                r = write_regular(l, ae, fd, &st, en->path, e);
+        else
+                r = write_entry(l, ae, en->path, e);
         return r < 0 ? r : 1;
 }
 

@@ -17,6 +17,8 @@
 #define SNAP_XATTR_SIZE_MAX (64u * 1024) /* one value; the kernel's own limit */
 #define SNAP_XATTR_LIST_MAX (64u * 1024) /* the name list of one entry */
 #define SNAP_HOLES_MAX (64ull << 30)       /* hole bytes of one sparse file, written out as zeros */
+#define SNAP_BUFFERED_MAX (1u << 20)        /* files up to this size are read whole, then written */
+#define SNAP_READ_RETRIES 3                 /* re-reads of a small file the notebook writes meanwhile */
 
 typedef int (*snap_layer_write_fn)(void *userdata, const void *data, size_t size);
 /* A note for the person saving: an entry left out and why. */
