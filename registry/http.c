@@ -1,0 +1,691 @@
+/* http.c: one request to the registry, with what every request needs: the Authorization header (only ever
+ * for the registry's own origin; curl drops it on redirects to other hosts), the Bearer challenge -> token
+ * round trip, token renewal on 401, retries with backoff and Retry-After, bounded bodies, and errors that
+ * say what the registry said without the URL's query (presigned URLs carry credentials there). */
+#include <string.h>
+#include <strings.h>
+
+#include "registry-internal.h"
+
+typedef struct Transfer {
+        const RegRequest *rq;
+        RegResponse *resp;
+        CURL *curl;
+        size_t body_max, body_cap;
+        size_t sent;
+        uint64_t sunk; /* bytes given to rq->sink */
+        bool overflow;
+        int sink_error;
+} Transfer;
+
+void reg_response_done(RegResponse *r)
+{
+        if (!r)
+                return;
+        free(r->body);
+        free(r->content_type);
+        free(r->location);
+        free(r->docker_content_digest);
+        free(r->range);
+        free(r->effective_url);
+        free(r->www_authenticate);
+        free(r->retry_after);
+        *r = (RegResponse){0};
+}
+
+static void response_donep(RegResponse *r)
+{
+        reg_response_done(r);
+}
+
+static size_t write_cb(char *p, size_t sz, size_t nm, void *userdata)
+{
+        Transfer *t = userdata;
+        size_t n = sz * nm;
+        long status = 0;
+        curl_easy_getinfo(t->curl, CURLINFO_RESPONSE_CODE, &status);
+        if (t->rq->sink && status >= 200 && status < 300) {
+                int r = t->rq->sink(t->rq->sink_userdata, p, n);
+                if (r < 0) {
+                        t->sink_error = r;
+                        return 0;
+                }
+                t->sunk += n;
+                return n;
+        }
+        RegResponse *resp = t->resp;
+        if (n > t->body_max - resp->body_size) {
+                t->overflow = true;
+                return 0;
+        }
+        if (resp->body_size + n + 1 > t->body_cap) {
+                size_t cap = t->body_cap ? t->body_cap : 4096;
+                while (cap < resp->body_size + n + 1)
+                        cap *= 2;
+                if (cap > t->body_max + 1)
+                        cap = t->body_max + 1;
+                char *b = realloc(resp->body, cap);
+                if (!b)
+                        return 0;
+                resp->body = b;
+                t->body_cap = cap;
+        }
+        memcpy(resp->body + resp->body_size, p, n);
+        resp->body_size += n;
+        resp->body[resp->body_size] = 0;
+        return n;
+}
+
+static size_t read_cb(char *buf, size_t sz, size_t nm, void *userdata)
+{
+        Transfer *t = userdata;
+        size_t n = sz * nm, left = t->rq->body_size - t->sent;
+        if (n > left)
+                n = left;
+        if (n)
+                memcpy(buf, (const char *)t->rq->body + t->sent, n);
+        t->sent += n;
+        return n;
+}
+
+static int seek_cb(void *userdata, curl_off_t offset, int origin)
+{
+        Transfer *t = userdata;
+        if (origin != SEEK_SET || offset < 0 || (size_t)offset > t->rq->body_size)
+                return CURL_SEEKFUNC_CANTSEEK;
+        t->sent = (size_t)offset;
+        return CURL_SEEKFUNC_OK;
+}
+
+static int slist_add(struct curl_slist **l, const char *name, const char *value)
+{
+        char buf[REG_HEADER_MAX + 64];
+        int n = snprintf(buf, sizeof(buf), "%s: %s", name, value ? value : "");
+        if (n < 0 || (size_t)n >= sizeof(buf))
+                return -E2BIG;
+        if (!value) /* "Name:" removes a header curl would add */
+                buf[strlen(name) + 1] = 0;
+        struct curl_slist *x = curl_slist_append(*l, buf);
+        OPENSSL_cleanse(buf, sizeof(buf));
+        if (!x)
+                return -ENOMEM;
+        *l = x;
+        return 0;
+}
+
+static int build_headers(const RegRequest *rq, const char *authz, struct curl_slist **ret)
+{
+        _cleanup_slist_ struct curl_slist *h = NULL;
+        int r = slist_add(&h, "Expect", NULL);
+        if (r >= 0 && rq->accept)
+                r = slist_add(&h, "Accept", rq->accept);
+        if (r >= 0)
+                r = slist_add(&h, "Content-Type", rq->content_type);
+        if (r >= 0 && rq->content_range)
+                r = slist_add(&h, "Content-Range", rq->content_range);
+        if (r >= 0 && authz)
+                r = slist_add(&h, "Authorization", authz);
+        if (r < 0)
+                return r;
+        *ret = TAKE_PTR(h);
+        return 0;
+}
+
+static void setup_method(CURL *curl, const RegRequest *rq, Transfer *t)
+{
+        bool upload = rq->body || strcmp(rq->method, "PUT") == 0 || strcmp(rq->method, "PATCH") == 0;
+        if (strcmp(rq->method, "HEAD") == 0)
+                curl_easy_setopt(curl, CURLOPT_NOBODY, 1L);
+        else if (strcmp(rq->method, "GET") == 0)
+                curl_easy_setopt(curl, CURLOPT_HTTPGET, 1L);
+        else if (strcmp(rq->method, "POST") == 0) {
+                curl_easy_setopt(curl, CURLOPT_POST, 1L);
+                curl_easy_setopt(curl, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)rq->body_size);
+        } else {
+                if (upload) {
+                        curl_easy_setopt(curl, CURLOPT_UPLOAD, 1L);
+                        curl_easy_setopt(curl, CURLOPT_INFILESIZE_LARGE, (curl_off_t)rq->body_size);
+                }
+                curl_easy_setopt(curl, CURLOPT_CUSTOMREQUEST, rq->method);
+        }
+        curl_easy_setopt(curl, CURLOPT_READFUNCTION, read_cb);
+        curl_easy_setopt(curl, CURLOPT_READDATA, t);
+        curl_easy_setopt(curl, CURLOPT_SEEKFUNCTION, seek_cb);
+        curl_easy_setopt(curl, CURLOPT_SEEKDATA, t);
+}
+
+static void setup_common(RegClient *c, const RegRequest *rq, Transfer *t, char *errbuf)
+{
+        CURL *curl = c->curl;
+        curl_easy_reset(curl);
+        curl_easy_setopt(curl, CURLOPT_URL, rq->url);
+        curl_easy_setopt(curl, CURLOPT_NOSIGNAL, 1L);
+        curl_easy_setopt(curl, CURLOPT_ERRORBUFFER, errbuf);
+        curl_easy_setopt(curl, CURLOPT_USERAGENT, c->user_agent);
+        curl_easy_setopt(curl, CURLOPT_CONNECTTIMEOUT, c->connect_timeout_s);
+        curl_easy_setopt(curl, CURLOPT_LOW_SPEED_LIMIT, 1024L);
+        curl_easy_setopt(curl, CURLOPT_LOW_SPEED_TIME, c->low_speed_time_s);
+        /* http only when the registry URL says so; never https -> http on a redirect. */
+        curl_easy_setopt(curl, CURLOPT_PROTOCOLS_STR, c->plain_http ? "http,https" : "https");
+        curl_easy_setopt(curl, CURLOPT_REDIR_PROTOCOLS_STR, c->plain_http ? "http,https" : "https");
+        curl_easy_setopt(curl, CURLOPT_FOLLOWLOCATION, rq->follow ? 1L : 0L);
+        curl_easy_setopt(curl, CURLOPT_MAXREDIRS, (long)REG_REDIRECTS_MAX);
+        curl_easy_setopt(curl, CURLOPT_UNRESTRICTED_AUTH, 0L);
+        curl_easy_setopt(curl, CURLOPT_SSL_VERIFYPEER, 1L);
+        curl_easy_setopt(curl, CURLOPT_SSL_VERIFYHOST, 2L);
+        if (c->ca_bundle) {
+                struct curl_blob blob = {
+                        .data = c->ca_bundle, .len = c->ca_bundle_size, .flags = CURL_BLOB_NOCOPY};
+                curl_easy_setopt(curl, CURLOPT_CAINFO_BLOB, &blob);
+        }
+        if (c->client_cert) {
+                curl_easy_setopt(curl, CURLOPT_SSLCERT, c->client_cert);
+                curl_easy_setopt(curl, CURLOPT_SSLKEY, c->client_key);
+        }
+        curl_easy_setopt(curl, CURLOPT_WRITEFUNCTION, write_cb);
+        curl_easy_setopt(curl, CURLOPT_WRITEDATA, t);
+        setup_method(curl, rq, t);
+}
+
+/* The value of one response header of the last response (after redirects), bounded. */
+static int header_get(CURL *curl, const char *name, char **ret)
+{
+        struct curl_header *h = NULL;
+        if (curl_easy_header(curl, name, 0, CURLH_HEADER, -1, &h) != CURLHE_OK || !h || !h->value)
+                return 0;
+        return reg_strdup(strnlen(h->value, REG_HEADER_MAX + 1) > REG_HEADER_MAX ? "" : h->value, ret);
+}
+
+/* All WWW-Authenticate headers as one list of challenges. */
+static int header_challenges(CURL *curl, char **ret)
+{
+        char buf[REG_HEADER_MAX];
+        size_t len = 0;
+        struct curl_header *h = NULL;
+        buf[0] = 0;
+        for (size_t i = 0; i < REG_CHALLENGE_MAX; i++) {
+                if (curl_easy_header(curl, "WWW-Authenticate", i, CURLH_HEADER, -1, &h) != CURLHE_OK)
+                        break;
+                int n = snprintf(buf + len, sizeof(buf) - len, "%s%s", len ? ", " : "", h->value);
+                if (n < 0 || (size_t)n >= sizeof(buf) - len)
+                        break;
+                len += (size_t)n;
+                if (i + 1 >= h->amount)
+                        break;
+        }
+        return len ? reg_strdup(buf, ret) : 0;
+}
+
+static int collect_headers(CURL *curl, RegResponse *r)
+{
+        char *eff = NULL;
+        curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, &r->status);
+        curl_easy_getinfo(curl, CURLINFO_EFFECTIVE_URL, &eff);
+        curl_off_t cl = -1;
+        curl_easy_getinfo(curl, CURLINFO_CONTENT_LENGTH_DOWNLOAD_T, &cl);
+        r->content_length = cl;
+        _cleanup_free_ char *loc = NULL, *chunk_min = NULL;
+        if (reg_strdup(eff, &r->effective_url) < 0 ||
+            header_get(curl, "Content-Type", &r->content_type) < 0 ||
+            header_get(curl, "Location", &loc) < 0 ||
+            header_get(curl, "Docker-Content-Digest", &r->docker_content_digest) < 0 ||
+            header_get(curl, "Range", &r->range) < 0 ||
+            header_get(curl, "Retry-After", &r->retry_after) < 0 ||
+            header_get(curl, "OCI-Chunk-Min-Length", &chunk_min) < 0 ||
+            header_challenges(curl, &r->www_authenticate) < 0)
+                return -ENOMEM;
+        if (loc && *loc && eff && reg_url_resolve(eff, loc, &r->location) == -ENOMEM)
+                return -ENOMEM;
+        if (chunk_min) {
+                char *end;
+                unsigned long long v = strtoull(chunk_min, &end, 10);
+                if (end != chunk_min && *end == 0)
+                        r->chunk_min = v;
+        }
+        if (r->status >= 400)
+                reg_error_body_parse(r->body, r->body_size, r->content_type, r->error_code,
+                                     sizeof(r->error_code), NULL, 0);
+        return 0;
+}
+
+/* One HTTP exchange. Returns -errno for local failures; a transport failure is in *ret_cc. */
+static int perform(RegClient *c, const RegRequest *rq, const char *authz, RegResponse *resp,
+                   CURLcode *ret_cc, char *errbuf, uint64_t *ret_sunk)
+{
+        Transfer t = {.rq = rq, .resp = resp, .curl = c->curl};
+        t.body_max = rq->body_max ? rq->body_max : REG_ERROR_BODY_MAX;
+        _cleanup_slist_ struct curl_slist *headers = NULL;
+        int r = build_headers(rq, authz, &headers);
+        if (r < 0)
+                return r;
+        errbuf[0] = 0;
+        setup_common(c, rq, &t, errbuf);
+        curl_easy_setopt(c->curl, CURLOPT_HTTPHEADER, headers);
+        CURLcode cc = curl_easy_perform(c->curl);
+        *ret_sunk = t.sunk;
+        if (t.sink_error < 0)
+                return t.sink_error;
+        if (t.overflow)
+                return -EFBIG;
+        if (cc == CURLE_WRITE_ERROR)
+                return -ENOMEM;
+        *ret_cc = cc;
+        if (cc != CURLE_OK)
+                return 0;
+        return collect_headers(c->curl, resp);
+}
+
+static bool curl_retryable(CURLcode cc)
+{
+        switch (cc) {
+        case CURLE_COULDNT_RESOLVE_HOST:
+        case CURLE_COULDNT_CONNECT:
+        case CURLE_OPERATION_TIMEDOUT:
+        case CURLE_SEND_ERROR:
+        case CURLE_RECV_ERROR:
+        case CURLE_GOT_NOTHING:
+        case CURLE_PARTIAL_FILE:
+        case CURLE_HTTP2:
+        case CURLE_HTTP2_STREAM:
+        case CURLE_SSL_CONNECT_ERROR:
+                return true;
+        default:
+                return false;
+        }
+}
+
+static int curl_errno(CURLcode cc)
+{
+        switch (cc) {
+        case CURLE_COULDNT_RESOLVE_HOST:
+        case CURLE_COULDNT_RESOLVE_PROXY:
+                return -EHOSTUNREACH;
+        case CURLE_COULDNT_CONNECT:
+                return -ECONNREFUSED;
+        case CURLE_OPERATION_TIMEDOUT:
+                return -ETIMEDOUT;
+        case CURLE_TOO_MANY_REDIRECTS:
+                return -ELOOP;
+        case CURLE_UNSUPPORTED_PROTOCOL:
+                return -EPROTONOSUPPORT;
+        case CURLE_OUT_OF_MEMORY:
+                return -ENOMEM;
+        case CURLE_PEER_FAILED_VERIFICATION:
+        case CURLE_SSL_CONNECT_ERROR:
+        case CURLE_SSL_CERTPROBLEM:
+        case CURLE_SSL_CACERT_BADFILE:
+                return -EPROTO;
+        default:
+                return -ECONNRESET;
+        }
+}
+
+static bool status_retryable(long status)
+{
+        return status == 408 || status == 429 || status == 500 || status == 502 || status == 503 ||
+               status == 504;
+}
+
+/* Codes that no retry can change. */
+static bool code_final(const char *code)
+{
+        static const char *const codes[] = {"DENIED",           "NAME_INVALID", "DIGEST_INVALID",
+                                            "MANIFEST_INVALID", "UNAUTHORIZED", "NAME_UNKNOWN",
+                                            "BLOB_UNKNOWN",     "UNSUPPORTED"};
+        for (size_t i = 0; i < ELEMENTSOF(codes); i++)
+                if (strcmp(code, codes[i]) == 0)
+                        return true;
+        return false;
+}
+
+static void sleep_ms(unsigned ms)
+{
+        struct timespec ts = {.tv_sec = ms / 1000, .tv_nsec = (long)(ms % 1000) * 1000000L};
+        while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
+                ;
+}
+
+static int transport_error(const RegRequest *rq, CURLcode cc, const char *errbuf, RegError *e)
+{
+        char url[REG_URL_MAX];
+        char detail[CURL_ERROR_SIZE];
+        /* curl's text can quote a URL: keep nothing after a '?'. */
+        reg_url_redact(*errbuf ? errbuf : curl_easy_strerror(cc), detail, sizeof(detail));
+        return reg_error_set(e, curl_errno(cc), "%s %s failed: %s", rq->method,
+                             reg_url_redact(rq->url, url, sizeof(url)), detail);
+}
+
+/* ---- tokens --------------------------------------------------------------------------------------------
+ */
+
+static RegToken *token_find(RegClient *c, const char *key)
+{
+        uint64_t now = reg_now_usec();
+        for (size_t i = 0; i < c->n_tokens; i++)
+                if (strcmp(c->tokens[i].scope, key) == 0)
+                        return c->tokens[i].expires_usec > now ? &c->tokens[i] : NULL;
+        return NULL;
+}
+
+static void token_drop(RegClient *c, const char *key)
+{
+        for (size_t i = 0; i < c->n_tokens; i++)
+                if (strcmp(c->tokens[i].scope, key) == 0) {
+                        free(c->tokens[i].scope);
+                        reg_secret_freep(&c->tokens[i].token);
+                        c->tokens[i] = c->tokens[--c->n_tokens];
+                        c->tokens[c->n_tokens] = (RegToken){0};
+                        return;
+                }
+}
+
+/* Takes token; a full cache drops the entry that expires first. */
+static int token_store(RegClient *c, const char *key, char **token, long expires_in)
+{
+        token_drop(c, key);
+        if (c->n_tokens == REG_TOKENS_MAX) {
+                size_t oldest = 0;
+                for (size_t i = 1; i < c->n_tokens; i++)
+                        if (c->tokens[i].expires_usec < c->tokens[oldest].expires_usec)
+                                oldest = i;
+                token_drop(c, c->tokens[oldest].scope);
+        }
+        char *k = strdup(key);
+        if (!k)
+                return -ENOMEM;
+        /* Renew a little early: a token must not expire between the lookup and the server's check. */
+        long margin = expires_in / 10 < 10 ? expires_in / 10 : 10;
+        c->tokens[c->n_tokens++] = (RegToken){
+                .scope = k,
+                .token = TAKE_PTR(*token),
+                .expires_usec = reg_now_usec() + (uint64_t)(expires_in - margin) * 1000000u,
+        };
+        return 0;
+}
+
+/* realm?service=..&scope=..(one per space-separated scope) */
+static int token_url(RegClient *c, const char *scope, char **ret)
+{
+        _cleanup_free_ char *url = NULL;
+        int r = reg_strdup(c->realm, &url);
+        if (r >= 0 && c->service) {
+                _cleanup_free_ char *u = TAKE_PTR(url);
+                r = reg_url_add_query(u, "service", c->service, &url);
+        }
+        for (const char *p = scope ? scope : ""; r >= 0 && *p;) {
+                size_t n = strcspn(p, " ");
+                if (n > 0 && n < REG_URL_MAX) {
+                        char one[REG_URL_MAX];
+                        snprintf(one, sizeof(one), "%.*s", (int)n, p);
+                        _cleanup_free_ char *u = TAKE_PTR(url);
+                        r = reg_url_add_query(u, "scope", one, &url);
+                }
+                p += n;
+                p += strspn(p, " ");
+        }
+        if (r < 0)
+                return r;
+        *ret = TAKE_PTR(url);
+        return 0;
+}
+
+/* OAuth2 refresh-token grant body, for identity tokens (docker's "identitytoken"). */
+static int token_form(RegClient *c, const char *scope, char **ret)
+{
+        _cleanup_curl_free_ char *rt = curl_easy_escape(NULL, c->creds.identity_token, 0);
+        _cleanup_curl_free_ char *svc = curl_easy_escape(NULL, c->service ? c->service : "", 0);
+        _cleanup_curl_free_ char *sc = curl_easy_escape(NULL, scope ? scope : "", 0);
+        if (!rt || !svc || !sc)
+                return -ENOMEM;
+        char *body = NULL;
+        int n = asprintf(&body,
+                         "grant_type=refresh_token&client_id=nbsnap&refresh_token=%s&service=%s&scope=%s",
+                         rt, svc, sc);
+        OPENSSL_cleanse(rt, strlen(rt));
+        if (n < 0)
+                return -ENOMEM;
+        *ret = body;
+        return 0;
+}
+
+static int request_retrying(RegClient *c, const RegRequest *rq, const char *authz, RegResponse *ret,
+                            RegError *e);
+
+static int token_answer_error(RegClient *c, const RegResponse *resp, const char *scope, RegError *e)
+{
+        char msg[REG_MESSAGE_MAX + 1], code[64], realm[REG_URL_MAX];
+        reg_error_body_parse(resp->body, resp->body_size, resp->content_type, code, sizeof(code), msg,
+                             sizeof(msg));
+        int r = reg_error_set(e, resp->status == 401 || resp->status == 403 ? -EACCES : -EIO,
+                              "the token server %s refused %s for %s: HTTP %ld%s%s%s",
+                              reg_url_redact(c->realm, realm, sizeof(realm)),
+                              c->have_creds ? "the credentials" : "anonymous access",
+                              scope ? scope : "the registry", resp->status, *msg ? " (" : "", msg,
+                              *msg ? ")" : "");
+        if (e)
+                e->http_status = (int)resp->status;
+        return r;
+}
+
+static int token_fetch(RegClient *c, const char *scope, const char *key, RegError *e)
+{
+        _cleanup_free_ char *url = NULL;
+        _cleanup_secret_ char *form = NULL, *basic = NULL, *token = NULL;
+        bool refresh = c->have_creds && c->creds.identity_token;
+        int r = refresh ? reg_strdup(c->realm, &url) : token_url(c, scope, &url);
+        if (r >= 0 && refresh)
+                r = token_form(c, scope, &form);
+        if (r >= 0 && !refresh && c->have_creds && c->creds.username && c->creds.password)
+                r = reg_basic_header(c->creds.username, c->creds.password, &basic);
+        if (r < 0)
+                return reg_error_set(e, r, "cannot build the token request");
+        RegRequest rq = {
+                .method = refresh ? "POST" : "GET",
+                .url = url,
+                .content_type = refresh ? "application/x-www-form-urlencoded" : NULL,
+                .body = form,
+                .body_size = form ? strlen(form) : 0,
+                .body_max = REG_TOKEN_MAX,
+                .retry = true,
+                .follow = true,
+        };
+        _cleanup_(response_donep) RegResponse resp = {0};
+        r = request_retrying(c, &rq, basic, &resp, e);
+        if (r < 0)
+                return r;
+        if (resp.status != 200)
+                return token_answer_error(c, &resp, scope, e);
+        long expires_in;
+        r = reg_token_parse(resp.body, resp.body_size, &token, &expires_in, e);
+        if (resp.body)
+                OPENSSL_cleanse(resp.body, resp.body_size);
+        if (r < 0)
+                return r;
+        return token_store(c, key, &token, expires_in);
+}
+
+/* ---- auth ----------------------------------------------------------------------------------------------
+ */
+
+static int auth_header(RegClient *c, const RegRequest *rq, char **ret, RegError *e)
+{
+        *ret = NULL;
+        if (!reg_url_same_origin(rq->url, c->url))
+                return 0;
+        if (c->auth == REG_AUTH_BASIC && c->have_creds && c->creds.username && c->creds.password)
+                return reg_basic_header(c->creds.username, c->creds.password, ret);
+        if (c->auth != REG_AUTH_BEARER)
+                return 0;
+        const char *key = rq->scope ? rq->scope : "";
+        RegToken *t = token_find(c, key);
+        if (!t) {
+                int r = token_fetch(c, rq->scope, key, e);
+                if (r < 0)
+                        return r;
+                t = token_find(c, key);
+        }
+        if (!t || asprintf(ret, "Bearer %s", t->token) < 0) {
+                *ret = NULL;
+                return -ENOMEM;
+        }
+        return 0;
+}
+
+static int no_credentials(RegClient *c, const RegRequest *rq, RegError *e)
+{
+        return reg_error_set(
+                e, -EACCES,
+                "registry %s requires a login for %s %s, and no credentials for it were found (in %s)",
+                c->host, rq->method, rq->scope ? rq->scope : "",
+                c->authfile_path ? c->authfile_path
+                : c->opt_authfile
+                        ? c->opt_authfile
+                        : "$REGISTRY_AUTH_FILE, $DOCKER_CONFIG/config.json, ~/.docker/config.json");
+}
+
+/* A 401: learn the scheme, get a token when it is Bearer. 0 means: send again. */
+static int handle_401(RegClient *c, const RegRequest *rq, const RegResponse *resp, bool sent_auth,
+                      RegError *e)
+{
+        RegChallenge ch = {0};
+        if (reg_challenge_parse(resp->www_authenticate, &ch) < 0)
+                return reg_response_error(resp, e,
+                                          "the registry answered 401 without an authentication challenge");
+        if (ch.scheme == REG_AUTH_BASIC) {
+                reg_challenge_done(&ch);
+                if (!c->have_creds || !c->creds.username || !c->creds.password)
+                        return no_credentials(c, rq, e);
+                c->auth = REG_AUTH_BASIC;
+                return 0;
+        }
+        bool http_realm = strncasecmp(ch.realm, "http://", 7) == 0;
+        if ((!http_realm || !c->plain_http) && strncasecmp(ch.realm, "https://", 8) != 0) {
+                char realm[REG_URL_MAX];
+                reg_url_redact(ch.realm, realm, sizeof(realm));
+                reg_challenge_done(&ch);
+                return reg_error_set(e, -EPROTO, "registry %s sent a token realm that is not https: %s",
+                                     c->host, realm);
+        }
+        free(c->realm);
+        free(c->service);
+        c->realm = TAKE_PTR(ch.realm);
+        c->service = TAKE_PTR(ch.service);
+        c->auth = REG_AUTH_BEARER;
+        const char *key = rq->scope ? rq->scope : "";
+        if (sent_auth)
+                token_drop(c, key);
+        int r = token_fetch(c, ch.scope ? ch.scope : rq->scope, key, e);
+        reg_challenge_done(&ch);
+        return r;
+}
+
+/* A 401 to a request that already carried what the last challenge asked for. */
+static int auth_refused(RegClient *c, const RegRequest *rq, const RegResponse *resp, RegError *e)
+{
+        char what[REG_URL_MAX + 256];
+        if (c->auth == REG_AUTH_BASIC)
+                snprintf(what, sizeof(what), "registry %s refused the credentials from %s for user \"%s\"",
+                         c->host, c->authfile_path ? c->authfile_path : "the auth file",
+                         c->creds.username ? c->creds.username : "");
+        else
+                snprintf(what, sizeof(what), "registry %s refused the token it asked for (%s%s)", c->host,
+                         rq->scope ? "scope " : "no scope", rq->scope ? rq->scope : "");
+        return reg_response_error(resp, e, what);
+}
+
+/* ---- the loop ------------------------------------------------------------------------------------------
+ */
+
+/* Transport retries and 408/429/5xx retries, no auth handling. */
+static int request_retrying(RegClient *c, const RegRequest *rq, const char *authz, RegResponse *ret,
+                            RegError *e)
+{
+        char errbuf[CURL_ERROR_SIZE];
+        for (unsigned attempt = 0;; attempt++) {
+                _cleanup_(response_donep) RegResponse resp = {0};
+                CURLcode cc = CURLE_OK;
+                uint64_t sunk = 0;
+                int r = perform(c, rq, authz, &resp, &cc, errbuf, &sunk);
+                if (r < 0)
+                        return reg_error_set(e, r, "%s: %s", rq->method,
+                                             r == -EFBIG ? "the answer is larger than allowed"
+                                                         : strerror(-r));
+                bool again = rq->retry && sunk == 0 && attempt + 1 < REG_RETRIES_MAX;
+                if (cc != CURLE_OK) {
+                        if (!again || !curl_retryable(cc))
+                                return transport_error(rq, cc, errbuf, e);
+                        sleep_ms(reg_backoff_ms(attempt, &c->rand_state));
+                        continue;
+                }
+                if (again && status_retryable(resp.status) && !code_final(resp.error_code)) {
+                        unsigned ms;
+                        if (reg_retry_after_parse(resp.retry_after, time(NULL), &ms) < 0)
+                                ms = reg_backoff_ms(attempt, &c->rand_state);
+                        sleep_ms(ms);
+                        continue;
+                }
+                *ret = resp;
+                resp = (RegResponse){0};
+                return 0;
+        }
+}
+
+int reg_request(RegClient *c, const RegRequest *rq, RegResponse *ret, RegError *e)
+{
+        for (bool auth_retried = false;; auth_retried = true) {
+                _cleanup_secret_ char *authz = NULL;
+                int r = auth_header(c, rq, &authz, e);
+                if (r < 0)
+                        return r;
+                _cleanup_(response_donep) RegResponse resp = {0};
+                r = request_retrying(c, rq, authz, &resp, e);
+                if (r < 0)
+                        return r;
+                if (resp.status != 401) {
+                        *ret = resp;
+                        resp = (RegResponse){0};
+                        return 0;
+                }
+                if (auth_retried)
+                        return auth_refused(c, rq, &resp, e);
+                r = handle_401(c, rq, &resp, authz != NULL, e);
+                if (r < 0)
+                        return r;
+        }
+}
+
+static int status_errno(long status, const char *code)
+{
+        if (strcmp(code, "UNSUPPORTED") == 0 || status == 405)
+                return -EPERM;
+        switch (status) {
+        case 400:
+                return strcmp(code, "DIGEST_INVALID") == 0 ? -EBADMSG : -EINVAL;
+        case 401:
+        case 403:
+                return -EACCES;
+        case 404:
+                return -ENOENT;
+        case 409:
+                return -EBUSY;
+        case 413:
+                return -EFBIG;
+        case 416:
+                return -ERANGE;
+        case 429:
+                return -EAGAIN;
+        default:
+                return -EIO;
+        }
+}
+
+int reg_response_error(const RegResponse *r, RegError *e, const char *what)
+{
+        char msg[REG_MESSAGE_MAX + 1], code[64];
+        reg_error_body_parse(r->body, r->body_size, r->content_type, code, sizeof(code), msg, sizeof(msg));
+        int err = reg_error_set(e, status_errno(r->status, code), "%s: HTTP %ld%s%s", what, r->status,
+                                *msg ? ": " : "", msg);
+        if (e)
+                e->http_status = (int)r->status;
+        return err;
+}

@@ -1,0 +1,415 @@
+/* image.c: resolving an image: manifest (or index -> the platform's manifest), then the config blob, each
+ * checked against the digest it was fetched by. Parsers are table-driven over cJSON and bounded. */
+#include <math.h>
+#include <string.h>
+
+#include "registry-internal.h"
+
+#define REG_INDEX_ENTRIES_MAX 1024
+#define REG_MEDIA_TYPE_MAX    255
+#define REG_PLATFORM_STR_MAX  64
+
+#if defined(__x86_64__)
+#define REG_ARCH_DEFAULT "amd64"
+#elif defined(__aarch64__)
+#define REG_ARCH_DEFAULT "arm64"
+#else
+#define REG_ARCH_DEFAULT "amd64"
+#endif
+
+static const char accept_all[] = REG_MEDIA_OCI_MANIFEST ", " REG_MEDIA_DOCKER_MANIFEST
+                                                        ", " REG_MEDIA_OCI_INDEX ", " REG_MEDIA_DOCKER_LIST;
+
+void reg_descriptor_done(RegDescriptor *d)
+{
+        if (!d)
+                return;
+        free(d->media_type);
+        free(d->digest);
+        *d = (RegDescriptor){0};
+}
+
+static void descriptor_donep(RegDescriptor *d)
+{
+        reg_descriptor_done(d);
+}
+
+RegImage *reg_image_free(RegImage *img)
+{
+        if (!img)
+                return NULL;
+        free(img->manifest_media_type);
+        free(img->manifest_digest);
+        free(img->manifest);
+        reg_descriptor_done(&img->config);
+        free(img->config_json);
+        for (size_t i = 0; i < img->n_layers; i++)
+                reg_descriptor_done(&img->layers[i]);
+        free(img->layers);
+        free(img);
+        return NULL;
+}
+
+static void reg_image_freep(RegImage **img)
+{
+        reg_image_free(*img);
+}
+
+/* ---- parsing --------------------------------------------------------------------------------------------
+ */
+
+typedef enum FieldType {
+        FIELD_STRING,
+        FIELD_DIGEST,
+        FIELD_SIZE,
+} FieldType;
+
+typedef struct Field {
+        const char *name;
+        FieldType type;
+        bool required;
+        int64_t max; /* string length or size */
+        size_t offset;
+} Field;
+
+static const Field descriptor_fields[] = {
+        {"mediaType", FIELD_STRING, true, REG_MEDIA_TYPE_MAX, offsetof(RegDescriptor, media_type)},
+        {"digest", FIELD_DIGEST, true, REG_DIGEST_STR_MAX, offsetof(RegDescriptor, digest)},
+        {"size", FIELD_SIZE, true, INT64_C(1) << 53, offsetof(RegDescriptor, size)},
+};
+
+static int field_dispatch(const cJSON *obj, const Field *f, void *out)
+{
+        const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, f->name);
+        if (!v)
+                return f->required ? -EBADMSG : 0;
+        if (f->type == FIELD_SIZE) {
+                if (!cJSON_IsNumber(v) || v->valuedouble < 0 || v->valuedouble > (double)f->max ||
+                    floor(v->valuedouble) != v->valuedouble)
+                        return -EBADMSG;
+                *(int64_t *)(void *)((char *)out + f->offset) = (int64_t)v->valuedouble;
+                return 0;
+        }
+        if (!cJSON_IsString(v) || strlen(v->valuestring) > (size_t)f->max)
+                return -EBADMSG;
+        if (f->type == FIELD_DIGEST && !reg_digest_valid(v->valuestring))
+                return -EBADMSG;
+        char **slot = (char **)(void *)((char *)out + f->offset);
+        free(*slot);
+        return reg_strdup(v->valuestring, slot);
+}
+
+static int descriptor_parse(const cJSON *j, int64_t size_max, RegDescriptor *ret)
+{
+        if (!cJSON_IsObject(j))
+                return -EBADMSG;
+        _cleanup_(descriptor_donep) RegDescriptor d = {0};
+        for (size_t i = 0; i < ELEMENTSOF(descriptor_fields); i++) {
+                int r = field_dispatch(j, &descriptor_fields[i], &d);
+                if (r < 0)
+                        return r;
+        }
+        if (d.size > size_max)
+                return -EFBIG;
+        *ret = d;
+        d = (RegDescriptor){0};
+        return 0;
+}
+
+static const char *media_type_canonical(const char *mt)
+{
+        static const char *const known[] = {REG_MEDIA_OCI_MANIFEST, REG_MEDIA_DOCKER_MANIFEST,
+                                            REG_MEDIA_OCI_INDEX, REG_MEDIA_DOCKER_LIST};
+        if (!mt)
+                return NULL;
+        size_t n = strcspn(mt, "; \t");
+        for (size_t i = 0; i < ELEMENTSOF(known); i++)
+                if (strlen(known[i]) == n && strncmp(mt, known[i], n) == 0)
+                        return known[i];
+        return NULL;
+}
+
+static bool media_type_is_index(const char *mt)
+{
+        return strcmp(mt, REG_MEDIA_OCI_INDEX) == 0 || strcmp(mt, REG_MEDIA_DOCKER_LIST) == 0;
+}
+
+static int manifest_kind_json(const cJSON *j, const char *content_type, const char **ret_media_type,
+                              RegError *e)
+{
+        if (!cJSON_IsObject(j))
+                return reg_error_set(e, -EBADMSG, "the manifest is not a JSON object");
+        const cJSON *sv = cJSON_GetObjectItemCaseSensitive(j, "schemaVersion");
+        if (!cJSON_IsNumber(sv) || sv->valuedouble != 2)
+                return reg_error_set(e, -EMEDIUMTYPE,
+                                     "unsupported manifest schema version (only 2 is supported)");
+        const cJSON *mtj = cJSON_GetObjectItemCaseSensitive(j, "mediaType");
+        const char *mt = media_type_canonical(cJSON_IsString(mtj) ? mtj->valuestring : content_type);
+        if (!mt && cJSON_IsString(mtj))
+                return reg_error_set(e, -EMEDIUMTYPE, "unsupported manifest media type");
+        /* OCI allows mediaType to be absent: tell by the shape. */
+        if (!mt && cJSON_IsArray(cJSON_GetObjectItemCaseSensitive(j, "manifests")))
+                mt = REG_MEDIA_OCI_INDEX;
+        else if (!mt && cJSON_IsObject(cJSON_GetObjectItemCaseSensitive(j, "config")))
+                mt = REG_MEDIA_OCI_MANIFEST;
+        if (!mt)
+                return reg_error_set(e, -EMEDIUMTYPE, "unknown kind of manifest");
+        *ret_media_type = mt;
+        return media_type_is_index(mt);
+}
+
+int reg_manifest_kind(const char *body, size_t size, const char *content_type, const char **ret_media_type,
+                      RegError *e)
+{
+        _cleanup_cjson_ cJSON *j = cJSON_ParseWithLength(body, size);
+        return manifest_kind_json(j, content_type, ret_media_type, e);
+}
+
+static int layers_parse(const cJSON *layers, RegImage *img, RegError *e)
+{
+        int n = cJSON_GetArraySize(layers);
+        if (!cJSON_IsArray(layers) || n > REG_LAYERS_MAX)
+                return reg_error_set(e, -EBADMSG, "the manifest's layers are not an array of at most %d",
+                                     REG_LAYERS_MAX);
+        img->layers = calloc((size_t)n + 1, sizeof(RegDescriptor));
+        if (!img->layers)
+                return -ENOMEM;
+        const cJSON *l;
+        cJSON_ArrayForEach(l, layers)
+        {
+                int r = descriptor_parse(l, INT64_C(1) << 53, &img->layers[img->n_layers]);
+                if (r < 0)
+                        return reg_error_set(e, -EBADMSG,
+                                             "layer %zu of the manifest is not a valid descriptor",
+                                             img->n_layers);
+                img->n_layers++;
+        }
+        return 0;
+}
+
+int reg_manifest_parse(const char *body, size_t size, const char *content_type, RegImage *img, RegError *e)
+{
+        _cleanup_cjson_ cJSON *j = cJSON_ParseWithLength(body, size);
+        const char *mt;
+        int r = manifest_kind_json(j, content_type, &mt, e);
+        if (r < 0)
+                return r;
+        if (r == 1)
+                return reg_error_set(e, -EMEDIUMTYPE, "expected an image manifest, got an index");
+        r = descriptor_parse(cJSON_GetObjectItemCaseSensitive(j, "config"), REG_CONFIG_MAX, &img->config);
+        if (r < 0)
+                return reg_error_set(e, -EBADMSG, "the manifest's config is not a valid descriptor%s",
+                                     r == -EFBIG ? " (too large)" : "");
+        r = layers_parse(cJSON_GetObjectItemCaseSensitive(j, "layers"), img, e);
+        if (r < 0)
+                return r;
+        return reg_strdup(mt, &img->manifest_media_type);
+}
+
+static bool platform_str(const cJSON *platform, const char *name, const char **ret)
+{
+        const cJSON *v = cJSON_GetObjectItemCaseSensitive(platform, name);
+        *ret = cJSON_IsString(v) && strlen(v->valuestring) <= REG_PLATFORM_STR_MAX ? v->valuestring : NULL;
+        return *ret != NULL;
+}
+
+/* arm64 without a variant is arm64/v8 (containerd's normalisation). */
+static bool variant_matches(const char *arch, const char *want, const char *have)
+{
+        if (!want)
+                return true;
+        if (have && strcmp(want, have) == 0)
+                return true;
+        return strcmp(arch, "arm64") == 0 && strcmp(want, "v8") == 0 && (!have || !*have);
+}
+
+static bool entry_matches(const cJSON *m, const char *os, const char *arch, const char *variant)
+{
+        const cJSON *p = cJSON_GetObjectItemCaseSensitive(m, "platform");
+        const char *pos, *parch, *pvar;
+        if (!cJSON_IsObject(p) || !platform_str(p, "os", &pos) || !platform_str(p, "architecture", &parch))
+                return false;
+        platform_str(p, "variant", &pvar);
+        return strcmp(pos, os) == 0 && strcmp(parch, arch) == 0 && variant_matches(arch, variant, pvar);
+}
+
+int reg_index_select(const char *body, size_t size, const char *os, const char *arch, const char *variant,
+                     RegDescriptor *ret, RegError *e)
+{
+        os = os ? os : "linux";
+        arch = arch ? arch : REG_ARCH_DEFAULT;
+        _cleanup_cjson_ cJSON *j = cJSON_ParseWithLength(body, size);
+        const char *mt;
+        int r = manifest_kind_json(j, NULL, &mt, e);
+        if (r < 0)
+                return r;
+        if (r == 0)
+                return reg_error_set(e, -EMEDIUMTYPE, "expected an index, got an image manifest");
+        const cJSON *list = cJSON_GetObjectItemCaseSensitive(j, "manifests"), *m;
+        if (!cJSON_IsArray(list) || cJSON_GetArraySize(list) > REG_INDEX_ENTRIES_MAX)
+                return reg_error_set(e, -EBADMSG, "the index's manifests are not an array of at most %d",
+                                     REG_INDEX_ENTRIES_MAX);
+        cJSON_ArrayForEach(m, list)
+        {
+                if (!entry_matches(m, os, arch, variant))
+                        continue;
+                RegDescriptor d = {0};
+                r = descriptor_parse(m, REG_MANIFEST_MAX, &d);
+                if (r < 0)
+                        return reg_error_set(e, -EBADMSG,
+                                             "the index entry for %s/%s is not a valid descriptor", os,
+                                             arch);
+                const char *emt = media_type_canonical(d.media_type);
+                if (!emt || media_type_is_index(emt)) {
+                        reg_descriptor_done(&d);
+                        return reg_error_set(e, -EMEDIUMTYPE,
+                                             "the index entry for %s/%s is not an image manifest", os, arch);
+                }
+                *ret = d;
+                return 0;
+        }
+        return reg_error_set(e, -ENOENT, "the image has no manifest for %s/%s%s%s", os, arch,
+                             variant ? "/" : "", variant ? variant : "");
+}
+
+/* ---- fetching -------------------------------------------------------------------------------------------
+ */
+
+typedef struct Fetched {
+        char *body;
+        size_t size;
+        char *content_type;
+        char digest[REG_DIGEST_STR_MAX];
+} Fetched;
+
+static void fetched_done(Fetched *f)
+{
+        free(f->body);
+        free(f->content_type);
+        *f = (Fetched){0};
+}
+
+/* GET manifests/<reference>; checks the body against the digest asked for, or the one the registry said. */
+static int manifest_get(RegClient *c, const char *repository, const char *reference, Fetched *ret,
+                        RegError *e)
+{
+        _cleanup_free_ char *url = NULL, *scope = NULL;
+        if (reg_client_v2_url(c, repository, "manifests", reference, &url) < 0 ||
+            reg_scope(repository, "pull", &scope) < 0)
+                return reg_error_set(e, -ENOMEM, "out of memory");
+        RegRequest rq = {.method = "GET",
+                         .url = url,
+                         .scope = scope,
+                         .accept = accept_all,
+                         .body_max = REG_MANIFEST_MAX,
+                         .retry = true,
+                         .follow = true};
+        _cleanup_(reg_response_done) RegResponse resp = {0};
+        int r = reg_request(c, &rq, &resp, e);
+        char what[REG_URL_MAX];
+        snprintf(what, sizeof(what), "fetching manifest %s%s%s from %s", repository,
+                 reg_digest_valid(reference) ? "@" : ":", reference, c->host);
+        if (r < 0)
+                return reg_error_wrap(e, r, "%s", what);
+        if (resp.status != 200)
+                return reg_response_error(&resp, e, what);
+        const char *want = reg_digest_valid(reference) ? reference : resp.docker_content_digest;
+        if (want && reg_digest_valid(want) &&
+            reg_digest_check(want, resp.body ? resp.body : "", resp.body_size) < 0)
+                return reg_error_set(e, -EBADMSG, "%s: the manifest does not match digest %s", what, want);
+        r = reg_digest_sha256(resp.body ? resp.body : "", resp.body_size, ret->digest);
+        if (r < 0)
+                return reg_error_set(e, r, "%s: cannot compute its digest", what);
+        if (!resp.body && !(resp.body = strdup("")))
+                return -ENOMEM;
+        ret->body = TAKE_PTR(resp.body);
+        ret->size = resp.body_size;
+        ret->content_type = TAKE_PTR(resp.content_type);
+        return 0;
+}
+
+static int config_get(RegClient *c, const char *repository, RegImage *img, RegError *e)
+{
+        _cleanup_free_ char *url = NULL, *scope = NULL;
+        if (reg_client_v2_url(c, repository, "blobs", img->config.digest, &url) < 0 ||
+            reg_scope(repository, "pull", &scope) < 0)
+                return reg_error_set(e, -ENOMEM, "out of memory");
+        RegRequest rq = {.method = "GET",
+                         .url = url,
+                         .scope = scope,
+                         .body_max = REG_CONFIG_MAX,
+                         .retry = true,
+                         .follow = true};
+        _cleanup_(reg_response_done) RegResponse resp = {0};
+        char what[REG_URL_MAX];
+        snprintf(what, sizeof(what), "fetching image config %s of %s from %s", img->config.digest,
+                 repository, c->host);
+        int r = reg_request(c, &rq, &resp, e);
+        if (r < 0)
+                return reg_error_wrap(e, r, "%s", what);
+        if (resp.status != 200)
+                return reg_response_error(&resp, e, what);
+        if ((int64_t)resp.body_size != img->config.size ||
+            reg_digest_check(img->config.digest, resp.body ? resp.body : "", resp.body_size) < 0)
+                return reg_error_set(e, -EBADMSG, "%s: the blob does not match its size and digest", what);
+        if (!resp.body && !(resp.body = strdup("")))
+                return -ENOMEM;
+        img->config_json = TAKE_PTR(resp.body);
+        img->config_size = resp.body_size;
+        return 0;
+}
+
+/* The manifest for the platform: the index (if any) resolved, then the manifest fetched by digest. */
+static int manifest_resolve(RegClient *c, const char *repository, const char *reference, const char *os,
+                            const char *arch, const char *variant, Fetched *ret, RegError *e)
+{
+        int r = manifest_get(c, repository, reference, ret, e);
+        if (r < 0)
+                return r;
+        const char *mt;
+        r = reg_manifest_kind(ret->body, ret->size, ret->content_type, &mt, e);
+        if (r <= 0)
+                return r;
+        _cleanup_(descriptor_donep) RegDescriptor d = {0};
+        r = reg_index_select(ret->body, ret->size, os, arch, variant, &d, e);
+        if (r < 0)
+                return r;
+        fetched_done(ret);
+        r = manifest_get(c, repository, d.digest, ret, e);
+        if (r < 0)
+                return r;
+        r = reg_manifest_kind(ret->body, ret->size, ret->content_type, &mt, e);
+        if (r == 1)
+                return reg_error_set(e, -EMEDIUMTYPE, "the index of %s:%s points to another index",
+                                     repository, reference);
+        return r;
+}
+
+int reg_image_fetch(RegClient *c, const char *repository, const char *reference, const char *os,
+                    const char *arch, const char *variant, RegImage **ret, RegError *e)
+{
+        if (!reg_repository_valid(repository))
+                return reg_error_set(e, -EINVAL, "invalid repository name \"%s\"",
+                                     repository ? repository : "");
+        if (!reference || (!reg_tag_valid(reference) && !reg_digest_valid(reference)))
+                return reg_error_set(e, -EINVAL, "invalid tag or digest \"%s\"", reference ? reference : "");
+        _cleanup_(fetched_done) Fetched f = {0};
+        int r = manifest_resolve(c, repository, reference, os, arch, variant, &f, e);
+        if (r < 0)
+                return r;
+        _cleanup_(reg_image_freep) RegImage *img = calloc(1, sizeof(*img));
+        if (!img)
+                return -ENOMEM;
+        r = reg_manifest_parse(f.body, f.size, f.content_type, img, e);
+        if (r < 0)
+                return r;
+        if (reg_strdup(f.digest, &img->manifest_digest) < 0)
+                return -ENOMEM;
+        img->manifest = TAKE_PTR(f.body);
+        img->manifest_size = f.size;
+        r = config_get(c, repository, img, e);
+        if (r < 0)
+                return r;
+        *ret = TAKE_PTR(img);
+        return 0;
+}

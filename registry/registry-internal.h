@@ -1,0 +1,267 @@
+/* registry-internal.h: what the registry modules share among themselves, and what the unit tests and fuzz
+ * targets reach: the parsers (WWW-Authenticate, auth files, token answers, manifests, indexes, error bodies,
+ * Retry-After), URL resolution, digests, and the request helper that carries auth, redirects and retries.
+ * Nothing here is part of the library's interface; registry.h is.
+ */
+#pragma once
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+
+#include <cjson/cJSON.h>
+#include <curl/curl.h>
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+
+#include "registry.h"
+
+/* Named limits for what servers, files and callers control. */
+#define REG_RETRIES_MAX        5                  /* attempts of one retryable step */
+#define REG_BACKOFF_BASE_MS    250u               /* first backoff; doubles per attempt */
+#define REG_BACKOFF_CAP_MS     3000u              /* one backoff at most */
+#define REG_RETRY_AFTER_CAP_MS 10000u             /* a server's Retry-After is honoured up to this */
+#define REG_MESSAGE_MAX        512                /* registry text shown to people */
+#define REG_HEADER_MAX         8192               /* one response header value kept */
+#define REG_URL_MAX            8192               /* URLs built or resolved */
+#define REG_TOKENS_MAX         16                 /* cached tokens (one per scope) */
+#define REG_TOKEN_EXPIRY_MIN_S 60                 /* expires_in default and floor */
+#define REG_AUTHFILE_MAX       (4u * 1024 * 1024) /* auth.json / config.json */
+#define REG_CREDENTIAL_MAX     8192               /* one username, password or token */
+#define REG_REDIRECTS_MAX      5
+#define REG_PATH_MAX           4096 /* file paths we build */
+#define REG_NAME_MAX           255  /* repository name with host, docker's limit */
+#define REG_TAG_MAX            128
+#define REG_REFERENCE_MAX      1024                 /* a whole reference string */
+#define REG_CHALLENGE_MAX      8                    /* challenges in WWW-Authenticate headers */
+#define REG_CHUNK_MIN_BYTES    (64u * 1024)         /* smallest PATCH chunk we use */
+#define REG_CHUNK_MAX_BYTES    (512u * 1024 * 1024) /* largest chunk, also caps OCI-Chunk-Min-Length */
+#define REG_CA_BUNDLE_MAX      (16u * 1024 * 1024)  /* system CA bundle plus extra certificates */
+#define REG_CERT_FILES_MAX     64                   /* files looked at in one certs.d/<host>/ */
+#define REG_DIGEST_STR_MAX     (7 + 128 + 1)        /* "sha512:" + 128 hex + NUL */
+#define REG_HTTP_REQ_MAX_S     0 /* no overall timeout: low-speed limits end stuck transfers */
+
+/* Cleanup helpers for the third-party handles. */
+static inline void reg_curl_slist_freep(struct curl_slist **p)
+{
+        curl_slist_free_all(*p);
+}
+static inline void reg_cjson_deletep(cJSON **p)
+{
+        cJSON_Delete(*p);
+}
+static inline void reg_curlu_freep(CURLU **p)
+{
+        curl_url_cleanup(*p);
+}
+static inline void reg_curl_freep(char **p)
+{
+        curl_free(*p);
+}
+static inline void reg_fclosep(FILE **f)
+{
+        if (*f)
+                fclose(*f);
+}
+static inline void reg_md_ctx_freep(EVP_MD_CTX **p)
+{
+        EVP_MD_CTX_free(*p);
+}
+/* Secrets are wiped before they are freed. */
+static inline void reg_secret_freep(char **p)
+{
+        if (*p) {
+                OPENSSL_cleanse(*p, strlen(*p));
+                free(*p);
+        }
+}
+#define _cleanup_slist_     _cleanup_(reg_curl_slist_freep)
+#define _cleanup_cjson_     _cleanup_(reg_cjson_deletep)
+#define _cleanup_curlu_     _cleanup_(reg_curlu_freep)
+#define _cleanup_curl_free_ _cleanup_(reg_curl_freep)
+#define _cleanup_fclose_    _cleanup_(reg_fclosep)
+#define _cleanup_md_ctx_    _cleanup_(reg_md_ctx_freep)
+#define _cleanup_secret_    _cleanup_(reg_secret_freep)
+
+/* ---- small helpers (util.c) ------------------------------------------------------------------------- */
+
+/* Reads a whole regular file of at most max bytes, NUL-terminated. -EFBIG when larger. */
+int reg_read_file(const char *path, size_t max, char **ret, size_t *ret_size);
+/* strdup() that returns -ENOMEM through r; NULL in, NULL out. */
+int reg_strdup(const char *s, char **ret);
+/* Monotonic clock in microseconds. */
+uint64_t reg_now_usec(void);
+/* The "sha256:<hex>" digest of data. */
+int reg_digest_sha256(const void *data, size_t size, char ret[REG_DIGEST_STR_MAX]);
+/* 0 when data has digest; -EBADMSG when not; -EOPNOTSUPP for an algorithm other than sha256/sha512. */
+int reg_digest_check(const char *digest, const void *data, size_t size);
+/* An EVP digest context for the algorithm of digest ("sha256:..." / "sha512:..."). */
+int reg_digest_ctx_new(const char *digest, EVP_MD_CTX **ret);
+int reg_digest_ctx_final(EVP_MD_CTX *ctx, const char *algorithm, char ret[REG_DIGEST_STR_MAX]);
+
+/* Resolves a Location header against the URL of the request that got it (RFC 3986 reference resolution:
+ * absolute, other host, path-only, bare relative, query-only). */
+int reg_url_resolve(const char *base, const char *location, char **ret);
+/* Appends key=value (value URL-encoded) to url's query, with '?' or '&' as needed. */
+int reg_url_add_query(const char *url, const char *key, const char *value, char **ret);
+/* scheme://host[:port]/path of url without the query and fragment, for messages (presigned URLs carry
+ * credentials in their query). Writes into buf. */
+const char *reg_url_redact(const char *url, char *buf, size_t size);
+/* true when a and b have the same scheme, host and port. */
+bool reg_url_same_origin(const char *a, const char *b);
+
+/* Retry-After: delta-seconds or an HTTP date, relative to now. Capped at REG_RETRY_AFTER_CAP_MS. */
+int reg_retry_after_parse(const char *value, time_t now, unsigned *ret_ms);
+/* Exponential backoff with jitter for attempt 0, 1, ...; state is a PRNG state the caller keeps. */
+unsigned reg_backoff_ms(unsigned attempt, uint64_t *state);
+
+/* Distribution error bodies: {"errors":[{"code":"DENIED","message":"...","detail":...}]}. Fills code with
+ * the first error code ("" if none) and msg with "CODE: message (detail); ..." or a short note for HTML /
+ * text / empty bodies, cut to fit (at most REG_MESSAGE_MAX). Never fails. */
+void reg_error_body_parse(const char *body, size_t size, const char *content_type, char *code,
+                          size_t code_size, char *msg, size_t msg_size);
+
+/* ---- references (reference.c) ----------------------------------------------------------------------- */
+
+bool reg_host_valid(const char *host, size_t len);
+
+/* ---- auth (auth.c) ------------------------------------------------------------------------------------ */
+
+typedef enum RegAuthScheme {
+        REG_AUTH_NONE = 0,
+        REG_AUTH_BASIC,
+        REG_AUTH_BEARER,
+} RegAuthScheme;
+
+typedef struct RegChallenge {
+        RegAuthScheme scheme;
+        char *realm;
+        char *service;
+        char *scope;
+        char *error; /* "invalid_token", "insufficient_scope", ... */
+} RegChallenge;
+
+/* Parses one WWW-Authenticate header value (one or several challenges). Bearer is preferred over Basic;
+ * unknown schemes are skipped. -EINVAL when no Basic or Bearer challenge is found. */
+int reg_challenge_parse(const char *header, RegChallenge *ret);
+void reg_challenge_done(RegChallenge *c);
+
+typedef struct RegCredentials {
+        char *username;
+        char *password;
+        char *identity_token; /* OAuth2 refresh token (docker's "identitytoken") */
+} RegCredentials;
+
+void reg_credentials_done(RegCredentials *c);
+/* Finds host's entry in the "auths" object of a docker config.json / containers auth.json. Returns 1 and
+ * fills ret when found, 0 when the file has no entry for host, -EINVAL (with e) for a malformed file. */
+int reg_auth_config_parse(const char *json, size_t size, const char *host, RegCredentials *ret, RegError *e);
+/* Looks for host's credentials: authfile when given (it must exist), else $REGISTRY_AUTH_FILE,
+ * $DOCKER_CONFIG/config.json, ~/.docker/config.json. Returns 1 when found (ret, and the file in *ret_path),
+ * 0 when none. */
+int reg_auth_load(const char *authfile, const char *host, RegCredentials *ret, char **ret_path, RegError *e);
+/* The token endpoint's answer: "token" or "access_token", "expires_in" (default and floor 60 s). */
+int reg_token_parse(const char *body, size_t size, char **ret_token, long *ret_expires_in, RegError *e);
+/* "Basic base64(user:pass)" header value. */
+int reg_basic_header(const char *username, const char *password, char **ret);
+
+/* ---- client (client.c) -------------------------------------------------------------------------------- */
+
+typedef struct RegToken {
+        char *scope; /* cache key: the scope the request asked for */
+        char *token;
+        uint64_t expires_usec;
+} RegToken;
+
+struct RegClient {
+        char *url;  /* "https://host[:port]", no trailing slash */
+        char *host; /* "host[:port]" */
+        bool plain_http;
+        CURL *curl;
+        char *user_agent;
+        long connect_timeout_s;
+        long low_speed_time_s;
+        size_t chunk_size;
+        /* the options, kept to make a second client for the same registry */
+        char *opt_authfile, *opt_ca_file, *opt_certs_dir;
+        char *ca_bundle; /* system bundle plus extra CAs, or NULL for curl's defaults */
+        size_t ca_bundle_size;
+        char *client_cert, *client_key;
+        RegCredentials creds;
+        bool have_creds;
+        char *authfile_path; /* where creds came from, for messages */
+        RegAuthScheme auth;  /* learned from the registry's first challenge */
+        char *realm, *service;
+        RegToken tokens[REG_TOKENS_MAX];
+        size_t n_tokens;
+        uint64_t rand_state;
+};
+
+/* Streams a 2xx response body elsewhere (blob copy). Returns 0 or -errno (ends the transfer). */
+typedef int (*reg_sink_fn)(void *userdata, const void *data, size_t size);
+
+typedef struct RegRequest {
+        const char *method; /* GET HEAD POST PUT PATCH DELETE */
+        const char *url;    /* absolute */
+        const char *scope;  /* "repository:x:pull,push", for tokens; NULL: none */
+        const char *accept;
+        const char *content_type;
+        const char *content_range;
+        const void *body; /* sent from memory, so it can be resent */
+        size_t body_size;
+        size_t body_max; /* response body kept at most; 0: REG_ERROR_BODY_MAX */
+        reg_sink_fn sink;
+        void *sink_userdata;
+        bool retry;  /* safe to resend on connection errors and 408/429/5xx */
+        bool follow; /* follow redirects (GET/HEAD of blobs and manifests) */
+} RegRequest;
+
+typedef struct RegResponse {
+        long status;
+        char *body; /* NUL-terminated */
+        size_t body_size;
+        char *content_type;
+        char *location; /* resolved against the URL that answered */
+        char *docker_content_digest;
+        char *range;
+        char *effective_url;
+        char *www_authenticate; /* all challenges, joined with ", " */
+        char *retry_after;
+        int64_t content_length; /* -1 when unknown */
+        uint64_t chunk_min;     /* OCI-Chunk-Min-Length, 0 when absent */
+        char error_code[64];    /* first distribution error code of the body, "" if none */
+} RegResponse;
+
+void reg_response_done(RegResponse *r);
+/* Sends rq with auth, redirects and retries. Returns 0 with *ret filled for any final HTTP status but 401
+ * (auth failures become errors here); -errno with e for transport errors and auth failures. */
+int reg_request(RegClient *c, const RegRequest *rq, RegResponse *ret, RegError *e);
+/* Fills e for an unexpected answer: "<what>: HTTP 403 (DENIED: ...)" and returns the errno for it. */
+int reg_response_error(const RegResponse *r, RegError *e, const char *what);
+static inline void reg_client_freep(RegClient **c)
+{
+        reg_client_free(*c);
+}
+
+/* A second client for the same registry and options (blob copy within one registry). */
+int reg_client_clone(RegClient *c, RegClient **ret, RegError *e);
+/* "<client url>/v2/<repository>/<kind>/<ref>". */
+int reg_client_v2_url(RegClient *c, const char *repository, const char *kind, const char *ref, char **ret);
+/* "repository:<repository>:<actions>" */
+int reg_scope(const char *repository, const char *actions, char **ret);
+
+/* ---- manifests (image.c) -------------------------------------------------------------------------------
+ */
+
+/* Tells an index from a manifest: 1 for an index / manifest list, 0 for an image manifest, -EMEDIUMTYPE
+ * for anything else (schema1, unknown). The media type is taken from the JSON, else the Content-Type. */
+int reg_manifest_kind(const char *body, size_t size, const char *content_type, const char **ret_media_type,
+                      RegError *e);
+/* Parses an image manifest into img's manifest_media_type, config and layers. */
+int reg_manifest_parse(const char *body, size_t size, const char *content_type, RegImage *img, RegError *e);
+/* Chooses the manifest for os/arch/variant from an index or manifest list. */
+int reg_index_select(const char *body, size_t size, const char *os, const char *arch, const char *variant,
+                     RegDescriptor *ret, RegError *e);
+void reg_descriptor_done(RegDescriptor *d);

@@ -1,0 +1,895 @@
+/* test-registry.c: unit tests of the registry library's parsers, without network: references,
+ * WWW-Authenticate, auth files, token answers, Location resolution, Retry-After, error bodies, manifests and
+ * indexes, digests, client options. */
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <time.h>
+
+#include "registry-internal.h"
+#include "tests.h"
+
+static char scratch[] = "/tmp/test-registry-XXXXXX";
+
+static void write_file(const char *path, const char *content)
+{
+        FILE *f = fopen(path, "we");
+        ASSERT_TRUE(f);
+        fputs(content, f);
+        ASSERT_EQ(fclose(f), 0);
+}
+
+/* ---- references ------------------------------------------------------------------------------------------
+ */
+
+static void ref_ok(const char *s, const char *host, const char *repo, const char *tag, const char *digest)
+{
+        RegRef *r = NULL;
+        RegError e = {0};
+        int rc = reg_ref_parse(s, &r, &e);
+        if (rc < 0)
+                fprintf(stderr, "parse \"%s\": %s\n", s, e.msg);
+        ASSERT_OK(rc);
+        ASSERT_TRUE(host ? r->host && strcmp(r->host, host) == 0 : !r->host);
+        ASSERT_STREQ(r->repository, repo);
+        ASSERT_TRUE(tag ? r->tag && strcmp(r->tag, tag) == 0 : !r->tag);
+        ASSERT_TRUE(digest ? r->digest && strcmp(r->digest, digest) == 0 : !r->digest);
+        reg_ref_free(r);
+}
+
+static void ref_bad(const char *s)
+{
+        RegRef *r = NULL;
+        RegError e = {0};
+        int rc = reg_ref_parse(s, &r, &e);
+        if (rc >= 0)
+                fprintf(stderr, "parsed \"%s\" but should not\n", s);
+        ASSERT_INT(rc, <, 0);
+        ASSERT_TRUE(r == NULL);
+        ASSERT_TRUE(e.msg[0] != 0);
+}
+
+#define D64 "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
+
+static void test_references(void)
+{
+        char buf[600];
+        ref_ok("ubuntu", NULL, "ubuntu", NULL, NULL);
+        ref_ok("library/ubuntu:22.04", NULL, "library/ubuntu", "22.04", NULL);
+        ref_ok("127.0.0.1:5000/foo/bar:tag", "127.0.0.1:5000", "foo/bar", "tag", NULL);
+        ref_ok("localhost/foo", "localhost", "foo", NULL, NULL);
+        ref_ok("localhost:5000/foo", "localhost:5000", "foo", NULL, NULL);
+        ref_ok("localhost:5000", NULL, "localhost", "5000", NULL); /* docker reads it the same way */
+        ref_ok("swr.cn-north-4.myhuaweicloud.com/ns/img@" D64, "swr.cn-north-4.myhuaweicloud.com", "ns/img",
+               NULL, D64);
+        ref_ok("reg.example.com/a/b:v1@" D64, "reg.example.com", "a/b", "v1", D64);
+        ref_ok("[::1]:5000/foo:bar", "[::1]:5000", "foo", "bar", NULL);
+        ref_ok("Reg/foo", "Reg", "foo", NULL, NULL);
+        ref_ok("a__b/c-d/e--f/g.h/i_j:_Tag-1.x", NULL, "a__b/c-d/e--f/g.h/i_j", "_Tag-1.x", NULL);
+        snprintf(buf, sizeof(buf), "foo:%0128d", 7);
+        ref_ok(buf, NULL, "foo", buf + 4, NULL);
+
+        ref_bad("");
+        ref_bad("Foo");
+        ref_bad("foo/Bar");
+        ref_bad("foo/../bar");
+        ref_bad("foo/..");
+        ref_bad("foo..bar");
+        ref_bad("foo//bar");
+        ref_bad("foo/");
+        ref_bad("/foo");
+        ref_bad("foo:");
+        ref_bad("foo@");
+        ref_bad("foo:-tag");
+        ref_bad("foo@sha256:abc");
+        ref_bad("foo@md5:0123456789abcdef0123456789abcdef");
+        ref_bad("foo@sha256:0123456789ABCDEF0123456789abcdef0123456789abcdef0123456789abcdef");
+        ref_bad("a___b");
+        ref_bad("-a");
+        ref_bad("a.");
+        ref_bad("a_");
+        ref_bad("host:99999/foo");
+        ref_bad("host:0/foo");
+        ref_bad("exa_mple.com/foo");
+        ref_bad("-bad.com/foo");
+        ref_bad("[zz]:5000/foo");
+        ref_bad("foo bar");
+        snprintf(buf, sizeof(buf), "foo:%0129d", 7);
+        ref_bad(buf);
+        memset(buf, 'a', 300);
+        buf[300] = 0;
+        ref_bad(buf);
+
+        ASSERT_TRUE(reg_repository_valid("a/b/c"));
+        ASSERT_TRUE(!reg_repository_valid("a/B"));
+        ASSERT_TRUE(!reg_repository_valid(NULL));
+        ASSERT_TRUE(reg_tag_valid("latest"));
+        ASSERT_TRUE(!reg_tag_valid(".x"));
+        ASSERT_TRUE(!reg_tag_valid(""));
+        ASSERT_TRUE(reg_digest_valid(D64));
+        ASSERT_TRUE(!reg_digest_valid(D64 "0"));
+        ASSERT_TRUE(!reg_digest_valid("sha256:"));
+}
+
+/* ---- WWW-Authenticate ------------------------------------------------------------------------------------
+ */
+
+static void challenge_is(const char *h, RegAuthScheme scheme, const char *realm, const char *service,
+                         const char *scope, const char *error)
+{
+        RegChallenge c = {0};
+        ASSERT_OK(reg_challenge_parse(h, &c));
+        ASSERT_EQ(c.scheme, scheme);
+        ASSERT_TRUE(realm ? c.realm && strcmp(c.realm, realm) == 0 : !c.realm);
+        ASSERT_TRUE(service ? c.service && strcmp(c.service, service) == 0 : !c.service);
+        ASSERT_TRUE(scope ? c.scope && strcmp(c.scope, scope) == 0 : !c.scope);
+        ASSERT_TRUE(error ? c.error && strcmp(c.error, error) == 0 : !c.error);
+        reg_challenge_done(&c);
+}
+
+static void test_challenges(void)
+{
+        challenge_is("Bearer realm=\"https://auth.docker.io/token\",service=\"registry.docker.io\","
+                     "scope=\"repository:samalba/my-app:pull,push\"",
+                     REG_AUTH_BEARER, "https://auth.docker.io/token", "registry.docker.io",
+                     "repository:samalba/my-app:pull,push", NULL);
+        challenge_is("Basic realm=\"basic-realm\"", REG_AUTH_BASIC, "basic-realm", NULL, NULL, NULL);
+        challenge_is("basic realm=foo", REG_AUTH_BASIC, "foo", NULL, NULL, NULL);
+        challenge_is("Basic realm=\"x\", Bearer realm=\"https://a/t\", service=\"s\"", REG_AUTH_BEARER,
+                     "https://a/t", "s", NULL, NULL);
+        challenge_is("Bearer realm=\"https://a/t\", service=\"s\", Basic realm=\"x\"", REG_AUTH_BEARER,
+                     "https://a/t", "s", NULL, NULL);
+        challenge_is("Bearer realm=\"https://a/t\\\"q\",error=\"invalid_token\"", REG_AUTH_BEARER,
+                     "https://a/t\"q", NULL, NULL, "invalid_token");
+        challenge_is("BEARER  realm = \"https://x\" , SCOPE=\"repository:a:pull repository:b:pull\"",
+                     REG_AUTH_BEARER, "https://x", NULL, "repository:a:pull repository:b:pull", NULL);
+        challenge_is("Negotiate abc==, Basic realm=\"r\"", REG_AUTH_BASIC, "r", NULL, NULL, NULL);
+        challenge_is("Bearer realm=\"https://x\",error=\"insufficient_scope\",scope=\"repository:a:push\"",
+                     REG_AUTH_BEARER, "https://x", NULL, "repository:a:push", "insufficient_scope");
+        challenge_is("Bearer realm=\"https://x\", realm=\"https://y\"", REG_AUTH_BEARER, "https://y", NULL,
+                     NULL, NULL);
+        challenge_is("Bearer realm=\"https://unterminated", REG_AUTH_BEARER, "https://unterminated", NULL,
+                     NULL, NULL);
+
+        RegChallenge c = {0};
+        ASSERT_EQ(reg_challenge_parse("Negotiate", &c), -EINVAL);
+        ASSERT_EQ(reg_challenge_parse("", &c), -EINVAL);
+        ASSERT_EQ(reg_challenge_parse(NULL, &c), -EINVAL);
+        ASSERT_EQ(reg_challenge_parse("Bearer service=\"x\"", &c), -EINVAL); /* no realm */
+        ASSERT_EQ(reg_challenge_parse("realm=\"x\"", &c), -EINVAL);
+        ASSERT_EQ(reg_challenge_parse(",,, ==\"", &c), -EINVAL);
+}
+
+/* ---- auth files ------------------------------------------------------------------------------------------
+ */
+
+static int creds_of(const char *json, const char *host, RegCredentials *c)
+{
+        RegError e = {0};
+        *c = (RegCredentials){0};
+        return reg_auth_config_parse(json, strlen(json), host, c, &e);
+}
+
+static void test_auth_config(void)
+{
+        RegCredentials c;
+        /* "user:pa:ss" */
+        ASSERT_EQ(creds_of("{\"auths\":{\"reg.example.com\":{\"auth\":\"dXNlcjpwYTpzcw==\"}}}",
+                           "reg.example.com", &c),
+                  1);
+        ASSERT_STREQ(c.username, "user");
+        ASSERT_STREQ(c.password, "pa:ss");
+        reg_credentials_done(&c);
+        /* no padding */
+        ASSERT_EQ(creds_of("{\"auths\":{\"reg.example.com\":{\"auth\":\"dXNlcjpwYTpzcw\"}}}",
+                           "reg.example.com", &c),
+                  1);
+        ASSERT_STREQ(c.password, "pa:ss");
+        reg_credentials_done(&c);
+        ASSERT_EQ(creds_of("{\"auths\":{\"https://reg.example.com/v1/"
+                           "\":{\"username\":\"u\",\"password\":\"p\"}}}",
+                           "reg.example.com", &c),
+                  1);
+        ASSERT_STREQ(c.username, "u");
+        ASSERT_STREQ(c.password, "p");
+        reg_credentials_done(&c);
+        ASSERT_EQ(creds_of("{\"auths\":{\"http://reg.example.com:5000\":{\"identitytoken\":\"tok\"}}}",
+                           "reg.example.com:5000", &c),
+                  1);
+        ASSERT_STREQ(c.identity_token, "tok");
+        ASSERT_TRUE(!c.username);
+        reg_credentials_done(&c);
+        ASSERT_EQ(creds_of("{\"auths\":{\"https://index.docker.io/v1/\":{\"auth\":\"YTpi\"}}}", "docker.io",
+                           &c),
+                  1);
+        ASSERT_STREQ(c.username, "a");
+        reg_credentials_done(&c);
+        /* an exact key wins over a normalised one */
+        ASSERT_EQ(creds_of("{\"auths\":{\"https://h\":{\"auth\":\"YTpi\"},\"h\":{\"auth\":\"Yzpk\"}}}", "h",
+                           &c),
+                  1);
+        ASSERT_STREQ(c.username, "c");
+        reg_credentials_done(&c);
+
+        ASSERT_EQ(creds_of("{\"auths\":{\"other.example.com\":{\"auth\":\"YTpi\"}}}", "reg.example.com", &c),
+                  0);
+        ASSERT_EQ(creds_of("{\"auths\":{\"reg.example.com\":{}}, \"credsStore\":\"desktop\"}",
+                           "reg.example.com", &c),
+                  0);
+        ASSERT_EQ(creds_of("{}", "h", &c), 0);
+        ASSERT_EQ(creds_of("{\"auths\":[]}", "h", &c), -EINVAL);
+        ASSERT_EQ(creds_of("not json", "h", &c), -EINVAL);
+        ASSERT_EQ(creds_of("{\"auths\":{\"h\":{\"auth\":\"!!!!\"}}}", "h", &c), -EINVAL);
+        ASSERT_EQ(creds_of("{\"auths\":{\"h\":{\"auth\":\"bm9jb2xvbg==\"}}}", "h", &c),
+                  -EINVAL); /* "nocolon" */
+        ASSERT_EQ(creds_of("{\"auths\":{\"h\":{\"auth\":5}}}", "h", &c), -EINVAL);
+}
+
+static void test_auth_load(void)
+{
+        char p1[256], p2[300], dir[256];
+        snprintf(p1, sizeof(p1), "%s/auth.json", scratch);
+        snprintf(dir, sizeof(dir), "%s/dockercfg", scratch);
+        snprintf(p2, sizeof(p2), "%s/config.json", dir);
+        ASSERT_EQ(mkdir(dir, 0700), 0);
+        write_file(p1, "{\"auths\":{\"one.example.com\":{\"auth\":\"YTpi\"}}}");
+        write_file(p2, "{\"auths\":{\"two.example.com\":{\"username\":\"x\",\"password\":\"y\"}}}");
+
+        RegCredentials c = {0};
+        RegError e = {0};
+        char *path = NULL;
+        ASSERT_EQ(reg_auth_load(p1, "one.example.com", &c, &path, &e), 1);
+        ASSERT_STREQ(path, p1);
+        free(path);
+        reg_credentials_done(&c);
+        ASSERT_EQ(reg_auth_load("/nonexistent/auth.json", "one.example.com", &c, NULL, &e), -ENOENT);
+        ASSERT_TRUE(strstr(e.msg, "/nonexistent/auth.json") != NULL);
+
+        setenv("REGISTRY_AUTH_FILE", p1, 1);
+        setenv("DOCKER_CONFIG", dir, 1);
+        ASSERT_EQ(reg_auth_load(NULL, "one.example.com", &c, NULL, &e), 1);
+        reg_credentials_done(&c);
+        ASSERT_EQ(reg_auth_load(NULL, "two.example.com", &c, &path, &e), 1);
+        ASSERT_STREQ(path, p2);
+        ASSERT_STREQ(c.username, "x");
+        free(path);
+        reg_credentials_done(&c);
+        ASSERT_EQ(reg_auth_load(NULL, "three.example.com", &c, NULL, &e), 0);
+        unsetenv("REGISTRY_AUTH_FILE");
+        unsetenv("DOCKER_CONFIG");
+        setenv("HOME", scratch, 1);
+        ASSERT_EQ(reg_auth_load(NULL, "two.example.com", &c, NULL, &e), 0);
+        write_file(p1, "{\"auths\": 3}");
+        ASSERT_EQ(reg_auth_load(p1, "one.example.com", &c, NULL, &e), -EINVAL);
+        ASSERT_TRUE(strstr(e.msg, "auths") != NULL);
+}
+
+static void test_tokens(void)
+{
+        char *t = NULL;
+        long exp = 0;
+        RegError e = {0};
+        const char *a = "{\"token\":\"abc\",\"expires_in\":300,\"issued_at\":\"2020-01-01T00:00:00Z\"}";
+        ASSERT_OK(reg_token_parse(a, strlen(a), &t, &exp, &e));
+        ASSERT_STREQ(t, "abc");
+        ASSERT_EQ(exp, 300);
+        free(t);
+        const char *b = "{\"access_token\":\"xyz\"}";
+        ASSERT_OK(reg_token_parse(b, strlen(b), &t, &exp, &e));
+        ASSERT_STREQ(t, "xyz");
+        ASSERT_EQ(exp, 60);
+        free(t);
+        const char *c = "{\"token\":\"\",\"access_token\":\"q\",\"expires_in\":10}";
+        ASSERT_OK(reg_token_parse(c, strlen(c), &t, &exp, &e));
+        ASSERT_STREQ(t, "q");
+        ASSERT_EQ(exp, 60);
+        free(t);
+        ASSERT_EQ(reg_token_parse("{}", 2, &t, &exp, &e), -EBADMSG);
+        ASSERT_EQ(reg_token_parse("<html>", 6, &t, &exp, &e), -EBADMSG);
+        ASSERT_EQ(reg_token_parse("{\"token\":5}", 11, &t, &exp, &e), -EBADMSG);
+
+        char *h = NULL;
+        ASSERT_OK(reg_basic_header("user", "pass", &h));
+        ASSERT_STREQ(h, "Basic dXNlcjpwYXNz");
+        free(h);
+        ASSERT_OK(reg_basic_header("", "", &h));
+        ASSERT_STREQ(h, "Basic Og==");
+        free(h);
+}
+
+/* ---- URLs --------------------------------------------------------------------------------------------- */
+
+static void resolves(const char *base, const char *loc, const char *want)
+{
+        char *got = NULL;
+        ASSERT_OK(reg_url_resolve(base, loc, &got));
+        ASSERT_STREQ(got, want);
+        free(got);
+}
+
+static void test_urls(void)
+{
+        const char *base = "http://127.0.0.1:5000/v2/foo/blobs/uploads/";
+        resolves(base, "https://other.example.com/upload/abc?_state=x",
+                 "https://other.example.com/upload/abc?_state=x");
+        resolves(base, "/v2/foo/blobs/uploads/uuid?_state=abc%3D",
+                 "http://127.0.0.1:5000/v2/foo/blobs/uploads/uuid?_state=abc%3D");
+        resolves(base, "uuid?_state=x", "http://127.0.0.1:5000/v2/foo/blobs/uploads/uuid?_state=x");
+        resolves(base, "//other:8080/x", "http://other:8080/x");
+        resolves("http://h/v2/foo/blobs/uploads/u1?_state=a", "u2?_state=b",
+                 "http://h/v2/foo/blobs/uploads/u2?_state=b");
+        resolves("http://h/v2/foo/blobs/uploads/u1?_state=a", "?_state=c",
+                 "http://h/v2/foo/blobs/uploads/u1?_state=c");
+        resolves("https://h/v2/a/blobs/uploads/u1", "../../b/blobs/uploads/u2",
+                 "https://h/v2/a/b/blobs/uploads/u2");
+        /* base64 state survives untouched */
+        resolves(base, "/up?_state=a+b/c%2Bd==&x=1", "http://127.0.0.1:5000/up?_state=a+b/c%2Bd==&x=1");
+        char *got = NULL;
+        ASSERT_EQ(reg_url_resolve(base, "ftp://x/y", &got), -EPROTONOSUPPORT);
+        ASSERT_EQ(reg_url_resolve(base, "", &got), -EINVAL);
+
+        ASSERT_OK(reg_url_add_query("http://h/u?_state=a", "digest", D64, &got));
+        ASSERT_STREQ(got, "http://h/"
+                          "u?_state=a&digest=sha256%"
+                          "3a0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef");
+        free(got);
+        ASSERT_OK(reg_url_add_query("http://h/u", "digest", "sha256:ab", &got));
+        ASSERT_STREQ(got, "http://h/u?digest=sha256%3aab");
+        free(got);
+        ASSERT_OK(reg_url_add_query("http://h/v2/a/blobs/uploads/", "from", "x/y", &got));
+        ASSERT_STREQ(got, "http://h/v2/a/blobs/uploads/?from=x%2fy");
+        free(got);
+
+        char buf[64];
+        ASSERT_STREQ(reg_url_redact("https://s3/x?X-Amz-Signature=secret", buf, sizeof(buf)),
+                     "https://s3/x");
+        ASSERT_STREQ(reg_url_redact("https://s3/x#frag", buf, sizeof(buf)), "https://s3/x");
+        ASSERT_TRUE(reg_url_same_origin("https://h/a", "https://H:443/b"));
+        ASSERT_TRUE(!reg_url_same_origin("https://h/a", "http://h/a"));
+        ASSERT_TRUE(!reg_url_same_origin("https://h:5000/a", "https://h/a"));
+        ASSERT_TRUE(!reg_url_same_origin("https://h/a", "https://other/a"));
+}
+
+/* ---- Retry-After and backoff -----------------------------------------------------------------------------
+ */
+
+static void test_retry_after(void)
+{
+        unsigned ms = 0;
+        time_t now = time(NULL);
+        ASSERT_OK(reg_retry_after_parse("5", now, &ms));
+        ASSERT_EQ(ms, 5000);
+        ASSERT_OK(reg_retry_after_parse("  0 ", now, &ms));
+        ASSERT_EQ(ms, 0);
+        ASSERT_OK(reg_retry_after_parse("100000000000000000000000", now, &ms));
+        ASSERT_EQ(ms, REG_RETRY_AFTER_CAP_MS);
+        ASSERT_OK(reg_retry_after_parse("3600", now, &ms));
+        ASSERT_EQ(ms, REG_RETRY_AFTER_CAP_MS);
+        char date[64];
+        time_t later = now + 4;
+        struct tm tm;
+        gmtime_r(&later, &tm);
+        strftime(date, sizeof(date), "%a, %d %b %Y %H:%M:%S GMT", &tm);
+        ASSERT_OK(reg_retry_after_parse(date, now, &ms));
+        ASSERT_EQ(ms, 4000);
+        ASSERT_OK(reg_retry_after_parse("Wed, 21 Oct 2015 07:28:00 GMT", now, &ms));
+        ASSERT_EQ(ms, 0);
+        ASSERT_INT(reg_retry_after_parse("soon", now, &ms), <, 0);
+        ASSERT_INT(reg_retry_after_parse("5s", now, &ms), <, 0);
+        ASSERT_INT(reg_retry_after_parse(NULL, now, &ms), <, 0);
+
+        uint64_t st = 42;
+        for (unsigned a = 0; a < 12; a++) {
+                unsigned b = reg_backoff_ms(a, &st);
+                unsigned full = REG_BACKOFF_BASE_MS << (a < 4 ? a : 4);
+                if (full > REG_BACKOFF_CAP_MS)
+                        full = REG_BACKOFF_CAP_MS;
+                ASSERT_INT(b, >=, full / 2);
+                ASSERT_INT(b, <=, full);
+        }
+}
+
+/* ---- error bodies ----------------------------------------------------------------------------------------
+ */
+
+static void body_is(const char *body, const char *ct, const char *code, const char *msg)
+{
+        char c[64], m[REG_MESSAGE_MAX + 1];
+        reg_error_body_parse(body, body ? strlen(body) : 0, ct, c, sizeof(c), m, sizeof(m));
+        ASSERT_STREQ(c, code);
+        ASSERT_STREQ(m, msg);
+}
+
+static void test_error_bodies(void)
+{
+        body_is("{\"errors\":[{\"code\":\"DENIED\",\"message\":\"requested access to the resource is "
+                "denied\"}]}",
+                "application/json", "DENIED", "DENIED: requested access to the resource is denied");
+        body_is("{\"errors\":[{\"code\":\"MANIFEST_INVALID\",\"message\":\"manifest "
+                "invalid\",\"detail\":{\"a\":1}},"
+                "{\"code\":\"BLOB_UNKNOWN\",\"message\":\"blob unknown\",\"detail\":\"sha256:x\"}]}",
+                NULL, "MANIFEST_INVALID",
+                "MANIFEST_INVALID: manifest invalid ({\"a\":1}); BLOB_UNKNOWN: blob unknown (sha256:x)");
+        body_is("{\"errors\":[{\"code\":\"UNAUTHORIZED\",\"message\":\"authentication "
+                "required\",\"detail\":null}]}",
+                NULL, "UNAUTHORIZED", "UNAUTHORIZED: authentication required");
+        body_is("{\"error\":\"invalid_grant\",\"error_description\":\"bad token\"}", NULL, "",
+                "invalid_grant: bad token");
+        body_is("<html><body><h1>502 Bad Gateway</h1></body></html>", "text/html", "",
+                "(an HTML page instead of an API answer)");
+        body_is("  \n<!DOCTYPE html>", NULL, "", "(an HTML page instead of an API answer)");
+        body_is("", NULL, "", "");
+        body_is(NULL, NULL, "", "");
+        body_is("   \n ", NULL, "", "");
+        body_is("Not Found\nmore lines", "text/plain", "", "Not Found");
+        body_is("bad\tbyte", NULL, "", "bad byte");
+        body_is("{\"other\":1}", NULL, "", "{\"other\":1}");
+        body_is("{broken", NULL, "", "{broken");
+
+        /* huge: cut to REG_MESSAGE_MAX, marked, at a UTF-8 boundary */
+        size_t n = 100000;
+        char *big = malloc(n + 64);
+        ASSERT_TRUE(big);
+        int off = snprintf(big, 64, "{\"errors\":[{\"code\":\"DENIED\",\"message\":\"");
+        for (size_t i = (size_t)off; i + 1 < n; i += 2)
+                memcpy(big + i, "\xc3\xa9", 2); /* é */
+        size_t end = (size_t)off + ((n - (size_t)off) / 2) * 2;
+        memcpy(big + end, "\"}]}", 5);
+        char c[64], m[REG_MESSAGE_MAX + 1];
+        reg_error_body_parse(big, strlen(big), NULL, c, sizeof(c), m, sizeof(m));
+        ASSERT_STREQ(c, "DENIED");
+        ASSERT_INT(strlen(m), <=, REG_MESSAGE_MAX);
+        ASSERT_INT(strlen(m), >=, REG_MESSAGE_MAX - 4);
+        ASSERT_TRUE(strcmp(m + strlen(m) - 3, "...") == 0);
+        ASSERT_TRUE(((unsigned char)m[strlen(m) - 4] & 0xC0) == 0x80); /* the last é is whole */
+        /* a huge plain body, with a small buffer */
+        memset(big, 'x', n);
+        big[n] = 0;
+        char small[16];
+        reg_error_body_parse(big, n, NULL, c, sizeof(c), small, sizeof(small));
+        ASSERT_STREQ(small, "xxxxxxxxxxxx...");
+        free(big);
+}
+
+/* ---- manifests -------------------------------------------------------------------------------------------
+ */
+
+#define DA "sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+#define DB "sha256:bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb"
+#define DC "sha256:cccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccc"
+
+static const char oci_index[] =
+        "{\"schemaVersion\":2,\"mediaType\":\"application/vnd.oci.image.index.v1+json\",\"manifests\":["
+        "{\"mediaType\":\"application/vnd.oci.image.manifest.v1+json\",\"digest\":\"" DA "\",\"size\":500,"
+        "\"platform\":{\"architecture\":\"amd64\",\"os\":\"linux\"}},"
+        "{\"mediaType\":\"application/vnd.oci.image.manifest.v1+json\",\"digest\":\"" DB "\",\"size\":501,"
+        "\"platform\":{\"architecture\":\"arm64\",\"os\":\"linux\",\"variant\":\"v8\"}},"
+        "{\"mediaType\":\"application/vnd.oci.image.manifest.v1+json\",\"digest\":\"" DC "\",\"size\":502,"
+        "\"platform\":{\"architecture\":\"unknown\",\"os\":\"unknown\"}}]}";
+
+static const char docker_manifest[] =
+        "{\"schemaVersion\":2,\"mediaType\":\"application/vnd.docker.distribution.manifest.v2+json\","
+        "\"config\":{\"mediaType\":\"application/vnd.docker.container.image.v1+json\",\"digest\":\"" DA
+        "\",\"size\":1234},"
+        "\"layers\":[{\"mediaType\":\"application/vnd.docker.image.rootfs.diff.tar.gzip\",\"digest\":\"" DB
+        "\",\"size\":99},"
+        "{\"mediaType\":\"application/vnd.docker.image.rootfs.diff.tar.gzip\",\"digest\":\"" DC
+        "\",\"size\":5000000000}]}";
+
+static void test_manifests(void)
+{
+        RegError e = {0};
+        const char *mt = NULL;
+        ASSERT_EQ(reg_manifest_kind(oci_index, strlen(oci_index), NULL, &mt, &e), 1);
+        ASSERT_STREQ(mt, REG_MEDIA_OCI_INDEX);
+        ASSERT_EQ(reg_manifest_kind(docker_manifest, strlen(docker_manifest), NULL, &mt, &e), 0);
+        ASSERT_STREQ(mt, REG_MEDIA_DOCKER_MANIFEST);
+
+        RegDescriptor d = {0};
+        ASSERT_OK(reg_index_select(oci_index, strlen(oci_index), "linux", "amd64", NULL, &d, &e));
+        ASSERT_STREQ(d.digest, DA);
+        ASSERT_EQ(d.size, 500);
+        reg_descriptor_done(&d);
+        ASSERT_OK(reg_index_select(oci_index, strlen(oci_index), "linux", "arm64", NULL, &d, &e));
+        ASSERT_STREQ(d.digest, DB);
+        reg_descriptor_done(&d);
+        ASSERT_OK(reg_index_select(oci_index, strlen(oci_index), "linux", "arm64", "v8", &d, &e));
+        ASSERT_STREQ(d.digest, DB);
+        reg_descriptor_done(&d);
+        ASSERT_EQ(reg_index_select(oci_index, strlen(oci_index), "linux", "arm64", "v7", &d, &e), -ENOENT);
+        ASSERT_EQ(reg_index_select(oci_index, strlen(oci_index), "linux", "s390x", NULL, &d, &e), -ENOENT);
+        ASSERT_TRUE(strstr(e.msg, "linux/s390x") != NULL);
+        ASSERT_EQ(reg_index_select(docker_manifest, strlen(docker_manifest), "linux", "amd64", NULL, &d, &e),
+                  -EMEDIUMTYPE);
+
+        RegImage img = {0};
+        ASSERT_OK(reg_manifest_parse(docker_manifest, strlen(docker_manifest), NULL, &img, &e));
+        ASSERT_STREQ(img.manifest_media_type, REG_MEDIA_DOCKER_MANIFEST);
+        ASSERT_STREQ(img.config.digest, DA);
+        ASSERT_EQ(img.config.size, 1234);
+        ASSERT_EQ(img.n_layers, 2);
+        ASSERT_EQ(img.layers[1].size, 5000000000LL);
+        ASSERT_STREQ(img.layers[0].media_type, REG_MEDIA_DOCKER_LAYER_GZIP);
+        reg_image_free(memcpy(calloc(1, sizeof(img)), &img, sizeof(img)));
+
+        /* OCI without mediaType: told by shape, or by Content-Type */
+        const char *oci = "{\"schemaVersion\":2,\"config\":{\"mediaType\":\"application/"
+                          "vnd.oci.image.config.v1+json\","
+                          "\"digest\":\"" DA "\",\"size\":2},\"layers\":[]}";
+        img = (RegImage){0};
+        ASSERT_OK(reg_manifest_parse(oci, strlen(oci), NULL, &img, &e));
+        ASSERT_STREQ(img.manifest_media_type, REG_MEDIA_OCI_MANIFEST);
+        ASSERT_EQ(img.n_layers, 0);
+        reg_image_free(memcpy(calloc(1, sizeof(img)), &img, sizeof(img)));
+        ASSERT_EQ(reg_manifest_kind(oci, strlen(oci), REG_MEDIA_DOCKER_MANIFEST "; charset=utf-8", &mt, &e),
+                  0);
+        ASSERT_STREQ(mt, REG_MEDIA_DOCKER_MANIFEST);
+
+        const char *bad[] = {
+                "{\"schemaVersion\":1,\"name\":\"x\",\"fsLayers\":[]}",
+                "{\"schemaVersion\":2,\"mediaType\":\"text/plain\"}",
+                "{\"schemaVersion\":2}",
+                "[]",
+                "",
+                "{\"schemaVersion\":2,\"config\":{\"mediaType\":\"x\",\"digest\":\"sha256:zz\",\"size\":2},"
+                "\"layers\":[]}",
+                "{\"schemaVersion\":2,\"config\":{\"mediaType\":\"x\",\"digest\":\"" DA
+                "\",\"size\":-1},\"layers\":[]}",
+                "{\"schemaVersion\":2,\"config\":{\"mediaType\":\"x\",\"digest\":\"" DA
+                "\",\"size\":1.5},\"layers\":[]}",
+                "{\"schemaVersion\":2,\"config\":{\"mediaType\":\"x\",\"digest\":\"" DA
+                "\",\"size\":99999999999},"
+                "\"layers\":[]}",
+                "{\"schemaVersion\":2,\"config\":{\"mediaType\":\"x\",\"digest\":\"" DA
+                "\",\"size\":1},\"layers\":{}}",
+                "{\"schemaVersion\":2,\"config\":{\"mediaType\":\"x\",\"digest\":\"" DA "\",\"size\":1},"
+                "\"layers\":[{\"mediaType\":\"x\",\"size\":1}]}",
+                oci_index,
+        };
+        for (size_t i = 0; i < ELEMENTSOF(bad); i++) {
+                img = (RegImage){0};
+                int r = reg_manifest_parse(bad[i], strlen(bad[i]), NULL, &img, &e);
+                if (r >= 0)
+                        fprintf(stderr, "accepted bad manifest %zu\n", i);
+                ASSERT_INT(r, <, 0);
+                reg_image_free(memcpy(calloc(1, sizeof(img)), &img, sizeof(img)));
+        }
+}
+
+static void test_digests(void)
+{
+        char d[REG_DIGEST_STR_MAX];
+        ASSERT_OK(reg_digest_sha256("", 0, d));
+        ASSERT_STREQ(d, "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+        ASSERT_OK(reg_digest_check(d, "", 0));
+        ASSERT_EQ(reg_digest_check(d, "x", 1), -EBADMSG);
+        ASSERT_EQ(reg_digest_check("md5:00", "", 0), -EOPNOTSUPP);
+        ASSERT_OK(reg_digest_check(
+                "sha512:cf83e1357eefb8bdf1542850d66d8007d620e4050b5715dc83f4a921d36ce9ce47d0d13c5"
+                "d85f2b0ff8318d2877eec2f63b931bd47417a81a538327af927da3e",
+                "", 0));
+}
+
+/* ---- client options --------------------------------------------------------------------------------------
+ */
+
+static int client_with(const char *url, const char *certs_dir, const char *ca_file, RegClient **c,
+                       RegError *e)
+{
+        RegClientOptions o = {.url = url, .certs_dir = certs_dir, .ca_file = ca_file, .authfile = NULL};
+        *c = NULL;
+        return reg_client_new(&o, c, e);
+}
+
+static void test_client_options(void)
+{
+        RegClient *c = NULL;
+        RegError e = {0};
+        char certs[256], hostdir[300], p[400];
+        snprintf(certs, sizeof(certs), "%s/certs.d", scratch);
+        ASSERT_EQ(mkdir(certs, 0700), 0);
+        setenv("HOME", scratch, 1);
+
+        ASSERT_OK(client_with("http://127.0.0.1:5000", certs, NULL, &c, &e));
+        ASSERT_STREQ(reg_client_host(c), "127.0.0.1:5000");
+        c = reg_client_free(c);
+        ASSERT_OK(client_with("https://reg.example.com/", certs, NULL, &c, &e));
+        ASSERT_STREQ(reg_client_host(c), "reg.example.com");
+        c = reg_client_free(c);
+        ASSERT_EQ(client_with("ftp://reg.example.com", certs, NULL, &c, &e), -EINVAL);
+        ASSERT_EQ(client_with("https://reg.example.com/v2/", certs, NULL, &c, &e), -EINVAL);
+        ASSERT_EQ(client_with("https://u:p@reg.example.com", certs, NULL, &c, &e), -EINVAL);
+        ASSERT_EQ(client_with("reg example", certs, NULL, &c, &e), -EINVAL);
+        ASSERT_EQ(client_with("https://reg.example.com", certs, "/nonexistent/ca.pem", &c, &e), -ENOENT);
+
+        /* certs.d/<host>/: a .cert needs its .key */
+        snprintf(hostdir, sizeof(hostdir), "%s/reg.example.com:5000", certs);
+        ASSERT_EQ(mkdir(hostdir, 0700), 0);
+        snprintf(p, sizeof(p), "%s/ca.crt", hostdir);
+        write_file(p, "-----BEGIN CERTIFICATE-----\n-----END CERTIFICATE-----\n");
+        ASSERT_OK(client_with("https://reg.example.com:5000", certs, NULL, &c, &e));
+        ASSERT_TRUE(c->ca_bundle && strstr(c->ca_bundle, "BEGIN CERTIFICATE"));
+        c = reg_client_free(c);
+        snprintf(p, sizeof(p), "%s/client.cert", hostdir);
+        write_file(p, "x");
+        ASSERT_EQ(client_with("https://reg.example.com:5000", certs, NULL, &c, &e), -ENOENT);
+        ASSERT_TRUE(strstr(e.msg, "client.cert") != NULL);
+        snprintf(p, sizeof(p), "%s/client.key", hostdir);
+        write_file(p, "x");
+        ASSERT_OK(client_with("https://reg.example.com:5000", certs, NULL, &c, &e));
+        ASSERT_TRUE(c->client_cert && strstr(c->client_cert, "client.cert"));
+        ASSERT_TRUE(c->client_key && strstr(c->client_key, "client.key"));
+        c = reg_client_free(c);
+        snprintf(p, sizeof(p), "%s/lonely.key", hostdir);
+        write_file(p, "x");
+        ASSERT_EQ(client_with("https://reg.example.com:5000", certs, NULL, &c, &e), -ENOENT);
+
+        /* bad arguments are refused before any network */
+        ASSERT_OK(client_with("http://127.0.0.1:9", certs, NULL, &c, &e));
+        ASSERT_EQ(reg_blob_exists(c, "Bad", D64, NULL, &e), -EINVAL);
+        ASSERT_EQ(reg_manifest_delete(c, "ok", "latest", &e), -EINVAL);
+        ASSERT_EQ(reg_blob_upload_buffer(c, "ok", D64, "x", 1, &e), -EBADMSG);
+        ASSERT_EQ(reg_manifest_put(c, "ok", DA, REG_MEDIA_OCI_MANIFEST, "{}", 2, NULL, &e), -EBADMSG);
+        /* nothing listens on port 9: a connection error names the request, after retries */
+        ASSERT_EQ(reg_blob_exists(c, "ok", D64, NULL, &e), -ECONNREFUSED);
+        ASSERT_TRUE(strstr(e.msg, "HEAD http://127.0.0.1:9/v2/ok/blobs/") != NULL);
+        reg_client_free(c);
+}
+
+/* ---- the request helper against scripted loopback servers ------------------------------------------------
+ */
+
+#define MOCK_MAX 8
+
+/* A one-request-per-connection HTTP server on one loopback address that answers from a script and keeps
+ * what it was sent. */
+typedef struct Mock {
+        int fd, port;
+        pthread_t thread;
+        char replies[MOCK_MAX][1024];
+        const char *bodies[MOCK_MAX];
+        size_t n_replies;
+        char requests[MOCK_MAX][4096];
+        size_t n_requests;
+} Mock;
+
+static void *mock_run(void *userdata)
+{
+        Mock *m = userdata;
+        for (;;) {
+                int fd = accept4(m->fd, NULL, NULL, SOCK_CLOEXEC);
+                if (fd < 0)
+                        return NULL;
+                char *req = m->requests[m->n_requests < MOCK_MAX ? m->n_requests : MOCK_MAX - 1];
+                size_t len = 0;
+                ssize_t r;
+                while (len + 1 < 4096 && (r = read(fd, req + len, 4095 - len)) > 0) {
+                        len += (size_t)r;
+                        req[len] = 0;
+                        char *end = strstr(req, "\r\n\r\n");
+                        const char *cl = strcasestr(req, "\r\nContent-Length:");
+                        if (end && (!cl || cl > end || strlen(end + 4) >= strtoul(cl + 17, NULL, 10)))
+                                break;
+                }
+                bool scripted = m->n_requests < m->n_replies;
+                const char *reply = scripted ? m->replies[m->n_requests] : "HTTP/1.1 500 No script\r\n";
+                const char *body = scripted && m->bodies[m->n_requests] ? m->bodies[m->n_requests] : "";
+                m->n_requests++;
+                char out[2048];
+                int n = snprintf(out, sizeof(out), "%sContent-Length: %zu\r\nConnection: close\r\n\r\n%s",
+                                 reply, strlen(body), body);
+                if (write(fd, out, (size_t)n) < 0)
+                        perror("mock write");
+                close(fd);
+        }
+}
+
+static void mock_start(Mock *m, const char *addr)
+{
+        memset(m, 0, sizeof(*m));
+        m->fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        struct sockaddr_in a = {.sin_family = AF_INET};
+        ASSERT_EQ(inet_pton(AF_INET, addr, &a.sin_addr), 1);
+        ASSERT_EQ(bind(m->fd, (struct sockaddr *)&a, sizeof(a)), 0);
+        socklen_t len = sizeof(a);
+        ASSERT_EQ(getsockname(m->fd, (struct sockaddr *)&a, &len), 0);
+        m->port = ntohs(a.sin_port);
+        ASSERT_EQ(listen(m->fd, 8), 0);
+}
+
+static void mock_go(Mock *m)
+{
+        ASSERT_EQ(pthread_create(&m->thread, NULL, mock_run, m), 0);
+}
+
+static void mock_stop(Mock *m)
+{
+        shutdown(m->fd, SHUT_RDWR);
+        pthread_join(m->thread, NULL);
+        close(m->fd);
+}
+
+static RegClient *mock_client(const Mock *m, bool with_creds)
+{
+        char url[64], auth[256], json[256];
+        snprintf(url, sizeof(url), "http://127.0.0.1:%d", m->port);
+        snprintf(auth, sizeof(auth), "%s/mock-auth.json", scratch);
+        /* user:pass */
+        snprintf(json, sizeof(json), "{\"auths\":{\"127.0.0.1:%d\":{\"auth\":\"dXNlcjpwYXNz\"}}}", m->port);
+        write_file(auth, with_creds ? json : "{}");
+        RegClientOptions o = {.url = url, .authfile = auth};
+        RegClient *c = NULL;
+        RegError e = {0};
+        ASSERT_OK(reg_client_new(&o, &c, &e));
+        return c;
+}
+
+static int mock_get(RegClient *c, const Mock *m, const char *path, bool retry, RegResponse *resp,
+                    RegError *e)
+{
+        char url[128];
+        snprintf(url, sizeof(url), "http://127.0.0.1:%d%s", m->port, path);
+        RegRequest rq = {
+                .method = "GET", .url = url, .scope = "repository:r:pull", .retry = retry, .follow = true};
+        *resp = (RegResponse){0};
+        return reg_request(c, &rq, resp, e);
+}
+
+/* A redirect to storage on another host gets no Authorization; the registry does. */
+static void test_redirect_drops_auth(void)
+{
+        Mock a, b;
+        mock_start(&a, "127.0.0.1");
+        mock_start(&b, "127.0.0.2");
+        snprintf(a.replies[0], 1024,
+                 "HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Basic realm=\"r\"\r\n"
+                 "");
+        snprintf(a.replies[1], 1024,
+                 "HTTP/1.1 307 Temporary Redirect\r\nLocation: "
+                 "http://127.0.0.2:%d/storage/blob?X-Amz-Signature=topsecret"
+                 "\r\n",
+                 b.port);
+        snprintf(b.replies[0], 1024, "HTTP/1.1 200 OK\r\n");
+        b.bodies[0] = "hello";
+        a.n_replies = 2;
+        b.n_replies = 1;
+        mock_go(&a);
+        mock_go(&b);
+        RegClient *c = mock_client(&a, true);
+        RegResponse resp;
+        RegError e = {0};
+        ASSERT_OK(mock_get(c, &a, "/v2/r/blobs/" D64, true, &resp, &e));
+        ASSERT_EQ(resp.status, 200);
+        ASSERT_STREQ(resp.body, "hello");
+        reg_response_done(&resp);
+        mock_stop(&a);
+        mock_stop(&b);
+        ASSERT_EQ(a.n_requests, 2);
+        ASSERT_EQ(b.n_requests, 1);
+        ASSERT_TRUE(strcasestr(a.requests[0], "Authorization:") == NULL);
+        ASSERT_TRUE(strcasestr(a.requests[1], "Authorization: Basic dXNlcjpwYXNz\r\n") != NULL);
+        ASSERT_TRUE(strcasestr(b.requests[0], "Authorization") == NULL);
+        ASSERT_TRUE(strstr(b.requests[0], "GET /storage/blob?X-Amz-Signature=topsecret ") != NULL);
+        reg_client_free(c);
+}
+
+static void test_retries(void)
+{
+        Mock a;
+        mock_start(&a, "127.0.0.1");
+        snprintf(a.replies[0], 1024, "HTTP/1.1 503 Busy\r\nRetry-After: 0\r\n");
+        snprintf(a.replies[1], 1024, "HTTP/1.1 502 Bad Gateway\r\nContent-Type: text/html\r\n");
+        snprintf(a.replies[2], 1024, "HTTP/1.1 200 OK\r\n");
+        /* not retried: DENIED, whatever the status; 401 without a challenge */
+        snprintf(a.replies[3], 1024, "HTTP/1.1 503 Busy\r\nContent-Type: application/json\r\n");
+        a.bodies[3] = "{\"errors\":[{\"code\":\"DENIED\",\"message\":\"no\"}]}";
+        snprintf(a.replies[4], 1024, "HTTP/1.1 503 Busy\r\n");
+        snprintf(a.replies[5], 1024, "HTTP/1.1 403 Forbidden\r\n");
+        a.bodies[5] = "<html><title>Forbidden</title></html>";
+        snprintf(a.replies[6], 1024, "HTTP/1.1 401 Unauthorized\r\n");
+        a.n_replies = 7;
+        mock_go(&a);
+        RegClient *c = mock_client(&a, false);
+        RegResponse resp;
+        RegError e = {0};
+        ASSERT_OK(mock_get(c, &a, "/v2/r/manifests/x", true, &resp, &e));
+        ASSERT_EQ(resp.status, 200);
+        reg_response_done(&resp);
+        ASSERT_EQ(a.n_requests, 3);
+        ASSERT_OK(mock_get(c, &a, "/v2/r/manifests/x", true, &resp, &e)); /* DENIED: not retried */
+        ASSERT_EQ(resp.status, 503);
+        ASSERT_STREQ(resp.error_code, "DENIED");
+        reg_response_done(&resp);
+        ASSERT_OK(mock_get(c, &a, "/v2/r/manifests/x", false, &resp, &e)); /* retry off: the 503 as it is */
+        ASSERT_EQ(resp.status, 503);
+        reg_response_done(&resp);
+        ASSERT_OK(mock_get(c, &a, "/v2/r/manifests/x", true, &resp, &e));
+        ASSERT_EQ(resp.status, 403);
+        ASSERT_EQ(reg_response_error(&resp, &e, "fetching x"), -EACCES);
+        ASSERT_STREQ(e.msg, "fetching x: HTTP 403: (an HTML page instead of an API answer)");
+        reg_response_done(&resp);
+        ASSERT_EQ(mock_get(c, &a, "/v2/r/manifests/x", true, &resp, &e), -EACCES);
+        ASSERT_TRUE(strstr(e.msg, "without an authentication challenge") != NULL);
+        ASSERT_EQ(a.n_requests, 7);
+        mock_stop(&a);
+        reg_client_free(c);
+}
+
+/* An upload session that moves to another host: no Authorization there, the Location of the latest
+ * response used, the digest appended to its query. */
+static void test_upload_locations(void)
+{
+        Mock a, b;
+        mock_start(&a, "127.0.0.1");
+        mock_start(&b, "127.0.0.2");
+        snprintf(a.replies[0], 1024,
+                 "HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Basic realm=\"r\"\r\n"
+                 "");
+        snprintf(a.replies[1], 1024,
+                 "HTTP/1.1 202 Accepted\r\nLocation: http://127.0.0.2:%d/up/1?_state=a\r\n"
+                 "OCI-Chunk-Min-Length: 100\r\n",
+                 b.port);
+        snprintf(b.replies[0], 1024,
+                 "HTTP/1.1 202 Accepted\r\nLocation: 2?_state=b\r\nRange: 0-99\r\n"
+                 "");
+        snprintf(b.replies[1], 1024, "HTTP/1.1 201 Created\r\n");
+        a.n_replies = 2;
+        b.n_replies = 2;
+        mock_go(&a);
+        mock_go(&b);
+        RegClient *c = mock_client(&a, true);
+        RegError e = {0};
+        RegUpload *u = NULL;
+        char data[100], digest[REG_DIGEST_STR_MAX];
+        memset(data, 'z', sizeof(data));
+        ASSERT_OK(reg_digest_sha256(data, sizeof(data), digest));
+        ASSERT_OK(reg_upload_begin(c, "r", NULL, NULL, &u, &e));
+        ASSERT_OK(reg_upload_write(u, data, sizeof(data), &e));
+        int r = reg_upload_commit(u, digest, &e);
+        if (r < 0)
+                fprintf(stderr, "commit: %s\n", e.msg);
+        ASSERT_OK(r);
+        reg_upload_abort(u);
+        mock_stop(&a);
+        mock_stop(&b);
+        ASSERT_EQ(a.n_requests, 2);
+        ASSERT_EQ(b.n_requests, 2);
+        ASSERT_TRUE(strstr(a.requests[1], "POST /v2/r/blobs/uploads/ ") != NULL);
+        ASSERT_TRUE(strstr(b.requests[0], "PATCH /up/1?_state=a ") != NULL);
+        ASSERT_TRUE(strcasestr(b.requests[0], "\r\nContent-Range: 0-99\r\n") != NULL);
+        ASSERT_TRUE(strcasestr(b.requests[0], "\r\nContent-Type: application/octet-stream\r\n") != NULL);
+        char want[200];
+        snprintf(want, sizeof(want), "PUT /up/2?_state=b&digest=sha256%%3a%s ", digest + 7);
+        ASSERT_TRUE(strstr(b.requests[1], want) != NULL);
+        ASSERT_TRUE(strcasestr(b.requests[0], "Authorization") == NULL);
+        ASSERT_TRUE(strcasestr(b.requests[1], "Authorization") == NULL);
+        reg_client_free(c);
+}
+
+int main(void)
+{
+        ASSERT_TRUE(mkdtemp(scratch) != NULL);
+        test_references();
+        test_challenges();
+        test_auth_config();
+        test_auth_load();
+        test_tokens();
+        test_urls();
+        test_retry_after();
+        test_error_bodies();
+        test_manifests();
+        test_digests();
+        test_client_options();
+        test_redirect_drops_auth();
+        test_retries();
+        test_upload_locations();
+        char cmd[300];
+        snprintf(cmd, sizeof(cmd), "rm -rf -- '%s'", scratch);
+        if (system(cmd) != 0)
+                fprintf(stderr, "cannot remove %s\n", scratch);
+        printf("test-registry: all passed\n");
+        return 0;
+}
