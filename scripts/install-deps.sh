@@ -7,7 +7,7 @@ build=(build-essential cmake pkg-config clang
        libarchive-dev libcurl4-openssl-dev libcjson-dev libssl-dev zlib1g-dev libisal-dev libzstd-dev
        libmount-dev libsystemd-dev libmicrohttpd-dev libinih-dev libgnutls28-dev)
 run=(ca-certificates curl)
-tests=(docker-registry skopeo umoci oci-image-tool isal pigz attr libcap2-bin python3 apache2-utils
+tests=(docker-registry skopeo umoci oci-image-tool isal pigz attr libcap2-bin python3 apache2-utils openssl time
        systemd file tar gzip iproute2 golang-go)
 
 missing=()
