@@ -1,0 +1,3 @@
+module nbsnap.test/layercheck
+
+go 1.19
