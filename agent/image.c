@@ -4,8 +4,9 @@
 #include "image.h"
 
 static const char *const status_names[_NB_STATUS_MAX] = {
-        [NB_STATUS_INIT] = "INIT",       [NB_STATUS_CREATING] = "CREATING", [NB_STATUS_ACTIVE] = "ACTIVE",
-        [NB_STATUS_CREATE_FAILED] = "CREATE_FAILED", [NB_STATUS_ERROR] = "ERROR", [NB_STATUS_DELETED] = "DELETED",
+        [NB_STATUS_INIT] = "INIT",     [NB_STATUS_CREATING] = "CREATING",
+        [NB_STATUS_ACTIVE] = "ACTIVE", [NB_STATUS_CREATE_FAILED] = "CREATE_FAILED",
+        [NB_STATUS_ERROR] = "ERROR",   [NB_STATUS_DELETED] = "DELETED",
 };
 
 const char *nb_status_to_string(NbStatus s)
@@ -43,7 +44,7 @@ void nb_image_done(NbImage *img)
         free(img->repository);
         strv_free(img->dev_services);
         strv_free(img->resource_categories);
-        *img = (NbImage){ 0 };
+        *img = (NbImage){0};
 }
 
 int nb_image_set(char **field, const char *value)
@@ -141,7 +142,8 @@ bool nb_name_valid(const char *name, NbError *e)
         size_t n = name ? strlen(name) : 0;
         if (n == 0 || n > NB_NAME_MAX || !all_in(name, "._-", false))
                 return nb_error_set(e, -EINVAL,
-                                    "image name must be 1 to %d characters of lowercase letters, digits, '.', '_' "
+                                    "image name must be 1 to %d characters of lowercase letters, digits, "
+                                    "'.', '_' "
                                     "and '-'",
                                     NB_NAME_MAX),
                        false;
@@ -149,11 +151,12 @@ bool nb_name_valid(const char *name, NbError *e)
         if (!alnum(name[0]) || !alnum(name[n - 1]) || strstr(name, "..") || strstr(name, "._") ||
             strstr(name, "_.") || strstr(name, ".-") || strstr(name, "-.") || strstr(name, "___") ||
             strstr(name, "_-") || strstr(name, "-_"))
-                return nb_error_set(e, -EINVAL,
-                                    "image name '%s' is not a valid registry repository name: it must start and "
-                                    "end with a letter or digit, and separators ('.', '_', '__', '-') must stand "
-                                    "between letters or digits",
-                                    name),
+                return nb_error_set(
+                               e, -EINVAL,
+                               "image name '%s' is not a valid registry repository name: it must start and "
+                               "end with a letter or digit, and separators ('.', '_', '__', '-') must stand "
+                               "between letters or digits",
+                               name),
                        false;
         return true;
 }
@@ -162,9 +165,10 @@ bool nb_tag_valid(const char *tag, NbError *e)
 {
         size_t n = tag ? strlen(tag) : 0;
         if (n == 0 || n > NB_TAG_MAX || !all_in(tag, "._-", true))
-                return nb_error_set(e, -EINVAL,
-                                    "image tag must be 1 to %d characters of letters, digits, '.', '_' and '-'",
-                                    NB_TAG_MAX),
+                return nb_error_set(
+                               e, -EINVAL,
+                               "image tag must be 1 to %d characters of letters, digits, '.', '_' and '-'",
+                               NB_TAG_MAX),
                        false;
         if (tag[0] == '.' || tag[0] == '-')
                 return nb_error_set(e, -EINVAL, "image tag '%s' must not start with '.' or '-'", tag), false;
@@ -174,12 +178,13 @@ bool nb_tag_valid(const char *tag, NbError *e)
 bool nb_namespace_valid(const char *ns, NbError *e)
 {
         size_t n = ns ? strlen(ns) : 0;
-        if (n == 0 || n > NB_NAMESPACE_MAX || !all_in(ns, "._-", false) || !alnum(ns[0]) || !alnum(ns[n - 1]) ||
-            strstr(ns, "..") || strstr(ns, "--"))
-                return nb_error_set(e, -EINVAL,
-                                    "namespace (organization) must be 1 to %d characters of lowercase letters, "
-                                    "digits, '.', '_' and '-', starting and ending with a letter or digit",
-                                    NB_NAMESPACE_MAX),
+        if (n == 0 || n > NB_NAMESPACE_MAX || !all_in(ns, "._-", false) || !alnum(ns[0]) ||
+            !alnum(ns[n - 1]) || strstr(ns, "..") || strstr(ns, "--"))
+                return nb_error_set(
+                               e, -EINVAL,
+                               "namespace (organization) must be 1 to %d characters of lowercase letters, "
+                               "digits, '.', '_' and '-', starting and ending with a letter or digit",
+                               NB_NAMESPACE_MAX),
                        false;
         return true;
 }
@@ -190,7 +195,11 @@ static bool utf8_count(const char *s, size_t *ret)
         size_t n = 0;
         const unsigned char *p = (const unsigned char *)s;
         while (*p) {
-                unsigned len = *p < 0x80 ? 1 : (*p >> 5) == 6 ? 2 : (*p >> 4) == 14 ? 3 : (*p >> 3) == 30 ? 4 : 0;
+                unsigned len = *p < 0x80         ? 1
+                               : (*p >> 5) == 6  ? 2
+                               : (*p >> 4) == 14 ? 3
+                               : (*p >> 3) == 30 ? 4
+                                                 : 0;
                 if (len == 0)
                         return false;
                 for (unsigned i = 1; i < len; i++)

@@ -9,11 +9,11 @@
 
 #include "util.h"
 
-#define NB_NAME_MAX 512
-#define NB_TAG_MAX 64
-#define NB_DESCRIPTION_MAX 512 /* characters (UTF-8 code points) */
-#define NB_NAMESPACE_MAX 64
-#define NB_WORKSPACE_ID_MAX 64
+#define NB_NAME_MAX           512
+#define NB_TAG_MAX            64
+#define NB_DESCRIPTION_MAX    512 /* characters (UTF-8 code points) */
+#define NB_NAMESPACE_MAX      64
+#define NB_WORKSPACE_ID_MAX   64
 #define NB_STATUS_MESSAGE_MAX 1024
 
 typedef enum NbStatus {

@@ -12,7 +12,7 @@
 #include "save.h"
 
 static const char *const phase_names[_NB_PHASE_MAX] = {
-        [NB_PHASE_RESOLVING] = "resolving base image", [NB_PHASE_BASE_LAYERS] = "checking base layers",
+        [NB_PHASE_RESOLVING] = "resolving base image",      [NB_PHASE_BASE_LAYERS] = "checking base layers",
         [NB_PHASE_PACKING] = "packing and uploading layer", [NB_PHASE_CONFIG] = "uploading config",
         [NB_PHASE_MANIFEST] = "pushing manifest",
 };
@@ -81,9 +81,10 @@ int nb_baseline_path(const char *state_dir, char **ret)
 /* The credential files the registry client may read (the containers convention), so they are never saved. */
 static int exclude_credentials(SnapExcludes *x, const char *root, const char *authfile, SnapError *se)
 {
-        const char *env = getenv("REGISTRY_AUTH_FILE"), *dc = getenv("DOCKER_CONFIG"), *home = getenv("HOME");
+        const char *env = getenv("REGISTRY_AUTH_FILE"), *dc = getenv("DOCKER_CONFIG"),
+                   *home = getenv("HOME");
         char buf[3][PATH_MAX];
-        const char *c[4] = { authfile, env, NULL, NULL };
+        const char *c[4] = {authfile, env, NULL, NULL};
         if (dc && snprintf(buf[0], PATH_MAX, "%s/config.json", dc) < PATH_MAX)
                 c[2] = buf[0];
         if (home && snprintf(buf[1], PATH_MAX, "%s/.docker/config.json", home) < PATH_MAX)
@@ -98,10 +99,11 @@ static int exclude_credentials(SnapExcludes *x, const char *root, const char *au
         return 0;
 }
 
-int nb_excludes_build(const char *root, const char *state_dir, const char *authfile, const char *const *paths,
-                      size_t n_paths, const char *mountinfo, SnapExcludes **ret, NbError *e)
+int nb_excludes_build(const char *root, const char *state_dir, const char *authfile,
+                      const char *const *paths, size_t n_paths, const char *mountinfo, SnapExcludes **ret,
+                      NbError *e)
 {
-        SnapError se = { 0 };
+        SnapError se = {0};
         SnapExcludes *x = NULL;
         static const char *const defaults[] = NB_DEFAULT_EXCLUDES;
         int r = snap_excludes_new(&x, &se);
@@ -131,13 +133,13 @@ int nb_save_validate(const NbSaveOptions *o, NbError *e)
                 size_t offset;
                 const char *flag;
         } required[] = {
-                { offsetof(NbSaveOptions, root), "--root" },
-                { offsetof(NbSaveOptions, state_dir), "--state-dir" },
-                { offsetof(NbSaveOptions, registry_url), "--registry" },
-                { offsetof(NbSaveOptions, base_image), "--base-image" },
-                { offsetof(NbSaveOptions, namespace), "--namespace" },
-                { offsetof(NbSaveOptions, name), "--name" },
-                { offsetof(NbSaveOptions, tag), "--tag" },
+                {offsetof(NbSaveOptions, root), "--root"},
+                {offsetof(NbSaveOptions, state_dir), "--state-dir"},
+                {offsetof(NbSaveOptions, registry_url), "--registry"},
+                {offsetof(NbSaveOptions, base_image), "--base-image"},
+                {offsetof(NbSaveOptions, namespace), "--namespace"},
+                {offsetof(NbSaveOptions, name), "--name"},
+                {offsetof(NbSaveOptions, tag), "--tag"},
         };
         for (size_t i = 0; i < ELEMENTSOF(required); i++) {
                 const char *v = *(const char *const *)((const char *)o + required[i].offset);
@@ -149,12 +151,14 @@ int nb_save_validate(const NbSaveOptions *o, NbError *e)
             (o->workspace_id && !nb_workspace_id_valid(o->workspace_id, e)))
                 return e->code;
         if (strlen(o->namespace) + 1 + strlen(o->name) > 255)
-                return nb_error_set(e, -EINVAL,
-                                    "namespace/name is %zu characters; registries take repository names of at "
-                                    "most 255",
-                                    strlen(o->namespace) + 1 + strlen(o->name));
+                return nb_error_set(
+                        e, -EINVAL,
+                        "namespace/name is %zu characters; registries take repository names of at "
+                        "most 255",
+                        strlen(o->namespace) + 1 + strlen(o->name));
         if (strncmp(o->registry_url, "https://", 8) != 0 && strncmp(o->registry_url, "http://", 7) != 0)
-                return nb_error_set(e, -EINVAL, "--registry must be a URL: https://HOST[:PORT] or http://HOST[:PORT]");
+                return nb_error_set(e, -EINVAL,
+                                    "--registry must be a URL: https://HOST[:PORT] or http://HOST[:PORT]");
         struct stat st;
         if (stat(o->root, &st) < 0)
                 return nb_error_set(e, -errno, "root %s: %m", o->root);
@@ -194,9 +198,12 @@ static int set_arch(NbImage *img, const char *config_json)
 static int connect_registries(Save *s, NbError *e)
 {
         const NbSaveOptions *o = s->o;
-        RegError re = { 0 };
-        RegClientOptions co = { .url = o->registry_url, .authfile = o->authfile, .ca_file = o->ca_file,
-                                .user_agent = "nbsnap", .chunk_size = o->chunk_size };
+        RegError re = {0};
+        RegClientOptions co = {.url = o->registry_url,
+                               .authfile = o->authfile,
+                               .ca_file = o->ca_file,
+                               .user_agent = "nbsnap",
+                               .chunk_size = o->chunk_size};
         int r = reg_client_new(&co, &s->dst, &re);
         if (r < 0)
                 return nb_error_from_reg(e, &re, r, "cannot use registry");
@@ -223,17 +230,19 @@ static int connect_registries(Save *s, NbError *e)
 
 static int resolve_base(Save *s, NbError *e)
 {
-        RegError re = { 0 };
+        RegError re = {0};
         report(s, NB_PHASE_RESOLVING);
         const char *reference = s->ref->digest ? s->ref->digest : s->ref->tag ? s->ref->tag : "latest";
-        int r = reg_image_fetch(s->src, s->ref->repository, reference, "linux", machine_arch(), NULL, &s->base, &re);
+        int r = reg_image_fetch(s->src, s->ref->repository, reference, "linux", machine_arch(), NULL,
+                                &s->base, &re);
         if (r < 0)
                 return nb_error_from_reg(e, &re, r, "cannot resolve the base image");
         if (s->base->n_layers + 1 > NB_LAYERS_MAX)
-                return nb_error_set(e, -E2BIG,
-                                    "the base image already has %zu layers; an image may have at most %d: save "
-                                    "from a base image with fewer layers (e.g. one squashed with a build)",
-                                    s->base->n_layers, NB_LAYERS_MAX);
+                return nb_error_set(
+                        e, -E2BIG,
+                        "the base image already has %zu layers; an image may have at most %d: save "
+                        "from a base image with fewer layers (e.g. one squashed with a build)",
+                        s->base->n_layers, NB_LAYERS_MAX);
         return set_arch(s->img, s->base->config_json);
 }
 
@@ -245,7 +254,7 @@ static int ensure_base_layers(Save *s, NbError *e)
         bool same_registry = s->src == s->dst;
         for (size_t i = 0; i < s->base->n_layers; i++) {
                 const RegDescriptor *l = &s->base->layers[i];
-                RegError re = { 0 };
+                RegError re = {0};
                 if (same_registry && strcmp(s->ref->repository, s->dst_repo) == 0)
                         continue; /* the manifest we resolved references them in this repository */
                 int r = reg_blob_exists(s->dst, s->dst_repo, l->digest, NULL, &re);
@@ -282,7 +291,7 @@ static bool cancelled(const Save *s)
 static int on_tar_output(void *userdata, const void *data, size_t size)
 {
         Save *s = userdata;
-        SnapError se = { 0 };
+        SnapError se = {0};
         if (cancelled(s))
                 return -ECANCELED;
         return pgzip_write(s->gzip, data, size, &se);
@@ -305,22 +314,24 @@ static void on_diff_progress(void *userdata, const SnapDiffStats *st)
 static int pack_error(Save *s, NbError *e, const SnapError *se, int r)
 {
         if (cancelled(s))
-                return nb_error_set(e, -ECANCELED, "the save was cancelled (the agent is stopping); save again");
+                return nb_error_set(e, -ECANCELED,
+                                    "the save was cancelled (the agent is stopping); save again");
         if (s->upload_error.code < 0)
-                return nb_error_from_reg(e, &s->upload_error, s->upload_error.code, "cannot upload the layer");
+                return nb_error_from_reg(e, &s->upload_error, s->upload_error.code,
+                                         "cannot upload the layer");
         return nb_error_from_snap(e, se, r, "cannot pack the layer");
 }
 
 static int pack_and_upload(Save *s, NbError *e)
 {
         const NbSaveOptions *o = s->o;
-        SnapError se = { 0 };
-        RegError re = { 0 };
+        SnapError se = {0};
+        RegError re = {0};
         _cleanup_free_ char *bpath = NULL, *root = NULL;
         SnapBaseline *base = NULL;
         SnapWalk *walk = NULL;
         SnapExcludes *ex = NULL;
-        SnapDiffStats st = { 0 };
+        SnapDiffStats st = {0};
         report(s, NB_PHASE_PACKING);
         int r = nb_baseline_path(o->state_dir, &bpath);
         if (r < 0 || !(root = realpath(o->root, NULL)))
@@ -328,7 +339,8 @@ static int pack_and_upload(Save *s, NbError *e)
         r = snap_baseline_open(bpath, &base, &se);
         if (r < 0)
                 return nb_error_from_snap(e, &se, r, NULL);
-        r = nb_excludes_build(root, o->state_dir, o->authfile, o->excludes, o->n_excludes, o->mountinfo, &ex, e);
+        r = nb_excludes_build(root, o->state_dir, o->authfile, o->excludes, o->n_excludes, o->mountinfo, &ex,
+                              e);
         if (r < 0)
                 goto out;
         r = snap_walk_new(root, ex, &walk, &se);
@@ -341,7 +353,8 @@ static int pack_and_upload(Save *s, NbError *e)
                 r = nb_error_from_reg(e, &re, r, "cannot start the layer upload");
                 goto out;
         }
-        PGzipOptions zo = { .threads = o->threads, .level = o->level, .output = on_gzip_output, .userdata = s };
+        PGzipOptions zo = {
+                .threads = o->threads, .level = o->level, .output = on_gzip_output, .userdata = s};
         r = pgzip_new(&zo, &s->gzip, &se);
         if (r >= 0)
                 r = snap_layer_new(on_tar_output, on_layer_note, s, &s->layer, &se);
@@ -361,8 +374,9 @@ static int pack_and_upload(Save *s, NbError *e)
                 goto out;
         }
         s->upload = NULL; /* committed: nothing to cancel */
-        note(s, "layer %.19s: %" PRIu64 " added, %" PRIu64 " modified, %" PRIu64 " recreated, %" PRIu64
-                " deleted, %" PRIu64 " unchanged; %" PRIu64 " bytes of tar, %" PRIu64 " compressed",
+        note(s,
+             "layer %.19s: %" PRIu64 " added, %" PRIu64 " modified, %" PRIu64 " recreated, %" PRIu64
+             " deleted, %" PRIu64 " unchanged; %" PRIu64 " bytes of tar, %" PRIu64 " compressed",
              s->result.digest, st.added, st.modified, st.recreated, st.deleted, st.same, s->result.size_in,
              s->result.size_out);
 out:
@@ -430,7 +444,7 @@ static int push_config(Save *s, NbError *e)
                 return nb_error_set(e, -ENOMEM, "out of memory");
         s->config_size = strlen(json);
         int r = nb_sha256_digest(json, s->config_size, s->config_digest);
-        RegError re = { 0 };
+        RegError re = {0};
         if (r >= 0)
                 r = reg_blob_upload_buffer(s->dst, s->dst_repo, s->config_digest, json, s->config_size, &re);
         if (r < 0)
@@ -486,7 +500,7 @@ static int push_manifest(Save *s, NbError *e)
         int r = build_manifest(s, &json, &type, e);
         if (r < 0)
                 return r;
-        RegError re = { 0 };
+        RegError re = {0};
         r = reg_manifest_put(s->dst, s->dst_repo, s->o->tag, type, json, strlen(json), &digest, &re);
         if (r < 0)
                 return nb_error_from_reg(e, &re, r, "cannot push the manifest");
@@ -512,14 +526,15 @@ static int fill_request_fields(Save *s)
 
 int nb_save(const NbSaveOptions *o, NbImage *img, NbError *e)
 {
-        Save s = { .o = o, .img = img };
+        Save s = {.o = o, .img = img};
         int r = nb_save_validate(o, e);
         if (r >= 0)
                 r = connect_registries(&s, e);
         if (r >= 0)
                 r = fill_request_fields(&s) < 0 ? nb_error_set(e, -ENOMEM, "out of memory") : 0;
         if (r >= 0)
-                r = nb_image_set_status(img, NB_STATUS_CREATING, "%s", nb_phase_to_string(NB_PHASE_RESOLVING));
+                r = nb_image_set_status(img, NB_STATUS_CREATING, "%s",
+                                        nb_phase_to_string(NB_PHASE_RESOLVING));
         if (r >= 0)
                 r = resolve_base(&s, e);
         if (r >= 0)
@@ -529,7 +544,8 @@ int nb_save(const NbSaveOptions *o, NbImage *img, NbError *e)
         if (r >= 0)
                 r = push_config(&s, e);
         if (r >= 0 && cancelled(&s))
-                r = nb_error_set(e, -ECANCELED, "the save was cancelled (the agent is stopping); save again");
+                r = nb_error_set(e, -ECANCELED,
+                                 "the save was cancelled (the agent is stopping); save again");
         if (r >= 0)
                 r = push_manifest(&s, e);
         save_done(&s);

@@ -1,7 +1,7 @@
 /* save.h: one save, start to end: validate, resolve the base image, ensure its layers are in the target
- * repository (HEAD, cross-repository mount, copy), pack what changed since the baseline into one layer while it
- * uploads (diff -> tar -> parallel gzip -> chunked PATCH), push the config, push the manifest last (so the tag
- * never points at a half-pushed image), and fill the image object. */
+ * repository (HEAD, cross-repository mount, copy), pack what changed since the baseline into one layer while
+ * it uploads (diff -> tar -> parallel gzip -> chunked PATCH), push the config, push the manifest last (so
+ * the tag never points at a half-pushed image), and fill the image object. */
 #pragma once
 
 #include <stdbool.h>
@@ -11,11 +11,15 @@
 #include "image.h"
 #include "util.h"
 
-#define NB_LAYERS_MAX 125 /* docker's layer depth limit (overlay takes 128) */
+#define NB_LAYERS_MAX   125 /* docker's layer depth limit (overlay takes 128) */
 #define NB_EXCLUDES_MAX 1024
 
-/* Paths never saved, besides mount points (read from /proc/self/mountinfo), the state dir and credentials. */
-#define NB_DEFAULT_EXCLUDES { "/proc", "/sys", "/dev", "/run", NULL }
+/* Paths never saved, besides mount points (read from /proc/self/mountinfo), the state dir and credentials.
+ */
+#define NB_DEFAULT_EXCLUDES                                                                                 \
+        {                                                                                                   \
+                "/proc", "/sys", "/dev", "/run", NULL                                                       \
+        }
 
 typedef enum NbPhase {
         NB_PHASE_RESOLVING,   /* base image manifest and config */
@@ -30,10 +34,10 @@ const char *nb_phase_to_string(NbPhase p);
 
 typedef struct NbProgress {
         NbPhase phase;
-        uint64_t entries;   /* entries walked */
-        uint64_t read;      /* file bytes read into the layer */
-        uint64_t sent;      /* compressed bytes uploaded */
-        uint64_t expected;  /* estimate of compressed bytes, 0 when unknown */
+        uint64_t entries;  /* entries walked */
+        uint64_t read;     /* file bytes read into the layer */
+        uint64_t sent;     /* compressed bytes uploaded */
+        uint64_t expected; /* estimate of compressed bytes, 0 when unknown */
 } NbProgress;
 
 typedef struct NbSaveOptions {
@@ -46,10 +50,10 @@ typedef struct NbSaveOptions {
         const char *ca_file;
         const char *const *excludes; /* container paths */
         size_t n_excludes;
-        const char *mountinfo; /* NULL: /proc/self/mountinfo */
-        unsigned threads;      /* 0: all CPUs */
-        int level;             /* gzip level, -1: default */
-        size_t chunk_size;     /* upload PATCH size, 0: default */
+        const char *mountinfo;      /* NULL: /proc/self/mountinfo */
+        unsigned threads;           /* 0: all CPUs */
+        int level;                  /* gzip level, -1: default */
+        size_t chunk_size;          /* upload PATCH size, 0: default */
         const _Atomic bool *cancel; /* set from another thread: the save stops soon with -ECANCELED */
         void (*progress)(void *userdata, const NbProgress *p);
         void (*note)(void *userdata, const char *message);
@@ -65,7 +69,9 @@ int nb_save(const NbSaveOptions *o, NbImage *img, NbError *e);
 
 /* Baseline file inside the state dir. */
 int nb_baseline_path(const char *state_dir, char **ret);
-/* The exclusion set a save or a baseline uses: defaults, mount points, state dir, credentials, user paths. */
+/* The exclusion set a save or a baseline uses: defaults, mount points, state dir, credentials, user paths.
+ */
 struct SnapExcludes;
-int nb_excludes_build(const char *root, const char *state_dir, const char *authfile, const char *const *paths,
-                      size_t n_paths, const char *mountinfo, struct SnapExcludes **ret, NbError *e);
+int nb_excludes_build(const char *root, const char *state_dir, const char *authfile,
+                      const char *const *paths, size_t n_paths, const char *mountinfo,
+                      struct SnapExcludes **ret, NbError *e);

@@ -8,13 +8,14 @@
 #include "baseline.h"
 #include "walk.h"
 
-#define HEADER_SIZE 16 /* magic + u32 version + u32 flags */
-#define TRAILER_SIZE 32
+#define HEADER_SIZE      16 /* magic + u32 version + u32 flags */
+#define TRAILER_SIZE     32
 #define BASELINE_VERSION 1
-#define TAG_RECORD 'R'
-#define TAG_END 'E'
+#define TAG_RECORD       'R'
+#define TAG_END          'E'
 
-/* ---- writer -------------------------------------------------------------------------------------------- */
+/* ---- writer --------------------------------------------------------------------------------------------
+ */
 
 typedef struct Writer {
         FILE *f;
@@ -111,7 +112,7 @@ static int write_all(Writer *w, const char *root, const SnapExcludes *ex, SnapEr
         int r = snap_walk_new(root, ex, &walk, e);
         if (r < 0)
                 return r;
-        uint8_t header[HEADER_SIZE] = { 0 };
+        uint8_t header[HEADER_SIZE] = {0};
         memcpy(header, SNAP_BASELINE_MAGIC, 8);
         header[8] = BASELINE_VERSION;
         w_bytes(w, header, sizeof(header));
@@ -146,7 +147,7 @@ int snap_baseline_write(const char *root, const SnapExcludes *ex, const char *pa
         int fd = mkostemp(tmp, O_CLOEXEC);
         if (fd < 0)
                 return snap_error_set(e, -errno, "cannot create %s: %m", tmp);
-        Writer w = { .f = fdopen(fd, "w"), .md = EVP_MD_CTX_new() };
+        Writer w = {.f = fdopen(fd, "w"), .md = EVP_MD_CTX_new()};
         bool closed = false;
         int r;
         if (!w.f || !w.md || EVP_DigestInit_ex(w.md, EVP_sha256(), NULL) != 1) {
@@ -172,7 +173,7 @@ int snap_baseline_write(const char *root, const SnapExcludes *ex, const char *pa
         }
         (void)fsync_parent(path);
         if (ret)
-                *ret = (SnapBaselineStats){ .entries = w.count, .file_size = (uint64_t)st.st_size };
+                *ret = (SnapBaselineStats){.entries = w.count, .file_size = (uint64_t)st.st_size};
         EVP_MD_CTX_free(w.md);
         free(w.prev);
         return 0;
@@ -187,7 +188,8 @@ fail:
         return r;
 }
 
-/* ---- reader -------------------------------------------------------------------------------------------- */
+/* ---- reader --------------------------------------------------------------------------------------------
+ */
 
 struct SnapBaseline {
         FILE *f;
@@ -242,7 +244,8 @@ static int verify_checksum(int fd, uint64_t size)
         }
         uint8_t sum[EVP_MAX_MD_SIZE], stored[TRAILER_SIZE];
         unsigned len = 0;
-        if (EVP_DigestFinal_ex(md, sum, &len) != 1 || pread(fd, stored, TRAILER_SIZE, (off_t)end) != TRAILER_SIZE) {
+        if (EVP_DigestFinal_ex(md, sum, &len) != 1 ||
+            pread(fd, stored, TRAILER_SIZE, (off_t)end) != TRAILER_SIZE) {
                 r = -EIO;
                 goto out;
         }
@@ -264,7 +267,8 @@ int snap_baseline_open_fd(int fd, const char *what, SnapBaseline **ret, SnapErro
                 r = snap_error_set(e, -errno, "cannot read baseline %s: %m", what);
                 goto fail;
         }
-        if ((uint64_t)st.st_size < HEADER_SIZE + 2 + TRAILER_SIZE || (uint64_t)st.st_size > SNAP_BASELINE_FILE_MAX) {
+        if ((uint64_t)st.st_size < HEADER_SIZE + 2 + TRAILER_SIZE ||
+            (uint64_t)st.st_size > SNAP_BASELINE_FILE_MAX) {
                 r = corrupt(b, e, "impossible size");
                 goto fail;
         }
@@ -276,7 +280,8 @@ int snap_baseline_open_fd(int fd, const char *what, SnapBaseline **ret, SnapErro
         }
         r = verify_checksum(fd, (uint64_t)st.st_size);
         if (r < 0) {
-                r = r == -EBADMSG ? corrupt(b, e, "checksum mismatch") : snap_error_set(e, r, "cannot read %s", what);
+                r = r == -EBADMSG ? corrupt(b, e, "checksum mismatch")
+                                  : snap_error_set(e, r, "cannot read %s", what);
                 goto fail;
         }
         if (lseek(fd, HEADER_SIZE, SEEK_SET) < 0 || !(b->f = fdopen(fd, "r"))) {
@@ -297,10 +302,11 @@ int snap_baseline_open(const char *path, SnapBaseline **ret, SnapError *e)
         int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
         if (fd < 0) {
                 if (errno == ENOENT)
-                        return snap_error_set(e, -ENOENT,
-                                              "no baseline at %s: run `nbsnap baseline` when the container starts "
-                                              "(nbsnap-baseline.service does it at boot)",
-                                              path);
+                        return snap_error_set(
+                                e, -ENOENT,
+                                "no baseline at %s: run `nbsnap baseline` when the container starts "
+                                "(nbsnap-baseline.service does it at boot)",
+                                path);
                 return snap_error_set(e, -errno, "cannot open baseline %s: %m", path);
         }
         return snap_baseline_open_fd(fd, path, ret, e);
@@ -362,12 +368,14 @@ static int read_path(SnapBaseline *b, SnapError *e)
         if (fread(b->suffix, 1, (size_t)suffix, b->f) != suffix)
                 return corrupt(b, e, "truncated path");
         /* the first `common` bytes are shared, so comparing the rest orders the whole paths */
-        if (b->seen > 0 && snap_path_cmp(b->path + common, b->path_len - common, b->suffix, (size_t)suffix) >= 0)
+        if (b->seen > 0 &&
+            snap_path_cmp(b->path + common, b->path_len - common, b->suffix, (size_t)suffix) >= 0)
                 return corrupt(b, e, "entries out of order");
         memcpy(b->path + common, b->suffix, (size_t)suffix);
         b->path[len] = '\0';
         b->path_len = len;
-        if (memchr(b->path, '\0', len) || b->path[0] == '/' || b->path[len - 1] == '/' || strstr(b->path, "//"))
+        if (memchr(b->path, '\0', len) || b->path[0] == '/' || b->path[len - 1] == '/' ||
+            strstr(b->path, "//"))
                 return corrupt(b, e, "bad path");
         return 0;
 }
@@ -378,11 +386,12 @@ static int read_record(SnapBaseline *b, SnapError *e)
         if (r < 0)
                 return r;
         SnapEntry *en = &b->entry;
-        *en = (SnapEntry){ .path = b->path, .path_len = b->path_len };
+        *en = (SnapEntry){.path = b->path, .path_len = b->path_len};
         if (r_u32(b->f, &en->mode) < 0 || r_u32(b->f, &en->uid) < 0 || r_u32(b->f, &en->gid) < 0 ||
             r_u32(b->f, &en->nlink) < 0 || r_varint(b->f, &en->size) < 0 ||
-            r_time(b->f, &en->mtime_sec, &en->mtime_nsec) < 0 || r_time(b->f, &en->ctime_sec, &en->ctime_nsec) < 0 ||
-            r_varint(b->f, &en->dev) < 0 || r_varint(b->f, &en->ino) < 0 || r_varint(b->f, &en->rdev) < 0)
+            r_time(b->f, &en->mtime_sec, &en->mtime_nsec) < 0 ||
+            r_time(b->f, &en->ctime_sec, &en->ctime_nsec) < 0 || r_varint(b->f, &en->dev) < 0 ||
+            r_varint(b->f, &en->ino) < 0 || r_varint(b->f, &en->rdev) < 0)
                 return corrupt(b, e, "truncated record");
         if (S_ISLNK(en->mode)) {
                 uint64_t n;

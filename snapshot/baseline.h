@@ -1,10 +1,10 @@
 /* baseline.h: the record of the root filesystem taken at container start, and its reader.
  *
  * The file holds every entry of the tree (excludes applied) in tree order with its stat data and symlink
- * target: paths prefix-compressed against the previous one, numbers as LEB128 varints, a SHA-256 of the whole
- * file at its end. It is written to a temporary file in the same directory, fsync'ed and renamed, so a crash
- * leaves the old baseline or the new one, never half of one. The reader checks the checksum, the limits and
- * the order before handing out a single entry, then streams: memory does not grow with the tree.
+ * target: paths prefix-compressed against the previous one, numbers as LEB128 varints, a SHA-256 of the
+ * whole file at its end. It is written to a temporary file in the same directory, fsync'ed and renamed, so a
+ * crash leaves the old baseline or the new one, never half of one. The reader checks the checksum, the
+ * limits and the order before handing out a single entry, then streams: memory does not grow with the tree.
  */
 #pragma once
 
@@ -14,7 +14,7 @@
 #include "excludes.h"
 #include "snap-util.h"
 
-#define SNAP_BASELINE_MAGIC "NBSNAPB1"
+#define SNAP_BASELINE_MAGIC    "NBSNAPB1"
 #define SNAP_BASELINE_FILE_MAX (16ull * 1024 * 1024 * 1024) /* 16 GiB: ~100 M entries */
 
 typedef struct SnapBaselineStats {
@@ -23,8 +23,8 @@ typedef struct SnapBaselineStats {
 } SnapBaselineStats;
 
 /* Walks root and writes the baseline to path atomically. */
-int snap_baseline_write(const char *root, const SnapExcludes *excludes, const char *path, SnapBaselineStats *ret,
-                        SnapError *e);
+int snap_baseline_write(const char *root, const SnapExcludes *excludes, const char *path,
+                        SnapBaselineStats *ret, SnapError *e);
 
 typedef struct SnapBaseline SnapBaseline;
 

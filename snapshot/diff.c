@@ -10,7 +10,8 @@ typedef struct Diff {
         SnapWalk *live;
         SnapLayer *layer;
         const SnapEntry *b, *l;
-        char *skip; /* baseline entries under this path are gone with it (deleted, replaced, excluded, opaque) */
+        char *skip; /* baseline entries under this path are gone with it (deleted, replaced, excluded,
+                       opaque) */
         size_t skip_len, skip_allocated;
         bool skipping;
         SnapDiffStats stats;
@@ -104,7 +105,9 @@ static int step(Diff *d, const SnapExcludes *ex, SnapError *e)
                         return next_base(d, e);
                 d->skipping = false;
         }
-        int c = !d->b ? 1 : !d->l ? -1 : snap_path_cmp(d->b->path, d->b->path_len, d->l->path, d->l->path_len);
+        int c = !d->b   ? 1
+                : !d->l ? -1
+                        : snap_path_cmp(d->b->path, d->b->path_len, d->l->path, d->l->path_len);
         int r;
         if (c < 0) {
                 r = gone(d, ex, e);
@@ -124,7 +127,7 @@ static int step(Diff *d, const SnapExcludes *ex, SnapError *e)
 int snap_diff_layer(SnapBaseline *base, SnapWalk *live, const SnapExcludes *ex, SnapLayer *layer,
                     snap_diff_progress_fn progress, void *userdata, SnapDiffStats *ret, SnapError *e)
 {
-        Diff d = { .base = base, .live = live, .layer = layer };
+        Diff d = {.base = base, .live = live, .layer = layer};
         int r = next_base(&d, e);
         if (r >= 0)
                 r = next_live(&d, e);

@@ -9,7 +9,8 @@
  *    live content added, the old content never whited out one by one;
  *  - a type change (file <-> directory <-> symlink): the new entry replaces the old one, children of an old
  *    directory need no whiteouts;
- *  - only in the baseline: `.wh.NAME` for the top-most deleted path only; excluded paths are never whited out.
+ *  - only in the baseline: `.wh.NAME` for the top-most deleted path only; excluded paths are never whited
+ * out.
  */
 #pragma once
 
@@ -21,7 +22,7 @@
 #include "walk.h"
 
 typedef struct SnapDiffStats {
-        uint64_t live, base;                               /* entries read from each side */
+        uint64_t live, base;                                /* entries read from each side */
         uint64_t added, modified, recreated, deleted, same; /* by outcome */
 } SnapDiffStats;
 

@@ -6,7 +6,8 @@
 static inline unsigned char order_byte(unsigned char c)
 {
         /* '/' sorts below every byte a name can hold (NUL cannot appear), so a parent's whole subtree comes
-         * before a sibling whose name extends the parent's ("a/x" < "a-b"), as in a sorted depth-first walk. */
+         * before a sibling whose name extends the parent's ("a/x" < "a-b"), as in a sorted depth-first walk.
+         */
         return c == '/' ? 0 : c;
 }
 

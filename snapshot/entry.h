@@ -3,8 +3,8 @@
  * Paths are relative to the root, without a leading '/', as raw bytes (any byte but NUL; newlines and
  * non-UTF-8 bytes included). The root itself is never an entry. Every stream of entries (a baseline file, a
  * walk of the live tree) is in tree order: depth-first, pre-order, siblings sorted bytewise by name. That is
- * the order of snap_path_cmp(), which compares paths bytewise with '/' below every other byte, so a merge-join
- * of two streams by path is correct.
+ * the order of snap_path_cmp(), which compares paths bytewise with '/' below every other byte, so a
+ * merge-join of two streams by path is correct.
  */
 #pragma once
 
@@ -14,10 +14,10 @@
 #include <sys/types.h>
 
 /* Named limits. */
-#define SNAP_PATH_MAX (64u * 1024)   /* bytes in a relative path; deeper trees fail clearly */
-#define SNAP_DEPTH_MAX 4096u         /* directory nesting */
-#define SNAP_LINK_MAX 4096u          /* bytes in a symlink target */
-#define SNAP_DIR_ENTRIES_MAX 4000000 /* entries in one directory */
+#define SNAP_PATH_MAX        (64u * 1024) /* bytes in a relative path; deeper trees fail clearly */
+#define SNAP_DEPTH_MAX       4096u        /* directory nesting */
+#define SNAP_LINK_MAX        4096u        /* bytes in a symlink target */
+#define SNAP_DIR_ENTRIES_MAX 4000000      /* entries in one directory */
 
 typedef struct SnapEntry {
         const char *path; /* NUL-terminated, relative */

@@ -31,7 +31,6 @@ SnapExcludes *snap_excludes_free(SnapExcludes *x)
         return NULL;
 }
 
-
 static bool find(const SnapExcludes *x, const char *path, size_t *ret_pos)
 {
         size_t lo = 0, hi = x->n;
@@ -83,10 +82,11 @@ static int normalise(const char *in, char **ret, SnapError *e)
 {
         size_t len = strlen(in);
         if (len == 0 || in[0] != '/')
-                return snap_error_set(e, -EINVAL, "exclude path '%s' must be absolute (as seen in the container)",
-                                      in);
+                return snap_error_set(e, -EINVAL,
+                                      "exclude path '%s' must be absolute (as seen in the container)", in);
         if (len >= SNAP_PATH_MAX)
-                return snap_error_set(e, -ENAMETOOLONG, "exclude path is longer than %u bytes", SNAP_PATH_MAX);
+                return snap_error_set(e, -ENAMETOOLONG, "exclude path is longer than %u bytes",
+                                      SNAP_PATH_MAX);
         _cleanup_free_ char *out = malloc(len + 1);
         if (!out)
                 return snap_error_set(e, -ENOMEM, "out of memory");

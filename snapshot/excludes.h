@@ -20,7 +20,8 @@ typedef struct SnapExcludes SnapExcludes;
 int snap_excludes_new(SnapExcludes **ret, SnapError *e);
 SnapExcludes *snap_excludes_free(SnapExcludes *x);
 
-/* A path as seen inside the container ("/home/ma-user/.cache/pip"). Rejects "..", empty and relative paths. */
+/* A path as seen inside the container ("/home/ma-user/.cache/pip"). Rejects "..", empty and relative paths.
+ */
 int snap_excludes_add(SnapExcludes *x, const char *container_path, SnapError *e);
 /* Every mount point strictly below root (a canonical absolute host path) in the mount table at mountinfo
  * (NULL: /proc/self/mountinfo). Returns the number added. */

@@ -10,9 +10,9 @@
 
 #include "layer.h"
 
-#define READ_BUFFER (SNAP_BUFFERED_MAX + 1)
+#define READ_BUFFER     (SNAP_BUFFERED_MAX + 1)
 #define WHITEOUT_PREFIX ".wh."
-#define OPAQUE_NAME ".wh..wh..opq"
+#define OPAQUE_NAME     ".wh..wh..opq"
 
 struct SnapLayer {
         struct archive *a;
@@ -62,7 +62,8 @@ static int archive_fail(SnapLayer *l, SnapError *e, const char *what)
         if (l->write_error < 0)
                 return snap_error_set(e, l->write_error, "%s: the layer could not be sent on", what);
         int err = archive_errno(l->a);
-        return snap_error_set(e, err > 0 ? -err : -EIO, "%s: %s", what, archive_error_string(l->a) ?: "libarchive");
+        return snap_error_set(e, err > 0 ? -err : -EIO, "%s: %s", what,
+                              archive_error_string(l->a) ?: "libarchive");
 }
 
 int snap_layer_new(snap_layer_write_fn write, snap_layer_note_fn note, void *userdata, SnapLayer **ret,
@@ -75,10 +76,10 @@ int snap_layer_new(snap_layer_write_fn write, snap_layer_note_fn note, void *use
                 return snap_error_set(e, -ENOMEM, "out of memory");
         }
         l->write = write, l->note = note, l->userdata = userdata;
-        /* pax restricted: plain ustar headers unless a field needs PAX (long names, big sizes and ids, xattrs) */
+        /* pax restricted: plain ustar headers unless a field needs PAX (long names, big sizes and ids,
+         * xattrs) */
         if (archive_write_set_format_pax_restricted(l->a) != ARCHIVE_OK ||
             archive_write_set_format_option(l->a, "pax", "xattrheader", "SCHILY") != ARCHIVE_OK ||
-            archive_write_set_format_option(l->a, "pax", "hdrcharset", "BINARY") != ARCHIVE_OK ||
             archive_write_add_filter_none(l->a) != ARCHIVE_OK ||
             archive_write_set_bytes_in_last_block(l->a, 1) != ARCHIVE_OK ||
             archive_write_open2(l->a, l, NULL, on_write, NULL, NULL) != ARCHIVE_OK) {
@@ -214,10 +215,11 @@ static int read_data(SnapLayer *l, int fd, uint64_t off, uint64_t n, const char 
                 if (k < 0)
                         return snap_error_set(e, -errno, "cannot read /%s: %m", path);
                 if (k == 0)
-                        return snap_error_set(e, -ESTALE,
-                                              "/%s shrank while it was being saved; save again when it is not "
-                                              "being written",
-                                              path);
+                        return snap_error_set(
+                                e, -ESTALE,
+                                "/%s shrank while it was being saved; save again when it is not "
+                                "being written",
+                                path);
                 if (archive_write_data(l->a, l->buf, (size_t)k) != k)
                         return archive_fail(l, e, path);
                 off += (uint64_t)k, n -= (uint64_t)k;
@@ -226,15 +228,17 @@ static int read_data(SnapLayer *l, int fd, uint64_t off, uint64_t n, const char 
         return 0;
 }
 
-/* Copies exactly `size` bytes of content: never a padded or cut file (one that shrank fails). Holes of sparse
- * files are written as zeros without reading them (OCI: no GNU.sparse entries), up to SNAP_HOLES_MAX. */
+/* Copies exactly `size` bytes of content: never a padded or cut file (one that shrank fails). Holes of
+ * sparse files are written as zeros without reading them (OCI: no GNU.sparse entries), up to SNAP_HOLES_MAX.
+ */
 static int copy_data(SnapLayer *l, int fd, uint64_t size, uint64_t allocated, const char *path, SnapError *e)
 {
         if (allocated >= size) /* not sparse: one sequential read */
                 return read_data(l, fd, 0, size, path, e);
         if (size - allocated > SNAP_HOLES_MAX)
                 return snap_error_set(e, -EFBIG,
-                                      "/%s is a sparse file with %" PRIu64 " GiB of holes; images store holes as "
+                                      "/%s is a sparse file with %" PRIu64
+                                      " GiB of holes; images store holes as "
                                       "data and at most %llu GiB are allowed: --exclude it or shrink it",
                                       path, (size - allocated) >> 30, SNAP_HOLES_MAX >> 30);
         uint64_t off = 0;
@@ -262,7 +266,8 @@ static int write_entry(SnapLayer *l, struct archive_entry *ae, const char *path,
 {
         int r = archive_write_header(l->a, ae);
         if (r == ARCHIVE_WARN)
-                r = ARCHIVE_OK; /* names that are not UTF-8 are kept byte-exact (hdrcharset=BINARY) */
+                r = ARCHIVE_OK; /* a name that is not UTF-8: libarchive keeps its bytes (hdrcharset=BINARY)
+                                 */
         if (r != ARCHIVE_OK)
                 return archive_fail(l, e, path);
         l->stats.entries++;
@@ -271,9 +276,9 @@ static int write_entry(SnapLayer *l, struct archive_entry *ae, const char *path,
 
 static bool same_content_stat(const struct stat *a, const struct stat *b)
 {
-        return a->st_ino == b->st_ino && a->st_size == b->st_size && a->st_mtim.tv_sec == b->st_mtim.tv_sec &&
-               a->st_mtim.tv_nsec == b->st_mtim.tv_nsec && a->st_ctim.tv_sec == b->st_ctim.tv_sec &&
-               a->st_ctim.tv_nsec == b->st_ctim.tv_nsec;
+        return a->st_ino == b->st_ino && a->st_size == b->st_size &&
+               a->st_mtim.tv_sec == b->st_mtim.tv_sec && a->st_mtim.tv_nsec == b->st_mtim.tv_nsec &&
+               a->st_ctim.tv_sec == b->st_ctim.tv_sec && a->st_ctim.tv_nsec == b->st_ctim.tv_nsec;
 }
 
 static int changed_error(const char *path, SnapError *e)
@@ -346,14 +351,16 @@ int snap_layer_add(SnapLayer *l, const SnapEntry *en, int dirfd, const char *nam
         if (S_ISSOCK(en->mode)) {
                 l->stats.skipped++;
                 if (l->note)
-                        l->note(l->userdata, en->path, "socket skipped: sockets cannot be stored in an image");
+                        l->note(l->userdata, en->path,
+                                "socket skipped: sockets cannot be stored in an image");
                 return 0;
         }
         if (strncmp(name, WHITEOUT_PREFIX, strlen(WHITEOUT_PREFIX)) == 0)
-                return snap_error_set(e, -EINVAL,
-                                      "/%s: a name starting with \".wh.\" cannot be saved: container runtimes "
-                                      "read it as a deletion marker; rename it, delete it or --exclude it",
-                                      en->path);
+                return snap_error_set(
+                        e, -EINVAL,
+                        "/%s: a name starting with \".wh.\" cannot be saved: container runtimes "
+                        "read it as a deletion marker; rename it, delete it or --exclude it",
+                        en->path);
         _cleanup_close_ int fd = open_entry(dirfd, name, en, en->path, e);
         if (fd == -ENOENT) {
                 l->stats.skipped++;

@@ -10,8 +10,8 @@
 #ifndef NB_UTIL_MACROS
 #define NB_UTIL_MACROS
 /* shared by snap-util.h and reg-util.h: the agent includes both */
-#define _cleanup_(f) __attribute__((cleanup(f)))
-#define _unused_ __attribute__((unused))
+#define _cleanup_(f)   __attribute__((cleanup(f)))
+#define _unused_       __attribute__((unused))
 #define _printf_(a, b) __attribute__((format(printf, a, b)))
 
 #endif
@@ -29,22 +29,22 @@ static inline void snap_closep(int *fd)
         }
 }
 #ifndef _cleanup_free_
-#define _cleanup_free_ _cleanup_(snap_freep)
+#define _cleanup_free_  _cleanup_(snap_freep)
 #define _cleanup_close_ _cleanup_(snap_closep)
 
 #endif
 #ifndef TAKE_PTR
-#define TAKE_PTR(p)                                                                                             \
-        ({                                                                                                      \
-                __typeof__(p) _p = (p);                                                                         \
-                (p) = NULL;                                                                                     \
-                _p;                                                                                             \
+#define TAKE_PTR(p)                                                                                         \
+        ({                                                                                                  \
+                __typeof__(p) _p = (p);                                                                     \
+                (p) = NULL;                                                                                 \
+                _p;                                                                                         \
         })
-#define TAKE_FD(fd)                                                                                             \
-        ({                                                                                                      \
-                int _fd = (fd);                                                                                 \
-                (fd) = -1;                                                                                      \
-                _fd;                                                                                            \
+#define TAKE_FD(fd)                                                                                         \
+        ({                                                                                                  \
+                int _fd = (fd);                                                                             \
+                (fd) = -1;                                                                                  \
+                _fd;                                                                                        \
         })
 #define ELEMENTSOF(x) (sizeof(x) / sizeof((x)[0]))
 #endif

@@ -1,4 +1,5 @@
 #include <dirent.h>
+#include <sys/syscall.h>
 #include <fcntl.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -20,6 +21,7 @@ struct SnapWalk {
         char *path; /* current entry's path */
         size_t path_allocated;
         char link[SNAP_LINK_MAX + 1];
+        uint8_t dents[SNAP_DENTS_BUFFER];
         SnapEntry entry;
         bool descend; /* the entry last returned is a directory to enter on the next call */
         const char *name;
@@ -30,7 +32,7 @@ static void frame_done(Frame *f)
         snap_closep(&f->fd);
         free(f->names);
         free(f->offsets);
-        *f = (Frame){ .fd = -1 };
+        *f = (Frame){.fd = -1};
 }
 
 SnapWalk *snap_walk_free(SnapWalk *w)
@@ -50,67 +52,68 @@ static int cmp_offsets(const void *a, const void *b, void *base)
         return strcmp((const char *)base + *(const size_t *)a, (const char *)base + *(const size_t *)b);
 }
 
-/* Reads all names of the directory fd (taken over), sorted. */
-static int frame_fill(Frame *f, int fd, const char *what, SnapError *e)
+struct linux_dirent64 {
+        uint64_t d_ino;
+        int64_t d_off;
+        unsigned short d_reclen;
+        unsigned char d_type;
+        char d_name[];
+};
+
+static int names_append(Frame *f, size_t *cap, size_t *ncap, size_t *used, const char *name, SnapError *e,
+                        const char *what)
+{
+        size_t len = strlen(name) + 1;
+        if (f->n >= SNAP_DIR_ENTRIES_MAX)
+                return snap_error_set(e, -E2BIG, "directory %s has more than %u entries", what,
+                                      SNAP_DIR_ENTRIES_MAX);
+        if (*used + len > *cap) {
+                size_t nc = *cap ? *cap * 2 : 4096;
+                while (nc < *used + len)
+                        nc *= 2;
+                char *p = realloc(f->names, nc);
+                if (!p)
+                        return snap_error_set(e, -ENOMEM, "out of memory");
+                f->names = p, *cap = nc;
+        }
+        if (f->n == *ncap) {
+                size_t nc = *ncap ? *ncap * 2 : 64;
+                size_t *p = reallocarray(f->offsets, nc, sizeof(size_t));
+                if (!p)
+                        return snap_error_set(e, -ENOMEM, "out of memory");
+                f->offsets = p, *ncap = nc;
+        }
+        memcpy(f->names + *used, name, len);
+        f->offsets[f->n++] = *used;
+        *used += len;
+        return 0;
+}
+
+/* Reads all names of the directory fd (taken over) with getdents64 in large batches, then sorts them. */
+static int frame_fill(Frame *f, int fd, uint8_t *buf, size_t buf_size, const char *what, SnapError *e)
 {
         f->fd = fd;
-        int dupfd = fcntl(fd, F_DUPFD_CLOEXEC, 3);
-        if (dupfd < 0)
-                return snap_error_set(e, -errno, "cannot read directory %s: %m", what);
-        DIR *d = fdopendir(dupfd);
-        if (!d) {
-                int r = -errno;
-                close(dupfd);
-                return snap_error_set(e, r, "cannot read directory %s: %m", what);
-        }
-        size_t used = 0, cap = 0, n = 0, ncap = 0;
-        char *names = NULL;
-        size_t *offs = NULL;
-        int r = 0;
-        struct dirent *de;
-        for (errno = 0; (de = readdir(d)); errno = 0) {
-                if (de->d_name[0] == '.' && (de->d_name[1] == '\0' || (de->d_name[1] == '.' && !de->d_name[2])))
+        size_t cap = 0, ncap = 0, used = 0;
+        for (;;) {
+                long n = syscall(SYS_getdents64, fd, buf, buf_size);
+                if (n < 0 && errno == EINTR)
                         continue;
-                size_t len = strlen(de->d_name) + 1;
-                if (n >= SNAP_DIR_ENTRIES_MAX) {
-                        r = snap_error_set(e, -E2BIG, "directory %s has more than %u entries", what,
-                                           SNAP_DIR_ENTRIES_MAX);
+                if (n < 0)
+                        return snap_error_set(e, -errno, "cannot read directory %s: %m", what);
+                if (n == 0)
                         break;
+                for (long off = 0; off < n;) {
+                        struct linux_dirent64 *d = (struct linux_dirent64 *)(void *)(buf + off);
+                        off += d->d_reclen;
+                        const char *name = d->d_name;
+                        if (name[0] == '.' && (name[1] == '\0' || (name[1] == '.' && name[2] == '\0')))
+                                continue;
+                        int r = names_append(f, &cap, &ncap, &used, name, e, what);
+                        if (r < 0)
+                                return r;
                 }
-                if (used + len > cap) {
-                        size_t nc = cap ? cap * 2 : 4096;
-                        while (nc < used + len)
-                                nc *= 2;
-                        char *p = realloc(names, nc);
-                        if (!p) {
-                                r = snap_error_set(e, -ENOMEM, "out of memory");
-                                break;
-                        }
-                        names = p, cap = nc;
-                }
-                if (n == ncap) {
-                        size_t nc = ncap ? ncap * 2 : 64;
-                        size_t *p = reallocarray(offs, nc, sizeof(size_t));
-                        if (!p) {
-                                r = snap_error_set(e, -ENOMEM, "out of memory");
-                                break;
-                        }
-                        offs = p, ncap = nc;
-                }
-                memcpy(names + used, de->d_name, len);
-                offs[n++] = used;
-                used += len;
         }
-        if (r == 0 && errno != 0)
-                r = snap_error_set(e, -errno, "cannot read directory %s: %m", what);
-        closedir(d);
-        if (r < 0) {
-                free(names);
-                free(offs);
-                return r;
-        }
-        qsort_r(offs, n, sizeof(size_t), cmp_offsets, names);
-        f->names = names, f->offsets = offs, f->n = n, f->next = 0;
+        qsort_r(f->offsets, f->n, sizeof(size_t), cmp_offsets, f->names);
         return 0;
 }
 
@@ -135,8 +138,8 @@ static int push(SnapWalk *w, int fd, size_t path_len, SnapError *e)
 {
         if (w->depth >= SNAP_DEPTH_MAX) {
                 close(fd);
-                return snap_error_set(e, -ELOOP, "directory '%.200s' is nested deeper than %u levels", w->path,
-                                      SNAP_DEPTH_MAX);
+                return snap_error_set(e, -ELOOP, "directory '%.200s' is nested deeper than %u levels",
+                                      w->path, SNAP_DEPTH_MAX);
         }
         if (w->depth == w->allocated) {
                 size_t na = w->allocated ? w->allocated * 2 : 32;
@@ -148,8 +151,8 @@ static int push(SnapWalk *w, int fd, size_t path_len, SnapError *e)
                 w->frames = f, w->allocated = na;
         }
         Frame *f = &w->frames[w->depth];
-        *f = (Frame){ .fd = -1, .path_len = path_len };
-        int r = frame_fill(f, fd, path_len ? w->path : "/", e);
+        *f = (Frame){.fd = -1, .path_len = path_len};
+        int r = frame_fill(f, fd, w->dents, sizeof(w->dents), path_len ? w->path : "/", e);
         if (r < 0) {
                 frame_done(f);
                 return r;
@@ -205,6 +208,12 @@ static int descend(SnapWalk *w, SnapError *e)
         if (fd < 0) {
                 if (errno == ENOENT || errno == ENOTDIR || errno == ELOOP)
                         return 0;
+                if (errno == EMFILE || errno == ENFILE)
+                        return snap_error_set(
+                                e, -errno,
+                                "cannot open directory /%s at depth %zu: out of file descriptors "
+                                "(one is held per level): raise the open-files limit (LimitNOFILE=)",
+                                w->path, w->depth);
                 return snap_error_set(e, -errno, "cannot open directory /%s: %m", w->path);
         }
         return push(w, fd, w->entry.path_len, e);
@@ -243,7 +252,7 @@ int snap_walk_next(SnapWalk *w, const SnapEntry **ret, SnapError *e)
                         return snap_error_set(e, -errno, "cannot stat /%s: %m", w->path);
                 }
                 SnapEntry *en = &w->entry;
-                *en = (SnapEntry){ .path = w->path, .path_len = plen };
+                *en = (SnapEntry){.path = w->path, .path_len = plen};
                 fill_entry(en, &st);
                 if (S_ISLNK(st.st_mode)) {
                         ssize_t n = readlinkat(f->fd, name, w->link, sizeof(w->link));

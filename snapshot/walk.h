@@ -11,6 +11,8 @@
 #include "excludes.h"
 #include "snap-util.h"
 
+#define SNAP_DENTS_BUFFER (256u * 1024) /* one getdents64 batch */
+
 typedef struct SnapWalk SnapWalk;
 
 /* root: an existing directory. excludes may be NULL. */

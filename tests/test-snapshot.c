@@ -38,9 +38,10 @@ static void sh(const char *fmt, ...)
 static void test_order(void)
 {
         /* depth-first with sorted siblings: a parent's subtree before a sibling extending its name */
-        const char *sorted[] = { "a", "a/b", "a/b/c", "a/x", "a b", "a-b", "a.b", "ab", "b" };
+        const char *sorted[] = {"a", "a/b", "a/b/c", "a/x", "a b", "a-b", "a.b", "ab", "b"};
         for (size_t i = 0; i + 1 < ELEMENTSOF(sorted); i++)
-                ASSERT_INT(snap_path_cmp(sorted[i], strlen(sorted[i]), sorted[i + 1], strlen(sorted[i + 1])), <, 0);
+                ASSERT_INT(snap_path_cmp(sorted[i], strlen(sorted[i]), sorted[i + 1], strlen(sorted[i + 1])),
+                           <, 0);
         ASSERT_EQ(snap_path_cmp("a/b", 3, "a/b", 3), 0);
         ASSERT_TRUE(snap_path_within("a/b/c", 5, "a/b", 3));
         ASSERT_TRUE(snap_path_within("a/b", 3, "a/b", 3));
@@ -52,7 +53,7 @@ static void test_walk_and_baseline(const char *root, const char *state)
 {
         char path[4096];
         snprintf(path, sizeof(path), "%s/baseline", state);
-        SnapError e = { 0 };
+        SnapError e = {0};
         SnapBaselineStats st;
         ASSERT_OK(snap_baseline_write(root, NULL, path, &st, &e));
         ASSERT_INT(st.entries, >, 10);
@@ -85,7 +86,7 @@ static void test_baseline_corrupt(const char *state)
         char path[4096], bad[4096];
         snprintf(path, sizeof(path), "%s/baseline", state);
         snprintf(bad, sizeof(bad), "%s/bad", state);
-        SnapError e = { 0 };
+        SnapError e = {0};
         SnapBaseline *b = NULL;
         /* one flipped byte in the middle */
         sh("cp %s %s && printf 'Z' | dd of=%s bs=1 seek=40 conv=notrunc status=none", path, bad, bad);
@@ -118,15 +119,16 @@ static int buf_write(void *userdata, const void *data, size_t size)
 }
 
 /* Diffs root against the baseline in state and returns the layer as "kind path [-> link]" lines. */
-static char *diff_listing(const char *root, const char *state, const SnapExcludes *ex, SnapDiffStats *ret_stats)
+static char *diff_listing(const char *root, const char *state, const SnapExcludes *ex,
+                          SnapDiffStats *ret_stats)
 {
         char path[4096];
         snprintf(path, sizeof(path), "%s/baseline", state);
-        SnapError e = { 0 };
+        SnapError e = {0};
         SnapBaseline *b = NULL;
         SnapWalk *w = NULL;
         SnapLayer *l = NULL;
-        Buf buf = { 0 };
+        Buf buf = {0};
         ASSERT_OK(snap_baseline_open(path, &b, &e));
         ASSERT_OK(snap_walk_new(root, ex, &w, &e));
         ASSERT_OK(snap_layer_new(buf_write, NULL, &buf, &l, &e));
@@ -157,8 +159,8 @@ static char *diff_listing(const char *root, const char *state, const SnapExclude
                         const void *v;
                         size_t vs;
                         while (archive_entry_xattr_next(ae, &name, &v, &vs) == ARCHIVE_OK)
-                                snprintf(xattrs + strlen(xattrs), sizeof(xattrs) - strlen(xattrs), " %s=%.*s", name,
-                                         (int)vs, (const char *)v);
+                                snprintf(xattrs + strlen(xattrs), sizeof(xattrs) - strlen(xattrs),
+                                         " %s=%.*s", name, (int)vs, (const char *)v);
                 }
                 fprintf(f, "%s%s%s%s%s\n", archive_entry_pathname(ae), hl ? " => " : "", hl ? hl : "",
                         sl ? " -> " : "", sl ? sl : "");
@@ -184,20 +186,21 @@ static bool has_line(const char *listing, const char *line)
         return false;
 }
 
-#define ASSERT_LISTED(listing, line)                                                                            \
-        do {                                                                                                    \
-                if (!has_line(listing, line)) {                                                                 \
-                        fprintf(stderr, "%s:%d: '%s' not in layer:\n%s", __FILE__, __LINE__, line, listing);    \
-                        abort();                                                                                \
-                }                                                                                               \
+#define ASSERT_LISTED(listing, line)                                                                        \
+        do {                                                                                                \
+                if (!has_line(listing, line)) {                                                             \
+                        fprintf(stderr, "%s:%d: '%s' not in layer:\n%s", __FILE__, __LINE__, line,          \
+                                listing);                                                                   \
+                        abort();                                                                            \
+                }                                                                                           \
         } while (0)
-#define ASSERT_NOT_LISTED(listing, line)                                                                        \
-        do {                                                                                                    \
-                if (has_line(listing, line)) {                                                                  \
-                        fprintf(stderr, "%s:%d: '%s' must not be in layer:\n%s", __FILE__, __LINE__, line,      \
-                                listing);                                                                       \
-                        abort();                                                                                \
-                }                                                                                               \
+#define ASSERT_NOT_LISTED(listing, line)                                                                    \
+        do {                                                                                                \
+                if (has_line(listing, line)) {                                                              \
+                        fprintf(stderr, "%s:%d: '%s' must not be in layer:\n%s", __FILE__, __LINE__, line,  \
+                                listing);                                                                   \
+                        abort();                                                                            \
+                }                                                                                           \
         } while (0)
 
 static void test_diff(const char *root, const char *state)
@@ -210,14 +213,15 @@ static void test_diff(const char *root, const char *state)
         free(l0);
 
         sleep(1); /* whole-second mtimes must differ from the baseline's for touch to be seen reliably */
-        sh("cd %s && echo new > added && echo changed >> etc/conf && chmod 600 etc/mode && touch -d @1000 etc/touched"
+        sh("cd %s && echo new > added && echo changed >> etc/conf && chmod 600 etc/mode && touch -d @1000 "
+           "etc/touched"
            " && rm -rf deldir && rm etc/delfile && rm -rf redir && mkdir redir && echo n > redir/n"
            " && rm file2dir && mkdir file2dir && echo c > file2dir/c && rm -rf dir2file && echo f > dir2file"
            " && ln base/orig base/newlink && ln -sfn elsewhere link && setfattr -n user.k -v v1 xattr"
            " && mkdir -p excluded/sub && echo x > excluded/sub/x && echo s > .wh-not-a-whiteout"
            " && mkfifo fifo && mknod chr c 1 3 && rmdir gone-but-excluded",
            root);
-        SnapError e = { 0 };
+        SnapError e = {0};
         SnapExcludes *ex = NULL;
         ASSERT_OK(snap_excludes_new(&ex, &e));
         ASSERT_OK(snap_excludes_add(ex, "/excluded", &e));
@@ -273,7 +277,7 @@ static void test_diff(const char *root, const char *state)
         SnapBaseline *b = NULL;
         SnapWalk *w = NULL;
         SnapLayer *ly = NULL;
-        Buf buf = { 0 };
+        Buf buf = {0};
         ASSERT_OK(snap_baseline_open(path, &b, &e));
         ASSERT_OK(snap_walk_new(root, ex, &w, &e));
         ASSERT_OK(snap_layer_new(buf_write, NULL, &buf, &ly, &e));
@@ -302,7 +306,7 @@ static void test_excludes_mountinfo(const char *state)
               "28 1 0:5 / /rother rw - tmpfs tmpfs rw\n",
               f);
         fclose(f);
-        SnapError e = { 0 };
+        SnapError e = {0};
         SnapExcludes *x = NULL;
         ASSERT_OK(snap_excludes_new(&x, &e));
         ASSERT_EQ(snap_excludes_add_mounts(x, "/r", mi, &e), 4);
@@ -331,10 +335,13 @@ int main(void)
         char root[4200], state[4200];
         snprintf(root, sizeof(root), "%s/root", scratch);
         snprintf(state, sizeof(state), "%s/state", scratch);
-        sh("mkdir -p %s %s && cd %s && mkdir -p etc deldir/sub redir/old dir2file/inner base && echo c > etc/conf"
+        sh("mkdir -p %s %s && cd %s && mkdir -p etc deldir/sub redir/old dir2file/inner base && echo c > "
+           "etc/conf"
            " && echo m > etc/mode && echo t > etc/touched && echo s > etc/same && echo d > etc/delfile"
-           " && echo f > deldir/sub/f && echo o > redir/old/o && echo x > file2dir && echo i > dir2file/inner/i"
-           " && echo o > base/orig && ln -s target link && echo x > xattr && mkdir -p 'sp ace' && echo 1 > 'sp ace/f'"
+           " && echo f > deldir/sub/f && echo o > redir/old/o && echo x > file2dir && echo i > "
+           "dir2file/inner/i"
+           " && echo o > base/orig && ln -s target link && echo x > xattr && mkdir -p 'sp ace' && echo 1 > "
+           "'sp ace/f'"
            " && mkdir gone-but-excluded",
            root, state, root);
         test_order();
