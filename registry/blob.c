@@ -3,6 +3,7 @@
  *
  * Upload sessions follow the Location of the latest response, resolved against the URL that answered; the
  * registry may move the session to another host or path, or keep its state in the query (`_state=`). */
+#include <assert.h>
 #include <string.h>
 
 #include "registry-internal.h"
@@ -122,11 +123,13 @@ static int session_open(RegClient *c, const char *repository, const char *scope,
         return 0;
 }
 
-/* PUT <location>?digest=<digest> with body (may be empty). 201 expected. */
+/* PUT <location>?digest=<digest> with the whole blob. 201 expected; *ret_lost says that the registry lost
+ * the session (a PUT cut off after part of the body reached it leaves a session that no longer matches). */
 static int session_commit(RegClient *c, const char *location, const char *scope, const char *digest,
-                          const void *body, size_t size, const char *what, RegError *e)
+                          const void *body, size_t size, const char *what, bool *ret_lost, RegError *e)
 {
         _cleanup_free_ char *url = NULL;
+        *ret_lost = false;
         if (reg_url_add_query(location, "digest", digest, &url) < 0)
                 return reg_error_set(e, -EINVAL, "%s: bad upload location", what);
         RegRequest rq = {.method = "PUT",
@@ -138,11 +141,14 @@ static int session_commit(RegClient *c, const char *location, const char *scope,
                          .retry = true};
         _cleanup_(reg_response_done) RegResponse resp = {0};
         int r = reg_request(c, &rq, &resp, e);
-        if (r < 0)
+        if (r < 0) {
+                *ret_lost = reg_errno_transient(r);
                 return reg_error_wrap(e, r, "%s", what);
-        if (resp.status != 201 && resp.status != 204)
-                return reg_response_error(&resp, e, what);
-        return 0;
+        }
+        if (resp.status == 201 || resp.status == 204)
+                return 0;
+        *ret_lost = reg_code_session_lost(resp.status, resp.error_code);
+        return reg_response_error(&resp, e, what);
 }
 
 int reg_blob_upload_buffer(RegClient *c, const char *repository, const char *digest, const void *data,
@@ -157,36 +163,75 @@ int reg_blob_upload_buffer(RegClient *c, const char *repository, const char *dig
         r = reg_blob_exists(c, repository, digest, NULL, e);
         if (r != 0)
                 return r < 0 ? r : 0;
-        _cleanup_free_ char *scope = NULL, *location = NULL;
+        _cleanup_free_ char *scope = NULL;
         if (reg_scope(repository, "pull,push", &scope) < 0)
                 return -ENOMEM;
-        r = session_open(c, repository, scope, &location, NULL, e);
-        if (r < 0)
-                return r;
         char what[REG_URL_MAX];
         snprintf(what, sizeof(what), "uploading blob %s to %s/%s", digest, c->host, repository);
-        r = session_commit(c, location, scope, digest, data, size, what, e);
-        if (r < 0)
+        /* The whole blob is in memory: a lost session or a PUT that failed for good is tried again in a new
+         * session, a bounded number of times, unless HEAD finds that the blob made it after all. */
+        for (unsigned attempt = 0;; attempt++) {
+                _cleanup_free_ char *location = NULL;
+                bool lost;
+                r = session_open(c, repository, scope, &location, NULL, e);
+                if (r < 0)
+                        return r;
+                r = session_commit(c, location, scope, digest, data, size, what, &lost, e);
+                if (r >= 0)
+                        return 0;
                 session_cancel(c, location, scope);
-        return r;
+                RegError ignored = {0};
+                if (reg_blob_exists(c, repository, digest, NULL, &ignored) == 1)
+                        return 0;
+                if (!lost || attempt + 1 >= REG_UPLOAD_RESTARTS_MAX)
+                        return r;
+        }
 }
 
 /* ---- streamed upload ------------------------------------------------------------------------------------
+ *
+ * Bytes live in a ring of n_blocks blocks of one chunk each: byte p is in blocks[(p / cap) % n_blocks] while
+ * kept_from <= p < written. Every full block is sent before the next one is started, so only bytes the
+ * registry confirmed are ever dropped from memory, and the ring holds the last n_blocks chunks: enough to
+ * resend from wherever the registry says it is, or (while kept_from is 0) to send everything again in a new
+ * session.
  */
+
+typedef enum Outcome {
+        OUTCOME_FATAL,  /* nothing to try: report the error */
+        OUTCOME_RETRY,  /* back off, ask the registry where it is, resend from there */
+        OUTCOME_RESYNC, /* the registry disagrees about the offset (416, Range): ask it, no backoff */
+        OUTCOME_LOST,   /* the registry lost the session: a new one, from byte 0 */
+} Outcome;
 
 struct RegUpload {
         RegClient *c;
         char *repository;
         char *scope;
         char *location;
-        uint8_t *buf;
-        size_t len, cap;
-        uint64_t offset; /* bytes the registry has */
-        EVP_MD_CTX *md;  /* sha256 of everything written */
+        uint8_t **blocks;
+        size_t n_blocks, cap; /* cap: the chunk size, and the size of one block */
+        uint64_t kept_from;   /* first byte still in memory */
+        uint64_t written;     /* bytes given by the caller */
+        uint64_t offset;      /* bytes the registry has confirmed */
+        unsigned recoveries, restarts;
+        RegRetry retry; /* failures since the last chunk that went through */
+        char retry_after[64];
+        char lost_code[64];
+        EVP_MD_CTX *md; /* sha256 of everything written */
         reg_progress_fn progress;
         void *userdata;
         bool failed, committed;
 };
+
+static void upload_ring_free(RegUpload *u)
+{
+        for (size_t i = 0; u->blocks && i < u->n_blocks; i++)
+                free(u->blocks[i]);
+        free(u->blocks);
+        u->blocks = NULL;
+        u->n_blocks = 0;
+}
 
 RegUpload *reg_upload_abort(RegUpload *u)
 {
@@ -197,7 +242,7 @@ RegUpload *reg_upload_abort(RegUpload *u)
         free(u->repository);
         free(u->scope);
         free(u->location);
-        free(u->buf);
+        upload_ring_free(u);
         EVP_MD_CTX_free(u->md);
         free(u);
         return NULL;
@@ -206,6 +251,17 @@ RegUpload *reg_upload_abort(RegUpload *u)
 static void reg_upload_abortp(RegUpload **u)
 {
         reg_upload_abort(*u);
+}
+
+/* The ring: max(2 chunks, replay_max) rounded up to whole chunks. Blocks are allocated as they fill. */
+static int upload_ring_new(RegUpload *u, size_t replay_max, RegError *e)
+{
+        size_t n = replay_max / u->cap + (replay_max % u->cap != 0);
+        u->n_blocks = n < 2 ? 2 : n;
+        u->blocks = calloc(u->n_blocks, sizeof(*u->blocks));
+        if (!u->blocks)
+                return reg_error_set(e, -ENOMEM, "out of memory");
+        return 0;
 }
 
 int reg_upload_begin(RegClient *c, const char *repository, reg_progress_fn progress, void *userdata,
@@ -230,60 +286,202 @@ int reg_upload_begin(RegClient *c, const char *repository, reg_progress_fn progr
                 return reg_error_set(e, -EFBIG, "registry %s asks for upload chunks of at least %llu bytes",
                                      c->host, (unsigned long long)chunk_min);
         u->cap = c->chunk_size > chunk_min ? c->chunk_size : (size_t)chunk_min;
-        u->buf = malloc(u->cap);
-        if (!u->buf)
-                return reg_error_set(e, -ENOMEM, "out of memory for a %zu byte upload chunk", u->cap);
+        r = upload_ring_new(u, c->replay_max, e);
+        if (r < 0)
+                return r;
         *ret = TAKE_PTR(u);
         return 0;
 }
 
-/* The registry's "Range: 0-<last>" must agree with what was sent. */
-static int range_check(const RegResponse *resp, uint64_t want_end)
+static uint8_t *upload_at(RegUpload *u, uint64_t pos)
 {
-        if (!resp->range)
-                return 0;
-        const char *p = resp->range;
-        if (strncmp(p, "bytes=", 6) == 0)
-                p += 6;
-        char *end;
-        unsigned long long first = strtoull(p, &end, 10);
-        if (end == p || *end != '-' || first != 0)
-                return -EBADMSG;
-        unsigned long long last = strtoull(end + 1, &end, 10);
-        return *end == 0 && last + 1 == want_end ? 0 : -EBADMSG;
+        return u->blocks[(pos / u->cap) % u->n_blocks] + pos % u->cap;
 }
 
-/* PATCH one chunk at u->offset; the session moves to the Location of the answer. */
-static int send_chunk(RegUpload *u, const void *data, size_t len, RegError *e)
+/* What a failed PATCH means for the upload. */
+static Outcome patch_outcome(RegUpload *u, int r, const RegResponse *resp)
+{
+        if (r < 0)
+                return reg_errno_transient(r) ? OUTCOME_RETRY : OUTCOME_FATAL;
+        if (reg_code_session_lost(resp->status, resp->error_code)) {
+                snprintf(u->lost_code, sizeof(u->lost_code), "%s", resp->error_code);
+                return OUTCOME_LOST;
+        }
+        if (resp->status == 416)
+                return OUTCOME_RESYNC;
+        if (reg_status_transient(resp->status, resp->error_code)) {
+                snprintf(u->retry_after, sizeof(u->retry_after), "%s",
+                         resp->retry_after ? resp->retry_after : "");
+                return OUTCOME_RETRY;
+        }
+        return OUTCOME_FATAL;
+}
+
+/* A chunk was accepted: the registry's Range must say it has everything up to end; when it does not, the
+ * registry is asked where it stands (the session moves to the answer's Location either way). */
+static int patch_accepted(RegUpload *u, RegResponse *resp, uint64_t end, Outcome *ret, RegError *e)
+{
+        uint64_t have = end;
+        if (resp->location) {
+                free(u->location);
+                u->location = TAKE_PTR(resp->location);
+        }
+        *ret = OUTCOME_RESYNC;
+        if (resp->range && reg_range_parse(resp->range, &have) < 0)
+                return reg_error_set(e, -EBADMSG, "the registry answered a chunk with Range \"%.64s\"",
+                                     resp->range);
+        if (have != end)
+                return reg_error_set(e, -EBADMSG,
+                                     "the registry has %llu bytes after a chunk that ends at %llu",
+                                     (unsigned long long)have, (unsigned long long)end);
+        u->offset = end;
+        u->retry = (RegRetry){0};
+        if (u->progress)
+                u->progress(u->userdata, u->offset);
+        return 0;
+}
+
+/* PATCH [u->offset, end) from memory. 0 when the registry took it; else -errno, *ret says what to do. */
+static int send_chunk(RegUpload *u, uint64_t end, Outcome *ret, RegError *e)
 {
         char range[64], what[REG_URL_MAX];
         snprintf(range, sizeof(range), "%llu-%llu", (unsigned long long)u->offset,
-                 (unsigned long long)(u->offset + len - 1));
+                 (unsigned long long)(end - 1));
         snprintf(what, sizeof(what), "uploading bytes %s of a blob to %s/%s", range, u->c->host,
                  u->repository);
+        /* Not retried blindly: whether the registry kept any of it is asked before sending again. */
         RegRequest rq = {.method = "PATCH",
                          .url = u->location,
                          .scope = u->scope,
                          .content_type = octet_stream,
                          .content_range = range,
-                         .body = data,
-                         .body_size = len,
-                         .retry = true};
+                         .body = upload_at(u, u->offset),
+                         .body_size = (size_t)(end - u->offset),
+                         .no_rewind = true};
+        _cleanup_(reg_response_done) RegResponse resp = {0};
+        int r = reg_request(u->c, &rq, &resp, e);
+        if (r < 0) {
+                *ret = patch_outcome(u, r, NULL);
+                return reg_error_wrap(e, r, "%s", what);
+        }
+        if (resp.status == 202 || resp.status == 204) {
+                r = patch_accepted(u, &resp, end, ret, e);
+                return r < 0 ? reg_error_wrap(e, r, "%s", what) : 0;
+        }
+        *ret = patch_outcome(u, 0, &resp);
+        return reg_response_error(&resp, e, what);
+}
+
+/* A new session, when byte 0 is still in memory. */
+static int upload_restart(RegUpload *u, int r, RegError *e)
+{
+        if (u->kept_from > 0)
+                return reg_error_set(e, -ENOENT,
+                                     "the registry %s lost the upload session (%s) after %llu bytes; only "
+                                     "the last %llu bytes "
+                                     "are kept in memory, so the blob cannot be sent again: save again",
+                                     u->c->host, u->lost_code[0] ? u->lost_code : "upload unknown",
+                                     (unsigned long long)u->offset,
+                                     (unsigned long long)(u->written - u->kept_from));
+        if (++u->restarts > REG_UPLOAD_RESTARTS_MAX)
+                return reg_error_wrap(e, r, "the registry %s lost the upload session %u times, giving up",
+                                      u->c->host, u->restarts - 1);
+        _cleanup_free_ char *old = TAKE_PTR(u->location);
+        session_cancel(u->c, old, u->scope);
+        r = session_open(u->c, u->repository, u->scope, &u->location, NULL, e);
+        if (r < 0)
+                return r;
+        u->offset = 0;
+        u->lost_code[0] = 0;
+        return 0;
+}
+
+/* GET <location>: where the registry is (204, Range: 0-N); the upload goes on from there. */
+static int upload_resync(RegUpload *u, RegError *e)
+{
+        char what[REG_URL_MAX];
+        snprintf(what, sizeof(what), "asking %s where the upload to %s stands", u->c->host, u->repository);
+        RegRequest rq = {.method = "GET", .url = u->location, .scope = u->scope, .retry = true};
         _cleanup_(reg_response_done) RegResponse resp = {0};
         int r = reg_request(u->c, &rq, &resp, e);
         if (r < 0)
                 return reg_error_wrap(e, r, "%s", what);
-        if (resp.status != 202 && resp.status != 204)
+        if (resp.status == 404) {
+                snprintf(u->lost_code, sizeof(u->lost_code), "%s",
+                         resp.error_code[0] ? resp.error_code : "HTTP 404");
+                return upload_restart(u, -ENOENT, e);
+        }
+        if (resp.status != 204 && resp.status != 200)
                 return reg_response_error(&resp, e, what);
-        if (range_check(&resp, u->offset + len) < 0)
-                return reg_error_set(e, -EBADMSG, "%s: the registry reports range %s", what, resp.range);
+        uint64_t have = 0;
+        if (resp.range && reg_range_parse(resp.range, &have) < 0)
+                return reg_error_set(e, -EBADMSG, "%s: it answered Range \"%.64s\"", what, resp.range);
+        if (have == 1 && u->offset == 0)
+                have = 0; /* distribution writes "0-0" for an empty session */
+        if (have > u->written)
+                return reg_error_set(e, -EBADMSG, "%s: it has %llu bytes, more than the %llu sent", what,
+                                     (unsigned long long)have, (unsigned long long)u->written);
+        if (have < u->kept_from)
+                return reg_error_set(
+                        e, -ERANGE,
+                        "%s: it has %llu bytes; the bytes from there on are no longer in memory "
+                        "(kept from %llu): save again",
+                        what, (unsigned long long)have, (unsigned long long)u->kept_from);
         if (resp.location) {
                 free(u->location);
                 u->location = TAKE_PTR(resp.location);
         }
-        u->offset += len;
-        if (u->progress)
-                u->progress(u->userdata, u->offset);
+        u->offset = have;
+        return 0;
+}
+
+static int upload_recover(RegUpload *u, Outcome o, int r, RegError *e)
+{
+        if (++u->recoveries > REG_UPLOAD_RECOVERIES_MAX)
+                return reg_error_wrap(e, r, "giving up on the upload after %u recoveries",
+                                      u->recoveries - 1);
+        if (o != OUTCOME_RESYNC || u->retry.attempt > 0) {
+                /* Repeated disagreement counts as failures too: it must not loop. */
+                if (reg_retry_wait(u->c, &u->retry, u->retry_after[0] ? u->retry_after : NULL) < 0)
+                        return reg_error_wrap(e, r, "giving up after %u attempts in %ld s", u->retry.attempt,
+                                              u->c->retry_deadline_s);
+        } else
+                u->retry.attempt++;
+        u->retry_after[0] = 0;
+        return o == OUTCOME_LOST ? upload_restart(u, r, e) : upload_resync(u, e);
+}
+
+/* Sends [u->offset, upto) from memory, recovering from what can be recovered. */
+static int upload_send(RegUpload *u, uint64_t upto, RegError *e)
+{
+        while (u->offset < upto) {
+                uint64_t block_end = (u->offset / u->cap + 1) * u->cap;
+                Outcome o = OUTCOME_FATAL;
+                int r = send_chunk(u, upto < block_end ? upto : block_end, &o, e);
+                if (r >= 0)
+                        continue;
+                if (o == OUTCOME_FATAL)
+                        return r;
+                r = upload_recover(u, o, r, e);
+                if (r < 0)
+                        return r;
+        }
+        return 0;
+}
+
+/* The block that byte u->written goes to; a new block takes the slot of the oldest (confirmed) one. */
+static int upload_block(RegUpload *u, uint8_t **ret, RegError *e)
+{
+        uint64_t index = u->written / u->cap;
+        uint8_t **slot = &u->blocks[index % u->n_blocks];
+        if (u->written % u->cap == 0 && index >= u->n_blocks) {
+                uint64_t from = (index - u->n_blocks + 1) * u->cap;
+                assert(u->offset >= from);
+                u->kept_from = from;
+        }
+        if (!*slot && !(*slot = malloc(u->cap)))
+                return reg_error_set(e, -ENOMEM, "out of memory for a %zu byte upload chunk", u->cap);
+        *ret = *slot;
         return 0;
 }
 
@@ -296,22 +494,16 @@ int reg_upload_write(RegUpload *u, const void *data, size_t size, RegError *e)
                 return reg_error_set(e, -EIO, "cannot digest upload data");
         const uint8_t *p = data;
         while (size > 0) {
-                int r = 0;
-                if (u->len == 0 && size >= u->cap) {
-                        /* A whole chunk in the caller's memory: send it from there. */
-                        r = send_chunk(u, p, u->cap, e);
-                        p += u->cap;
-                        size -= u->cap;
-                } else {
-                        size_t n = u->cap - u->len < size ? u->cap - u->len : size;
-                        memcpy(u->buf + u->len, p, n);
-                        u->len += n;
+                uint8_t *block = NULL;
+                int r = upload_block(u, &block, e);
+                size_t at = (size_t)(u->written % u->cap), n = u->cap - at < size ? u->cap - at : size;
+                if (r >= 0) {
+                        memcpy(block + at, p, n);
+                        u->written += n;
                         p += n;
                         size -= n;
-                        if (u->len == u->cap) {
-                                r = send_chunk(u, u->buf, u->len, e);
-                                u->len = 0;
-                        }
+                        if (u->written % u->cap == 0)
+                                r = upload_send(u, u->written, e);
                 }
                 if (r < 0) {
                         u->failed = true;
@@ -327,7 +519,45 @@ static bool committed_anyway(RegUpload *u, const char *digest)
         int64_t size = -1;
         RegError ignored = {0};
         return reg_blob_exists(u->c, u->repository, digest, &size, &ignored) == 1 &&
-               (size < 0 || (uint64_t)size == u->offset);
+               (size < 0 || (uint64_t)size == u->written);
+}
+
+/* PUT ?digest= once the registry has every byte. 1: done; 0: the session was lost, send again; <0: error. */
+static int upload_put(RegUpload *u, const char *digest, RegError *e)
+{
+        char what[REG_URL_MAX];
+        snprintf(what, sizeof(what), "committing blob %s to %s/%s", digest, u->c->host, u->repository);
+        _cleanup_free_ char *url = NULL;
+        if (reg_url_add_query(u->location, "digest", digest, &url) < 0)
+                return reg_error_set(e, -EINVAL, "%s: bad upload location", what);
+        RegRequest rq = {.method = "PUT",
+                         .url = url,
+                         .scope = u->scope,
+                         .content_type = octet_stream,
+                         .body = "",
+                         .retry = true};
+        _cleanup_(reg_response_done) RegResponse resp = {0};
+        int r = reg_request(u->c, &rq, &resp, e);
+        if (r >= 0 && (resp.status == 201 || resp.status == 204))
+                return 1;
+        /* A PUT that timed out (or whose answer was lost) after the registry committed: a retried PUT then
+         * finds no session. HEAD says whether the blob made it. */
+        if (committed_anyway(u, digest))
+                return 1;
+        if (r < 0)
+                return reg_error_wrap(e, r, "%s", what);
+        if (strcmp(resp.error_code, "DIGEST_INVALID") == 0) {
+                reg_response_error(&resp, e, what);
+                return reg_error_wrap(e, -EBADMSG,
+                                      "the registry received other bytes than were sent (they are "
+                                      "not sent again)");
+        }
+        if (reg_code_session_lost(resp.status, resp.error_code)) {
+                snprintf(u->lost_code, sizeof(u->lost_code), "%s", resp.error_code);
+                reg_response_error(&resp, e, what);
+                return 0;
+        }
+        return reg_response_error(&resp, e, what);
 }
 
 int reg_upload_commit(RegUpload *u, const char *digest, RegError *e)
@@ -344,19 +574,21 @@ int reg_upload_commit(RegUpload *u, const char *digest, RegError *e)
         u->failed = true; /* until it succeeds: no more writes */
         if (strncmp(digest, "sha256:", 7) == 0 && strcmp(got, digest) != 0)
                 return reg_error_set(e, -EBADMSG, "the uploaded bytes have digest %s, not %s", got, digest);
-        if (u->len > 0) {
-                r = send_chunk(u, u->buf, u->len, e);
+        for (;;) {
+                r = upload_send(u, u->written, e);
+                if (r >= 0)
+                        r = upload_put(u, digest, e);
                 if (r < 0)
                         return r;
-                u->len = 0;
+                if (r > 0)
+                        break;
+                r = upload_restart(u, -ENOENT, e);
+                if (r < 0)
+                        return r;
         }
-        char what[REG_URL_MAX];
-        snprintf(what, sizeof(what), "committing blob %s to %s/%s", digest, u->c->host, u->repository);
-        r = session_commit(u->c, u->location, u->scope, digest, NULL, 0, what, e);
-        if (r < 0 && !committed_anyway(u, digest))
-                return r;
         u->committed = true;
         u->failed = false;
+        upload_ring_free(u); /* nothing will be sent again: the memory goes now, not at reg_upload_abort() */
         return 0;
 }
 

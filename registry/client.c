@@ -136,7 +136,9 @@ static int certs_dir_entry(RegClient *c, const char *dir, const char *name, RegE
         if (!cert && !key)
                 return 0;
         base -= cert ? 5 : 4;
-        snprintf(other, sizeof(other), "%s/%.*s%s", dir, (int)base, name, cert ? ".key" : ".cert");
+        if (snprintf(other, sizeof(other), "%s/%.*s%s", dir, (int)base, name, cert ? ".key" : ".cert") >=
+            (int)sizeof(other))
+                return reg_error_set(e, -ENAMETOOLONG, "path too long in %s", dir);
         if (access(other, R_OK) < 0)
                 return reg_error_set(e, -ENOENT, "%s has no matching %s", path, cert ? ".key" : ".cert");
         if (!cert || c->client_cert)
@@ -213,7 +215,16 @@ static int client_load_tls(RegClient *c, const RegClientOptions *o, RegError *e)
 static int client_copy_options(RegClient *c, const RegClientOptions *o)
 {
         c->connect_timeout_s = o->connect_timeout_s > 0 ? o->connect_timeout_s : REG_CONNECT_TIMEOUT_S;
-        c->low_speed_time_s = o->low_speed_time_s > 0 ? o->low_speed_time_s : REG_LOW_SPEED_TIME_S;
+        /* Options win; else the environment (operators and tests tune a running agent with it). */
+        c->low_speed_time_s = o->low_speed_time_s > 0
+                                      ? o->low_speed_time_s
+                                      : reg_env_long("NBSNAP_REGISTRY_LOW_SPEED_TIME", REG_LOW_SPEED_TIME_S);
+        c->retry_deadline_s = o->retry_deadline_s > 0
+                                      ? o->retry_deadline_s
+                                      : reg_env_long("NBSNAP_REGISTRY_RETRY_DEADLINE", REG_RETRY_DEADLINE_S);
+        c->replay_max = o->replay_max
+                                ? o->replay_max
+                                : (size_t)reg_env_long("NBSNAP_REGISTRY_REPLAY_MAX", REG_REPLAY_DEFAULT);
         c->chunk_size = o->chunk_size ? o->chunk_size : REG_CHUNK_DEFAULT;
         if (c->chunk_size < REG_CHUNK_MIN_BYTES)
                 c->chunk_size = REG_CHUNK_MIN_BYTES;
@@ -269,6 +280,8 @@ int reg_client_clone(RegClient *c, RegClient **ret, RegError *e)
                 .connect_timeout_s = c->connect_timeout_s,
                 .low_speed_time_s = c->low_speed_time_s,
                 .chunk_size = c->chunk_size,
+                .retry_deadline_s = c->retry_deadline_s,
+                .replay_max = c->replay_max,
         };
         return reg_client_new(&o, ret, e);
 }

@@ -54,9 +54,15 @@ static size_t write_cb(char *p, size_t sz, size_t nm, void *userdata)
                 return n;
         }
         RegResponse *resp = t->resp;
+        size_t want = n;
         if (n > t->body_max - resp->body_size) {
-                t->overflow = true;
-                return 0;
+                /* An error page is only shown cut short: keep its start, drop the rest. An answer we need
+                 * whole (a manifest, a token) must not be larger than allowed. */
+                if (status < 300) {
+                        t->overflow = true;
+                        return 0;
+                }
+                n = t->body_max - resp->body_size;
         }
         if (resp->body_size + n + 1 > t->body_cap) {
                 size_t cap = t->body_cap ? t->body_cap : 4096;
@@ -70,10 +76,12 @@ static size_t write_cb(char *p, size_t sz, size_t nm, void *userdata)
                 resp->body = b;
                 t->body_cap = cap;
         }
-        memcpy(resp->body + resp->body_size, p, n);
+        if (n)
+                memcpy(resp->body + resp->body_size, p, n);
         resp->body_size += n;
-        resp->body[resp->body_size] = 0;
-        return n;
+        if (resp->body)
+                resp->body[resp->body_size] = 0;
+        return want;
 }
 
 static size_t read_cb(char *buf, size_t sz, size_t nm, void *userdata)
@@ -91,7 +99,7 @@ static size_t read_cb(char *buf, size_t sz, size_t nm, void *userdata)
 static int seek_cb(void *userdata, curl_off_t offset, int origin)
 {
         Transfer *t = userdata;
-        if (origin != SEEK_SET || offset < 0 || (size_t)offset > t->rq->body_size)
+        if (t->rq->no_rewind || origin != SEEK_SET || offset < 0 || (size_t)offset > t->rq->body_size)
                 return CURL_SEEKFUNC_CANTSEEK;
         t->sent = (size_t)offset;
         return CURL_SEEKFUNC_OK;
@@ -163,8 +171,12 @@ static void setup_common(RegClient *c, const RegRequest *rq, Transfer *t, char *
         curl_easy_setopt(curl, CURLOPT_ERRORBUFFER, errbuf);
         curl_easy_setopt(curl, CURLOPT_USERAGENT, c->user_agent);
         curl_easy_setopt(curl, CURLOPT_CONNECTTIMEOUT, c->connect_timeout_s);
-        curl_easy_setopt(curl, CURLOPT_LOW_SPEED_LIMIT, 1024L);
+        curl_easy_setopt(curl, CURLOPT_LOW_SPEED_LIMIT, REG_LOW_SPEED_BPS);
         curl_easy_setopt(curl, CURLOPT_LOW_SPEED_TIME, c->low_speed_time_s);
+        /* A small exchange has a whole-request timeout too (a server that trickles above the low-speed
+         * limit); chunks and streamed bodies have only the low-speed limit, their size sets their time. */
+        if (!rq->sink && rq->body_size <= REG_SMALL_BODY_MAX && strcmp(rq->method, "PATCH") != 0)
+                curl_easy_setopt(curl, CURLOPT_TIMEOUT, (long)REG_REQUEST_TIMEOUT_S);
         /* http only when the registry URL says so; never https -> http on a redirect. */
         curl_easy_setopt(curl, CURLOPT_PROTOCOLS_STR, c->plain_http ? "http,https" : "https");
         curl_easy_setopt(curl, CURLOPT_REDIR_PROTOCOLS_STR, c->plain_http ? "http,https" : "https");
@@ -338,6 +350,22 @@ static bool code_final(const char *code)
         return false;
 }
 
+bool reg_status_transient(long status, const char *code)
+{
+        return status_retryable(status) && !code_final(code ? code : "");
+}
+
+bool reg_errno_transient(int r)
+{
+        return r == -ECONNRESET || r == -ECONNREFUSED || r == -ETIMEDOUT || r == -EHOSTUNREACH;
+}
+
+bool reg_code_session_lost(long status, const char *code)
+{
+        return status == 404 &&
+               (strcmp(code, "BLOB_UPLOAD_UNKNOWN") == 0 || strcmp(code, "BLOB_UPLOAD_INVALID") == 0);
+}
+
 static void sleep_ms(unsigned ms)
 {
         struct timespec ts = {.tv_sec = ms / 1000, .tv_nsec = (long)(ms % 1000) * 1000000L};
@@ -345,14 +373,36 @@ static void sleep_ms(unsigned ms)
                 ;
 }
 
-static int transport_error(const RegRequest *rq, CURLcode cc, const char *errbuf, RegError *e)
+int reg_retry_wait(RegClient *c, RegRetry *rt, const char *retry_after)
+{
+        uint64_t now = reg_now_usec();
+        if (rt->first_failure_usec == 0)
+                rt->first_failure_usec = now;
+        unsigned attempt = rt->attempt++;
+        if (rt->attempt >= REG_RETRIES_MAX)
+                return -ETIMEDOUT;
+        unsigned ms;
+        if (reg_retry_after_parse(retry_after, time(NULL), &ms) < 0)
+                ms = reg_backoff_ms(attempt, &c->rand_state);
+        uint64_t deadline = rt->first_failure_usec + (uint64_t)c->retry_deadline_s * 1000000u;
+        if (now + (uint64_t)ms * 1000u >= deadline)
+                return -ETIMEDOUT;
+        sleep_ms(ms);
+        return 0;
+}
+
+static int transport_error(const RegRequest *rq, CURLcode cc, const char *errbuf, unsigned attempts,
+                           RegError *e)
 {
         char url[REG_URL_MAX];
         char detail[CURL_ERROR_SIZE];
+        char tries[64] = "";
         /* curl's text can quote a URL: keep nothing after a '?'. */
         reg_url_redact(*errbuf ? errbuf : curl_easy_strerror(cc), detail, sizeof(detail));
-        return reg_error_set(e, curl_errno(cc), "%s %s failed: %s", rq->method,
-                             reg_url_redact(rq->url, url, sizeof(url)), detail);
+        if (attempts > 1)
+                snprintf(tries, sizeof(tries), " (%u attempts)", attempts);
+        return reg_error_set(e, curl_errno(cc), "%s %s failed: %s%s", rq->method,
+                             reg_url_redact(rq->url, url, sizeof(url)), detail, tries);
 }
 
 /* ---- tokens --------------------------------------------------------------------------------------------
@@ -601,7 +651,8 @@ static int request_retrying(RegClient *c, const RegRequest *rq, const char *auth
                             RegError *e)
 {
         char errbuf[CURL_ERROR_SIZE];
-        for (unsigned attempt = 0;; attempt++) {
+        RegRetry rt = {0};
+        for (unsigned tries = 1;; tries++) {
                 _cleanup_(response_donep) RegResponse resp = {0};
                 CURLcode cc = CURLE_OK;
                 uint64_t sunk = 0;
@@ -610,20 +661,16 @@ static int request_retrying(RegClient *c, const RegRequest *rq, const char *auth
                         return reg_error_set(e, r, "%s: %s", rq->method,
                                              r == -EFBIG ? "the answer is larger than allowed"
                                                          : strerror(-r));
-                bool again = rq->retry && sunk == 0 && attempt + 1 < REG_RETRIES_MAX;
+                bool again = rq->retry && sunk == 0;
                 if (cc != CURLE_OK) {
-                        if (!again || !curl_retryable(cc))
-                                return transport_error(rq, cc, errbuf, e);
-                        sleep_ms(reg_backoff_ms(attempt, &c->rand_state));
+                        if (!again || !curl_retryable(cc) || reg_retry_wait(c, &rt, NULL) < 0)
+                                return transport_error(rq, cc, errbuf, tries, e);
                         continue;
                 }
-                if (again && status_retryable(resp.status) && !code_final(resp.error_code)) {
-                        unsigned ms;
-                        if (reg_retry_after_parse(resp.retry_after, time(NULL), &ms) < 0)
-                                ms = reg_backoff_ms(attempt, &c->rand_state);
-                        sleep_ms(ms);
+                /* After the last attempt the failing answer is returned as it is: callers report it. */
+                if (again && reg_status_transient(resp.status, resp.error_code) &&
+                    reg_retry_wait(c, &rt, resp.retry_after) == 0)
                         continue;
-                }
                 *ret = resp;
                 resp = (RegResponse){0};
                 return 0;
@@ -658,6 +705,8 @@ static int status_errno(long status, const char *code)
 {
         if (strcmp(code, "UNSUPPORTED") == 0 || status == 405)
                 return -EPERM;
+        if (strcmp(code, "MANIFEST_BLOB_UNKNOWN") == 0)
+                return -ENOLINK;
         switch (status) {
         case 400:
                 return strcmp(code, "DIGEST_INVALID") == 0 ? -EBADMSG : -EINVAL;
@@ -670,6 +719,9 @@ static int status_errno(long status, const char *code)
                 return -EBUSY;
         case 413:
                 return -EFBIG;
+        case 408:
+        case 504:
+                return -ETIMEDOUT;
         case 416:
                 return -ERANGE;
         case 429:

@@ -4,8 +4,33 @@
 
 #include "registry-internal.h"
 
-int reg_manifest_put(RegClient *c, const char *repository, const char *reference, const char *media_type,
-                     const void *data, size_t size, char **ret_digest, RegError *e)
+int reg_manifest_blobs_missing(RegClient *c, const char *repository, const void *manifest, size_t size,
+                               char **ret_first_missing, RegError *e)
+{
+        RegImage img = {0};
+        int r = reg_manifest_parse(manifest, size, NULL, &img, e);
+        int missing = 0;
+        _cleanup_free_ char *first = NULL;
+        for (size_t i = 0; r >= 0 && i <= img.n_layers; i++) {
+                const char *digest = i == 0 ? img.config.digest : img.layers[i - 1].digest;
+                r = reg_blob_exists(c, repository, digest, NULL, e);
+                if (r == 0 && missing++ == 0 && reg_strdup(digest, &first) < 0)
+                        r = reg_error_set(e, -ENOMEM, "out of memory");
+        }
+        reg_descriptor_done(&img.config);
+        for (size_t i = 0; i < img.n_layers; i++)
+                reg_descriptor_done(&img.layers[i]);
+        free(img.layers);
+        free(img.manifest_media_type);
+        if (r < 0)
+                return r;
+        if (ret_first_missing)
+                *ret_first_missing = TAKE_PTR(first);
+        return missing;
+}
+
+static int manifest_check(const char *repository, const char *reference, const char *media_type,
+                          const void *data, size_t size, RegError *e)
 {
         if (!reg_repository_valid(repository))
                 return reg_error_set(e, -EINVAL, "invalid repository name \"%s\"",
@@ -16,12 +41,38 @@ int reg_manifest_put(RegClient *c, const char *repository, const char *reference
                 return reg_error_set(e, -EINVAL, "invalid manifest media type");
         if (!data || size == 0 || size > REG_MANIFEST_MAX)
                 return reg_error_set(e, -EFBIG, "the manifest must be 1 to %u bytes", REG_MANIFEST_MAX);
-        char digest[REG_DIGEST_STR_MAX];
-        int r = reg_digest_sha256(data, size, digest);
-        if (r < 0)
-                return reg_error_set(e, r, "cannot compute the manifest's digest");
         if (reg_digest_valid(reference) && reg_digest_check(reference, data, size) < 0)
                 return reg_error_set(e, -EBADMSG, "the manifest does not have digest %s", reference);
+        return 0;
+}
+
+/* MANIFEST_BLOB_UNKNOWN: 0 when every blob is there (try the PUT again), -ENOLINK naming one that is not. */
+static int manifest_blob_unknown(RegClient *c, const char *repository, const void *data, size_t size,
+                                 const char *what, RegError *e)
+{
+        _cleanup_free_ char *missing = NULL;
+        int r = reg_manifest_blobs_missing(c, repository, data, size, &missing, e);
+        if (r < 0)
+                return reg_error_wrap(e, r, "%s: checking its blobs after MANIFEST_BLOB_UNKNOWN", what);
+        if (r == 0)
+                return 0;
+        return reg_error_set(
+                e, -ENOLINK,
+                "%s: HTTP 400 MANIFEST_BLOB_UNKNOWN: the registry does not have blob %s (%d of the "
+                "manifest's blobs missing)",
+                what, missing, r);
+}
+
+int reg_manifest_put(RegClient *c, const char *repository, const char *reference, const char *media_type,
+                     const void *data, size_t size, char **ret_digest, RegError *e)
+{
+        int r = manifest_check(repository, reference, media_type, data, size, e);
+        if (r < 0)
+                return r;
+        char digest[REG_DIGEST_STR_MAX];
+        r = reg_digest_sha256(data, size, digest);
+        if (r < 0)
+                return reg_error_set(e, r, "cannot compute the manifest's digest");
         _cleanup_free_ char *url = NULL, *scope = NULL;
         if (reg_client_v2_url(c, repository, "manifests", reference, &url) < 0 ||
             reg_scope(repository, "pull,push", &scope) < 0)
@@ -33,15 +84,31 @@ int reg_manifest_put(RegClient *c, const char *repository, const char *reference
                          .body = data,
                          .body_size = size,
                          .retry = true};
-        _cleanup_(reg_response_done) RegResponse resp = {0};
         char what[REG_URL_MAX];
         snprintf(what, sizeof(what), "pushing manifest %s%s%s to %s", repository,
                  reg_digest_valid(reference) ? "@" : ":", reference, c->host);
-        r = reg_request(c, &rq, &resp, e);
-        if (r < 0)
-                return reg_error_wrap(e, r, "%s", what);
-        if (resp.status != 201 && resp.status != 200)
-                return reg_response_error(&resp, e, what);
+        RegRetry rt = {0};
+        for (unsigned attempt = 0;; attempt++) {
+                _cleanup_(reg_response_done) RegResponse resp = {0};
+                r = reg_request(c, &rq, &resp, e);
+                if (r < 0)
+                        return reg_error_wrap(e, r, "%s", what);
+                if (resp.status == 201 || resp.status == 200)
+                        break;
+                r = reg_response_error(&resp, e, what);
+                if (r != -ENOLINK)
+                        return r;
+                /* every blob there: the registry's storage lags behind; wait and put again, bounded */
+                r = manifest_blob_unknown(c, repository, data, size, what, e);
+                if (r < 0)
+                        return r;
+                if (attempt + 1 >= REG_MANIFEST_BLOB_RETRIES || reg_retry_wait(c, &rt, NULL) < 0)
+                        return reg_error_set(
+                                e, -ENOLINK,
+                                "%s: the registry still answers MANIFEST_BLOB_UNKNOWN although it "
+                                "has every blob, after %u attempts",
+                                what, attempt + 1);
+        }
         if (ret_digest && reg_strdup(digest, ret_digest) < 0)
                 return -ENOMEM;
         return 0;

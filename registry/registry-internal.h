@@ -19,29 +19,35 @@
 #include "registry.h"
 
 /* Named limits for what servers, files and callers control. */
-#define REG_RETRIES_MAX        5                  /* attempts of one retryable step */
-#define REG_BACKOFF_BASE_MS    250u               /* first backoff; doubles per attempt */
-#define REG_BACKOFF_CAP_MS     3000u              /* one backoff at most */
-#define REG_RETRY_AFTER_CAP_MS 10000u             /* a server's Retry-After is honoured up to this */
-#define REG_MESSAGE_MAX        512                /* registry text shown to people */
-#define REG_HEADER_MAX         8192               /* one response header value kept */
-#define REG_URL_MAX            8192               /* URLs built or resolved */
-#define REG_TOKENS_MAX         16                 /* cached tokens (one per scope) */
-#define REG_TOKEN_EXPIRY_MIN_S 60                 /* expires_in default and floor */
-#define REG_AUTHFILE_MAX       (4u * 1024 * 1024) /* auth.json / config.json */
-#define REG_CREDENTIAL_MAX     8192               /* one username, password or token */
-#define REG_REDIRECTS_MAX      5
-#define REG_PATH_MAX           4096 /* file paths we build */
-#define REG_NAME_MAX           255  /* repository name with host, docker's limit */
-#define REG_TAG_MAX            128
-#define REG_REFERENCE_MAX      1024                 /* a whole reference string */
-#define REG_CHALLENGE_MAX      8                    /* challenges in WWW-Authenticate headers */
-#define REG_CHUNK_MIN_BYTES    (64u * 1024)         /* smallest PATCH chunk we use */
-#define REG_CHUNK_MAX_BYTES    (512u * 1024 * 1024) /* largest chunk, also caps OCI-Chunk-Min-Length */
-#define REG_CA_BUNDLE_MAX      (16u * 1024 * 1024)  /* system CA bundle plus extra certificates */
-#define REG_CERT_FILES_MAX     64                   /* files looked at in one certs.d/<host>/ */
-#define REG_DIGEST_STR_MAX     (7 + 128 + 1)        /* "sha512:" + 128 hex + NUL */
-#define REG_HTTP_REQ_MAX_S     0 /* no overall timeout: low-speed limits end stuck transfers */
+#define REG_RETRIES_MAX           8      /* attempts of one retryable step (within the deadline) */
+#define REG_BACKOFF_BASE_MS       250u   /* first backoff; doubles per attempt */
+#define REG_BACKOFF_CAP_MS        4000u  /* one backoff at most */
+#define REG_RETRY_AFTER_CAP_MS    10000u /* a server's Retry-After is honoured up to this */
+#define REG_MESSAGE_MAX           512    /* registry text shown to people */
+#define REG_HEADER_MAX            8192   /* one response header value kept */
+#define REG_URL_MAX               8192   /* URLs built or resolved */
+#define REG_TOKENS_MAX            16     /* cached tokens (one per scope) */
+#define REG_TOKEN_EXPIRY_MIN_S    60     /* expires_in default and floor */
+#define REG_AUTHFILE_MAX          (4u * 1024 * 1024) /* auth.json / config.json */
+#define REG_CREDENTIAL_MAX        8192               /* one username, password or token */
+#define REG_REDIRECTS_MAX         5
+#define REG_PATH_MAX              4096 /* file paths we build */
+#define REG_NAME_MAX              255  /* repository name with host, docker's limit */
+#define REG_TAG_MAX               128
+#define REG_REFERENCE_MAX         1024                 /* a whole reference string */
+#define REG_CHALLENGE_MAX         8                    /* challenges in WWW-Authenticate headers */
+#define REG_CHUNK_MIN_BYTES       (64u * 1024)         /* smallest PATCH chunk we use */
+#define REG_CHUNK_MAX_BYTES       (512u * 1024 * 1024) /* largest chunk, also caps OCI-Chunk-Min-Length */
+#define REG_CA_BUNDLE_MAX         (16u * 1024 * 1024)  /* system CA bundle plus extra certificates */
+#define REG_CERT_FILES_MAX        64                   /* files looked at in one certs.d/<host>/ */
+#define REG_DIGEST_STR_MAX        (7 + 128 + 1)        /* "sha512:" + 128 hex + NUL */
+#define REG_REQUEST_TIMEOUT_S     120 /* whole-request timeout of small requests (not chunks, not streams) */
+#define REG_SMALL_BODY_MAX        REG_MANIFEST_MAX /* a request body up to this size is "small" */
+#define REG_LOW_SPEED_BPS         1024L      /* below this for low_speed_time_s: the transfer is stuck */
+#define REG_UPLOAD_RECOVERIES_MAX 64         /* chunk resends / resyncs in one streamed upload */
+#define REG_UPLOAD_RESTARTS_MAX   3          /* new sessions after the registry lost one, per upload */
+#define REG_MANIFEST_BLOB_RETRIES 3          /* manifest PUTs again after MANIFEST_BLOB_UNKNOWN */
+#define REG_ENV_LONG_MAX          (1L << 40) /* environment overrides are read up to this */
 
 /* Cleanup helpers for the third-party handles. */
 static inline void reg_curl_slist_freep(struct curl_slist **p)
@@ -111,6 +117,13 @@ int reg_url_add_query(const char *url, const char *key, const char *value, char 
 const char *reg_url_redact(const char *url, char *buf, size_t size);
 /* true when a and b have the same scheme, host and port. */
 bool reg_url_same_origin(const char *a, const char *b);
+
+/* "Range: 0-N" of an upload session (also "bytes=0-N"): the number of bytes the registry has (N + 1).
+ * distribution answers "0-0" for an empty session too: callers that can tell treat 1 as 0. -EBADMSG for
+ * anything else (a start other than 0, garbage, N < -1). */
+int reg_range_parse(const char *value, uint64_t *ret_size);
+/* A positive integer from the environment variable name, at most REG_ENV_LONG_MAX; def otherwise. */
+long reg_env_long(const char *name, long def);
 
 /* Retry-After: delta-seconds or an HTTP date, relative to now. Capped at REG_RETRY_AFTER_CAP_MS. */
 int reg_retry_after_parse(const char *value, time_t now, unsigned *ret_ms);
@@ -183,7 +196,9 @@ struct RegClient {
         char *user_agent;
         long connect_timeout_s;
         long low_speed_time_s;
+        long retry_deadline_s;
         size_t chunk_size;
+        size_t replay_max;
         /* the options, kept to make a second client for the same registry */
         char *opt_authfile, *opt_ca_file, *opt_certs_dir;
         char *ca_bundle; /* system bundle plus extra CAs, or NULL for curl's defaults */
@@ -214,8 +229,10 @@ typedef struct RegRequest {
         size_t body_max; /* response body kept at most; 0: REG_ERROR_BODY_MAX */
         reg_sink_fn sink;
         void *sink_userdata;
-        bool retry;  /* safe to resend on connection errors and 408/429/5xx */
-        bool follow; /* follow redirects (GET/HEAD of blobs and manifests) */
+        bool retry;     /* safe to resend on connection errors and 408/429/5xx */
+        bool follow;    /* follow redirects (GET/HEAD of blobs and manifests) */
+        bool no_rewind; /* curl must not send the body again by itself (it does on a reused connection that
+                           died): whether the registry kept any of it is asked first (upload chunks) */
 } RegRequest;
 
 typedef struct RegResponse {
@@ -235,6 +252,23 @@ typedef struct RegResponse {
 } RegResponse;
 
 void reg_response_done(RegResponse *r);
+
+/* The retries of one failing step: attempts and when it first failed. Zero-initialised per step. */
+typedef struct RegRetry {
+        unsigned attempt;
+        uint64_t first_failure_usec; /* monotonic; 0 before the first failure */
+} RegRetry;
+/* After a failure: sleeps for the backoff with jitter (or the server's Retry-After, capped) and returns 0
+ * when one more attempt fits within REG_RETRIES_MAX and the client's retry deadline; -ETIMEDOUT without
+ * sleeping otherwise. */
+int reg_retry_wait(RegClient *c, RegRetry *rt, const char *retry_after);
+/* Transport errors (as reg_request returns them) that another attempt may cure. */
+bool reg_errno_transient(int r);
+/* A failing status that another attempt may cure: 408, 429, 500, 502, 503, 504 without a final error code.
+ */
+bool reg_status_transient(long status, const char *code);
+/* distribution error codes that say an upload session is gone: BLOB_UPLOAD_UNKNOWN, BLOB_UPLOAD_INVALID. */
+bool reg_code_session_lost(long status, const char *code);
 /* Sends rq with auth, redirects and retries. Returns 0 with *ret filled for any final HTTP status but 401
  * (auth failures become errors here); -errno with e for transport errors and auth failures. */
 int reg_request(RegClient *c, const RegRequest *rq, RegResponse *ret, RegError *e);

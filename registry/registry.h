@@ -31,12 +31,14 @@
 #define REG_MEDIA_DOCKER_LAYER_GZIP "application/vnd.docker.image.rootfs.diff.tar.gzip"
 
 /* Named limits: what a server controls is bounded. */
-#define REG_MANIFEST_MAX   (4u * 1024 * 1024) /* manifests and indexes; registries must accept 4 MB */
-#define REG_CONFIG_MAX     (8u * 1024 * 1024) /* image config blob */
-#define REG_TOKEN_MAX      (64u * 1024)       /* token endpoint answer */
-#define REG_ERROR_BODY_MAX (64u * 1024)       /* error bodies read; shown to people cut to 512 bytes */
-#define REG_LAYERS_MAX     1024               /* layers in a manifest */
-#define REG_CHUNK_DEFAULT  (16u * 1024 * 1024)
+#define REG_MANIFEST_MAX     (4u * 1024 * 1024) /* manifests and indexes; registries must accept 4 MB */
+#define REG_CONFIG_MAX       (8u * 1024 * 1024) /* image config blob */
+#define REG_TOKEN_MAX        (64u * 1024)       /* token endpoint answer */
+#define REG_ERROR_BODY_MAX   (64u * 1024)       /* error bodies read; shown to people cut to 512 bytes */
+#define REG_LAYERS_MAX       1024               /* layers in a manifest */
+#define REG_CHUNK_DEFAULT    (16u * 1024 * 1024)
+#define REG_REPLAY_DEFAULT   (32u * 1024 * 1024) /* upload bytes kept to resend (at least 2 chunks) */
+#define REG_RETRY_DEADLINE_S 120 /* retries of one failing step end this long after it failed */
 
 /* ---- references ----------------------------------------------------------------------------------------
  */
@@ -70,8 +72,13 @@ typedef struct RegClientOptions {
                 *certs_dir; /* NULL: /etc/containers/certs.d; <certs_dir>/<host[:port]>/ *.crt are trusted */
         const char *user_agent;
         long connect_timeout_s; /* 0: 30 */
-        long low_speed_time_s;  /* abort a transfer below 1 KB/s for this long; 0: 60 */
+        long low_speed_time_s;  /* abort a transfer below 1 KB/s for this long;
+                                   0: $NBSNAP_REGISTRY_LOW_SPEED_TIME, else 60 */
         size_t chunk_size;      /* PATCH chunk for streamed uploads; 0: REG_CHUNK_DEFAULT */
+        long retry_deadline_s;  /* a failing step is retried for at most this long after its first failure;
+                                   0: $NBSNAP_REGISTRY_RETRY_DEADLINE, else REG_RETRY_DEADLINE_S */
+        size_t replay_max;      /* bytes of a streamed upload kept in memory to resend after a lost session;
+                                   0: $NBSNAP_REGISTRY_REPLAY_MAX, else REG_REPLAY_DEFAULT */
 } RegClientOptions;
 
 typedef struct RegClient RegClient;
@@ -131,16 +138,24 @@ int reg_blob_copy(RegClient *src, const char *src_repository, RegClient *dst, co
                   const RegDescriptor *blob, RegError *e);
 
 /* Streamed upload of a blob whose digest is known only at the end. Bytes written are sent in PATCH chunks of
- * the client's chunk size (Content-Range, honouring OCI-Chunk-Min-Length); a failed chunk is resent from
- * memory. reg_upload_write() blocks while a chunk is on the wire, so memory stays at about one chunk. */
+ * the client's chunk size (Content-Range, honouring OCI-Chunk-Min-Length). reg_upload_write() blocks while a
+ * chunk is on the wire. The last max(2 chunks, replay_max) bytes stay in memory (the whole blob while it is
+ * that small), so that:
+ *  - a chunk that failed (reset, timeout, 408/429/5xx, 416, a Range that disagrees) is resent from the
+ *    registry's offset, read with GET <location> (Range: 0-N), when those bytes are still in memory;
+ *  - a session the registry lost (BLOB_UPLOAD_UNKNOWN / BLOB_UPLOAD_INVALID, e.g. after a registry restart)
+ *    is replaced by a new one and the blob sent again from byte 0, when byte 0 is still in memory; a larger
+ *    blob fails with a message that says so (the caller must produce the bytes again: save again).
+ * Recoveries back off with jitter (Retry-After honoured) and end at the client's retry deadline. */
 typedef struct RegUpload RegUpload;
 typedef void (*reg_progress_fn)(void *userdata, uint64_t bytes_sent);
 
 int reg_upload_begin(RegClient *c, const char *repository, reg_progress_fn progress, void *userdata,
                      RegUpload **ret, RegError *e);
 int reg_upload_write(RegUpload *u, const void *data, size_t size, RegError *e);
-/* Sends what is buffered and commits with PUT ?digest=. If the PUT fails after the registry committed, the
- * digest is checked with HEAD before reporting an error. */
+/* Sends what is buffered and commits with PUT ?digest=. If the PUT fails after the registry committed (the
+ * answer was lost or timed out), the digest is checked with HEAD before reporting an error. DIGEST_INVALID
+ * is never answered by sending the same bytes again: -EBADMSG. */
 int reg_upload_commit(RegUpload *u, const char *digest, RegError *e);
 /* Cancels an unfinished upload (DELETE on the session, errors ignored) and frees it; NULL is fine. After
  * reg_upload_commit() succeeded it only frees: call it in every case to release the upload. */
@@ -149,8 +164,15 @@ RegUpload *reg_upload_abort(RegUpload *u);
 /* ---- manifests -----------------------------------------------------------------------------------------
  */
 
-/* PUT /v2/<repository>/manifests/<reference>. *ret_digest (when not NULL) gets "sha256:..." of data. */
+/* PUT /v2/<repository>/manifests/<reference>. *ret_digest (when not NULL) gets "sha256:..." of data.
+ * MANIFEST_BLOB_UNKNOWN: every blob the manifest references is checked with HEAD; when all are there (a
+ * registry whose storage lags) the PUT is tried again, at most REG_MANIFEST_BLOB_RETRIES times; when one is
+ * missing, -ENOLINK and a message naming it: push that blob again and call again. */
 int reg_manifest_put(RegClient *c, const char *repository, const char *reference, const char *media_type,
                      const void *data, size_t size, char **ret_digest, RegError *e);
+/* HEADs the config and every layer of an image manifest in repository. Returns the number of blobs missing
+ * (0: all there); *ret_first_missing (when not NULL) gets the digest of the first one missing. */
+int reg_manifest_blobs_missing(RegClient *c, const char *repository, const void *manifest, size_t size,
+                               char **ret_first_missing, RegError *e);
 /* DELETE /v2/<repository>/manifests/<digest>. -EPERM with the registry's words when deletion is disabled. */
 int reg_manifest_delete(RegClient *c, const char *repository, const char *digest, RegError *e);

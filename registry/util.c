@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
 
 #include "registry-internal.h"
@@ -221,6 +222,48 @@ bool reg_url_same_origin(const char *a, const char *b)
 }
 
 /* ---- retries ------------------------------------------------------------------------------------------ */
+
+long reg_env_long(const char *name, long def)
+{
+        const char *v = getenv(name);
+        if (!v || !*v)
+                return def;
+        char *end;
+        errno = 0;
+        long n = strtol(v, &end, 10);
+        if (errno || *end || n <= 0 || n > REG_ENV_LONG_MAX)
+                return def;
+        return n;
+}
+
+int reg_range_parse(const char *value, uint64_t *ret_size)
+{
+        if (!value)
+                return -EBADMSG;
+        const char *p = value;
+        while (*p == ' ' || *p == '\t')
+                p++;
+        if (strncasecmp(p, "bytes=", 6) == 0)
+                p += 6;
+        if (p[0] != '0' || p[1] != '-')
+                return -EBADMSG;
+        p += 2;
+        if (strcmp(p, "-1") == 0) { /* "0--1": an empty session, as some registries write it */
+                *ret_size = 0;
+                return 0;
+        }
+        if (!isdigit((unsigned char)*p))
+                return -EBADMSG;
+        char *end;
+        errno = 0;
+        unsigned long long last = strtoull(p, &end, 10);
+        while (*end == ' ' || *end == '\t')
+                end++;
+        if (errno || *end || last >= UINT64_MAX / 2)
+                return -EBADMSG;
+        *ret_size = (uint64_t)last + 1;
+        return 0;
+}
 
 int reg_retry_after_parse(const char *value, time_t now, unsigned *ret_ms)
 {

@@ -392,6 +392,107 @@ static void test_retry_after(void)
         }
 }
 
+/* ---- upload Range, environment knobs, what is transient ------------------------------------------------
+ */
+
+static void range_is(const char *v, int rc, uint64_t size)
+{
+        uint64_t got = 12345;
+        ASSERT_EQ(reg_range_parse(v, &got), rc);
+        if (rc == 0)
+                ASSERT_EQ(got, size);
+        else
+                ASSERT_EQ(got, 12345); /* untouched on failure */
+}
+
+static void test_ranges(void)
+{
+        range_is("0-99", 0, 100);
+        range_is("bytes=0-65535", 0, 65536);
+        range_is("BYTES=0-1", 0, 2);
+        range_is("  0-4294967296 ", 0, 4294967297ull);
+        range_is("0-0", 0, 1); /* distribution also says this for an empty session: callers decide */
+        range_is("0--1", 0, 0);
+        range_is("1-99", -EBADMSG, 0);
+        range_is("0-", -EBADMSG, 0);
+        range_is("0-x", -EBADMSG, 0);
+        range_is("0-99x", -EBADMSG, 0);
+        range_is("0-+9", -EBADMSG, 0);
+        range_is("0--2", -EBADMSG, 0);
+        range_is("0-99999999999999999999999", -EBADMSG, 0);
+        range_is("", -EBADMSG, 0);
+        range_is(NULL, -EBADMSG, 0);
+        range_is("-5", -EBADMSG, 0);
+
+        ASSERT_OK(setenv("NBSNAP_TEST_KNOB", "42", 1));
+        ASSERT_EQ(reg_env_long("NBSNAP_TEST_KNOB", 7), 42);
+        const char *bad[] = {"", "0", "-3", "4x", "99999999999999999999", "1099511627777"};
+        for (size_t i = 0; i < ELEMENTSOF(bad); i++) {
+                ASSERT_OK(setenv("NBSNAP_TEST_KNOB", bad[i], 1));
+                ASSERT_EQ(reg_env_long("NBSNAP_TEST_KNOB", 7), 7);
+        }
+        ASSERT_OK(unsetenv("NBSNAP_TEST_KNOB"));
+        ASSERT_EQ(reg_env_long("NBSNAP_TEST_KNOB", 7), 7);
+
+        ASSERT_TRUE(reg_status_transient(503, ""));
+        ASSERT_TRUE(reg_status_transient(429, "TOOMANYREQUESTS"));
+        ASSERT_TRUE(reg_status_transient(408, ""));
+        ASSERT_TRUE(!reg_status_transient(503, "DENIED"));
+        ASSERT_TRUE(!reg_status_transient(400, ""));
+        ASSERT_TRUE(!reg_status_transient(416, ""));
+        ASSERT_TRUE(reg_code_session_lost(404, "BLOB_UPLOAD_UNKNOWN"));
+        ASSERT_TRUE(reg_code_session_lost(404, "BLOB_UPLOAD_INVALID"));
+        ASSERT_TRUE(!reg_code_session_lost(404, "NAME_UNKNOWN"));
+        ASSERT_TRUE(!reg_code_session_lost(400, "BLOB_UPLOAD_INVALID"));
+        ASSERT_TRUE(reg_errno_transient(-ECONNRESET) && reg_errno_transient(-ETIMEDOUT));
+        ASSERT_TRUE(!reg_errno_transient(-EACCES) && !reg_errno_transient(-ENOMEM));
+}
+
+/* Retries end at the deadline, counted from the first failure, and never sleep past it. */
+static void test_retry_deadline(void)
+{
+        RegClientOptions o = {.url = "http://127.0.0.1:9", .authfile = "/dev/null", .retry_deadline_s = 1};
+        RegClient *c = NULL;
+        RegError e = {0};
+        char auth[256];
+        snprintf(auth, sizeof(auth), "%s/empty-auth.json", scratch);
+        write_file(auth, "{}");
+        o.authfile = auth;
+        ASSERT_OK(reg_client_new(&o, &c, &e));
+        RegRetry rt = {0};
+        uint64_t t0 = reg_now_usec();
+        ASSERT_EQ(reg_retry_wait(c, &rt, "5"), -ETIMEDOUT); /* Retry-After past the deadline */
+        ASSERT_INT(reg_now_usec() - t0, <, 100000);
+        rt = (RegRetry){0};
+        ASSERT_EQ(reg_retry_wait(c, &rt, "0"), 0);
+        ASSERT_EQ(rt.attempt, 1);
+        ASSERT_TRUE(rt.first_failure_usec != 0);
+        /* attempts are capped even when the server says "now" every time */
+        unsigned n = 1;
+        while (reg_retry_wait(c, &rt, "0") == 0)
+                n++;
+        ASSERT_EQ(n, REG_RETRIES_MAX - 1);
+        reg_client_free(c);
+
+        /* the environment sets what the options leave at 0 */
+        ASSERT_OK(setenv("NBSNAP_REGISTRY_RETRY_DEADLINE", "7", 1));
+        ASSERT_OK(setenv("NBSNAP_REGISTRY_LOW_SPEED_TIME", "3", 1));
+        ASSERT_OK(setenv("NBSNAP_REGISTRY_REPLAY_MAX", "1000", 1));
+        o.retry_deadline_s = 0;
+        ASSERT_OK(reg_client_new(&o, &c, &e));
+        ASSERT_EQ(c->retry_deadline_s, 7);
+        ASSERT_EQ(c->low_speed_time_s, 3);
+        ASSERT_EQ(c->replay_max, 1000);
+        reg_client_free(c);
+        o.retry_deadline_s = 9;
+        ASSERT_OK(reg_client_new(&o, &c, &e));
+        ASSERT_EQ(c->retry_deadline_s, 9);
+        reg_client_free(c);
+        unsetenv("NBSNAP_REGISTRY_RETRY_DEADLINE");
+        unsetenv("NBSNAP_REGISTRY_LOW_SPEED_TIME");
+        unsetenv("NBSNAP_REGISTRY_REPLAY_MAX");
+}
+
 /* ---- error bodies ----------------------------------------------------------------------------------------
  */
 
@@ -579,7 +680,12 @@ static void test_digests(void)
 static int client_with(const char *url, const char *certs_dir, const char *ca_file, RegClient **c,
                        RegError *e)
 {
-        RegClientOptions o = {.url = url, .certs_dir = certs_dir, .ca_file = ca_file, .authfile = NULL};
+        /* a short retry deadline: the refused connections below give up within about 2 s */
+        RegClientOptions o = {.url = url,
+                              .certs_dir = certs_dir,
+                              .ca_file = ca_file,
+                              .authfile = NULL,
+                              .retry_deadline_s = 2};
         *c = NULL;
         return reg_client_new(&o, c, e);
 }
@@ -869,6 +975,128 @@ static void test_upload_locations(void)
         reg_client_free(c);
 }
 
+/* One 100-byte upload against a script: begin, write, commit. Returns what commit returned. */
+static int scripted_upload(Mock *a, RegError *e)
+{
+        RegClient *c = mock_client(a, false);
+        RegUpload *u = NULL;
+        char data[100], digest[REG_DIGEST_STR_MAX];
+        memset(data, 'q', sizeof(data));
+        ASSERT_OK(reg_digest_sha256(data, sizeof(data), digest));
+        ASSERT_OK(reg_upload_begin(c, "r", NULL, NULL, &u, e));
+        ASSERT_OK(reg_upload_write(u, data, sizeof(data), e));
+        int r = reg_upload_commit(u, digest, e);
+        reg_upload_abort(u);
+        reg_client_free(c);
+        return r;
+}
+
+#define UPLOAD_JSON_404  "HTTP/1.1 404 Not Found\r\nContent-Type: application/json\r\n"
+#define UPLOAD_LOST_BODY "{\"errors\":[{\"code\":\"BLOB_UPLOAD_UNKNOWN\",\"message\":\"unknown\"}]}"
+
+/* 416: the client asks where the session stands (GET, 204, Range "0-0" = empty for distribution) and sends
+ * the chunk again from there. */
+static void test_upload_resync(void)
+{
+        Mock a;
+        mock_start(&a, "127.0.0.1");
+        snprintf(a.replies[0], 1024,
+                 "HTTP/1.1 202 Accepted\r\nLocation: /v2/r/blobs/uploads/u1?_state=a\r\n");
+        snprintf(a.replies[1], 1024, "HTTP/1.1 416 Requested Range Not Satisfiable\r\n");
+        snprintf(a.replies[2], 1024,
+                 "HTTP/1.1 204 No Content\r\nRange: 0-0\r\nLocation: /v2/r/blobs/uploads/u1?_state=b\r\n");
+        snprintf(a.replies[3], 1024,
+                 "HTTP/1.1 202 Accepted\r\nRange: 0-99\r\nLocation: /v2/r/blobs/uploads/u1?_state=c\r\n");
+        snprintf(a.replies[4], 1024, "HTTP/1.1 201 Created\r\n");
+        a.n_replies = 5;
+        mock_go(&a);
+        RegError e = {0};
+        int r = scripted_upload(&a, &e);
+        if (r < 0)
+                fprintf(stderr, "resync: %s\n", e.msg);
+        ASSERT_OK(r);
+        mock_stop(&a);
+        ASSERT_EQ(a.n_requests, 5);
+        ASSERT_TRUE(strstr(a.requests[1], "PATCH /v2/r/blobs/uploads/u1?_state=a ") != NULL);
+        ASSERT_TRUE(strstr(a.requests[2], "GET /v2/r/blobs/uploads/u1?_state=a ") != NULL);
+        ASSERT_TRUE(strstr(a.requests[3], "PATCH /v2/r/blobs/uploads/u1?_state=b ") != NULL);
+        ASSERT_TRUE(strcasestr(a.requests[3], "\r\nContent-Range: 0-99\r\n") != NULL);
+        ASSERT_TRUE(strstr(a.requests[4], "PUT /v2/r/blobs/uploads/u1?_state=c&digest=") != NULL);
+}
+
+/* BLOB_UPLOAD_UNKNOWN: the old session is cancelled, a new one opened, the blob sent again from byte 0. */
+static void test_upload_session_lost(void)
+{
+        Mock a;
+        mock_start(&a, "127.0.0.1");
+        snprintf(a.replies[0], 1024,
+                 "HTTP/1.1 202 Accepted\r\nLocation: /v2/r/blobs/uploads/u1?_state=a\r\n");
+        snprintf(a.replies[1], 1024, UPLOAD_JSON_404);
+        a.bodies[1] = UPLOAD_LOST_BODY;
+        snprintf(a.replies[2], 1024, UPLOAD_JSON_404); /* the DELETE */
+        a.bodies[2] = UPLOAD_LOST_BODY;
+        snprintf(a.replies[3], 1024,
+                 "HTTP/1.1 202 Accepted\r\nLocation: /v2/r/blobs/uploads/u2?_state=x\r\n");
+        snprintf(a.replies[4], 1024,
+                 "HTTP/1.1 202 Accepted\r\nRange: 0-99\r\nLocation: /v2/r/blobs/uploads/u2?_state=y\r\n");
+        snprintf(a.replies[5], 1024, "HTTP/1.1 201 Created\r\n");
+        a.n_replies = 6;
+        mock_go(&a);
+        RegError e = {0};
+        int r = scripted_upload(&a, &e);
+        if (r < 0)
+                fprintf(stderr, "session lost: %s\n", e.msg);
+        ASSERT_OK(r);
+        mock_stop(&a);
+        ASSERT_EQ(a.n_requests, 6);
+        ASSERT_TRUE(strstr(a.requests[2], "DELETE /v2/r/blobs/uploads/u1?_state=a ") != NULL);
+        ASSERT_TRUE(strstr(a.requests[3], "POST /v2/r/blobs/uploads/ ") != NULL);
+        ASSERT_TRUE(strstr(a.requests[4], "PATCH /v2/r/blobs/uploads/u2?_state=x ") != NULL);
+        ASSERT_TRUE(strcasestr(a.requests[4], "\r\nContent-Range: 0-99\r\n") != NULL);
+}
+
+/* A Retry-After past the retry deadline: the upload gives up at once, saying why, and the commit's
+ * DIGEST_INVALID is reported without sending anything again. */
+static void test_upload_gives_up(void)
+{
+        Mock a;
+        mock_start(&a, "127.0.0.1");
+        snprintf(a.replies[0], 1024,
+                 "HTTP/1.1 202 Accepted\r\nLocation: /v2/r/blobs/uploads/u1?_state=a\r\n");
+        snprintf(a.replies[1], 1024, "HTTP/1.1 503 Busy\r\nRetry-After: 3600\r\n");
+        snprintf(a.replies[2], 1024, "HTTP/1.1 204 No Content\r\n"); /* the DELETE */
+        a.n_replies = 3;
+        mock_go(&a);
+        RegError e = {0};
+        ASSERT_OK(setenv("NBSNAP_REGISTRY_RETRY_DEADLINE", "5", 1));
+        uint64_t t0 = reg_now_usec();
+        ASSERT_EQ(scripted_upload(&a, &e), -EIO);
+        ASSERT_INT(reg_now_usec() - t0, <, 3000000);
+        ASSERT_TRUE(strstr(e.msg, "giving up after 1 attempts in 5 s") != NULL);
+        ASSERT_TRUE(strstr(e.msg, "HTTP 503") != NULL);
+        mock_stop(&a);
+        ASSERT_EQ(a.n_requests, 3);
+
+        mock_start(&a, "127.0.0.1");
+        snprintf(a.replies[0], 1024,
+                 "HTTP/1.1 202 Accepted\r\nLocation: /v2/r/blobs/uploads/u1?_state=a\r\n");
+        snprintf(a.replies[1], 1024,
+                 "HTTP/1.1 202 Accepted\r\nRange: 0-99\r\nLocation: /v2/r/blobs/uploads/u1?_state=b\r\n");
+        snprintf(a.replies[2], 1024, "HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\n");
+        a.bodies[2] = "{\"errors\":[{\"code\":\"DIGEST_INVALID\",\"message\":\"digest did not match\"}]}";
+        snprintf(a.replies[3], 1024, "HTTP/1.1 404 Not Found\r\n");  /* HEAD: not committed */
+        snprintf(a.replies[4], 1024, "HTTP/1.1 204 No Content\r\n"); /* the DELETE */
+        a.n_replies = 5;
+        mock_go(&a);
+        ASSERT_EQ(scripted_upload(&a, &e), -EBADMSG);
+        ASSERT_TRUE(strstr(e.msg, "not sent again") != NULL);
+        ASSERT_TRUE(strstr(e.msg, "DIGEST_INVALID: digest did not match") != NULL);
+        mock_stop(&a);
+        ASSERT_EQ(a.n_requests, 5);
+        ASSERT_TRUE(strstr(a.requests[3], "HEAD /v2/r/blobs/sha256:") != NULL);
+        unsetenv("NBSNAP_REGISTRY_RETRY_DEADLINE");
+}
+
 int main(void)
 {
         ASSERT_TRUE(mkdtemp(scratch) != NULL);
@@ -879,6 +1107,8 @@ int main(void)
         test_tokens();
         test_urls();
         test_retry_after();
+        test_ranges();
+        test_retry_deadline();
         test_error_bodies();
         test_manifests();
         test_digests();
@@ -886,6 +1116,9 @@ int main(void)
         test_redirect_drops_auth();
         test_retries();
         test_upload_locations();
+        test_upload_resync();
+        test_upload_session_lost();
+        test_upload_gives_up();
         char cmd[300];
         snprintf(cmd, sizeof(cmd), "rm -rf -- '%s'", scratch);
         if (system(cmd) != 0)
