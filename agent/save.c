@@ -37,6 +37,7 @@ typedef struct Save {
         NbProgress progress;
         PGzipResult result;
         char config_digest[72];
+        char *config_json;
         size_t config_size;
 } Save;
 
@@ -50,6 +51,7 @@ static void save_done(Save *s)
         reg_client_free(s->src_owned);
         reg_client_free(s->dst);
         free(s->dst_repo);
+        free(s->config_json);
 }
 
 static void report(Save *s, NbPhase phase)
@@ -373,7 +375,7 @@ static int pack_and_upload(Save *s, NbError *e)
                 r = nb_error_from_reg(e, &re, r, "cannot commit the layer");
                 goto out;
         }
-        s->upload = NULL; /* committed: nothing to cancel */
+        s->upload = reg_upload_abort(s->upload); /* committed: frees, cancels nothing */
         note(s,
              "layer %.19s: %" PRIu64 " added, %" PRIu64 " modified, %" PRIu64 " recreated, %" PRIu64
              " deleted, %" PRIu64 " unchanged; %" PRIu64 " bytes of tar, %" PRIu64 " compressed",
@@ -414,6 +416,14 @@ static cJSON *array_member(cJSON *parent, const char *key)
         return cJSON_AddArrayToObject(parent, key);
 }
 
+static int upload_config(Save *s, NbError *e)
+{
+        RegError re = {0};
+        int r = reg_blob_upload_buffer(s->dst, s->dst_repo, s->config_digest, s->config_json, s->config_size,
+                                       &re);
+        return r < 0 ? nb_error_from_reg(e, &re, r, "cannot upload the image config") : 0;
+}
+
 /* The base config, kept whole (Env, Cmd, Entrypoint, WorkingDir, User, Labels, ExposedPorts, Volumes,
  * architecture ...), with the new diff_id and one history entry appended. */
 static int push_config(Save *s, NbError *e)
@@ -438,18 +448,13 @@ static int push_config(Save *s, NbError *e)
                 cJSON_AddStringToObject(rootfs, "type", "layers");
         cJSON_AddItemToArray(diff_ids, cJSON_CreateString(s->result.diff_id));
         cJSON_AddItemToArray(history, history_entry(created, s->o->description));
-        _cleanup_free_ char *json = cJSON_PrintUnformatted(c);
+        s->config_json = cJSON_PrintUnformatted(c);
         cJSON_Delete(c);
-        if (!json)
+        if (!s->config_json)
                 return nb_error_set(e, -ENOMEM, "out of memory");
-        s->config_size = strlen(json);
-        int r = nb_sha256_digest(json, s->config_size, s->config_digest);
-        RegError re = {0};
-        if (r >= 0)
-                r = reg_blob_upload_buffer(s->dst, s->dst_repo, s->config_digest, json, s->config_size, &re);
-        if (r < 0)
-                return nb_error_from_reg(e, &re, r, "cannot upload the image config");
-        return 0;
+        s->config_size = strlen(s->config_json);
+        int r = nb_sha256_digest(s->config_json, s->config_size, s->config_digest);
+        return r < 0 ? nb_error_set(e, r, "SHA-256 failed") : upload_config(s, e);
 }
 
 static cJSON *descriptor(const char *media_type, const char *digest, uint64_t size)
@@ -496,7 +501,7 @@ static int push_manifest(Save *s, NbError *e)
 {
         report(s, NB_PHASE_MANIFEST);
         _cleanup_free_ char *json = NULL, *digest = NULL;
-        const char *type;
+        const char *type = NULL;
         int r = build_manifest(s, &json, &type, e);
         if (r < 0)
                 return r;

@@ -21,7 +21,7 @@ struct SnapWalk {
         char *path; /* current entry's path */
         size_t path_allocated;
         char link[SNAP_LINK_MAX + 1];
-        uint8_t dents[SNAP_DENTS_BUFFER];
+        uint8_t dents[SNAP_DENTS_BUFFER] __attribute__((aligned(8))); /* linux_dirent64 records */
         SnapEntry entry;
         bool descend; /* the entry last returned is a directory to enter on the next call */
         const char *name;
@@ -113,7 +113,8 @@ static int frame_fill(Frame *f, int fd, uint8_t *buf, size_t buf_size, const cha
                                 return r;
                 }
         }
-        qsort_r(f->offsets, f->n, sizeof(size_t), cmp_offsets, f->names);
+        if (f->n > 1)
+                qsort_r(f->offsets, f->n, sizeof(size_t), cmp_offsets, f->names);
         return 0;
 }
 
