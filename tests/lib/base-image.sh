@@ -1,0 +1,235 @@
+# shellcheck shell=bash
+# Build a small but real two-layer base image from files on this machine (no network) and push it to the
+# test registry.
+#
+#   base_image_build DIR REPO:TAG [FORMAT]
+#       DIR/oci          OCI layout (tag "base"), built with umoci
+#       DIR/bundle       the umoci bundle used to build it
+#       DIR/base-rootfs  `umoci unpack` of the final image (the overlay lower dir of a "notebook")
+#       pushes to $REGISTRY_HOST/REPO:TAG with skopeo; FORMAT: oci (default) or v2s2 (Docker schema2).
+#       exports BASE_ROOTFS, BASE_REF (REPO:TAG), BASE_REPO, BASE_TAG, BASE_OCI (DIR/oci:base).
+#   base_image_push DIR REPO:TAG [FORMAT]   push an already built DIR/oci:base under another name/format.
+#
+# Needs root (umoci unpack/repack keep ownership, mknod), umoci, skopeo, setfattr, setcap.
+#
+# What the base contains (the integration tests rely on these paths):
+#   /bin -> usr/bin, /lib -> usr/lib, /lib64 -> usr/lib64 (merged-/usr symlinks), dash as /usr/bin/sh, ls, cat,
+#   env, id, true, their libraries; /etc/{passwd,group,os-release,hosts,hostname,motd,environment};
+#   /usr/lib/python3.11: 300+ small files; /home/ma-user (1000:100) with dotfiles;
+#   /opt/t/...: the fixtures the tests change (see _base_fixtures below).
+
+# shellcheck source=tests/lib/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+
+_base_copy_bin() {
+    # _base_copy_bin ROOTFS /path/of/host/binary [name-in-/usr/bin]
+    local rootfs=$1 bin=$2 name=${3:-}
+    [[ -n $name ]] || name=${bin##*/}
+    cp -L --preserve=mode "$bin" "$rootfs/usr/bin/$name"
+    local lib
+    while read -r lib; do
+        [[ -n $lib ]] || continue
+        mkdir -p "$rootfs$(dirname "$lib")"
+        [[ -e $rootfs$lib ]] || cp -L --preserve=mode "$lib" "$rootfs$lib"
+    done < <(ldd "$bin" 2>/dev/null | sed -nE 's@.*=> (/[^ ]+) .*@\1@p; s@^[[:space:]]*(/[^ ]+) \(.*@\1@p')
+}
+
+_base_userland() {
+    local rootfs=$1 d
+    mkdir -p "$rootfs"/{usr/bin,usr/sbin,usr/lib/x86_64-linux-gnu,usr/lib64,etc,var/lib,var/log,var/tmp,root,home,opt,srv,proc,sys,dev,run}
+    ln -sfn usr/bin "$rootfs/bin"
+    ln -sfn usr/sbin "$rootfs/sbin"
+    ln -sfn usr/lib "$rootfs/lib"
+    ln -sfn usr/lib64 "$rootfs/lib64"
+    mkdir -p "$rootfs/tmp"
+    chmod 1777 "$rootfs/tmp" "$rootfs/var/tmp"
+    chmod 0700 "$rootfs/root"
+    _base_copy_bin "$rootfs" /bin/dash sh
+    _base_copy_bin "$rootfs" /bin/dash dash
+    for d in ls cat env id true; do
+        _base_copy_bin "$rootfs" "/usr/bin/$d"
+    done
+    cat >"$rootfs/etc/passwd" <<'EOF'
+root:x:0:0:root:/root:/bin/sh
+daemon:x:1:1:daemon:/usr/sbin:/usr/sbin/nologin
+nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin
+ma-user:x:1000:100::/home/ma-user:/bin/sh
+EOF
+    cat >"$rootfs/etc/group" <<'EOF'
+root:x:0:
+daemon:x:1:
+users:x:100:ma-user
+nogroup:x:65534:
+EOF
+    cat >"$rootfs/etc/os-release" <<'EOF'
+PRETTY_NAME="nbsnap test base (Debian GNU/Linux 12-like)"
+NAME="nbsnap-test"
+VERSION_ID="12"
+ID=debian
+EOF
+    printf '127.0.0.1\tlocalhost\n# base image /etc/hosts\n' >"$rootfs/etc/hosts"
+    echo base-host >"$rootfs/etc/hostname"
+    echo 'Welcome to the nbsnap test base image.' >"$rootfs/etc/motd"
+    echo 'PATH="/usr/local/bin:/usr/bin:/bin"' >"$rootfs/etc/environment"
+    chmod 0644 "$rootfs"/etc/*
+
+    # A python3-like stdlib tree: 20 packages x 16 files.
+    local py=$rootfs/usr/lib/python3.11 p m
+    for p in $(seq -w 1 20); do
+        mkdir -p "$py/pkg$p/__pycache__"
+        echo "# package $p" >"$py/pkg$p/__init__.py"
+        for m in $(seq -w 1 15); do
+            printf 'def f%s():\n    return %s\n' "$m" "$p$m" >"$py/pkg$p/mod$m.py"
+        done
+        head -c 100 /dev/zero | tr '\0' 'c' >"$py/pkg$p/__pycache__/__init__.cpython-311.pyc"
+    done
+    echo 'import os' >"$py/site.py"
+    mkdir -p "$py/site-packages"
+
+    mkdir -p "$rootfs/home/ma-user"
+    printf 'export PS1="$ "\n' >"$rootfs/home/ma-user/.bashrc"
+    printf '. ~/.bashrc\n' >"$rootfs/home/ma-user/.profile"
+    chown -R 1000:100 "$rootfs/home/ma-user"
+    chmod 0750 "$rootfs/home/ma-user"
+}
+
+# The fixtures the tests change, all under /opt/t (layer 1).
+_base_fixtures() {
+    local t=$1/opt/t
+    mkdir -p "$t"
+    # contents to modify
+    echo 'original content' >"$t/modify.txt"
+    head -c 65536 /dev/urandom >"$t/modify.bin"
+    # metadata-only changes
+    echo chmod >"$t/chmod-me"
+    echo chown >"$t/chown-me"
+    echo touch >"$t/touch-me"
+    chmod 0644 "$t/chmod-me" "$t/chown-me" "$t/touch-me"
+    # deletions
+    echo 'delete me' >"$t/delete-file.txt"
+    mkdir -p "$t/delete-tree/a/b/c" "$t/delete-tree/empty"
+    echo 1 >"$t/delete-tree/one"
+    echo 2 >"$t/delete-tree/a/two"
+    echo 3 >"$t/delete-tree/a/b/three"
+    echo 4 >"$t/delete-tree/a/b/c/four"
+    ln -s ../one "$t/delete-tree/a/link-to-one"
+    # deleted and recreated (opaque)
+    mkdir -p "$t/recreate/sub"
+    echo old1 >"$t/recreate/old1"
+    echo old2 >"$t/recreate/sub/old2"
+    echo keep-name >"$t/recreate/same-name"
+    # type replacements
+    echo 'i am a file' >"$t/file-to-dir"
+    mkdir -p "$t/dir-to-file/child/grandchild"
+    echo c >"$t/dir-to-file/child/grandchild/c"
+    echo 'i am a file' >"$t/file-to-symlink"
+    mkdir -p "$t/dir-to-symlink/x"
+    echo x >"$t/dir-to-symlink/x/y"
+    ln -s modify.txt "$t/symlink-to-file"
+    # links
+    mkdir -p "$t/links"
+    echo 'hard link data' >"$t/links/a"
+    ln "$t/links/a" "$t/links/b"
+    echo 'base only, linked later' >"$t/links/base-only"
+    ln -s a "$t/links/retarget"
+    ln -s /etc/passwd "$t/links/abs"
+    ln -s does-not-exist "$t/links/dangling"
+    # xattrs
+    mkdir -p "$t/xattr"
+    echo x >"$t/xattr/file"
+    setfattr -n user.nbsnap.test -v base-value "$t/xattr/file"
+    setfattr -n user.nbsnap.bin -v 0x00ff10 "$t/xattr/file"
+    mkdir -p "$t/xattr/dir"
+    setfattr -n user.nbsnap.dir -v dir-value "$t/xattr/dir"
+    echo change-xattr >"$t/xattr/change-me"
+    setfattr -n user.nbsnap.change -v before "$t/xattr/change-me"
+    setfattr -n user.nbsnap.remove -v gone-later "$t/xattr/change-me"
+    cp /usr/bin/true "$t/xattr/cap-bin"
+    setcap cap_net_bind_service+ep "$t/xattr/cap-bin"
+    # special modes and files
+    mkdir -p "$t/special"
+    cp /usr/bin/true "$t/special/setuid-bin"
+    chmod 4755 "$t/special/setuid-bin"
+    mkdir -p "$t/special/setgid-dir" "$t/special/sticky-dir"
+    chmod 2775 "$t/special/setgid-dir"
+    chmod 1777 "$t/special/sticky-dir"
+    mkfifo "$t/special/fifo"
+    mknod "$t/special/null" c 1 3
+    mknod "$t/special/loop0" b 7 0
+    # odd names in the base, deleted by the tests (whiteouts for them)
+    mkdir -p "$t/names"
+    echo a >"$t/names/with space"
+    echo b >"$t/names/$(printf 'bad\xff\xfe')"
+    echo c >"$t/names/$(printf 'x%.0s' $(seq 1 250)).txt"
+    echo d >"$t/names/keep"
+    # ownership
+    mkdir -p "$t/owned"
+    echo o >"$t/owned/by-ma-user"
+    chown -R 1000:100 "$t/owned"
+    # layer-2 targets
+    echo 'layer 1 only' >"$t/layer1-removed"
+    echo 'layer 1 version' >"$t/layer2-modified"
+    # fixed mtimes on the fixtures, so that the tests can tell a "touch" apart
+    find "$t" -xdev ! -type l -exec touch -h -d '2024-01-02 03:04:05' {} +
+}
+
+base_image_build() {
+    local dir=$1 ref=$2 format=${3:-oci}
+    local oci=$dir/oci:base bundle=$dir/bundle
+    mkdir -p "$dir"
+    dir=$(cd "$dir" && pwd)
+    oci=$dir/oci:base
+    bundle=$dir/bundle
+    rm -rf "${dir:?}/oci" "$bundle" "$dir/base-bundle" "$dir/base-rootfs"
+    umoci init --layout "$dir/oci" || { note "base_image_build: umoci init failed"; return 1; }
+    umoci new --image "$oci" || { note "base_image_build: umoci new failed"; return 1; }
+    umoci unpack --image "$oci" "$bundle" >/dev/null || { note "base_image_build: umoci unpack (empty) failed"; return 1; }
+    _base_userland "$bundle/rootfs"
+    _base_fixtures "$bundle/rootfs"
+    umoci repack --refresh-bundle --history.created_by 'base-image.sh: layer 1 (userland + fixtures)' \
+        --image "$oci" "$bundle" || { note "base_image_build: umoci repack (layer 1) failed"; return 1; }
+
+    # Layer 2: a deletion (whiteout in the base), a modification, additions.
+    local r=$bundle/rootfs
+    rm -f "$r/opt/t/layer1-removed"
+    echo 'layer 2 version' >"$r/opt/t/layer2-modified"
+    mkdir -p "$r/usr/lib/python3.11/site-packages/layer2pkg"
+    echo 'VERSION = "2"' >"$r/usr/lib/python3.11/site-packages/layer2pkg/__init__.py"
+    echo 'added in layer 2' >"$r/etc/layer2-file"
+    umoci repack --refresh-bundle --history.created_by 'base-image.sh: layer 2 (changes)' \
+        --image "$oci" "$bundle" || { note "base_image_build: umoci repack (layer 2) failed"; return 1; }
+
+    umoci config --image "$oci" \
+        --config.env 'PATH=/usr/local/bin:/usr/bin:/bin' --config.env 'LANG=C.UTF-8' --config.env 'NBSNAP_TEST=1' \
+        --config.entrypoint /usr/bin/env --config.cmd /bin/sh --config.cmd -l \
+        --config.workingdir /home/ma-user --config.user 1000:100 \
+        --config.label org.opencontainers.image.title=nbsnap-test-base --config.label 'com.example.spaces=a b c' \
+        --config.exposedports 8888/tcp --config.exposedports 22/tcp \
+        --config.volume /data \
+        --history.created_by 'base-image.sh: config' ||
+        { note "base_image_build: umoci config failed"; return 1; }
+
+    # The overlay lower dir: the final image as umoci unpacks it.
+    umoci unpack --image "$oci" "$dir/base-bundle" >/dev/null || { note "base_image_build: umoci unpack (final) failed"; return 1; }
+    mv "$dir/base-bundle/rootfs" "$dir/base-rootfs"
+    BASE_ROOTFS=$dir/base-rootfs
+    BASE_OCI=$oci
+    export BASE_ROOTFS BASE_OCI
+    base_image_push "$dir" "$ref" "$format"
+}
+
+base_image_push() {
+    local dir=$1 ref=$2 format=${3:-oci} fmtarg=()
+    case $format in
+    oci) fmtarg=(--format oci) ;;
+    v2s2) fmtarg=(--format v2s2) ;;
+    *) note "base_image_push: unknown format $format"; return 1 ;;
+    esac
+    skopeo copy --quiet --dest-tls-verify=false "${fmtarg[@]}" "oci:$dir/oci:base" \
+        "docker://${REGISTRY_HOST:?registry not started}/$ref" ||
+        { note "base_image_push: skopeo copy to $REGISTRY_HOST/$ref failed"; return 1; }
+    BASE_REF=$ref
+    BASE_REPO=${ref%:*}
+    BASE_TAG=${ref##*:}
+    export BASE_REF BASE_REPO BASE_TAG
+}
