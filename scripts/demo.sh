@@ -1,8 +1,9 @@
 #!/bin/bash
 # nbsnap demo: build, then save a running "notebook" as a new image in a local registry.
 #
-#   sudo scripts/demo.sh            (after scripts/install-deps.sh)
+#   ./scripts/demo.sh               (as root; installs what it needs from Debian packages first)
 #
+# 0. installs the build and demo dependencies (scripts/install-deps.sh; only what is missing)
 # 1. builds the project into build/ (cmake + make)
 # 2. starts a private registry (Debian's docker-registry) on 127.0.0.1 only, with its data in a temp dir
 # 3. builds a small two-layer base image from files on this machine and pushes it there
@@ -26,6 +27,8 @@ if [[ $(id -u) -ne 0 ]]; then
     echo "demo.sh: must run as root (overlay and bind mounts, mknod, chown)" >&2
     exit 1
 fi
+
+"$SRC/scripts/install-deps.sh"
 
 # shellcheck source=tests/lib/common.sh
 source "$SRC/tests/lib/common.sh"
