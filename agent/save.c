@@ -43,8 +43,8 @@ typedef struct Save {
 
 static void save_done(Save *s)
 {
+        pgzip_free(s->gzip); /* first: its writer thread may still be inside reg_upload_write() */
         reg_upload_abort(s->upload);
-        pgzip_free(s->gzip);
         snap_layer_free(s->layer);
         reg_image_free(s->base);
         reg_ref_free(s->ref);

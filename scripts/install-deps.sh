@@ -8,7 +8,7 @@ build=(build-essential cmake pkg-config clang
        libmount-dev libsystemd-dev libmicrohttpd-dev libinih-dev libgnutls28-dev)
 run=(ca-certificates curl)
 tests=(docker-registry skopeo umoci oci-image-tool isal pigz attr libcap2-bin python3 apache2-utils openssl time
-       systemd file tar gzip iproute2 golang-go)
+       systemd file tar gzip iproute2 golang-go dpkg-dev util-linux)
 
 missing=()
 for p in "${build[@]}" "${run[@]}" "${tests[@]}"; do

@@ -1,0 +1,726 @@
+#include <fcntl.h>
+#include <grp.h>
+#include <netdb.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+
+#include <microhttpd.h>
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <systemd/sd-daemon.h>
+
+#include "api.h"
+#include "log.h"
+#include "request.h"
+
+#define NB_TLS_FILE_MAX    (64u * 1024) /* bytes of a PEM certificate or key */
+#define NB_PATH_PARTS_MAX  6
+#define NB_PEER_GROUPS_MAX 256
+
+typedef struct Listener {
+        NbApi *api;
+        struct MHD_Daemon *mhd;
+        sd_event_source *io, *timer;
+        bool local; /* unix socket: peer credentials; else bearer token */
+        char name[128];
+        char *unlink_path; /* a socket file bound here, removed at exit if it is still ours */
+        dev_t dev;
+        ino_t ino;
+} Listener;
+
+struct NbApi {
+        Manager *m;
+        sd_event *event;
+        const NbConfig *cfg;
+        Listener *listeners[NB_API_LISTENERS_MAX];
+        size_t n_listeners;
+        unsigned char token_digest[32];
+        bool have_token;
+        gid_t group;
+        bool have_group;
+        char *tls_cert, *tls_key;
+};
+
+typedef struct Request {
+        Listener *l;
+        struct MHD_Connection *connection;
+        char *body;
+        size_t size;
+        bool too_large, limited, replied, pending, ready;
+        NbReply reply;
+} Request;
+
+/* ---- responses ------------------------------------------------------------------------------------------
+ */
+
+static enum MHD_Result queue(struct MHD_Connection *c, Request *rq)
+{
+        NbReply *r = &rq->reply;
+        char *body = NULL;
+        if (asprintf(&body, "%s\n", r->body ? r->body : "") < 0)
+                return MHD_NO;
+        struct MHD_Response *resp =
+                MHD_create_response_from_buffer(strlen(body), body, MHD_RESPMEM_MUST_FREE);
+        if (!resp) {
+                free(body);
+                return MHD_NO;
+        }
+        MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE,
+                                r->content_type ? r->content_type : "application/json");
+        MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-store");
+        if (r->allow)
+                MHD_add_response_header(resp, MHD_HTTP_HEADER_ALLOW, r->allow);
+        if (r->challenge)
+                MHD_add_response_header(resp, MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Bearer realm=\"nbsnapd\"");
+        enum MHD_Result ret = MHD_queue_response(c, r->status ? r->status : 500, resp);
+        MHD_destroy_response(resp);
+        rq->replied = true;
+        nb_reply_done(r);
+        return ret;
+}
+
+/* ---- who is asking --------------------------------------------------------------------------------------
+ */
+
+static bool peer_allowed(NbApi *a, int fd)
+{
+        struct ucred cred;
+        socklen_t len = sizeof(cred);
+        if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0)
+                return false;
+        if (cred.uid == 0 || cred.uid == geteuid())
+                return true;
+        if (!a->have_group)
+                return false;
+        if (cred.gid == a->group)
+                return true;
+        gid_t groups[NB_PEER_GROUPS_MAX];
+        len = sizeof(groups);
+        if (getsockopt(fd, SOL_SOCKET, SO_PEERGROUPS, groups, &len) < 0)
+                return false;
+        for (size_t i = 0; i < len / sizeof(gid_t); i++)
+                if (groups[i] == a->group)
+                        return true;
+        return false;
+}
+
+static bool token_ok(NbApi *a, struct MHD_Connection *c)
+{
+        const char *h = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION);
+        if (!h || strncasecmp(h, "Bearer ", 7) != 0)
+                return false;
+        const char *t = h + 7;
+        while (*t == ' ')
+                t++;
+        size_t n = strlen(t);
+        while (n > 0 && t[n - 1] == ' ')
+                n--;
+        /* digests of equal length, compared in constant time: neither the token nor its length leaks */
+        unsigned char d[EVP_MAX_MD_SIZE];
+        unsigned dlen = 0;
+        if (n == 0 || n > NB_TOKEN_MAX || EVP_Digest(t, n, d, &dlen, EVP_sha256(), NULL) != 1 || dlen != 32)
+                return false;
+        return CRYPTO_memcmp(d, a->token_digest, 32) == 0;
+}
+
+/* false with rq->reply set when the request must be refused. */
+static bool check_access(Listener *l, Request *rq, struct MHD_Connection *c, const char *url)
+{
+        NbApi *a = l->api;
+        if (l->local) {
+                const union MHD_ConnectionInfo *ci =
+                        MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
+                if (ci && peer_allowed(a, ci->connect_fd))
+                        return true;
+                nb_reply_error(&rq->reply, 403, NB_ERROR_FORBIDDEN, "only root%s%s may use this socket",
+                               a->have_group ? " and members of group " : "",
+                               a->have_group && a->cfg->socket_group ? a->cfg->socket_group : "");
+                return false;
+        }
+        if (a->have_token && token_ok(a, c))
+                return true;
+        if (strcmp(url, "/health") == 0) { /* probes need no token; they learn nothing but up or down */
+                rq->limited = true;
+                return true;
+        }
+        nb_reply_error(&rq->reply, 401, NB_ERROR_UNAUTHORIZED,
+                       "this listener requires \"Authorization: Bearer <token>\" with the configured token");
+        rq->reply.challenge = true;
+        return false;
+}
+
+/* ---- routing --------------------------------------------------------------------------------------------
+ */
+
+static void on_delete_done(void *userdata, NbReply *reply)
+{
+        Request *rq = userdata;
+        rq->reply = *reply;
+        *reply = (NbReply){0};
+        rq->ready = true;
+        MHD_resume_connection(rq->connection);
+        /* MHD notices a resumed connection on its next run: make that now, not at the next socket event */
+        sd_event_source_set_time(rq->l->timer, 1);
+        sd_event_source_set_enabled(rq->l->timer, SD_EVENT_ONESHOT);
+}
+
+static size_t split_path(const char *url, char parts[][NB_API_URL_MAX + 1], bool *ret_bad)
+{
+        size_t n = 0;
+        const char *p = url;
+        *ret_bad = false;
+        if (*p != '/' || strlen(url) > NB_API_URL_MAX) {
+                *ret_bad = true;
+                return 0;
+        }
+        while (*p == '/') {
+                p++;
+                size_t len = strcspn(p, "/");
+                if (len == 0 || n == NB_PATH_PARTS_MAX) { /* "//", a trailing "/", too deep */
+                        *ret_bad = true;
+                        return n;
+                }
+                memcpy(parts[n], p, len);
+                parts[n++][len] = '\0';
+                p += len;
+        }
+        return n;
+}
+
+static bool method_is(const char *method, const char *want)
+{
+        if (strcmp(want, "GET") == 0 && strcmp(method, "HEAD") == 0)
+                return true;
+        return strcmp(method, want) == 0;
+}
+
+static void method_not_allowed(NbReply *r, const char *method, const char *allow)
+{
+        nb_reply_error(r, 405, NB_ERROR_METHOD, "method %.16s is not allowed here (allowed: %s)", method,
+                       allow);
+        r->allow = allow;
+}
+
+static void route(Listener *l, Request *rq, struct MHD_Connection *c, const char *url, const char *method)
+{
+        Manager *m = l->api->m;
+        char parts[NB_PATH_PARTS_MAX][NB_API_URL_MAX + 1];
+        bool bad;
+        size_t n = split_path(url, parts, &bad);
+        NbReply *r = &rq->reply;
+        if (!bad && n == 1 && (strcmp(parts[0], "health") == 0 || strcmp(parts[0], "metrics") == 0)) {
+                if (!method_is(method, "GET"))
+                        method_not_allowed(r, method, "GET, HEAD");
+                else if (parts[0][0] == 'h')
+                        manager_health(m, !rq->limited, r);
+                else
+                        manager_metrics(m, r);
+                return;
+        }
+        bool create = n == 5 && strcmp(parts[2], "notebooks") == 0 && strcmp(parts[4], "create-image") == 0;
+        bool list = n == 3 && strcmp(parts[2], "images") == 0;
+        bool one = n == 4 && strcmp(parts[2], "images") == 0;
+        if (bad || n < 3 || strcmp(parts[0], "v1") != 0 || !(create || list || one)) {
+                nb_reply_error(r, 404, NB_ERROR_NOT_FOUND, "no such resource: %.256s", url);
+                return;
+        }
+        if ((create && !method_is(method, "POST")) || (list && !method_is(method, "GET")) ||
+            (one && !method_is(method, "GET") && !method_is(method, "DELETE"))) {
+                method_not_allowed(r, method, create ? "POST" : list ? "GET, HEAD" : "GET, HEAD, DELETE");
+                return;
+        }
+        if (strcmp(parts[1], manager_project_id(m)) != 0) {
+                nb_reply_error(r, 404, NB_ERROR_NOT_FOUND, "project %.128s is not this instance's project",
+                               parts[1]);
+                return;
+        }
+        if (create && strcmp(parts[3], manager_notebook_id(m)) != 0) {
+                nb_reply_error(r, 404, NB_ERROR_NOT_FOUND, "notebook %.128s is not this instance", parts[3]);
+                return;
+        }
+        if (create)
+                manager_create_image(m, rq->body ? rq->body : "", rq->size, rq->too_large, r);
+        else if (list)
+                manager_list_images(m, MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "status"), r);
+        else if (method_is(method, "GET"))
+                manager_get_image(m, parts[3], r);
+        else if (manager_delete_image(m, parts[3], on_delete_done, rq, r) > 0)
+                rq->pending = true;
+}
+
+static bool content_length_too_large(struct MHD_Connection *c)
+{
+        const char *cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
+        if (!cl)
+                return false;
+        char *end;
+        errno = 0;
+        unsigned long long v = strtoull(cl, &end, 10);
+        return errno != 0 || end == cl || v > NB_REQUEST_BODY_MAX;
+}
+
+static void body_append(Request *rq, const char *data, size_t size)
+{
+        if (rq->too_large || rq->size + size > NB_REQUEST_BODY_MAX) {
+                rq->too_large = true; /* keep reading and dropping; 413 at the end */
+                return;
+        }
+        char *b = realloc(rq->body, rq->size + size + 1);
+        if (!b) {
+                rq->too_large = true;
+                return;
+        }
+        memcpy(b + rq->size, data, size);
+        rq->size += size;
+        b[rq->size] = '\0';
+        rq->body = b;
+}
+
+static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const char *url, const char *method,
+                                  const char *version, const char *upload_data, size_t *upload_data_size,
+                                  void **con_cls)
+{
+        Listener *l = cls;
+        Request *rq = *con_cls;
+        if (!rq) {
+                rq = calloc(1, sizeof(*rq));
+                if (!rq)
+                        return MHD_NO;
+                rq->l = l;
+                rq->connection = c;
+                *con_cls = rq;
+                /* before any body is read: who is asking, and how much they announce */
+                if (!check_access(l, rq, c, url))
+                        return queue(c, rq);
+                if (content_length_too_large(c)) {
+                        nb_reply_error(&rq->reply, 413, NB_ERROR_TOO_LARGE,
+                                       "the request body is over %u bytes", NB_REQUEST_BODY_MAX);
+                        return queue(c, rq);
+                }
+                return MHD_YES;
+        }
+        if (rq->replied) {
+                *upload_data_size = 0;
+                return MHD_YES;
+        }
+        if (*upload_data_size > 0) {
+                body_append(rq, upload_data, *upload_data_size);
+                *upload_data_size = 0;
+                return MHD_YES;
+        }
+        if (rq->pending) {
+                if (!rq->ready)
+                        return MHD_YES;
+                rq->pending = false;
+                return queue(c, rq);
+        }
+        route(l, rq, c, url, method);
+        if (rq->pending) {
+                MHD_suspend_connection(c);
+                return MHD_YES;
+        }
+        return queue(c, rq);
+}
+
+static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
+                         enum MHD_RequestTerminationCode toe)
+{
+        Request *rq = *con_cls;
+        if (!rq)
+                return;
+        nb_reply_done(&rq->reply);
+        free(rq->body);
+        free(rq);
+        *con_cls = NULL;
+}
+
+static void on_mhd_log(void *cls, const char *fmt, va_list ap)
+{
+        char msg[512];
+        vsnprintf(msg, sizeof(msg), fmt, ap);
+        size_t n = strlen(msg);
+        while (n > 0 && msg[n - 1] == '\n')
+                msg[--n] = '\0';
+        log_debug("http: %s", msg);
+}
+
+/* ---- the loop -------------------------------------------------------------------------------------------
+ */
+
+static void listener_rearm(Listener *l)
+{
+        MHD_UNSIGNED_LONG_LONG ms = 0;
+        if (MHD_get_timeout(l->mhd, &ms) != MHD_YES) {
+                sd_event_source_set_enabled(l->timer, SD_EVENT_OFF);
+                return;
+        }
+        uint64_t now = 0;
+        sd_event_now(l->api->event, CLOCK_MONOTONIC, &now);
+        sd_event_source_set_time(l->timer, now + (uint64_t)ms * 1000ull);
+        sd_event_source_set_enabled(l->timer, SD_EVENT_ONESHOT);
+}
+
+static int on_io(sd_event_source *s, int fd, uint32_t revents, void *userdata)
+{
+        Listener *l = userdata;
+        MHD_run(l->mhd);
+        listener_rearm(l);
+        return 0;
+}
+
+static int on_timer(sd_event_source *s, uint64_t usec, void *userdata)
+{
+        return on_io(NULL, -1, 0, userdata);
+}
+
+static void listener_free(Listener *l)
+{
+        if (!l)
+                return;
+        sd_event_source_disable_unref(l->io);
+        sd_event_source_disable_unref(l->timer);
+        if (l->mhd)
+                MHD_stop_daemon(l->mhd);
+        struct stat st;
+        if (l->unlink_path && lstat(l->unlink_path, &st) == 0 && st.st_dev == l->dev && st.st_ino == l->ino)
+                (void)unlink(l->unlink_path);
+        free(l->unlink_path);
+        free(l);
+}
+
+/* Takes fd (closed on failure). */
+static int listener_add(NbApi *a, int fd, bool local, const char *name, NbError *e)
+{
+        if (a->n_listeners >= NB_API_LISTENERS_MAX) {
+                close(fd);
+                return nb_error_set(e, -E2BIG, "too many listeners (at most %d)", NB_API_LISTENERS_MAX);
+        }
+        Listener *l = calloc(1, sizeof(*l));
+        if (!l) {
+                close(fd);
+                return nb_error_set(e, -ENOMEM, "out of memory");
+        }
+        l->api = a;
+        l->local = local;
+        snprintf(l->name, sizeof(l->name), "%s", name);
+        bool tls = !local && a->tls_cert;
+        struct MHD_OptionItem opts[] = {
+                {MHD_OPTION_LISTEN_SOCKET, fd, NULL},
+                {MHD_OPTION_NOTIFY_COMPLETED, (intptr_t)on_completed, l},
+                {MHD_OPTION_CONNECTION_LIMIT, NB_API_CONNECTIONS_MAX, NULL},
+                {MHD_OPTION_CONNECTION_TIMEOUT, NB_API_CONNECTION_TIMEOUT, NULL},
+                {MHD_OPTION_EXTERNAL_LOGGER, (intptr_t)on_mhd_log, NULL},
+                {tls ? MHD_OPTION_HTTPS_MEM_KEY : MHD_OPTION_END, 0, tls ? a->tls_key : NULL},
+                {tls ? MHD_OPTION_HTTPS_MEM_CERT : MHD_OPTION_END, 0, tls ? a->tls_cert : NULL},
+                {MHD_OPTION_END, 0, NULL},
+        };
+        unsigned flags =
+                MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG | (tls ? MHD_USE_TLS : 0);
+        l->mhd = MHD_start_daemon(flags, 0, NULL, NULL, on_request, l, MHD_OPTION_ARRAY, opts,
+                                  MHD_OPTION_END);
+        if (!l->mhd) {
+                close(fd);
+                free(l);
+                return nb_error_set(e, -EIO, "cannot start the HTTP server on %s%s", name,
+                                    tls ? " (TLS: check tls_cert and tls_key)" : "");
+        }
+        const union MHD_DaemonInfo *di = MHD_get_daemon_info(l->mhd, MHD_DAEMON_INFO_EPOLL_FD);
+        int r = di ? sd_event_add_io(a->event, &l->io, di->epoll_fd, EPOLLIN, on_io, l) : -EIO;
+        if (r >= 0)
+                r = sd_event_add_time(a->event, &l->timer, CLOCK_MONOTONIC, UINT64_MAX, 0, on_timer, l);
+        if (r < 0) {
+                listener_free(l);
+                return nb_error_set(e, r, "cannot add the HTTP server on %s to the event loop", name);
+        }
+        sd_event_source_set_enabled(l->timer, SD_EVENT_OFF);
+        a->listeners[a->n_listeners++] = l;
+        log_info("listening on %s%s", name, local ? "" : tls ? " (TLS, bearer token)" : " (bearer token)");
+        return 0;
+}
+
+/* ---- binding --------------------------------------------------------------------------------------------
+ */
+
+/* A socket file left by an agent that died is replaced; one that still answers is not. */
+static int clear_stale_socket(const char *path, NbError *e)
+{
+        struct stat st;
+        if (lstat(path, &st) < 0)
+                return errno == ENOENT ? 0 : nb_error_set(e, -errno, "cannot check %s: %m", path);
+        if (!S_ISSOCK(st.st_mode))
+                return nb_error_set(e, -EEXIST, "%s exists and is not a socket", path);
+        struct sockaddr_un sa = {.sun_family = AF_UNIX};
+        memcpy(sa.sun_path, path, strlen(path) + 1);
+        _cleanup_close_ int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (fd < 0)
+                return nb_error_set(e, -errno, "socket: %m");
+        if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0)
+                return nb_error_set(e, -EADDRINUSE, "%s is in use by a running agent", path);
+        if (unlink(path) < 0 && errno != ENOENT)
+                return nb_error_set(e, -errno, "cannot remove the stale socket %s: %m", path);
+        return 0;
+}
+
+static int bind_unix(NbApi *a, const char *path, NbError *e)
+{
+        struct sockaddr_un sa = {.sun_family = AF_UNIX};
+        if (strlen(path) >= sizeof(sa.sun_path))
+                return nb_error_set(e, -ENAMETOOLONG, "socket path %s is too long", path);
+        memcpy(sa.sun_path, path, strlen(path) + 1);
+        _cleanup_free_ char *dir = strdup(path);
+        char *slash = dir ? strrchr(dir, '/') : NULL;
+        if (slash && slash != dir) {
+                *slash = '\0';
+                if (mkdir(dir, 0755) < 0 && errno != EEXIST)
+                        return nb_error_set(e, -errno, "cannot create %s: %m", dir);
+        }
+        int r = clear_stale_socket(path, e);
+        if (r < 0)
+                return r;
+        _cleanup_close_ int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+        if (fd < 0)
+                return nb_error_set(e, -errno, "socket: %m");
+        /* created 0600: permissions only ever widen to 0660 after the group is set */
+        mode_t old = umask(0177);
+        r = bind(fd, (struct sockaddr *)&sa, sizeof(sa));
+        umask(old);
+        if (r < 0)
+                return nb_error_set(e, -errno, "cannot bind %s: %m", path);
+        if ((a->have_group && chown(path, (uid_t)-1, a->group) < 0) || chmod(path, 0660) < 0 ||
+            listen(fd, 64) < 0) {
+                r = nb_error_set(e, -errno, "cannot set up %s: %m", path);
+                (void)unlink(path);
+                return r;
+        }
+        struct stat st;
+        if (stat(path, &st) < 0)
+                return nb_error_set(e, -errno, "%s: %m", path);
+        char name[128];
+        snprintf(name, sizeof(name), "unix:%.100s", path);
+        r = listener_add(a, TAKE_FD(fd), true, name, e);
+        if (r < 0) {
+                (void)unlink(path);
+                return r;
+        }
+        Listener *l = a->listeners[a->n_listeners - 1];
+        l->unlink_path = strdup(path);
+        l->dev = st.st_dev;
+        l->ino = st.st_ino;
+        return 0;
+}
+
+static int bind_tcp(NbApi *a, const char *spec, NbError *e)
+{
+        char host[256], port[16];
+        const char *colon = strrchr(spec, ':');
+        size_t hl = (size_t)(colon - spec);
+        if (!colon || hl == 0 || hl >= sizeof(host) || strlen(colon + 1) == 0 ||
+            strlen(colon + 1) >= sizeof(port))
+                return nb_error_set(e, -EINVAL, "listen=tcp:%s: expected HOST:PORT", spec);
+        memcpy(host, spec, hl);
+        host[hl] = '\0';
+        if (host[0] == '[' && hl > 2 && host[hl - 1] == ']') { /* [::1] */
+                memmove(host, host + 1, hl - 2);
+                host[hl - 2] = '\0';
+        }
+        snprintf(port, sizeof(port), "%s", colon + 1);
+        struct addrinfo hints = {.ai_family = AF_UNSPEC,
+                                 .ai_socktype = SOCK_STREAM,
+                                 .ai_flags = AI_NUMERICSERV | AI_PASSIVE},
+                        *res = NULL;
+        int g = getaddrinfo(host, port, &hints, &res);
+        if (g != 0)
+                return nb_error_set(e, -EINVAL, "listen=tcp:%s: %s", spec, gai_strerror(g));
+        int fd = -1, err = 0;
+        for (struct addrinfo *ai = res; ai && fd < 0; ai = ai->ai_next) {
+                fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC | SOCK_NONBLOCK, ai->ai_protocol);
+                int one = 1;
+                if (fd >= 0 && (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) < 0 ||
+                                bind(fd, ai->ai_addr, ai->ai_addrlen) < 0 || listen(fd, 64) < 0)) {
+                        err = errno;
+                        close(fd);
+                        fd = -1;
+                }
+        }
+        freeaddrinfo(res);
+        if (fd < 0) {
+                errno = err ? err : EADDRNOTAVAIL;
+                return nb_error_set(e, -errno, "cannot listen on tcp:%s: %m", spec);
+        }
+        char name[300];
+        snprintf(name, sizeof(name), "tcp:%s", spec);
+        return listener_add(a, fd, false, name, e);
+}
+
+/* ---- setup ----------------------------------------------------------------------------------------------
+ */
+
+static int read_pem(const char *path, char **ret, NbError *e)
+{
+        _cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+        struct stat st;
+        if (fd < 0 || fstat(fd, &st) < 0)
+                return nb_error_set(e, -errno, "cannot read %s: %m", path);
+        if (!S_ISREG(st.st_mode) || st.st_size <= 0 || st.st_size > (off_t)NB_TLS_FILE_MAX)
+                return nb_error_set(e, -EFBIG, "%s must be a PEM file of at most %u bytes", path,
+                                    NB_TLS_FILE_MAX);
+        char *buf = calloc(1, (size_t)st.st_size + 1);
+        if (!buf)
+                return nb_error_set(e, -ENOMEM, "out of memory");
+        ssize_t n = read(fd, buf, (size_t)st.st_size);
+        if (n != st.st_size) {
+                free(buf);
+                return nb_error_set(e, -EIO, "cannot read %s", path);
+        }
+        *ret = buf;
+        return 0;
+}
+
+static int resolve_group(const char *name, gid_t *ret, NbError *e)
+{
+        char *end;
+        errno = 0;
+        unsigned long v = strtoul(name, &end, 10);
+        if (!errno && end != name && !*end && v < (unsigned long)UINT32_MAX) {
+                *ret = (gid_t)v;
+                return 0;
+        }
+        struct group grp, *res = NULL;
+        char buf[16384];
+        int r = getgrnam_r(name, &grp, buf, sizeof(buf), &res);
+        if (r != 0 || !res)
+                return nb_error_set(e, r ? -r : -ENOENT, "socket_group %s: no such group", name);
+        *ret = res->gr_gid;
+        return 0;
+}
+
+int nb_api_new(Manager *m, sd_event *event, const NbConfig *cfg, NbApi **ret, NbError *e)
+{
+        NbApi *a = calloc(1, sizeof(*a));
+        if (!a)
+                return nb_error_set(e, -ENOMEM, "out of memory");
+        a->m = m;
+        a->event = event;
+        a->cfg = cfg;
+        int r = 0;
+        if (cfg->socket_group) {
+                r = resolve_group(cfg->socket_group, &a->group, e);
+                a->have_group = r >= 0;
+        }
+        if (r >= 0 && cfg->token_file) {
+                _cleanup_free_ char *token = NULL;
+                unsigned dlen = 0;
+                r = nb_token_read(cfg->token_file, &token, e);
+                if (r >= 0 &&
+                    (EVP_Digest(token, strlen(token), a->token_digest, &dlen, EVP_sha256(), NULL) != 1 ||
+                     dlen != 32))
+                        r = nb_error_set(e, -EIO, "cannot hash the token");
+                if (token)
+                        explicit_bzero(token, strlen(token));
+                a->have_token = r >= 0;
+        }
+        if (r >= 0 && cfg->tls_cert) {
+                if (MHD_is_feature_supported(MHD_FEATURE_TLS) != MHD_YES)
+                        r = nb_error_set(e, -EOPNOTSUPP, "this libmicrohttpd has no TLS support");
+                if (r >= 0)
+                        r = read_pem(cfg->tls_cert, &a->tls_cert, e);
+                if (r >= 0)
+                        r = read_pem(cfg->tls_key, &a->tls_key, e);
+        }
+        if (r < 0) {
+                nb_api_free(a);
+                return r;
+        }
+        *ret = a;
+        return 0;
+}
+
+NbApi *nb_api_free(NbApi *a)
+{
+        if (!a)
+                return NULL;
+        for (size_t i = 0; i < a->n_listeners; i++)
+                listener_free(a->listeners[i]);
+        if (a->tls_key)
+                explicit_bzero(a->tls_key, strlen(a->tls_key));
+        free(a->tls_key);
+        free(a->tls_cert);
+        explicit_bzero(a->token_digest, sizeof(a->token_digest));
+        free(a);
+        return NULL;
+}
+
+/* Is the configured listen entry one of the sockets systemd passed? */
+static bool passed_already(const char *spec, const int *fds, size_t n)
+{
+        for (size_t i = 0; i < n; i++) {
+                if (strncmp(spec, "unix:", 5) == 0 &&
+                    sd_is_socket_unix(fds[i], SOCK_STREAM, 1, spec + 5, 0) > 0)
+                        return true;
+                const char *colon = strrchr(spec, ':');
+                if (strncmp(spec, "tcp:", 4) == 0 && colon &&
+                    sd_is_socket_inet(fds[i], AF_UNSPEC, SOCK_STREAM, 1,
+                                      (uint16_t)strtoul(colon + 1, NULL, 10)) > 0)
+                        return true;
+        }
+        return false;
+}
+
+int nb_api_listen(NbApi *a, NbError *e)
+{
+        char **names = NULL;
+        int n = sd_listen_fds_with_names(true, &names);
+        if (n < 0)
+                return nb_error_set(e, n, "cannot take the sockets passed by systemd: %s", strerror(-n));
+        int fds[NB_API_LISTENERS_MAX];
+        size_t n_fds = 0;
+        int r = 0;
+        for (int i = 0; i < n; i++) {
+                int fd = SD_LISTEN_FDS_START + i;
+                if (r < 0 || n_fds >= NB_API_LISTENERS_MAX ||
+                    sd_is_socket(fd, AF_UNSPEC, SOCK_STREAM, 1) <= 0) {
+                        if (r >= 0)
+                                r = nb_error_set(e, -EBADF,
+                                                 "passed fd %d (%s) is not a listening stream socket", fd,
+                                                 names && names[i] ? names[i] : "?");
+                        close(fd);
+                        continue;
+                }
+                fds[n_fds++] = fd;
+        }
+        for (int i = 0; names && i < n; i++)
+                free(names[i]);
+        free(names);
+        for (size_t i = 0; i < n_fds; i++) {
+                bool local = sd_is_socket(fds[i], AF_UNIX, SOCK_STREAM, 1) > 0;
+                char name[64];
+                snprintf(name, sizeof(name), "passed fd %d (%s)", fds[i], local ? "unix" : "tcp");
+                if (r >= 0 && !local && !a->have_token)
+                        r = nb_error_set(e, -EPERM, "%s: a tcp listener needs token_file", name);
+                if (r < 0) {
+                        close(fds[i]);
+                        continue;
+                }
+                r = listener_add(a, fds[i], local, name, e);
+        }
+        if (r < 0)
+                return r;
+        const NbConfig *c = a->cfg;
+        if (c->n_listen == 0 && n_fds == 0)
+                r = bind_unix(a, NB_DEFAULT_SOCKET, e);
+        for (size_t i = 0; r >= 0 && i < c->n_listen; i++) {
+                if (passed_already(c->listen[i], fds, n_fds))
+                        continue;
+                if (strncmp(c->listen[i], "unix:", 5) == 0)
+                        r = bind_unix(a, c->listen[i] + 5, e);
+                else if (!a->have_token)
+                        r = nb_error_set(e, -EPERM, "listen=%s: a tcp listener needs token_file",
+                                         c->listen[i]);
+                else
+                        r = bind_tcp(a, c->listen[i] + 4, e);
+        }
+        return r < 0 ? r : (int)a->n_listeners;
+}

@@ -1,0 +1,26 @@
+/* api.h: nbsnapd's HTTP side: libmicrohttpd daemons in external-epoll mode, one per listening socket, each
+ * driven by the sd-event loop (the MHD epoll fd as an IO source, MHD's timeout as a timer), so that the
+ * handlers run on the loop with the manager. Unix sockets (socket-activated or bound here with no window of
+ * wider permissions) admit root, this process's user and the configured group (SO_PEERCRED,
+ * SO_PEERGROUPS); TCP listeners require "Authorization: Bearer <token>" (compared in constant time) and
+ * speak TLS when a certificate is configured. Routing, limits and the ModelArts error bodies live here;
+ * the answers come from daemon.h. */
+#pragma once
+
+#include <systemd/sd-event.h>
+
+#include "config.h"
+#include "daemon.h"
+
+#define NB_API_CONNECTIONS_MAX    64
+#define NB_API_CONNECTION_TIMEOUT 60 /* seconds of silence before a connection is closed */
+#define NB_API_URL_MAX            1024
+#define NB_API_LISTENERS_MAX      (NB_LISTEN_MAX + 8)
+
+typedef struct NbApi NbApi;
+
+int nb_api_new(Manager *m, sd_event *event, const NbConfig *cfg, NbApi **ret, NbError *e);
+NbApi *nb_api_free(NbApi *a);
+/* Takes the sockets passed by systemd (sd_listen_fds) and binds the configured listen= entries that are not
+ * among them (default: unix:/run/nbsnap/nbsnap.sock). Returns the number of listeners. */
+int nb_api_listen(NbApi *a, NbError *e);

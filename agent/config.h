@@ -1,0 +1,60 @@
+/* config.h: nbsnapd's configuration: an INI file (/etc/nbsnap/nbsnapd.conf, read with libinih) and command
+ * line flags of the same names (a key "state_dir" is the flag "--state-dir"; flags win over the file). One
+ * table lists every key with its type and limit; the file reader, the flag parser, --help and the fuzzer all
+ * go through it. */
+#pragma once
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "util.h"
+
+#define NB_CONFIG_DEFAULT_PATH "/etc/nbsnap/nbsnapd.conf"
+#define NB_DEFAULT_SOCKET      "/run/nbsnap/nbsnap.sock"
+#define NB_DEFAULT_STATE_DIR   "/var/lib/nbsnap"
+#define NB_CONFIG_FILE_MAX     (256u * 1024) /* bytes of the config file */
+#define NB_CONFIG_VALUE_MAX    4096          /* bytes of one value */
+#define NB_LISTEN_MAX          8             /* listen= entries */
+#define NB_ID_MAX              128           /* project_id, notebook_id */
+#define NB_TOKEN_MAX           4096          /* bytes of the bearer token file */
+#define NB_EXCLUDES_CONFIG_MAX 256           /* exclude= entries */
+
+typedef struct NbConfig {
+        char *config; /* the file read, if any */
+        char *listen[NB_LISTEN_MAX];
+        size_t n_listen;
+        char *root, *state_dir;
+        char *registry, *base_image, *namespace, *authfile, *ca_file;
+        char *project_id, *notebook_id;
+        char *token_file, *report_url;
+        char *tls_cert, *tls_key;
+        char *socket_group;
+        char *exclude[NB_EXCLUDES_CONFIG_MAX];
+        size_t n_exclude;
+        unsigned threads, level, stop_timeout_sec, report_retry_max_sec;
+        unsigned long chunk_size;
+        bool level_set;
+} NbConfig;
+
+/* Defaults; config_done() frees what config_parse_*() set. */
+void nb_config_init(NbConfig *c);
+void nb_config_done(NbConfig *c);
+
+/* Sets one key (written with '_' or '-'); a list key appends. */
+int nb_config_set(NbConfig *c, const char *key, const char *value, NbError *e);
+/* "key = value" lines, [nbsnapd] or no section; errors name the line. */
+int nb_config_parse_string(NbConfig *c, const char *text, NbError *e);
+int nb_config_parse_file(NbConfig *c, const char *path, NbError *e);
+
+/* Parses argv: --config FILE first, then every other key as --key VALUE. Returns 1 to run, 0 after
+ * --help/--version (printed), negative on a usage error (printed to stderr). */
+int nb_config_parse_argv(NbConfig *c, int argc, char **argv);
+
+/* What a daemon needs before it can serve: required keys, well-formed listen entries and URLs. */
+int nb_config_check(const NbConfig *c, NbError *e);
+
+/* Reads the bearer token file: one line, trailing whitespace dropped, at most NB_TOKEN_MAX bytes. */
+int nb_token_read(const char *path, char **ret, NbError *e);
+
+/* Prints the keys and their meaning (nbsnapd --help). */
+void nb_config_help(void);

@@ -1,0 +1,28 @@
+/* request.h: the body of POST /v1/{project_id}/notebooks/{id}/create-image (shared/seed/CreateImage.rst,
+ * Table 2), read strictly: a JSON object of strings, no unknown or repeated field, each by the seed's rules,
+ * within named limits; then the agent's defaults for what it leaves out. Used by the daemon and its fuzzer.
+ */
+#pragma once
+
+#include <stddef.h>
+
+#include "util.h"
+
+#define NB_REQUEST_BODY_MAX   (64u * 1024) /* bytes; larger bodies get 413 */
+#define NB_REQUEST_FIELDS_MAX 16           /* members of the object looked at before giving up */
+
+typedef struct NbCreateRequest {
+        char *name, *namespace, *tag, *description, *workspace_id; /* NULL when left out */
+} NbCreateRequest;
+
+void nb_create_request_done(NbCreateRequest *r);
+
+/* 0 and the fields, or -EINVAL (400: not JSON, not an object, wrong type, unknown field, a rule broken) and
+ * -E2BIG (413) with a message for people in e. An empty body is an empty object. */
+int nb_create_request_parse(const char *body, size_t size, NbCreateRequest *ret, NbError *e);
+
+/* Fills what the request left out: namespace from the config (error when neither), name from the base
+ * image's repository (its last path component), tag = the UTC time YYYYMMDDHHMMSS of now_ms, workspace
+ * "0", description "". Then checks namespace/name together (repository names are at most 255). */
+int nb_create_request_defaults(NbCreateRequest *r, const char *config_namespace, const char *base_image,
+                               int64_t now_ms, NbError *e);

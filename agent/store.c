@@ -1,0 +1,503 @@
+#include <dirent.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "store.h"
+
+struct NbStore {
+        pthread_mutex_t lock;
+        int images_fd, outbox_fd;
+        uint64_t next_seq;
+};
+
+static void cjson_deletep(cJSON **j)
+{
+        cJSON_Delete(*j);
+}
+#define _cleanup_cjson_ _cleanup_(cjson_deletep)
+
+static int mkdir_at(int dfd, const char *name, int *ret_fd)
+{
+        if (mkdirat(dfd, name, 0700) < 0 && errno != EEXIST)
+                return -errno;
+        int fd = openat(dfd, name, O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW);
+        if (fd < 0)
+                return -errno;
+        *ret_fd = fd;
+        return 0;
+}
+
+static bool seq_name(const char *name, uint64_t *ret)
+{
+        size_t n = strlen(name);
+        if (n != 20 + 5 || strcmp(name + 20, ".json") != 0)
+                return false;
+        uint64_t v = 0;
+        for (size_t i = 0; i < 20; i++) {
+                if (name[i] < '0' || name[i] > '9')
+                        return false;
+                v = v * 10 + (uint64_t)(name[i] - '0');
+        }
+        *ret = v;
+        return true;
+}
+
+int nb_store_open(const char *state_dir, NbStore **ret, NbError *e)
+{
+        if (mkdir(state_dir, 0700) < 0 && errno != EEXIST)
+                return nb_error_set(e, -errno, "cannot create state dir %s: %m", state_dir);
+        _cleanup_close_ int dfd = open(state_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        if (dfd < 0)
+                return nb_error_set(e, -errno, "cannot open state dir %s: %m", state_dir);
+        NbStore *s = calloc(1, sizeof(*s));
+        if (!s)
+                return nb_error_set(e, -ENOMEM, "out of memory");
+        pthread_mutex_init(&s->lock, NULL);
+        s->images_fd = s->outbox_fd = -1;
+        int r = mkdir_at(dfd, "images", &s->images_fd);
+        if (r >= 0)
+                r = mkdir_at(dfd, "outbox", &s->outbox_fd);
+        if (r < 0) {
+                nb_store_free(s);
+                errno = -r;
+                return nb_error_set(e, r, "cannot create %s/images and %s/outbox: %m", state_dir, state_dir);
+        }
+        /* sequence numbers go on from the highest one left */
+        s->next_seq = 1;
+        DIR *d = fdopendir(dup(s->outbox_fd));
+        for (struct dirent *de; d && (de = readdir(d));) {
+                uint64_t seq;
+                if (seq_name(de->d_name, &seq) && seq >= s->next_seq)
+                        s->next_seq = seq + 1;
+        }
+        if (d)
+                closedir(d);
+        *ret = s;
+        return 0;
+}
+
+NbStore *nb_store_free(NbStore *s)
+{
+        if (!s)
+                return NULL;
+        if (s->images_fd >= 0)
+                close(s->images_fd);
+        if (s->outbox_fd >= 0)
+                close(s->outbox_fd);
+        pthread_mutex_destroy(&s->lock);
+        free(s);
+        return NULL;
+}
+
+/* tmp + fsync + rename + fsync(dir) */
+static int write_atomic(int dfd, const char *name, const char *data, size_t size)
+{
+        char tmp[128];
+        if (snprintf(tmp, sizeof(tmp), ".%s.tmp", name) >= (int)sizeof(tmp))
+                return -ENAMETOOLONG;
+        _cleanup_close_ int fd =
+                openat(dfd, tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
+        if (fd < 0)
+                return -errno;
+        for (size_t done = 0; done < size;) {
+                ssize_t n = write(fd, data + done, size - done);
+                if (n < 0 && errno == EINTR)
+                        continue;
+                if (n < 0) {
+                        int r = -errno;
+                        unlinkat(dfd, tmp, 0);
+                        return r;
+                }
+                done += (size_t)n;
+        }
+        if (fsync(fd) < 0 || renameat(dfd, tmp, dfd, name) < 0) {
+                int r = -errno;
+                unlinkat(dfd, tmp, 0);
+                return r;
+        }
+        return fsync(dfd) < 0 ? -errno : 0;
+}
+
+static int read_small(int dfd, const char *name, char **ret)
+{
+        _cleanup_close_ int fd = openat(dfd, name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+        struct stat st;
+        if (fd < 0 || fstat(fd, &st) < 0)
+                return -errno;
+        if (!S_ISREG(st.st_mode) || st.st_size > (off_t)NB_STORE_RECORD_MAX)
+                return -EFBIG;
+        _cleanup_free_ char *buf = malloc((size_t)st.st_size + 1);
+        if (!buf)
+                return -ENOMEM;
+        size_t got = 0;
+        for (;;) {
+                ssize_t n = read(fd, buf + got, (size_t)st.st_size - got);
+                if (n < 0 && errno == EINTR)
+                        continue;
+                if (n < 0)
+                        return -errno;
+                if (n == 0 || (got += (size_t)n) == (size_t)st.st_size)
+                        break;
+        }
+        buf[got] = '\0';
+        *ret = TAKE_PTR(buf);
+        return 0;
+}
+
+cJSON *nb_image_record_json(const NbImage *img)
+{
+        cJSON *j = nb_image_to_json(img);
+        if (!j)
+                return NULL;
+        if (!cJSON_AddStringToObject(j, "manifest_digest",
+                                     img->manifest_digest ? img->manifest_digest : "") ||
+            !cJSON_AddStringToObject(j, "repository", img->repository ? img->repository : "")) {
+                cJSON_Delete(j);
+                return NULL;
+        }
+        return j;
+}
+
+static bool id_valid(const char *id)
+{
+        if (strlen(id) != 36)
+                return false;
+        for (size_t i = 0; i < 36; i++) {
+                char c = id[i];
+                bool dash = i == 8 || i == 13 || i == 18 || i == 23;
+                if (dash ? c != '-' : !((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f')))
+                        return false;
+        }
+        return true;
+}
+
+int nb_store_put_image(NbStore *s, const NbImage *img, NbError *e)
+{
+        char name[64];
+        if (!id_valid(img->id))
+                return nb_error_set(e, -EINVAL, "image id '%s' is not a UUID", img->id);
+        snprintf(name, sizeof(name), "%s.json", img->id);
+        _cleanup_cjson_ cJSON *j = nb_image_record_json(img);
+        _cleanup_free_ char *text = j ? cJSON_Print(j) : NULL;
+        if (!text)
+                return nb_error_set(e, -ENOMEM, "out of memory");
+        int r = write_atomic(s->images_fd, name, text, strlen(text));
+        if (r < 0) {
+                errno = -r;
+                return nb_error_set(e, r, "cannot write the record of image %s: %m", img->id);
+        }
+        return 0;
+}
+
+int nb_store_remove_image(NbStore *s, const char *id)
+{
+        char name[64];
+        if (!id_valid(id))
+                return -EINVAL;
+        snprintf(name, sizeof(name), "%s.json", id);
+        if (unlinkat(s->images_fd, name, 0) < 0 && errno != ENOENT)
+                return -errno;
+        return fsync(s->images_fd) < 0 ? -errno : 0;
+}
+
+NbImage *nb_image_free(NbImage *img)
+{
+        if (img) {
+                nb_image_done(img);
+                free(img);
+        }
+        return NULL;
+}
+
+static int load_one(NbStore *s, const char *name, NbImage **ret)
+{
+        _cleanup_free_ char *text = NULL;
+        int r = read_small(s->images_fd, name, &text);
+        if (r < 0)
+                return r;
+        _cleanup_cjson_ cJSON *j = cJSON_Parse(text);
+        NbImage *img = calloc(1, sizeof(*img));
+        if (!img)
+                return -ENOMEM;
+        NbError e = {0};
+        r = j ? nb_image_from_json(j, img, &e) : -EBADMSG;
+        if (r < 0 || strlen(name) != 36 + 5 || strncmp(name, img->id, 36) != 0) {
+                nb_image_free(img);
+                return r < 0 ? r : -EBADMSG;
+        }
+        *ret = img;
+        return 0;
+}
+
+int nb_store_load_images(NbStore *s, NbImage ***ret, size_t *ret_n, size_t *ret_bad, NbError *e)
+{
+        DIR *d = fdopendir(dup(s->images_fd));
+        if (!d)
+                return nb_error_set(e, -errno, "cannot list the image records: %m");
+        rewinddir(d);
+        NbImage **v = NULL;
+        size_t n = 0, bad = 0;
+        int r = 0;
+        for (struct dirent *de; (de = readdir(d));) {
+                size_t len = strlen(de->d_name);
+                if (de->d_name[0] == '.' || len < 5 || strcmp(de->d_name + len - 5, ".json") != 0)
+                        continue;
+                NbImage *img = NULL;
+                if (load_one(s, de->d_name, &img) < 0) {
+                        bad++;
+                        continue;
+                }
+                NbImage **nv = n < NB_STORE_IMAGES_MAX * 2 ? realloc(v, (n + 1) * sizeof(*v)) : NULL;
+                if (!nv) {
+                        nb_image_free(img);
+                        r = nb_error_set(e, -ENOMEM, "too many image records (or out of memory)");
+                        break;
+                }
+                v = nv;
+                v[n++] = img;
+        }
+        closedir(d);
+        if (r < 0) {
+                for (size_t i = 0; i < n; i++)
+                        nb_image_free(v[i]);
+                free(v);
+                return r;
+        }
+        *ret = v;
+        *ret_n = n;
+        *ret_bad = bad;
+        return 0;
+}
+
+int nb_outbox_push(NbStore *s, const char *json, uint64_t *ret_seq, NbError *e)
+{
+        pthread_mutex_lock(&s->lock);
+        char name[32];
+        uint64_t seq = s->next_seq;
+        int r = 0;
+        if (nb_outbox_count(s) >= NB_OUTBOX_MAX)
+                r = nb_error_set(e, -ENOSPC, "the outbox holds %d unacknowledged reports already",
+                                 NB_OUTBOX_MAX);
+        if (r >= 0) {
+                snprintf(name, sizeof(name), "%020" PRIu64 ".json", seq);
+                r = write_atomic(s->outbox_fd, name, json, strlen(json));
+                if (r < 0) {
+                        errno = -r;
+                        r = nb_error_set(e, r, "cannot write report %s to the outbox: %m", name);
+                } else
+                        s->next_seq++;
+        }
+        pthread_mutex_unlock(&s->lock);
+        if (r >= 0 && ret_seq)
+                *ret_seq = seq;
+        return r;
+}
+
+static int outbox_scan(NbStore *s, uint64_t *ret_min, size_t *ret_count)
+{
+        DIR *d = fdopendir(dup(s->outbox_fd));
+        if (!d)
+                return -errno;
+        rewinddir(d);
+        uint64_t min = UINT64_MAX;
+        size_t count = 0;
+        for (struct dirent *de; (de = readdir(d));) {
+                uint64_t seq;
+                if (!seq_name(de->d_name, &seq))
+                        continue;
+                count++;
+                if (seq < min)
+                        min = seq;
+        }
+        closedir(d);
+        *ret_min = min;
+        *ret_count = count;
+        return 0;
+}
+
+size_t nb_outbox_count(NbStore *s)
+{
+        uint64_t min;
+        size_t count = 0;
+        return outbox_scan(s, &min, &count) < 0 ? 0 : count;
+}
+
+int nb_outbox_peek(NbStore *s, uint64_t *ret_seq, char **ret_json, NbError *e)
+{
+        uint64_t min;
+        size_t count;
+        int r = outbox_scan(s, &min, &count);
+        if (r < 0) {
+                errno = -r;
+                return nb_error_set(e, r, "cannot list the outbox: %m");
+        }
+        if (count == 0)
+                return 0;
+        char name[32];
+        snprintf(name, sizeof(name), "%020" PRIu64 ".json", min);
+        r = read_small(s->outbox_fd, name, ret_json);
+        if (r < 0) {
+                errno = -r;
+                return nb_error_set(e, r, "cannot read report %s: %m", name);
+        }
+        *ret_seq = min;
+        return 1;
+}
+
+int nb_outbox_ack(NbStore *s, uint64_t seq)
+{
+        char name[32];
+        snprintf(name, sizeof(name), "%020" PRIu64 ".json", seq);
+        if (unlinkat(s->outbox_fd, name, 0) < 0 && errno != ENOENT)
+                return -errno;
+        return fsync(s->outbox_fd) < 0 ? -errno : 0;
+}
+
+/* ---- the record, back from JSON ---------------------------------------------------------------------- */
+
+typedef struct Field {
+        const char *name;
+        size_t offset; /* char * in NbImage */
+        size_t max;
+        bool required;
+} Field;
+
+static const Field string_fields[] = {
+        {"name", offsetof(NbImage, name), NB_NAME_MAX, true},
+        {"namespace", offsetof(NbImage, namespace), NB_NAMESPACE_MAX, true},
+        {"tag", offsetof(NbImage, tag), NB_TAG_MAX, true},
+        {"description", offsetof(NbImage, description), NB_DESCRIPTION_MAX * 4, false},
+        {"workspace_id", offsetof(NbImage, workspace_id), NB_WORKSPACE_ID_MAX, false},
+        {"arch", offsetof(NbImage, arch), 32, false},
+        {"swr_path", offsetof(NbImage, swr_path), 1024, false},
+        {"service_type", offsetof(NbImage, service_type), 32, false},
+        {"status_message", offsetof(NbImage, status_message), NB_STATUS_MESSAGE_MAX * 4, false},
+        {"manifest_digest", offsetof(NbImage, manifest_digest), 128, false},
+        {"repository", offsetof(NbImage, repository), 600, false},
+};
+
+static int strv_from_json(const cJSON *a, char ***ret)
+{
+        if (!a) {
+                *ret = NULL;
+                return 0;
+        }
+        int n = cJSON_GetArraySize(a);
+        if (!cJSON_IsArray(a) || n > 16)
+                return -EBADMSG;
+        char **v = calloc((size_t)n + 1, sizeof(char *));
+        if (!v)
+                return -ENOMEM;
+        int i = 0;
+        for (const cJSON *x = a->child; x; x = x->next, i++)
+                if (!cJSON_IsString(x) || strlen(x->valuestring) > 32 || !(v[i] = strdup(x->valuestring))) {
+                        for (int k = 0; k < i; k++)
+                                free(v[k]);
+                        free(v);
+                        return -EBADMSG;
+                }
+        *ret = v;
+        return 0;
+}
+
+static int number_field(const cJSON *j, const char *name, int64_t *ret)
+{
+        const cJSON *x = cJSON_GetObjectItemCaseSensitive(j, name);
+        if (!x) {
+                *ret = 0;
+                return 0;
+        }
+        if (!cJSON_IsNumber(x) || x->valuedouble < 0 || x->valuedouble > 9.0e15)
+                return -EBADMSG;
+        *ret = (int64_t)x->valuedouble;
+        return 0;
+}
+
+int nb_image_from_json(const cJSON *j, NbImage *ret, NbError *e)
+{
+        NbImage img = {0};
+        int r = 0;
+        const cJSON *x = cJSON_GetObjectItemCaseSensitive(j, "id");
+        if (!cJSON_IsObject(j) || !cJSON_IsString(x) || !id_valid(x->valuestring))
+                return nb_error_set(e, -EBADMSG, "image record without a valid id");
+        memcpy(img.id, x->valuestring, 37);
+        for (size_t i = 0; r >= 0 && i < ELEMENTSOF(string_fields); i++) {
+                const Field *f = &string_fields[i];
+                x = cJSON_GetObjectItemCaseSensitive(j, f->name);
+                if (!x && !f->required)
+                        continue;
+                if (!cJSON_IsString(x) || strlen(x->valuestring) > f->max)
+                        r = nb_error_set(e, -EBADMSG, "image record %s: bad field %s", img.id, f->name);
+                else if (x->valuestring[0] || f->required)
+                        r = nb_image_set((char **)((char *)&img + f->offset), x->valuestring);
+        }
+        x = cJSON_GetObjectItemCaseSensitive(j, "status");
+        if (r >= 0 &&
+            (!cJSON_IsString(x) || (img.status = nb_status_from_string(x->valuestring)) == _NB_STATUS_MAX))
+                r = nb_error_set(e, -EBADMSG, "image record %s: bad status", img.id);
+        if (r >= 0 &&
+            (number_field(j, "create_at", &img.create_at) < 0 ||
+             number_field(j, "update_at", &img.update_at) < 0 || number_field(j, "size", &img.size_kb) < 0 ||
+             strv_from_json(cJSON_GetObjectItemCaseSensitive(j, "dev_services"), &img.dev_services) < 0 ||
+             strv_from_json(cJSON_GetObjectItemCaseSensitive(j, "resource_categories"),
+                            &img.resource_categories) < 0))
+                r = nb_error_set(e, -EBADMSG, "image record %s: bad number or list", img.id);
+        if (r < 0) {
+                nb_image_done(&img);
+                return r;
+        }
+        *ret = img;
+        return 0;
+}
+
+static int strv_copy(char *const *v, char ***ret)
+{
+        size_t n = 0;
+        while (v && v[n])
+                n++;
+        if (!v) {
+                *ret = NULL;
+                return 0;
+        }
+        char **c = calloc(n + 1, sizeof(char *));
+        if (!c)
+                return -ENOMEM;
+        for (size_t i = 0; i < n; i++)
+                if (!(c[i] = strdup(v[i]))) {
+                        for (size_t k = 0; k < i; k++)
+                                free(c[k]);
+                        free(c);
+                        return -ENOMEM;
+                }
+        *ret = c;
+        return 0;
+}
+
+int nb_image_copy(const NbImage *src, NbImage *ret)
+{
+        NbImage c = {0};
+        memcpy(c.id, src->id, sizeof(c.id));
+        c.status = src->status;
+        c.create_at = src->create_at;
+        c.update_at = src->update_at;
+        c.size_kb = src->size_kb;
+        int r = 0;
+        for (size_t i = 0; r >= 0 && i < ELEMENTSOF(string_fields); i++) {
+                size_t off = string_fields[i].offset;
+                r = nb_image_set((char **)((char *)&c + off), *(char *const *)((const char *)src + off));
+        }
+        if (r >= 0)
+                r = strv_copy(src->dev_services, &c.dev_services);
+        if (r >= 0)
+                r = strv_copy(src->resource_categories, &c.resource_categories);
+        if (r < 0) {
+                nb_image_done(&c);
+                return -ENOMEM;
+        }
+        *ret = c;
+        return 0;
+}

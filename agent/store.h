@@ -1,0 +1,41 @@
+/* store.h: nbsnapd's durable state, under the state dir: one JSON file per image (images/<id>.json: the API
+ * object plus what the agent needs to find the image again) and the outbox (outbox/<seq>.json: the state
+ * changes not yet acknowledged by the control plane, sent in sequence order). Every file is written to a
+ * temporary name, fsync'ed, renamed and its directory fsync'ed: after a crash a record is the old one or the
+ * new one, never half of one. Thread-safe: the loop writes, the reporter reads and acknowledges. */
+#pragma once
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cjson/cJSON.h>
+
+#include "image.h"
+
+#define NB_STORE_RECORD_MAX (256u * 1024) /* bytes of one image or outbox file */
+#define NB_STORE_IMAGES_MAX 1000          /* image records kept; the oldest finished ones go first */
+#define NB_OUTBOX_MAX       10000         /* unacknowledged reports kept */
+
+typedef struct NbStore NbStore;
+
+/* Opens (creating 0700) STATE_DIR, STATE_DIR/images and STATE_DIR/outbox. */
+int nb_store_open(const char *state_dir, NbStore **ret, NbError *e);
+NbStore *nb_store_free(NbStore *s);
+
+int nb_store_put_image(NbStore *s, const NbImage *img, NbError *e);
+int nb_store_remove_image(NbStore *s, const char *id);
+/* Every image record, in no particular order; unreadable records are skipped and counted in *ret_bad. */
+int nb_store_load_images(NbStore *s, NbImage ***ret, size_t *ret_n, size_t *ret_bad, NbError *e);
+
+/* Appends a report to the outbox; returns its sequence number. */
+int nb_outbox_push(NbStore *s, const char *json, uint64_t *ret_seq, NbError *e);
+/* The oldest report: 1 with seq and json (free it), 0 when the outbox is empty. */
+int nb_outbox_peek(NbStore *s, uint64_t *ret_seq, char **ret_json, NbError *e);
+int nb_outbox_ack(NbStore *s, uint64_t seq);
+size_t nb_outbox_count(NbStore *s);
+
+/* The record form (API object + manifest_digest + repository) and back. */
+cJSON *nb_image_record_json(const NbImage *img);
+int nb_image_from_json(const cJSON *j, NbImage *ret, NbError *e);
+NbImage *nb_image_free(NbImage *img);
+int nb_image_copy(const NbImage *src, NbImage *ret);

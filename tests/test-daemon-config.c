@@ -1,0 +1,115 @@
+/* agent/config.c: the INI reader, the flags over it, the checks. */
+#include "config.h"
+#include "tests.h"
+
+static void test_file(void)
+{
+        NbConfig c;
+        NbError e = {0};
+        nb_config_init(&c);
+        ASSERT_OK(nb_config_parse_string(&c,
+                                         "; comment\n"
+                                         "[nbsnapd]\n"
+                                         "registry = http://127.0.0.1:5000\n"
+                                         "base-image = team/base:v1\n"
+                                         "project_id = p1\n"
+                                         "notebook_id = n1\n"
+                                         "listen = unix:/run/x.sock\n"
+                                         "listen = tcp:127.0.0.1:8443\n"
+                                         "token_file = /etc/token\n"
+                                         "threads = 4\n"
+                                         "chunk_size = 1048576\n"
+                                         "exclude = /a\n",
+                                         &e));
+        ASSERT_STREQ(c.registry, "http://127.0.0.1:5000");
+        ASSERT_STREQ(c.base_image, "team/base:v1");
+        ASSERT_EQ(c.n_listen, 2);
+        ASSERT_STREQ(c.listen[1], "tcp:127.0.0.1:8443");
+        ASSERT_EQ(c.threads, 4);
+        ASSERT_EQ(c.chunk_size, 1048576);
+        ASSERT_EQ(c.n_exclude, 1);
+        ASSERT_EQ(c.stop_timeout_sec, 30);
+        ASSERT_OK(nb_config_check(&c, &e));
+        nb_config_done(&c);
+}
+
+static void test_errors(void)
+{
+        static const char *const bad[] = {
+                "bogus = 1\n", "[other]\nroot = /\n", "threads = -1\n", "threads = 257\n",
+                "level = x\n", "just words\n",        "[nbsnapd\n",
+        };
+        for (size_t i = 0; i < ELEMENTSOF(bad); i++) {
+                NbConfig c;
+                NbError e = {0};
+                nb_config_init(&c);
+                ASSERT_TRUE(nb_config_parse_string(&c, bad[i], &e) < 0);
+                ASSERT_TRUE(strstr(e.msg, "line ") != NULL);
+                nb_config_done(&c);
+        }
+}
+
+static void test_check(void)
+{
+        NbConfig c;
+        NbError e = {0};
+        nb_config_init(&c);
+        ASSERT_TRUE(nb_config_check(&c, &e) < 0); /* registry missing */
+        ASSERT_OK(nb_config_parse_string(
+                &c, "registry=http://r\nbase_image=b\nproject_id=p\nnotebook_id=n\n", &e));
+        ASSERT_OK(nb_config_check(&c, &e));
+        ASSERT_OK(nb_config_set(&c, "listen", "tcp:127.0.0.1:1", &e));
+        ASSERT_EQ(nb_config_check(&c, &e), -EPERM); /* a tcp listener without a token */
+        ASSERT_OK(nb_config_set(&c, "token-file", "/x", &e));
+        ASSERT_OK(nb_config_check(&c, &e));
+        ASSERT_OK(nb_config_set(&c, "listen", "udp:1", &e));
+        ASSERT_EQ(nb_config_check(&c, &e), -EINVAL);
+        nb_config_done(&c);
+        nb_config_init(&c);
+        ASSERT_OK(nb_config_parse_string(&c, "registry=ftp://r\nbase_image=b\nproject_id=p\nnotebook_id=n\n",
+                                         &e));
+        ASSERT_EQ(nb_config_check(&c, &e), -EINVAL);
+        ASSERT_OK(nb_config_set(&c, "registry", "http://r", &e));
+        ASSERT_OK(nb_config_set(&c, "project_id", "a/b", &e));
+        ASSERT_EQ(nb_config_check(&c, &e), -EINVAL);
+        nb_config_done(&c);
+}
+
+static void test_flags(void)
+{
+        char path[] = "/tmp/test-daemon-config.XXXXXX";
+        int fd = mkstemp(path);
+        ASSERT_TRUE(fd >= 0);
+        const char *text = "registry = http://file\nlisten = unix:/file.sock\nproject_id = file\n";
+        ASSERT_EQ(write(fd, text, strlen(text)), (ssize_t)strlen(text));
+        close(fd);
+        char a0[] = "nbsnapd", a1[] = "--config", a3[] = "--registry", a4[] = "http://flag",
+             a5[] = "--listen", a6[] = "unix:/a.sock", a7[] = "--listen", a8[] = "tcp:127.0.0.1:9",
+             a9[] = "--state-dir", a10[] = "/s";
+        char *argv[] = {a0, a1, path, a3, a4, a5, a6, a7, a8, a9, a10, NULL};
+        NbConfig c;
+        nb_config_init(&c);
+        ASSERT_EQ(nb_config_parse_argv(&c, ELEMENTSOF(argv) - 1, argv), 1);
+        ASSERT_STREQ(c.registry, "http://flag"); /* flags win */
+        ASSERT_STREQ(c.project_id, "file");
+        ASSERT_EQ(c.n_listen, 2); /* the flags' list replaces the file's */
+        ASSERT_STREQ(c.listen[0], "unix:/a.sock");
+        ASSERT_STREQ(c.state_dir, "/s");
+        ASSERT_STREQ(c.config, path);
+        nb_config_done(&c);
+        char b2[] = "/nonexistent/nbsnapd.conf";
+        char *bad[] = {a0, a1, b2, NULL};
+        nb_config_init(&c);
+        ASSERT_TRUE(nb_config_parse_argv(&c, 3, bad) < 0);
+        nb_config_done(&c);
+        unlink(path);
+}
+
+int main(void)
+{
+        test_file();
+        test_errors();
+        test_check();
+        test_flags();
+        return 0;
+}

@@ -1,0 +1,134 @@
+/* agent/request.c: the create-image body, strictly, and the defaults. */
+#include "image.h"
+#include "request.h"
+#include "tests.h"
+
+static int parse(const char *body, NbCreateRequest *r, NbError *e)
+{
+        *r = (NbCreateRequest){0};
+        return nb_create_request_parse(body, strlen(body), r, e);
+}
+
+static void test_seed_example(void)
+{
+        NbCreateRequest r;
+        NbError e = {0};
+        ASSERT_OK(parse(
+                "{ \"name\" : \"pytorch1_4\", \"namespace\" : \"atelier-auto\", \"tag\" : \"20221223\","
+                " \"description\" : \"save from notebook-x21d\", \"workspace_id\" : \"0\" }",
+                &r, &e));
+        ASSERT_STREQ(r.name, "pytorch1_4");
+        ASSERT_STREQ(r.namespace, "atelier-auto");
+        ASSERT_STREQ(r.tag, "20221223");
+        ASSERT_STREQ(r.description, "save from notebook-x21d");
+        ASSERT_STREQ(r.workspace_id, "0");
+        nb_create_request_done(&r);
+}
+
+static void test_rejects(void)
+{
+        static const char *const bad[] = {
+                "{",
+                "[]",
+                "\"x\"",
+                "{} {}",
+                "{\"name\": 1}",
+                "{\"name\": null}",
+                "{\"name\": [\"a\"]}",
+                "{\"name\": \"a\", \"name\": \"b\"}",
+                "{\"flavor\": \"x\"}",
+                "{\"name\": \"Upper\"}",
+                "{\"name\": \"\"}",
+                "{\"name\": \"a/b\"}",
+                "{\"name\": \"-a\"}",
+                "{\"tag\": \"a b\"}",
+                "{\"tag\": \".a\"}",
+                "{\"namespace\": \"\"}",
+                "{\"workspace_id\": \"\"}",
+                "{\"description\": \"\\u00ff\\u00fe\"}", /* valid JSON, valid UTF-8 once decoded: accepted
+                                                            below */
+        };
+        for (size_t i = 0; i + 1 < ELEMENTSOF(bad); i++) {
+                NbCreateRequest r;
+                NbError e = {0};
+                int q = parse(bad[i], &r, &e);
+                if (q != -EINVAL)
+                        fprintf(stderr, "accepted: %s\n", bad[i]);
+                ASSERT_EQ(q, -EINVAL);
+                ASSERT_TRUE(e.msg[0] != '\0');
+        }
+        char tag[80], desc[600], json[700];
+        memset(tag, 't', 65);
+        tag[65] = '\0';
+        snprintf(json, sizeof(json), "{\"tag\": \"%s\"}", tag);
+        NbCreateRequest r;
+        NbError e = {0};
+        ASSERT_EQ(parse(json, &r, &e), -EINVAL);
+        tag[64] = '\0';
+        snprintf(json, sizeof(json), "{\"tag\": \"%s\"}", tag);
+        ASSERT_OK(parse(json, &r, &e));
+        nb_create_request_done(&r);
+        memset(desc, 'd', 513);
+        desc[513] = '\0';
+        snprintf(json, sizeof(json), "{\"description\": \"%s\"}", desc);
+        ASSERT_EQ(parse(json, &r, &e), -EINVAL);
+        /* 512 characters of 2 bytes each: characters count, not bytes */
+        char utf[1100];
+        size_t k = (size_t)snprintf(utf, sizeof(utf), "{\"description\": \"");
+        for (int i = 0; i < 512; i++) {
+                utf[k++] = (char)0xc3;
+                utf[k++] = (char)0xa9;
+        }
+        snprintf(utf + k, sizeof(utf) - k, "\"}");
+        ASSERT_OK(parse(utf, &r, &e));
+        nb_create_request_done(&r);
+}
+
+static void test_limits(void)
+{
+        size_t n = NB_REQUEST_BODY_MAX + 1;
+        char *big = malloc(n);
+        ASSERT_TRUE(big != NULL);
+        memset(big, ' ', n);
+        NbCreateRequest r = {0};
+        NbError e = {0};
+        ASSERT_EQ(nb_create_request_parse(big, n, &r, &e), -E2BIG);
+        ASSERT_OK(nb_create_request_parse(big, n - 1, &r, &e)); /* whitespace only: an empty object */
+        ASSERT_TRUE(r.name == NULL);
+        free(big);
+        ASSERT_EQ(nb_create_request_parse("{\"name\":\"a\0\"}", 13, &r, &e), -EINVAL);
+}
+
+static void test_defaults(void)
+{
+        NbCreateRequest r = {0};
+        NbError e = {0};
+        ASSERT_OK(nb_create_request_parse("", 0, &r, &e));
+        ASSERT_EQ(nb_create_request_defaults(&r, NULL, "team/pytorch:1.4", 0, &e), -EINVAL);
+        ASSERT_OK(nb_create_request_defaults(&r, "atelier-auto", "swr.example.com:5000/team/sub/pytorch:1.4",
+                                             1671786468811, &e));
+        ASSERT_STREQ(r.namespace, "atelier-auto");
+        ASSERT_STREQ(r.name, "pytorch");
+        ASSERT_STREQ(r.tag, "20221223090748"); /* 1671786468 s = 2022-12-23 09:07:48 UTC */
+        ASSERT_STREQ(r.workspace_id, "0");
+        ASSERT_STREQ(r.description, "");
+        nb_create_request_done(&r);
+        ASSERT_OK(parse("{\"name\":\"mine\",\"tag\":\"v1\"}", &r, &e));
+        ASSERT_OK(nb_create_request_defaults(
+                &r, "ns",
+                "library/ubuntu@sha256:"
+                "0000000000000000000000000000000000000000000000000000000000000000",
+                0, &e));
+        ASSERT_STREQ(r.name, "mine");
+        ASSERT_STREQ(r.tag, "v1");
+        nb_create_request_done(&r);
+}
+
+int main(void)
+{
+        test_seed_example();
+        test_rejects();
+        test_limits();
+        test_defaults();
+        return 0;
+}
