@@ -21,7 +21,7 @@
 #include "save.h"
 #include "store.h"
 
-#define NB_SAVE_NICE 5 /* the save threads' nice value, relative to the loop's 0 */
+#define NB_SAVE_NICE        5 /* the save threads' nice value, relative to the loop's 0 */
 #define NB_PROGRESS_POST_NS (200ull * 1000 * 1000) /* worker -> loop progress posts, at most this often */
 #define NB_DELETES_MAX      4                      /* registry deletions running at once */
 #define NB_LIST_MAX         NB_STORE_IMAGES_MAX

@@ -41,8 +41,10 @@ static const char *const usage_main =
 static const char *const usage_baseline =
         "Usage: nbsnap baseline --root DIR --state-dir DIR [--force] [--exclude PATH]...\n"
         "\n"
-        "Records the stat data of every entry under --root into STATE-DIR/baseline, atomically. A baseline that\n"
-        "already exists is kept (a restarted container must not forget the changes made before the restart)\n"
+        "Records the stat data of every entry under --root into STATE-DIR/baseline, atomically. A baseline "
+        "that\n"
+        "already exists is kept (a restarted container must not forget the changes made before the "
+        "restart)\n"
         "unless --force is given.\n"
         "\n"
         "  --root DIR        the container's root filesystem as this process sees it (\"/\" inside it)\n"
@@ -50,18 +52,23 @@ static const char *const usage_baseline =
         "  --force           record a new baseline even when one exists\n"
         "  --exclude PATH    a container path whose subtree is never recorded nor saved (repeatable)\n"
         "\n"
-        "Never recorded: /proc /sys /dev /run, every mount point below the root (from /proc/self/mountinfo:\n"
-        "work volumes, /etc/hosts and other bind mounts, /dev/shm ...), the state dir, registry credentials.\n";
+        "Never recorded: /proc /sys /dev /run, every mount point below the root (from "
+        "/proc/self/mountinfo:\n"
+        "work volumes, /etc/hosts and other bind mounts, /dev/shm ...), the state dir, registry "
+        "credentials.\n";
 
 static const char *const usage_save =
         "Usage: nbsnap save --root DIR --state-dir DIR --registry URL --base-image REPO[:TAG|@DIGEST]\n"
         "                   --namespace NS --name NAME --tag TAG [--description TEXT] [--exclude PATH]...\n"
-        "                   [--workspace-id ID] [--authfile FILE] [--ca-file FILE] [--threads N] [--level N]\n"
+        "                   [--workspace-id ID] [--authfile FILE] [--ca-file FILE] [--threads N] [--level "
+        "N]\n"
         "\n"
         "Packs what changed under --root since the baseline into one OCI layer and pushes the image\n"
-        "<registry host>/NS/NAME:TAG = the base image's layers (reused, never uploaded again) + that layer.\n"
+        "<registry host>/NS/NAME:TAG = the base image's layers (reused, never uploaded again) + that "
+        "layer.\n"
         "Prints the image object of the CreateImage API on stdout: status ACTIVE and exit 0, or status\n"
-        "CREATE_FAILED with status_message and exit 1. The tag is pushed last: a failed save never leaves it\n"
+        "CREATE_FAILED with status_message and exit 1. The tag is pushed last: a failed save never leaves "
+        "it\n"
         "pointing at a half-pushed image. Progress goes to stderr.\n"
         "\n"
         "  --root DIR            the container's root filesystem\n"
@@ -82,8 +89,10 @@ static const char *const usage_save =
         "  --threads N           compression threads (default: all CPUs)\n"
         "  --level N             gzip level 1-9 (default 1: ISA-L's fastest, within a few % of gzip -6)\n"
         "\n"
-        "Never saved: /proc /sys /dev /run, every mount point below the root, the state dir, the credentials\n"
-        "file, and --exclude paths. A file whose name starts with .wh. fails the save (runtimes would read it as\n"
+        "Never saved: /proc /sys /dev /run, every mount point below the root, the state dir, the "
+        "credentials\n"
+        "file, and --exclude paths. A file whose name starts with .wh. fails the save (runtimes would read "
+        "it as\n"
         "a deletion); sockets are skipped with a note.\n";
 
 enum {
@@ -108,25 +117,25 @@ enum {
 };
 
 static const struct option long_options[] = {
-        { "help", no_argument, NULL, 'h' },
-        { "version", no_argument, NULL, OPT_VERSION },
-        { "root", required_argument, NULL, OPT_ROOT },
-        { "state-dir", required_argument, NULL, OPT_STATE_DIR },
-        { "force", no_argument, NULL, OPT_FORCE },
-        { "exclude", required_argument, NULL, OPT_EXCLUDE },
-        { "registry", required_argument, NULL, OPT_REGISTRY },
-        { "base-image", required_argument, NULL, OPT_BASE_IMAGE },
-        { "namespace", required_argument, NULL, OPT_NAMESPACE },
-        { "name", required_argument, NULL, OPT_NAME },
-        { "tag", required_argument, NULL, OPT_TAG },
-        { "description", required_argument, NULL, OPT_DESCRIPTION },
-        { "workspace-id", required_argument, NULL, OPT_WORKSPACE_ID },
-        { "authfile", required_argument, NULL, OPT_AUTHFILE },
-        { "ca-file", required_argument, NULL, OPT_CA_FILE },
-        { "threads", required_argument, NULL, OPT_THREADS },
-        { "level", required_argument, NULL, OPT_LEVEL },
-        { "chunk-size", required_argument, NULL, OPT_CHUNK_SIZE },
-        { "mountinfo", required_argument, NULL, OPT_MOUNTINFO }, /* tests: another mount table */
+        {"help", no_argument, NULL, 'h'},
+        {"version", no_argument, NULL, OPT_VERSION},
+        {"root", required_argument, NULL, OPT_ROOT},
+        {"state-dir", required_argument, NULL, OPT_STATE_DIR},
+        {"force", no_argument, NULL, OPT_FORCE},
+        {"exclude", required_argument, NULL, OPT_EXCLUDE},
+        {"registry", required_argument, NULL, OPT_REGISTRY},
+        {"base-image", required_argument, NULL, OPT_BASE_IMAGE},
+        {"namespace", required_argument, NULL, OPT_NAMESPACE},
+        {"name", required_argument, NULL, OPT_NAME},
+        {"tag", required_argument, NULL, OPT_TAG},
+        {"description", required_argument, NULL, OPT_DESCRIPTION},
+        {"workspace-id", required_argument, NULL, OPT_WORKSPACE_ID},
+        {"authfile", required_argument, NULL, OPT_AUTHFILE},
+        {"ca-file", required_argument, NULL, OPT_CA_FILE},
+        {"threads", required_argument, NULL, OPT_THREADS},
+        {"level", required_argument, NULL, OPT_LEVEL},
+        {"chunk-size", required_argument, NULL, OPT_CHUNK_SIZE},
+        {"mountinfo", required_argument, NULL, OPT_MOUNTINFO}, /* tests: another mount table */
         {},
 };
 
@@ -161,9 +170,15 @@ static int parse_args(int argc, char **argv, const char *usage, Args *a)
                 case 'h':
                         fputs(usage, stdout);
                         return 0;
-                case OPT_ROOT: o->root = optarg; break;
-                case OPT_STATE_DIR: o->state_dir = optarg; break;
-                case OPT_FORCE: a->force = true; break;
+                case OPT_ROOT:
+                        o->root = optarg;
+                        break;
+                case OPT_STATE_DIR:
+                        o->state_dir = optarg;
+                        break;
+                case OPT_FORCE:
+                        a->force = true;
+                        break;
                 case OPT_EXCLUDE:
                         if (o->n_excludes >= NB_EXCLUDES_MAX) {
                                 fprintf(stderr, "nbsnap: at most %d --exclude paths\n", NB_EXCLUDES_MAX);
@@ -171,16 +186,36 @@ static int parse_args(int argc, char **argv, const char *usage, Args *a)
                         }
                         a->excludes[o->n_excludes++] = optarg;
                         break;
-                case OPT_REGISTRY: o->registry_url = optarg; break;
-                case OPT_BASE_IMAGE: o->base_image = optarg; break;
-                case OPT_NAMESPACE: o->namespace = optarg; break;
-                case OPT_NAME: o->name = optarg; break;
-                case OPT_TAG: o->tag = optarg; break;
-                case OPT_DESCRIPTION: o->description = optarg; break;
-                case OPT_WORKSPACE_ID: o->workspace_id = optarg; break;
-                case OPT_AUTHFILE: o->authfile = optarg; break;
-                case OPT_CA_FILE: o->ca_file = optarg; break;
-                case OPT_MOUNTINFO: o->mountinfo = optarg; break;
+                case OPT_REGISTRY:
+                        o->registry_url = optarg;
+                        break;
+                case OPT_BASE_IMAGE:
+                        o->base_image = optarg;
+                        break;
+                case OPT_NAMESPACE:
+                        o->namespace = optarg;
+                        break;
+                case OPT_NAME:
+                        o->name = optarg;
+                        break;
+                case OPT_TAG:
+                        o->tag = optarg;
+                        break;
+                case OPT_DESCRIPTION:
+                        o->description = optarg;
+                        break;
+                case OPT_WORKSPACE_ID:
+                        o->workspace_id = optarg;
+                        break;
+                case OPT_AUTHFILE:
+                        o->authfile = optarg;
+                        break;
+                case OPT_CA_FILE:
+                        o->ca_file = optarg;
+                        break;
+                case OPT_MOUNTINFO:
+                        o->mountinfo = optarg;
+                        break;
                 case OPT_THREADS:
                         if (parse_uint(optarg, "--threads", 256, &v) < 0)
                                 return -EINVAL;
@@ -230,7 +265,7 @@ static int mkdir_state(const char *dir)
 
 static int cmd_baseline(int argc, char **argv)
 {
-        Args a = { 0 };
+        Args a = {0};
         int r = parse_args(argc, argv, usage_baseline, &a);
         if (r <= 0)
                 return r < 0 ? 2 : 0;
@@ -248,17 +283,18 @@ static int cmd_baseline(int argc, char **argv)
         if (mkdir_state(o->state_dir) < 0 || nb_baseline_path(o->state_dir, &path) < 0)
                 return 1;
         if (!a.force && access(path, F_OK) == 0) {
-                fprintf(stderr, "nbsnap: baseline %s exists and is kept (--force records a new one)\n", path);
+                fprintf(stderr, "nbsnap: baseline %s exists and is kept (--force records a new one)\n",
+                        path);
                 return 0;
         }
-        NbError e = { 0 };
+        NbError e = {0};
         SnapExcludes *ex = NULL;
         r = nb_excludes_build(root, o->state_dir, NULL, o->excludes, o->n_excludes, o->mountinfo, &ex, &e);
         if (r < 0) {
                 fprintf(stderr, "nbsnap baseline: %s\n", e.msg);
                 return 1;
         }
-        SnapError se = { 0 };
+        SnapError se = {0};
         SnapBaselineStats stats;
         r = snap_baseline_write(root, ex, path, &stats, &se);
         snap_excludes_free(ex);
@@ -315,19 +351,19 @@ static int print_image(const NbImage *img)
 
 static int cmd_save(int argc, char **argv)
 {
-        Args a = { 0 };
+        Args a = {0};
         int r = parse_args(argc, argv, usage_save, &a);
         if (r <= 0)
                 return r < 0 ? 2 : 0;
-        Progress pr = { .lock = PTHREAD_MUTEX_INITIALIZER, .tty = isatty(STDERR_FILENO), .last_phase = -1 };
+        Progress pr = {.lock = PTHREAD_MUTEX_INITIALIZER, .tty = isatty(STDERR_FILENO), .last_phase = -1};
         a.save.progress = on_progress;
         a.save.note = on_note;
         a.save.userdata = &pr;
-        NbImage img = { .status = NB_STATUS_INIT };
-        NbError e = { 0 };
+        NbImage img = {.status = NB_STATUS_INIT};
+        NbError e = {0};
         img.create_at = img.update_at = nb_now_ms();
-        static const char *const dev_services[] = { "NOTEBOOK", "SSH", NULL };
-        static const char *const categories[] = { "CPU", NULL };
+        static const char *const dev_services[] = {"NOTEBOOK", "SSH", NULL};
+        static const char *const categories[] = {"CPU", NULL};
         if (nb_uuid(img.id) < 0 || nb_image_set(&img.name, a.save.name) < 0 ||
             nb_image_set(&img.namespace, a.save.namespace) < 0 || nb_image_set(&img.tag, a.save.tag) < 0 ||
             nb_image_set(&img.description, a.save.description ? a.save.description : "") < 0 ||
