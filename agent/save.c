@@ -43,9 +43,12 @@ typedef struct Save {
 
 static void save_done(Save *s)
 {
-        pgzip_free(s->gzip); /* first: its writer thread may still be inside reg_upload_write() */
-        reg_upload_abort(s->upload);
+        /* in stream order, so no stage is freed while the one before can still feed it: the layer (writes
+         * nothing more once freed), the compressor (its writer thread may be inside reg_upload_write()), the
+         * upload */
         snap_layer_free(s->layer);
+        pgzip_free(s->gzip);
+        reg_upload_abort(s->upload);
         reg_image_free(s->base);
         reg_ref_free(s->ref);
         reg_client_free(s->src_owned);

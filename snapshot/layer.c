@@ -23,11 +23,14 @@ struct SnapLayer {
         uint8_t *buf;
         SnapLayerStats stats;
         int write_error; /* what the write callback returned, to report instead of libarchive's words */
+        bool discard;    /* set when freed: libarchive's implicit close must not write to the callback */
 };
 
 static la_ssize_t on_write(struct archive *a, void *userdata, const void *data, size_t size)
 {
         SnapLayer *l = userdata;
+        if (l->discard)
+                return (la_ssize_t)size; /* being freed unfinished: nothing more goes out */
         int r = l->write(l->userdata, data, size);
         if (r < 0) {
                 l->write_error = r;
@@ -48,6 +51,7 @@ SnapLayer *snap_layer_free(SnapLayer *l)
 {
         if (!l)
                 return NULL;
+        l->discard = true;
         if (l->a)
                 archive_write_free(l->a);
         if (l->links)
@@ -189,8 +193,21 @@ static void fill_header(struct archive_entry *ae, const SnapEntry *en, const str
                 archive_entry_set_size(ae, 0);
         if (S_ISCHR(st->st_mode) || S_ISBLK(st->st_mode))
                 archive_entry_set_rdev(ae, st->st_rdev);
-        if (S_ISLNK(st->st_mode))
-                archive_entry_copy_symlink(ae, en->link);
+}
+
+/* The target as it is now (the link may have been replaced since the walk read it). */
+static int set_symlink(struct archive_entry *ae, int fd, const char *path, SnapError *e)
+{
+        char target[SNAP_LINK_MAX + 1];
+        ssize_t n = readlinkat(fd, "", target, sizeof(target));
+        if (n < 0)
+                return snap_error_set(e, -errno, "cannot read symlink /%s: %m", path);
+        if ((size_t)n >= sizeof(target))
+                return snap_error_set(e, -ENAMETOOLONG, "symlink /%s: target over %u bytes", path,
+                                      SNAP_LINK_MAX);
+        target[n] = '\0';
+        archive_entry_copy_symlink(ae, target);
+        return 0;
 }
 
 static int write_zeros(SnapLayer *l, uint64_t n, const char *path, SnapError *e)
@@ -274,19 +291,24 @@ static int write_entry(SnapLayer *l, struct archive_entry *ae, const char *path,
         return 0;
 }
 
+/* Content writes move mtime (to the nanosecond) or size. Neither ctime nor the inode number is compared:
+ * when the file is renamed over or unlinked while we hold it open, ctime moves and overlayfs reports another
+ * inode number for the same open file, and the content we read is intact. */
 static bool same_content_stat(const struct stat *a, const struct stat *b)
 {
-        return a->st_ino == b->st_ino && a->st_size == b->st_size &&
-               a->st_mtim.tv_sec == b->st_mtim.tv_sec && a->st_mtim.tv_nsec == b->st_mtim.tv_nsec &&
-               a->st_ctim.tv_sec == b->st_ctim.tv_sec && a->st_ctim.tv_nsec == b->st_ctim.tv_nsec;
+        return a->st_size == b->st_size && a->st_mtim.tv_sec == b->st_mtim.tv_sec &&
+               a->st_mtim.tv_nsec == b->st_mtim.tv_nsec;
 }
 
-static int changed_error(const char *path, SnapError *e)
+static int changed_error(const char *path, const struct stat *before, const struct stat *after, SnapError *e)
 {
-        return snap_error_set(e, -EBUSY,
-                              "/%s kept changing while it was being saved; stop the program writing it (or "
-                              "--exclude it) and save again",
-                              path);
+        return snap_error_set(
+                e, -EBUSY,
+                "/%s kept changing while it was being saved (%" PRIu64 " bytes, then %" PRIu64
+                "; mtime %lld.%09ld, then %lld.%09ld); stop the program writing it (or --exclude it) "
+                "and save again",
+                path, (uint64_t)before->st_size, (uint64_t)after->st_size, (long long)before->st_mtim.tv_sec,
+                before->st_mtim.tv_nsec, (long long)after->st_mtim.tv_sec, after->st_mtim.tv_nsec);
 }
 
 /* A small file is read whole into memory, with the stat taken before and after: when the notebook writes it
@@ -311,11 +333,13 @@ static int read_small(SnapLayer *l, int fd, struct stat *st, const char *path, S
                         return snap_error_set(e, -errno, "cannot stat /%s: %m", path);
                 if (got == (size_t)st->st_size && same_content_stat(st, &after))
                         return 0;
+                if ((uint64_t)after.st_size > SNAP_BUFFERED_MAX) /* grew past what is buffered */
+                        return changed_error(path, st, &after, e);
+                if (attempt == SNAP_READ_RETRIES)
+                        return changed_error(path, st, &after, e);
                 *st = after;
-                if ((uint64_t)st->st_size > SNAP_BUFFERED_MAX)
-                        return changed_error(path, e); /* grew past what is buffered: too busy to take */
         }
-        return changed_error(path, e);
+        return -EBUSY; /* not reached */
 }
 
 static int write_regular(SnapLayer *l, struct archive_entry *ae, int fd, struct stat *st, const char *path,
@@ -341,8 +365,10 @@ static int write_regular(SnapLayer *l, struct archive_entry *ae, int fd, struct 
         if (r >= 0)
                 r = copy_data(l, fd, (uint64_t)st->st_size, (uint64_t)st->st_blocks * 512, path, e);
         struct stat after;
-        if (r >= 0 && (fstat(fd, &after) < 0 || !same_content_stat(st, &after)))
-                r = changed_error(path, e);
+        if (r >= 0 && fstat(fd, &after) < 0)
+                r = snap_error_set(e, -errno, "cannot stat /%s: %m", path);
+        if (r >= 0 && !same_content_stat(st, &after))
+                r = changed_error(path, st, &after, e);
         return r;
 }
 
@@ -373,14 +399,20 @@ int snap_layer_add(SnapLayer *l, const SnapEntry *en, int dirfd, const char *nam
         struct stat st;
         if (fstat(fd, &st) < 0)
                 return snap_error_set(e, -errno, "cannot stat /%s: %m", en->path);
-        if (st.st_ino != en->ino || ((st.st_mode ^ en->mode) & S_IFMT))
-                return snap_error_set(e, -ESTALE, "/%s was replaced while it was being saved; save again",
-                                      en->path);
+        /* Replaced since the walk by an entry of the same type (an atomic rename by an editor or pip): the
+         * new one is saved, with its own stat. Another type cannot stand where the walk saw this one. */
+        if ((st.st_mode ^ en->mode) & S_IFMT)
+                return snap_error_set(
+                        e, -ESTALE,
+                        "/%s turned into another kind of file while it was being saved; save again",
+                        en->path);
         _cleanup_entry_ struct archive_entry *ae = archive_entry_new();
         if (!ae)
                 return snap_error_set(e, -ENOMEM, "out of memory");
         fill_header(ae, en, &st);
-        int r = add_xattrs(ae, fd, en->path, e);
+        int r = S_ISLNK(st.st_mode) ? set_symlink(ae, fd, en->path, e) : 0;
+        if (r >= 0)
+                r = add_xattrs(ae, fd, en->path, e);
         if (r < 0)
                 return r;
         struct archive_entry *spare = NULL;
