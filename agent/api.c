@@ -3,6 +3,7 @@
 #include <netdb.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -19,17 +20,30 @@
 #define NB_TLS_FILE_MAX    (64u * 1024) /* bytes of a PEM certificate or key */
 #define NB_PATH_PARTS_MAX  6
 #define NB_PEER_GROUPS_MAX 256
+#define NB_API_SWEEP_USEC  (1000ull * 1000) /* how often request deadlines are looked at */
 
-typedef struct Listener {
+typedef struct Listener Listener;
+
+/* One per open connection (MHD's socket context): the deadline of the request in progress. */
+typedef struct Conn {
+        Listener *l;
+        struct Conn *prev, *next;
+        int fd;
+        uint64_t deadline; /* CLOCK_MONOTONIC usec; 0 while the agent works for it (a DELETE) */
+} Conn;
+
+struct Listener {
         NbApi *api;
         struct MHD_Daemon *mhd;
-        sd_event_source *io, *timer;
+        sd_event_source *io, *timer, *sweep;
+        Conn *conns;
+        size_t n_conns;
         bool local; /* unix socket: peer credentials; else bearer token */
         char name[128];
         char *unlink_path; /* a socket file bound here, removed at exit if it is still ours */
         dev_t dev;
         ino_t ino;
-} Listener;
+};
 
 struct NbApi {
         Manager *m;
@@ -42,6 +56,7 @@ struct NbApi {
         gid_t group;
         bool have_group;
         char *tls_cert, *tls_key;
+        unsigned connection_limit; /* per listener, from RLIMIT_NOFILE */
 };
 
 typedef struct Request {
@@ -152,6 +167,98 @@ static bool check_access(Listener *l, Request *rq, struct MHD_Connection *c, con
         return false;
 }
 
+/* ---- request deadlines ----------------------------------------------------------------------------------
+ *
+ * libmicrohttpd's own timeout (NB_API_CONNECTION_TIMEOUT) is one of silence: a client sending a byte every
+ * few seconds keeps a connection, and NB_API_CONNECTIONS_MAX such clients would keep everyone else out. So a
+ * request has NB_API_REQUEST_TIMEOUT from its start (the connection's, or the end of the previous answer on
+ * a kept-alive connection) to its answer sent; a connection past it is shut down (MHD then reads the end of
+ * the stream and closes it as usual). A DELETE waiting for the registry has no deadline meanwhile.
+ */
+
+static uint64_t loop_now(Listener *l)
+{
+        uint64_t now = 0;
+        (void)sd_event_now(l->api->event, CLOCK_MONOTONIC, &now);
+        return now;
+}
+
+static Conn *conn_of(struct MHD_Connection *c)
+{
+        const union MHD_ConnectionInfo *ci = MHD_get_connection_info(c, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+        return ci ? ci->socket_context : NULL;
+}
+
+static void conn_arm(Conn *cn)
+{
+        if (cn)
+                cn->deadline = loop_now(cn->l) + NB_API_REQUEST_TIMEOUT * 1000000ull;
+}
+
+static void sweep_arm(Listener *l)
+{
+        int enabled = SD_EVENT_OFF;
+        if (l->n_conns == 0 ||
+            (sd_event_source_get_enabled(l->sweep, &enabled) >= 0 && enabled != SD_EVENT_OFF))
+                return;
+        sd_event_source_set_time(l->sweep, loop_now(l) + NB_API_SWEEP_USEC);
+        sd_event_source_set_enabled(l->sweep, SD_EVENT_ONESHOT);
+}
+
+static int on_sweep(sd_event_source *s, uint64_t usec, void *userdata)
+{
+        Listener *l = userdata;
+        uint64_t now = loop_now(l);
+        size_t cut = 0;
+        for (Conn *cn = l->conns; cn; cn = cn->next)
+                if (cn->deadline != 0 && now >= cn->deadline && cn->fd >= 0) {
+                        (void)shutdown(cn->fd, SHUT_RDWR);
+                        cn->deadline = 0;
+                        cut++;
+                }
+        if (cut > 0)
+                log_info("closed %zu connection(s) on %s that took over %d s for a request", cut, l->name,
+                         NB_API_REQUEST_TIMEOUT);
+        sweep_arm(l);
+        return 0;
+}
+
+static void on_connection(void *cls, struct MHD_Connection *c, void **socket_context,
+                          enum MHD_ConnectionNotificationCode toe)
+{
+        Listener *l = cls;
+        Conn *cn = *socket_context;
+        if (toe == MHD_CONNECTION_NOTIFY_STARTED) {
+                const union MHD_ConnectionInfo *ci =
+                        MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
+                cn = calloc(1, sizeof(*cn));
+                if (!cn) /* no deadline for this one: MHD's timeout of silence still applies */
+                        return;
+                cn->l = l;
+                cn->fd = ci ? ci->connect_fd : -1;
+                conn_arm(cn);
+                cn->next = l->conns;
+                if (l->conns)
+                        l->conns->prev = cn;
+                l->conns = cn;
+                l->n_conns++;
+                *socket_context = cn;
+                sweep_arm(l);
+                return;
+        }
+        if (!cn)
+                return;
+        if (cn->prev)
+                cn->prev->next = cn->next;
+        else
+                l->conns = cn->next;
+        if (cn->next)
+                cn->next->prev = cn->prev;
+        l->n_conns--;
+        free(cn);
+        *socket_context = NULL;
+}
+
 /* ---- routing --------------------------------------------------------------------------------------------
  */
 
@@ -161,6 +268,7 @@ static void on_delete_done(void *userdata, NbReply *reply)
         rq->reply = *reply;
         *reply = (NbReply){0};
         rq->ready = true;
+        conn_arm(conn_of(rq->connection));
         MHD_resume_connection(rq->connection);
         /* MHD notices a resumed connection on its next run: make that now, not at the next socket event */
         sd_event_source_set_time(rq->l->timer, 1);
@@ -176,10 +284,19 @@ static size_t split_path(const char *url, char parts[][NB_API_URL_MAX + 1], bool
                 *ret_bad = true;
                 return 0;
         }
+        /* no percent-encoding (never decoded: "%2F" is not a separator, "%2e%2e" not a segment), no
+         * control characters, no spaces */
+        for (const char *q = url; *q; q++)
+                if (*q == '%' || (unsigned char)*q <= ' ' || *q == 0x7f) {
+                        *ret_bad = true;
+                        return 0;
+                }
         while (*p == '/') {
                 p++;
                 size_t len = strcspn(p, "/");
-                if (len == 0 || n == NB_PATH_PARTS_MAX) { /* "//", a trailing "/", too deep */
+                /* "//", a trailing "/", too deep, "." or "..": paths are taken as sent, never normalised */
+                if (len == 0 || n == NB_PATH_PARTS_MAX ||
+                    (p[0] == '.' && (len == 1 || (len == 2 && p[1] == '.')))) {
                         *ret_bad = true;
                         return n;
                 }
@@ -262,6 +379,25 @@ static bool content_length_too_large(struct MHD_Connection *c)
         return errno != 0 || end == cl || v > NB_REQUEST_BODY_MAX;
 }
 
+static enum MHD_Result count_framing(void *cls, enum MHD_ValueKind kind, const char *key, const char *value)
+{
+        unsigned *n = cls;
+        if (strcasecmp(key, MHD_HTTP_HEADER_CONTENT_LENGTH) == 0)
+                n[0]++;
+        else if (strcasecmp(key, MHD_HTTP_HEADER_TRANSFER_ENCODING) == 0)
+                n[1]++;
+        return MHD_YES;
+}
+
+/* Two Content-Lengths, or one with Transfer-Encoding: a proxy in front may frame the body otherwise than
+ * libmicrohttpd (which takes one of them), so the request is refused (RFC 9112 6.3). */
+static bool framing_ambiguous(struct MHD_Connection *c)
+{
+        unsigned n[2] = {0, 0};
+        MHD_get_connection_values(c, MHD_HEADER_KIND, count_framing, n);
+        return n[0] > 1 || n[1] > 1 || (n[0] > 0 && n[1] > 0);
+}
+
 static void body_append(Request *rq, const char *data, size_t size)
 {
         if (rq->too_large || rq->size + size > NB_REQUEST_BODY_MAX) {
@@ -295,6 +431,13 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
                 /* before any body is read: who is asking, and how much they announce */
                 if (!check_access(l, rq, c, url))
                         return queue(c, rq);
+                if (framing_ambiguous(c)) {
+                        nb_reply_error(
+                                &rq->reply, 400, NB_ERROR_BAD_REQUEST,
+                                "the request has more than one Content-Length or Transfer-Encoding, or "
+                                "both");
+                        return queue(c, rq);
+                }
                 if (content_length_too_large(c)) {
                         nb_reply_error(&rq->reply, 413, NB_ERROR_TOO_LARGE,
                                        "the request body is over %u bytes", NB_REQUEST_BODY_MAX);
@@ -319,6 +462,9 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         }
         route(l, rq, c, url, method);
         if (rq->pending) {
+                Conn *cn = conn_of(c);
+                if (cn)
+                        cn->deadline = 0;
                 MHD_suspend_connection(c);
                 return MHD_YES;
         }
@@ -329,12 +475,19 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
                          enum MHD_RequestTerminationCode toe)
 {
         Request *rq = *con_cls;
+        conn_arm(conn_of(c)); /* the next request on this connection starts now */
         if (!rq)
                 return;
         nb_reply_done(&rq->reply);
         free(rq->body);
         free(rq);
         *con_cls = NULL;
+}
+
+/* Paths are matched as sent: libmicrohttpd's percent-decoding would turn "%2F" into a separator. */
+static size_t no_unescape(void *cls, struct MHD_Connection *c, char *s)
+{
+        return strlen(s);
 }
 
 static void on_mhd_log(void *cls, const char *fmt, va_list ap)
@@ -363,10 +516,22 @@ static void listener_rearm(Listener *l)
         sd_event_source_set_enabled(l->timer, SD_EVENT_ONESHOT);
 }
 
+static unsigned current_connections(Listener *l)
+{
+        const union MHD_DaemonInfo *di = MHD_get_daemon_info(l->mhd, MHD_DAEMON_INFO_CURRENT_CONNECTIONS);
+        return di ? di->num_connections : 0;
+}
+
 static int on_io(sd_event_source *s, int fd, uint32_t revents, void *userdata)
 {
         Listener *l = userdata;
+        unsigned before = current_connections(l);
         MHD_run(l->mhd);
+        /* At the connection limit, libmicrohttpd takes its listening socket out of its epoll set, and puts
+         * it back at the start of a run, not when a connection closes: after a run that closed connections,
+         * one more, or the clients waiting in the backlog would wait for an event that cannot come. */
+        if (current_connections(l) < before)
+                MHD_run(l->mhd);
         listener_rearm(l);
         return 0;
 }
@@ -382,8 +547,9 @@ static void listener_free(Listener *l)
                 return;
         sd_event_source_disable_unref(l->io);
         sd_event_source_disable_unref(l->timer);
+        sd_event_source_disable_unref(l->sweep);
         if (l->mhd)
-                MHD_stop_daemon(l->mhd);
+                MHD_stop_daemon(l->mhd); /* closes the connections: on_connection frees their Conn */
         struct stat st;
         if (l->unlink_path && lstat(l->unlink_path, &st) == 0 && st.st_dev == l->dev && st.st_ino == l->ino)
                 (void)unlink(l->unlink_path);
@@ -408,11 +574,14 @@ static int listener_add(NbApi *a, int fd, bool local, const char *name, NbError 
         snprintf(l->name, sizeof(l->name), "%s", name);
         bool tls = !local && a->tls_cert;
         struct MHD_OptionItem opts[] = {
+                {MHD_OPTION_EXTERNAL_LOGGER, (intptr_t)on_mhd_log, NULL}, /* first: it logs the others */
                 {MHD_OPTION_LISTEN_SOCKET, fd, NULL},
                 {MHD_OPTION_NOTIFY_COMPLETED, (intptr_t)on_completed, l},
-                {MHD_OPTION_CONNECTION_LIMIT, NB_API_CONNECTIONS_MAX, NULL},
+                {MHD_OPTION_NOTIFY_CONNECTION, (intptr_t)on_connection, l},
+                {MHD_OPTION_CONNECTION_LIMIT, a->connection_limit, NULL},
                 {MHD_OPTION_CONNECTION_TIMEOUT, NB_API_CONNECTION_TIMEOUT, NULL},
-                {MHD_OPTION_EXTERNAL_LOGGER, (intptr_t)on_mhd_log, NULL},
+                {MHD_OPTION_CONNECTION_MEMORY_LIMIT, NB_API_CONNECTION_MEMORY_MAX, NULL},
+                {MHD_OPTION_UNESCAPE_CALLBACK, (intptr_t)no_unescape, NULL},
                 {tls ? MHD_OPTION_HTTPS_MEM_KEY : MHD_OPTION_END, 0, tls ? a->tls_key : NULL},
                 {tls ? MHD_OPTION_HTTPS_MEM_CERT : MHD_OPTION_END, 0, tls ? a->tls_cert : NULL},
                 {MHD_OPTION_END, 0, NULL},
@@ -429,13 +598,17 @@ static int listener_add(NbApi *a, int fd, bool local, const char *name, NbError 
         }
         const union MHD_DaemonInfo *di = MHD_get_daemon_info(l->mhd, MHD_DAEMON_INFO_EPOLL_FD);
         int r = di ? sd_event_add_io(a->event, &l->io, di->epoll_fd, EPOLLIN, on_io, l) : -EIO;
+        /* accuracy 1 us: sd-event's default (250 ms) would hold every MHD timeout back that long */
         if (r >= 0)
-                r = sd_event_add_time(a->event, &l->timer, CLOCK_MONOTONIC, UINT64_MAX, 0, on_timer, l);
+                r = sd_event_add_time(a->event, &l->timer, CLOCK_MONOTONIC, UINT64_MAX, 1, on_timer, l);
+        if (r >= 0)
+                r = sd_event_add_time(a->event, &l->sweep, CLOCK_MONOTONIC, UINT64_MAX, 0, on_sweep, l);
         if (r < 0) {
                 listener_free(l);
                 return nb_error_set(e, r, "cannot add the HTTP server on %s to the event loop", name);
         }
         sd_event_source_set_enabled(l->timer, SD_EVENT_OFF);
+        sd_event_source_set_enabled(l->sweep, SD_EVENT_OFF);
         a->listeners[a->n_listeners++] = l;
         log_info("listening on %s%s", name, local ? "" : tls ? " (TLS, bearer token)" : " (bearer token)");
         return 0;
@@ -490,7 +663,7 @@ static int bind_unix(NbApi *a, const char *path, NbError *e)
         if (r < 0)
                 return nb_error_set(e, -errno, "cannot bind %s: %m", path);
         if ((a->have_group && chown(path, (uid_t)-1, a->group) < 0) || chmod(path, 0660) < 0 ||
-            listen(fd, 64) < 0) {
+            listen(fd, NB_API_LISTEN_BACKLOG) < 0) {
                 r = nb_error_set(e, -errno, "cannot set up %s: %m", path);
                 (void)unlink(path);
                 return r;
@@ -538,8 +711,9 @@ static int bind_tcp(NbApi *a, const char *spec, NbError *e)
         for (struct addrinfo *ai = res; ai && fd < 0; ai = ai->ai_next) {
                 fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC | SOCK_NONBLOCK, ai->ai_protocol);
                 int one = 1;
-                if (fd >= 0 && (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) < 0 ||
-                                bind(fd, ai->ai_addr, ai->ai_addrlen) < 0 || listen(fd, 64) < 0)) {
+                if (fd >= 0 &&
+                    (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) < 0 ||
+                     bind(fd, ai->ai_addr, ai->ai_addrlen) < 0 || listen(fd, NB_API_LISTEN_BACKLOG) < 0)) {
                         err = errno;
                         close(fd);
                         fd = -1;
@@ -669,6 +843,30 @@ static bool passed_already(const char *spec, const int *fds, size_t n)
         return false;
 }
 
+/* Connections per listener: what RLIMIT_NOFILE leaves after NB_API_FDS_RESERVED, shared by the listeners,
+ * within [NB_API_CONNECTIONS_MIN, NB_API_CONNECTIONS_MAX]. Past it libmicrohttpd stops accepting until a
+ * connection ends (the kernel queues NB_API_LISTEN_BACKLOG more); the save keeps the fds it needs. */
+static void set_connection_limit(NbApi *a, size_t n_listeners)
+{
+        struct rlimit rl;
+        unsigned long per = NB_API_CONNECTIONS_MAX;
+        if (n_listeners == 0)
+                n_listeners = 1;
+        if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY)
+                per = rl.rlim_cur > NB_API_FDS_RESERVED ? (rl.rlim_cur - NB_API_FDS_RESERVED) / n_listeners
+                                                        : 0;
+        if (per > NB_API_CONNECTIONS_MAX)
+                per = NB_API_CONNECTIONS_MAX;
+        if (per < NB_API_CONNECTIONS_MIN)
+                per = NB_API_CONNECTIONS_MIN;
+        a->connection_limit = (unsigned)per;
+        if (per < NB_API_CONNECTIONS_MAX)
+                log_warning(
+                        "RLIMIT_NOFILE is %llu: at most %lu connection(s) per listener (%d fds are kept for "
+                        "the agent and a save)",
+                        (unsigned long long)rl.rlim_cur, per, NB_API_FDS_RESERVED);
+}
+
 int nb_api_listen(NbApi *a, NbError *e)
 {
         char **names = NULL;
@@ -694,6 +892,11 @@ int nb_api_listen(NbApi *a, NbError *e)
         for (int i = 0; names && i < n; i++)
                 free(names[i]);
         free(names);
+        const NbConfig *c = a->cfg;
+        size_t planned = n_fds + (c->n_listen == 0 && n_fds == 0);
+        for (size_t i = 0; i < c->n_listen; i++)
+                planned += !passed_already(c->listen[i], fds, n_fds);
+        set_connection_limit(a, planned);
         for (size_t i = 0; i < n_fds; i++) {
                 bool local = sd_is_socket(fds[i], AF_UNIX, SOCK_STREAM, 1) > 0;
                 char name[64];
@@ -708,7 +911,6 @@ int nb_api_listen(NbApi *a, NbError *e)
         }
         if (r < 0)
                 return r;
-        const NbConfig *c = a->cfg;
         if (c->n_listen == 0 && n_fds == 0)
                 r = bind_unix(a, NB_DEFAULT_SOCKET, e);
         for (size_t i = 0; r >= 0 && i < c->n_listen; i++) {

@@ -4,7 +4,9 @@
  * wider permissions) admit root, this process's user and the configured group (SO_PEERCRED,
  * SO_PEERGROUPS); TCP listeners require "Authorization: Bearer <token>" (compared in constant time) and
  * speak TLS when a certificate is configured. Routing, limits and the ModelArts error bodies live here;
- * the answers come from daemon.h. */
+ * the answers come from daemon.h. Against hostile clients: header memory per connection, a deadline per
+ * request (a client sending a byte at a time is cut off), a connection limit derived from RLIMIT_NOFILE, and
+ * paths taken as sent (no percent-decoding, no "." or ".." segments). */
 #pragma once
 
 #include <systemd/sd-event.h>
@@ -12,8 +14,14 @@
 #include "config.h"
 #include "daemon.h"
 
-#define NB_API_CONNECTIONS_MAX    64
+#define NB_API_CONNECTIONS_MAX 64 /* connections served at once per listener; more wait in the backlog */
+#define NB_API_CONNECTIONS_MIN 4  /* ... however low RLIMIT_NOFILE is */
+#define NB_API_FDS_RESERVED    48 /* fds kept for the loop, the store and a save (not for connections) */
+#define NB_API_LISTEN_BACKLOG  64 /* connections the kernel queues; beyond it, connect() is refused */
+#define NB_API_CONNECTION_MEMORY_MAX                                                                        \
+        (16u * 1024)                 /* per connection: request line + headers (431/414 beyond) */
 #define NB_API_CONNECTION_TIMEOUT 60 /* seconds of silence before a connection is closed */
+#define NB_API_REQUEST_TIMEOUT    10 /* seconds for a whole request, first byte to answer (slow clients) */
 #define NB_API_URL_MAX            1024
 #define NB_API_LISTENERS_MAX      (NB_LISTEN_MAX + 8)
 

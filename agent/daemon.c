@@ -1,4 +1,5 @@
 #include <inttypes.h>
+#include <limits.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
@@ -34,6 +35,8 @@ typedef struct Job {
         pthread_t thread;
         NbImage img; /* the worker's copy: the loop reads it only after the join */
         NbSaveOptions o;
+        char **excludes; /* the configured ones, then the agent's own secrets inside the root */
+        size_t n_secret_excludes;
         _Atomic bool cancel;
         pthread_mutex_t lock; /* guards the fields below */
         NbProgress progress;
@@ -266,6 +269,9 @@ static void job_free(Job *j)
         if (!j)
                 return;
         nb_image_done(&j->img);
+        for (size_t i = 0; i < j->n_secret_excludes; i++)
+                free(j->excludes[j->m->cfg->n_exclude + i]);
+        free(j->excludes);
         pthread_mutex_destroy(&j->lock);
         free(j);
 }
@@ -406,6 +412,38 @@ static uint64_t baseline_count(const char *state_dir)
         return n;
 }
 
+/* HOST_PATH as a path inside the container whose root is ROOT, or NULL when it is outside (or missing). */
+static char *container_path(const char *root, const char *host_path)
+{
+        char r[PATH_MAX], h[PATH_MAX];
+        if (!host_path || !realpath(root, r) || !realpath(host_path, h))
+                return NULL;
+        if (strcmp(r, "/") == 0)
+                return strdup(h);
+        size_t n = strlen(r);
+        return strncmp(h, r, n) == 0 && h[n] == '/' ? strdup(h + n) : NULL;
+}
+
+/* The save excludes the state dir and the registry credentials itself; the agent adds its own secrets (the
+ * bearer token, the TLS key) when they live inside the saved tree, whatever exclude= says. */
+static int job_excludes(Job *j, const NbConfig *c)
+{
+        const char *secrets[] = {c->token_file, c->tls_key};
+        j->excludes = calloc(c->n_exclude + ELEMENTSOF(secrets) + 1, sizeof(char *));
+        if (!j->excludes)
+                return -ENOMEM;
+        for (size_t i = 0; i < c->n_exclude; i++)
+                j->excludes[i] = c->exclude[i];
+        for (size_t i = 0; i < ELEMENTSOF(secrets); i++) {
+                char *p = container_path(j->o.root, secrets[i]);
+                if (p)
+                        j->excludes[c->n_exclude + j->n_secret_excludes++] = p;
+        }
+        j->o.excludes = (const char *const *)j->excludes;
+        j->o.n_excludes = c->n_exclude + j->n_secret_excludes;
+        return 0;
+}
+
 static int job_start(Manager *m, const NbImage *img, NbError *e)
 {
         const NbConfig *c = m->cfg;
@@ -442,6 +480,10 @@ static int job_start(Manager *m, const NbImage *img, NbError *e)
                 .note = on_save_note,
                 .userdata = j,
         };
+        if (job_excludes(j, c) < 0) {
+                job_free(j);
+                return nb_error_set(e, -ENOMEM, "out of memory");
+        }
         /* read once here: a few ms for a typical baseline, and it makes the percent meaningful */
         j->baseline_entries = baseline_count(j->o.state_dir);
         int r = pthread_create(&j->thread, NULL, job_thread, j);
@@ -512,6 +554,31 @@ static int image_new(Manager *m, const NbCreateRequest *rq, int64_t now, NbImage
         return 0;
 }
 
+/* The first record of a save and its first report, both or neither: a state dir that cannot take them
+ * leaves nothing behind. */
+static int record_new(Manager *m, const NbImage *img, NbError *e)
+{
+        int r = nb_store_put_image(m->store, img, e);
+        if (r >= 0 && m->cfg->report_url) {
+                _cleanup_free_ char *json = nb_image_to_string(img, false);
+                r = json ? nb_outbox_push(m->store, json, NULL, e)
+                         : nb_error_set(e, -ENOMEM, "out of memory");
+                if (r >= 0)
+                        nb_reporter_kick(m->reporter);
+        }
+        if (r < 0)
+                (void)nb_store_remove_image(m->store, img->id);
+        return r;
+}
+
+static void reply_store_error(NbReply *ret, int r, const NbError *e)
+{
+        if (r == -ENOSPC || r == -EDQUOT)
+                nb_reply_error(ret, 507, NB_ERROR_STORAGE, "%s", e->msg);
+        else
+                nb_reply_error(ret, 500, NB_ERROR_INTERNAL, "%s", e->msg);
+}
+
 void manager_create_image(Manager *m, const char *body, size_t size, bool too_large, NbReply *ret)
 {
         NbError e = {0};
@@ -546,6 +613,12 @@ void manager_create_image(Manager *m, const char *body, size_t size, bool too_la
                         m->job->img.id, m->job->img.namespace, m->job->img.name, m->job->img.tag);
                 return;
         }
+        r = nb_store_room(m->store, &e);
+        if (r < 0) {
+                log_error("refusing a save: %s", e.msg);
+                reply_store_error(ret, r, &e);
+                return;
+        }
         images_prune(m);
         NbImage *img = NULL;
         NbImage **nv = realloc(m->images, (m->n_images + 1) * sizeof(*nv));
@@ -556,16 +629,18 @@ void manager_create_image(Manager *m, const char *body, size_t size, bool too_la
                 return;
         }
         m->images[m->n_images++] = img;
-        if (nb_store_put_image(m->store, img, &e) < 0) {
-                log_image(LOG_ERR, img->id, NULL, "%s", e.msg);
-                nb_reply_error(ret, 500, NB_ERROR_INTERNAL, "cannot record the image: %s", e.msg);
+        r = record_new(m, img, &e);
+        if (r < 0) {
+                log_image(LOG_ERR, img->id, NULL, "refusing the save: %s", e.msg);
+                NbError w = e;
+                nb_error_set(&w, r, "cannot record the image in the state dir: %s", e.msg);
+                reply_store_error(ret, r, &w);
                 nb_image_free(img);
                 m->n_images--;
                 return;
         }
         log_image(LOG_NOTICE, img->id, "init", "save requested: %s (%s)", img->swr_path,
                   img->description[0] ? img->description : "no description");
-        image_record(m, img, true);
         r = job_start(m, img, &e);
         if (r < 0) {
                 nb_image_set_status(img, NB_STATUS_ERROR, "%s", e.msg);
@@ -956,6 +1031,12 @@ int manager_start(Manager *m, NbError *e)
                 return r;
         if (bad > 0)
                 log_warning("%zu unreadable image record(s) in the state dir, ignoring", bad);
+        if (nb_store_stale_removed(m->store) > 0)
+                log_notice("removed %zu temporary file(s) a crash left in the state dir",
+                           nb_store_stale_removed(m->store));
+        NbError re = {0};
+        if (nb_store_room(m->store, &re) < 0)
+                log_warning("%s (saves are refused until then)", re.msg);
         if (m->cfg->report_url) {
                 _cleanup_free_ char *token = NULL;
                 if (m->cfg->token_file && (r = nb_token_read(m->cfg->token_file, &token, e)) < 0)

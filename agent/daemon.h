@@ -23,6 +23,7 @@
 #define NB_ERROR_INTERNAL     "ModelArts.6500" /* 500 */
 #define NB_ERROR_BAD_GATEWAY  "ModelArts.6502" /* 502: the registry failed */
 #define NB_ERROR_UNAVAILABLE  "ModelArts.6503" /* 503: stopping */
+#define NB_ERROR_STORAGE      "ModelArts.6507" /* 507: the state dir cannot take the record (full) */
 
 typedef struct NbReply {
         unsigned status;

@@ -59,6 +59,23 @@ static int set_field(NbCreateRequest *req, const cJSON *item, NbError *e)
         return *slot ? 0 : nb_error_set(e, -ENOMEM, "out of memory");
 }
 
+/* A "\u0000" escape (after an even number of backslashes): cJSON would end the C string there, so that
+ * "a\u0000/../x" would be read as "a". */
+static bool has_nul_escape(const char *body, size_t size)
+{
+        size_t backslashes = 0;
+        for (size_t i = 0; i < size; i++) {
+                if (body[i] != '\\') {
+                        backslashes = 0;
+                        continue;
+                }
+                if (backslashes++ % 2 == 0 && size - i >= 6 && (body[i + 1] == 'u' || body[i + 1] == 'U') &&
+                    memcmp(body + i + 2, "0000", 4) == 0)
+                        return true;
+        }
+        return false;
+}
+
 int nb_create_request_parse(const char *body, size_t size, NbCreateRequest *ret, NbError *e)
 {
         if (size > NB_REQUEST_BODY_MAX)
@@ -71,8 +88,8 @@ int nb_create_request_parse(const char *body, size_t size, NbCreateRequest *ret,
                 *ret = req;
                 return 0;
         }
-        if (memchr(body, '\0', size))
-                return nb_error_set(e, -EINVAL, "the request body contains a NUL byte");
+        if (memchr(body, '\0', size) || has_nul_escape(body, size))
+                return nb_error_set(e, -EINVAL, "the request body contains a NUL byte (or \\u0000)");
         const char *end = NULL;
         cJSON *j = cJSON_ParseWithLengthOpts(body, size, &end, false);
         if (!j) {

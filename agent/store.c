@@ -5,13 +5,19 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 
 #include "store.h"
 
+#define RESERVE_NAME ".reserve"
+
 struct NbStore {
-        pthread_mutex_t lock;
-        int images_fd, outbox_fd;
+        pthread_mutex_t lock; /* guards the writes, the reserve and next_seq */
+        int dir_fd, images_fd, outbox_fd;
+        char *path;
         uint64_t next_seq;
+        bool have_reserve;
+        size_t stale_removed;
 };
 
 static void cjson_deletep(cJSON **j)
@@ -46,6 +52,56 @@ static bool seq_name(const char *name, uint64_t *ret)
         return true;
 }
 
+/* ".<name>.tmp" files a crash left between write and rename: never a record, always safe to remove. */
+static size_t remove_stale_tmp(int dfd)
+{
+        size_t n = 0;
+        DIR *d = fdopendir(dup(dfd));
+        if (d) /* a dup shares the offset: start from the top, whoever read it before */
+                rewinddir(d);
+        for (struct dirent *de; d && (de = readdir(d));) {
+                size_t len = strlen(de->d_name);
+                if (de->d_name[0] == '.' && len > 5 && strcmp(de->d_name + len - 4, ".tmp") == 0 &&
+                    unlinkat(dfd, de->d_name, 0) == 0)
+                        n++;
+        }
+        if (d)
+                closedir(d);
+        if (n > 0)
+                (void)fsync(dfd);
+        return n;
+}
+
+/* The reserve: NB_STORE_RESERVE_BYTES allocated to a file while there is room, released when a write
+ * finds the disk full, so that a running save can still record how it ended. */
+static int reserve_create(NbStore *s)
+{
+        if (s->have_reserve)
+                return 0;
+        _cleanup_close_ int fd =
+                openat(s->dir_fd, RESERVE_NAME, O_WRONLY | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+        if (fd < 0)
+                return -errno;
+        int r = posix_fallocate(fd, 0, NB_STORE_RESERVE_BYTES);
+        if (r == 0 && fsync(fd) < 0)
+                r = errno;
+        if (r != 0) {
+                (void)unlinkat(s->dir_fd, RESERVE_NAME, 0);
+                return -r;
+        }
+        (void)fsync(s->dir_fd);
+        s->have_reserve = true;
+        return 0;
+}
+
+static bool reserve_release(NbStore *s)
+{
+        if (!s->have_reserve)
+                return false;
+        s->have_reserve = false;
+        return unlinkat(s->dir_fd, RESERVE_NAME, 0) == 0;
+}
+
 int nb_store_open(const char *state_dir, NbStore **ret, NbError *e)
 {
         if (mkdir(state_dir, 0700) < 0 && errno != EEXIST)
@@ -54,21 +110,28 @@ int nb_store_open(const char *state_dir, NbStore **ret, NbError *e)
         if (dfd < 0)
                 return nb_error_set(e, -errno, "cannot open state dir %s: %m", state_dir);
         NbStore *s = calloc(1, sizeof(*s));
-        if (!s)
+        if (!s || !(s->path = strdup(state_dir))) {
+                free(s);
                 return nb_error_set(e, -ENOMEM, "out of memory");
+        }
         pthread_mutex_init(&s->lock, NULL);
         s->images_fd = s->outbox_fd = -1;
-        int r = mkdir_at(dfd, "images", &s->images_fd);
+        s->dir_fd = TAKE_FD(dfd);
+        int r = mkdir_at(s->dir_fd, "images", &s->images_fd);
         if (r >= 0)
-                r = mkdir_at(dfd, "outbox", &s->outbox_fd);
+                r = mkdir_at(s->dir_fd, "outbox", &s->outbox_fd);
         if (r < 0) {
                 nb_store_free(s);
                 errno = -r;
                 return nb_error_set(e, r, "cannot create %s/images and %s/outbox: %m", state_dir, state_dir);
         }
+        s->stale_removed = remove_stale_tmp(s->images_fd) + remove_stale_tmp(s->outbox_fd);
+        (void)reserve_create(s); /* best effort here: nb_store_room() tells */
         /* sequence numbers go on from the highest one left */
         s->next_seq = 1;
         DIR *d = fdopendir(dup(s->outbox_fd));
+        if (d)
+                rewinddir(d);
         for (struct dirent *de; d && (de = readdir(d));) {
                 uint64_t seq;
                 if (seq_name(de->d_name, &seq) && seq >= s->next_seq)
@@ -88,7 +151,10 @@ NbStore *nb_store_free(NbStore *s)
                 close(s->images_fd);
         if (s->outbox_fd >= 0)
                 close(s->outbox_fd);
+        if (s->dir_fd >= 0)
+                close(s->dir_fd);
         pthread_mutex_destroy(&s->lock);
+        free(s->path);
         free(s);
         return NULL;
 }
@@ -120,6 +186,49 @@ static int write_atomic(int dfd, const char *name, const char *data, size_t size
                 return r;
         }
         return fsync(dfd) < 0 ? -errno : 0;
+}
+
+/* A full disk releases the reserve and tries once more. Called with the lock held. */
+static int store_write(NbStore *s, int dfd, const char *name, const char *data, size_t size)
+{
+        int r = write_atomic(dfd, name, data, size);
+        if ((r == -ENOSPC || r == -EDQUOT) && reserve_release(s))
+                r = write_atomic(dfd, name, data, size);
+        return r;
+}
+
+size_t nb_store_stale_removed(const NbStore *s)
+{
+        return s->stale_removed;
+}
+
+int nb_store_room(NbStore *s, NbError *e)
+{
+        struct statvfs v;
+        pthread_mutex_lock(&s->lock);
+        int r = fstatvfs(s->dir_fd, &v) < 0 ? -errno : 0;
+        if (r >= 0 && (v.f_flag & ST_RDONLY))
+                r = -EROFS;
+        if (r >= 0)
+                r = reserve_create(s);
+        if (r >= 0 && fstatvfs(s->dir_fd, &v) < 0)
+                r = -errno;
+        uint64_t avail = (uint64_t)v.f_bavail * v.f_frsize;
+        if (r >= 0 && (avail < NB_STORE_ROOM_MIN || (v.f_files > 0 && v.f_favail < NB_STORE_ROOM_INODES)))
+                r = -ENOSPC;
+        pthread_mutex_unlock(&s->lock);
+        if (r == -ENOSPC || r == -EDQUOT)
+                return nb_error_set(
+                        e, r,
+                        "the state dir %s is full: a save needs %u KB free there besides a "
+                        "reserve of %u KB (to record how it ends); free some space and save again",
+                        s->path, NB_STORE_ROOM_MIN / 1024, NB_STORE_RESERVE_BYTES / 1024);
+        if (r < 0) {
+                errno = -r;
+                return nb_error_set(
+                        e, r, "the state dir %s cannot be written (%m); a save cannot be recorded", s->path);
+        }
+        return 0;
 }
 
 static int read_small(int dfd, const char *name, char **ret)
@@ -185,7 +294,9 @@ int nb_store_put_image(NbStore *s, const NbImage *img, NbError *e)
         _cleanup_free_ char *text = j ? cJSON_Print(j) : NULL;
         if (!text)
                 return nb_error_set(e, -ENOMEM, "out of memory");
-        int r = write_atomic(s->images_fd, name, text, strlen(text));
+        pthread_mutex_lock(&s->lock);
+        int r = store_write(s, s->images_fd, name, text, strlen(text));
+        pthread_mutex_unlock(&s->lock);
         if (r < 0) {
                 errno = -r;
                 return nb_error_set(e, r, "cannot write the record of image %s: %m", img->id);
@@ -284,7 +395,7 @@ int nb_outbox_push(NbStore *s, const char *json, uint64_t *ret_seq, NbError *e)
                                  NB_OUTBOX_MAX);
         if (r >= 0) {
                 snprintf(name, sizeof(name), "%020" PRIu64 ".json", seq);
-                r = write_atomic(s->outbox_fd, name, json, strlen(json));
+                r = store_write(s, s->outbox_fd, name, json, strlen(json));
                 if (r < 0) {
                         errno = -r;
                         r = nb_error_set(e, r, "cannot write report %s to the outbox: %m", name);
