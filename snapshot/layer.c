@@ -30,12 +30,13 @@ static la_ssize_t on_write(struct archive *a, void *userdata, const void *data, 
 {
         SnapLayer *l = userdata;
         if (l->discard)
-                return (la_ssize_t)size; /* being freed unfinished: nothing more goes out */
+                return (la_ssize_t)size; /* failed or being freed: nothing more goes out */
         int r = l->write(l->userdata, data, size);
         if (r < 0) {
+                /* Not reported to libarchive: its fatal state leaks the client buffer on free (3.6). The
+                 * callers check write_error after every call instead. */
                 l->write_error = r;
-                archive_set_error(a, -r, "layer output failed");
-                return -1;
+                l->discard = true;
         }
         return (la_ssize_t)size;
 }
@@ -215,7 +216,7 @@ static int write_zeros(SnapLayer *l, uint64_t n, const char *path, SnapError *e)
         static const uint8_t zeros[64 * 1024];
         while (n > 0) {
                 size_t k = n < sizeof(zeros) ? (size_t)n : sizeof(zeros);
-                if (archive_write_data(l->a, zeros, k) != (la_ssize_t)k)
+                if (archive_write_data(l->a, zeros, k) != (la_ssize_t)k || l->write_error < 0)
                         return archive_fail(l, e, path);
                 n -= k;
         }
@@ -237,7 +238,7 @@ static int read_data(SnapLayer *l, int fd, uint64_t off, uint64_t n, const char 
                                 "/%s shrank while it was being saved; save again when it is not "
                                 "being written",
                                 path);
-                if (archive_write_data(l->a, l->buf, (size_t)k) != k)
+                if (archive_write_data(l->a, l->buf, (size_t)k) != k || l->write_error < 0)
                         return archive_fail(l, e, path);
                 off += (uint64_t)k, n -= (uint64_t)k;
                 l->stats.data_bytes += (uint64_t)k;
@@ -282,10 +283,8 @@ static int copy_data(SnapLayer *l, int fd, uint64_t size, uint64_t allocated, co
 static int write_entry(SnapLayer *l, struct archive_entry *ae, const char *path, SnapError *e)
 {
         int r = archive_write_header(l->a, ae);
-        if (r == ARCHIVE_WARN)
-                r = ARCHIVE_OK; /* a name that is not UTF-8: libarchive keeps its bytes (hdrcharset=BINARY)
-                                 */
-        if (r != ARCHIVE_OK)
+        /* ARCHIVE_WARN: a name that is not UTF-8, whose bytes libarchive keeps (hdrcharset=BINARY) */
+        if ((r != ARCHIVE_OK && r != ARCHIVE_WARN) || l->write_error < 0)
                 return archive_fail(l, e, path);
         l->stats.entries++;
         return 0;
@@ -356,6 +355,8 @@ static int write_regular(SnapLayer *l, struct archive_entry *ae, int fd, struct 
                 if (r < 0)
                         return r;
                 if (st->st_size > 0 && archive_write_data(l->a, l->buf, (size_t)st->st_size) != st->st_size)
+                        return archive_fail(l, e, path);
+                if (l->write_error < 0)
                         return archive_fail(l, e, path);
                 l->stats.data_bytes += (uint64_t)st->st_size;
                 return 0;
@@ -464,7 +465,7 @@ int snap_layer_opaque(SnapLayer *l, const char *dir, SnapError *e)
 
 int snap_layer_finish(SnapLayer *l, SnapError *e)
 {
-        if (archive_write_close(l->a) != ARCHIVE_OK)
+        if (archive_write_close(l->a) != ARCHIVE_OK || l->write_error < 0)
                 return archive_fail(l, e, "cannot finish the layer");
         return 0;
 }
