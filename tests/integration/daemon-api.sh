@@ -30,6 +30,7 @@ step "registry, base image, notebook, baseline"
 notebook_setup
 # a layer that takes a while to upload (in 64 KiB PATCHes), so that a save can be seen running
 make_bulk "$NB_MERGED/opt/t/bulk" 4096 2560
+head -c 48M /dev/urandom >"$NB_MERGED/opt/t/bulk/incompressible.bin" # ~750 PATCHes: packing lasts seconds
 
 step "nbsnapd on a unix socket"
 daemon_start api --chunk-size 65536
@@ -77,26 +78,31 @@ check "dev_services is a list of strings" test "$(jget 'type(j["dev_services"]).
 check "record written to the state dir" test -s "$STATE/images/$ID.json"
 
 step "while it saves"
-api POST "$CREATE" -d '{"name":"second","tag":"t2"}'
-check "a second save is 409" test "$HTTP_CODE" = 409
-check "409 has a ModelArts error body" grep -Eq '^ModelArts\.[0-9]{4}$' <<<"$(jget 'j["error_code"]')"
-check "409 says why" grep -q 'already running' <<<"$(jget 'j["error_msg"]')"
+# Catch the save in its packing phase, then freeze the registry (SIGSTOP) so the save stays CREATING for as
+# long as the checks below take, however fast this machine packs.
 wait_image "$ID" CREATING ACTIVE --timeout 60 || fail "the save did not start"
 seen_progress=0
-for ((i = 0; i < 300; i++)); do
+for ((i = 0; i < 600; i++)); do
     api GET "$P/images/$ID"
     st=$(jget 'j["status"]')
     msg=$(jget 'j["status_message"]')
     if [[ $st == CREATING && $msg == packing*%* ]]; then seen_progress=1; break; fi
     [[ $st == CREATING ]] || break
-    sleep 0.1
+    sleep 0.05
 done
+kill -STOP "$REGISTRY_PID"
+at_exit "kill -CONT $REGISTRY_PID 2>/dev/null || true"
 check "CREATING shows packing progress with a percent ($msg)" test "$seen_progress" = 1
 check "progress tells bytes" grep -q 'MB' <<<"$msg"
+api POST "$CREATE" -d '{"name":"second","tag":"t2"}'
+check "a second save is 409" test "$HTTP_CODE" = 409
+check "409 has a ModelArts error body" grep -Eq '^ModelArts\.[0-9]{4}$' <<<"$(jget 'j["error_code"]')"
+check "409 says why" grep -q 'already running' <<<"$(jget 'j["error_msg"]')"
 api DELETE "$P/images/$ID"
 check "DELETE while CREATING is 409 (got $HTTP_CODE)" test "$HTTP_CODE" = 409
 api GET /metrics
 check "metrics during the save show the phase" grep -q 'nbsnap_save_in_progress 1' "$SCRATCH/resp.json"
+kill -CONT "$REGISTRY_PID"
 wait_image "$ID" ACTIVE CREATE_FAILED ERROR --timeout 600 || fail "the save did not end"
 api GET "$P/images/$ID"
 cp "$SCRATCH/resp.json" "$SCRATCH/active.json"
