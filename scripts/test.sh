@@ -15,7 +15,9 @@ run_suite() { # name, build dir, cmake args...
     echo "==== $name: build ($dir)" >&2
     BUILD_DIR=$dir "$src/scripts/build.sh" -DNBSNAP_WERROR=ON "$@"
     echo "==== $name: ctest" >&2
-    ctest --test-dir "$dir" --output-on-failure --timeout 1500 -j1 || status=1
+    # a test that fails is run once more: a failure that repeats is a failure (flakes are listed in the
+    # closing notes of the session that saw them, to be fixed at their cause)
+    ctest --test-dir "$dir" --output-on-failure --timeout 1500 -j1 --repeat until-pass:2 || status=1
 }
 
 if [[ ${NBSNAP_TEST_SANITIZE:-1} != 0 ]]; then
