@@ -31,6 +31,7 @@ typedef struct Save {
         RegImage *base;
         RegUpload *upload;
         RegError upload_error; /* written by the compressor's output thread, read after it was joined */
+        SnapError gzip_error;  /* what pgzip_write() said, on the packing thread */
         PGzip *gzip;
         SnapLayer *layer;
         _Atomic uint64_t sent;
@@ -296,10 +297,9 @@ static bool cancelled(const Save *s)
 static int on_tar_output(void *userdata, const void *data, size_t size)
 {
         Save *s = userdata;
-        SnapError se = {0};
         if (cancelled(s))
                 return -ECANCELED;
-        return pgzip_write(s->gzip, data, size, &se);
+        return pgzip_write(s->gzip, data, size, &s->gzip_error);
 }
 
 static void on_layer_note(void *userdata, const char *path, const char *message)
@@ -324,6 +324,9 @@ static int pack_error(Save *s, NbError *e, const SnapError *se, int r)
         if (s->upload_error.code < 0)
                 return nb_error_from_reg(e, &s->upload_error, s->upload_error.code,
                                          "cannot upload the layer");
+        if (s->gzip_error.code < 0)
+                return nb_error_from_snap(e, &s->gzip_error, s->gzip_error.code,
+                                          "cannot compress the layer");
         return nb_error_from_snap(e, se, r, "cannot pack the layer");
 }
 
