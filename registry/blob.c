@@ -3,7 +3,7 @@
  *
  * Upload sessions follow the Location of the latest response, resolved against the URL that answered; the
  * registry may move the session to another host or path, or keep its state in the query (`_state=`). */
-#include <assert.h>
+#include <pthread.h>
 #include <string.h>
 
 #include "registry-internal.h"
@@ -191,10 +191,17 @@ int reg_blob_upload_buffer(RegClient *c, const char *repository, const char *dig
 /* ---- streamed upload ------------------------------------------------------------------------------------
  *
  * Bytes live in a ring of n_blocks blocks of one chunk each: byte p is in blocks[(p / cap) % n_blocks] while
- * kept_from <= p < written. Every full block is sent before the next one is started, so only bytes the
- * registry confirmed are ever dropped from memory, and the ring holds the last n_blocks chunks: enough to
- * resend from wherever the registry says it is, or (while kept_from is 0) to send everything again in a new
- * session.
+ * kept_from <= p < written. A block is reused only once the registry confirmed every byte in it, so only
+ * confirmed bytes are ever dropped from memory, and the ring holds the last n_blocks chunks: enough to resend
+ * from wherever the registry says it is, or (while kept_from is 0) to send everything again in a new session.
+ *
+ * The writer (the caller of reg_upload_write()) fills blocks; a sender thread PATCHes each full block while
+ * the writer fills the next ones (double buffering), so producing the bytes and putting them on the wire
+ * overlap. The writer waits only when every block holds bytes the registry has not confirmed. The tail (the
+ * last, partial block) and the commit are sent by reg_upload_commit() after the sender has ended. Between
+ * the two threads, under `lock`: ready (full blocks the writer handed over), offset (written by the sender,
+ * read by the writer), kept_from (written by the writer, read by the sender), the sender's result and the
+ * closing/stop requests. Everything else belongs to one thread at a time.
  */
 
 typedef enum Outcome {
@@ -222,6 +229,17 @@ struct RegUpload {
         reg_progress_fn progress;
         void *userdata;
         bool failed, committed;
+
+        pthread_mutex_t lock;
+        pthread_cond_t cond;
+        pthread_t sender;
+        bool have_sender;
+        uint64_t ready;   /* bytes in full blocks handed to the sender */
+        bool closing;     /* no more full blocks: the sender ends once it has sent them */
+        bool stop;        /* abort: the sender ends after the request it is in */
+        bool sender_done; /* the sender ended (sender_r says how) */
+        int sender_r;
+        RegError sender_error;
 };
 
 static void upload_ring_free(RegUpload *u)
@@ -233,10 +251,28 @@ static void upload_ring_free(RegUpload *u)
         u->n_blocks = 0;
 }
 
+static void upload_sender_join(RegUpload *u, bool stop)
+{
+        if (!u->have_sender)
+                return;
+        pthread_mutex_lock(&u->lock);
+        if (stop)
+                u->stop = true;
+        else
+                u->closing = true;
+        pthread_cond_broadcast(&u->cond);
+        pthread_mutex_unlock(&u->lock);
+        pthread_join(u->sender, NULL);
+        u->have_sender = false;
+}
+
 RegUpload *reg_upload_abort(RegUpload *u)
 {
         if (!u)
                 return NULL;
+        upload_sender_join(u, true);
+        pthread_cond_destroy(&u->cond);
+        pthread_mutex_destroy(&u->lock);
         if (!u->committed)
                 session_cancel(u->c, u->location, u->scope);
         free(u->repository);
@@ -252,6 +288,8 @@ static void reg_upload_abortp(RegUpload **u)
 {
         reg_upload_abort(*u);
 }
+
+static void *upload_sender_main(void *userdata);
 
 /* The ring: max(2 chunks, replay_max) rounded up to whole chunks. Blocks are allocated as they fill. */
 static int upload_ring_new(RegUpload *u, size_t replay_max, RegError *e)
@@ -274,6 +312,8 @@ int reg_upload_begin(RegClient *c, const char *repository, reg_progress_fn progr
         if (!u)
                 return -ENOMEM;
         *u = (RegUpload){.c = c, .progress = progress, .userdata = userdata, .committed = true};
+        pthread_mutex_init(&u->lock, NULL);
+        pthread_cond_init(&u->cond, NULL);
         if (reg_strdup(repository, &u->repository) < 0 ||
             reg_scope(repository, "pull,push", &u->scope) < 0 || reg_digest_ctx_new("sha256:", &u->md) < 0)
                 return reg_error_set(e, -ENOMEM, "out of memory");
@@ -289,8 +329,44 @@ int reg_upload_begin(RegClient *c, const char *repository, reg_progress_fn progr
         r = upload_ring_new(u, c->replay_max, e);
         if (r < 0)
                 return r;
+        /* Without a thread (none could be made) every full block is sent by the writer, in turn. */
+        u->have_sender = pthread_create(&u->sender, NULL, upload_sender_main, u) == 0;
         *ret = TAKE_PTR(u);
         return 0;
+}
+
+/* The registry confirmed bytes up to v (or, after a new session, nothing): a waiting writer may go on. */
+static void upload_set_offset(RegUpload *u, uint64_t v)
+{
+        pthread_mutex_lock(&u->lock);
+        u->offset = v;
+        pthread_cond_broadcast(&u->cond);
+        pthread_mutex_unlock(&u->lock);
+}
+
+/* Moves the offset back to `to` (a resync, or 0 for a new session) if the bytes from there are still in
+ * memory, in one step with the check: the writer frees blocks below the offset, so the offset must never
+ * claim bytes that are gone. Returns false (the offset unchanged) when they are gone. */
+static bool upload_rewind(RegUpload *u, uint64_t to, uint64_t *ret_kept_from, uint64_t *ret_ready)
+{
+        pthread_mutex_lock(&u->lock);
+        *ret_kept_from = u->kept_from;
+        *ret_ready = u->ready;
+        bool ok = to >= u->kept_from && to <= u->ready;
+        if (ok) {
+                u->offset = to;
+                pthread_cond_broadcast(&u->cond);
+        }
+        pthread_mutex_unlock(&u->lock);
+        return ok;
+}
+
+static bool upload_stopping(RegUpload *u)
+{
+        pthread_mutex_lock(&u->lock);
+        bool stop = u->stop;
+        pthread_mutex_unlock(&u->lock);
+        return stop;
 }
 
 static uint8_t *upload_at(RegUpload *u, uint64_t pos)
@@ -334,7 +410,7 @@ static int patch_accepted(RegUpload *u, RegResponse *resp, uint64_t end, Outcome
                 return reg_error_set(e, -EBADMSG,
                                      "the registry has %llu bytes after a chunk that ends at %llu",
                                      (unsigned long long)have, (unsigned long long)end);
-        u->offset = end;
+        upload_set_offset(u, end);
         u->retry = (RegRetry){0};
         if (u->progress)
                 u->progress(u->userdata, u->offset);
@@ -375,14 +451,15 @@ static int send_chunk(RegUpload *u, uint64_t end, Outcome *ret, RegError *e)
 /* A new session, when byte 0 is still in memory. */
 static int upload_restart(RegUpload *u, int r, RegError *e)
 {
-        if (u->kept_from > 0)
+        uint64_t kept_from, ready;
+        if (!upload_rewind(u, 0, &kept_from, &ready))
                 return reg_error_set(e, -ENOENT,
                                      "the registry %s lost the upload session (%s) after %llu bytes; only "
                                      "the last %llu bytes "
                                      "are kept in memory, so the blob cannot be sent again: save again",
                                      u->c->host, u->lost_code[0] ? u->lost_code : "upload unknown",
                                      (unsigned long long)u->offset,
-                                     (unsigned long long)(u->written - u->kept_from));
+                                     (unsigned long long)(ready - kept_from));
         if (++u->restarts > REG_UPLOAD_RESTARTS_MAX)
                 return reg_error_wrap(e, r, "the registry %s lost the upload session %u times, giving up",
                                       u->c->host, u->restarts - 1);
@@ -391,7 +468,6 @@ static int upload_restart(RegUpload *u, int r, RegError *e)
         r = session_open(u->c, u->repository, u->scope, &u->location, NULL, e);
         if (r < 0)
                 return r;
-        u->offset = 0;
         u->lost_code[0] = 0;
         return 0;
 }
@@ -418,20 +494,20 @@ static int upload_resync(RegUpload *u, RegError *e)
                 return reg_error_set(e, -EBADMSG, "%s: it answered Range \"%.64s\"", what, resp.range);
         if (have == 1 && u->offset == 0)
                 have = 0; /* distribution writes "0-0" for an empty session */
-        if (have > u->written)
-                return reg_error_set(e, -EBADMSG, "%s: it has %llu bytes, more than the %llu sent", what,
-                                     (unsigned long long)have, (unsigned long long)u->written);
-        if (have < u->kept_from)
-                return reg_error_set(
-                        e, -ERANGE,
-                        "%s: it has %llu bytes; the bytes from there on are no longer in memory "
-                        "(kept from %llu): save again",
-                        what, (unsigned long long)have, (unsigned long long)u->kept_from);
+        uint64_t kept_from, ready;
+        if (!upload_rewind(u, have, &kept_from, &ready)) {
+                if (have > ready)
+                        return reg_error_set(e, -EBADMSG, "%s: it has %llu bytes, more than the %llu sent",
+                                             what, (unsigned long long)have, (unsigned long long)ready);
+                return reg_error_set(e, -ERANGE,
+                                     "%s: it has %llu bytes; the bytes from there on are no longer in memory "
+                                     "(kept from %llu): save again",
+                                     what, (unsigned long long)have, (unsigned long long)kept_from);
+        }
         if (resp.location) {
                 free(u->location);
                 u->location = TAKE_PTR(resp.location);
         }
-        u->offset = have;
         return 0;
 }
 
@@ -455,6 +531,9 @@ static int upload_recover(RegUpload *u, Outcome o, int r, RegError *e)
 static int upload_send(RegUpload *u, uint64_t upto, RegError *e)
 {
         while (u->offset < upto) {
+                if (upload_stopping(u))
+                        return reg_error_set(e, -ECANCELED, "the upload to %s/%s was cancelled", u->c->host,
+                                             u->repository);
                 uint64_t block_end = (u->offset / u->cap + 1) * u->cap;
                 Outcome o = OUTCOME_FATAL;
                 int r = send_chunk(u, upto < block_end ? upto : block_end, &o, e);
@@ -469,15 +548,78 @@ static int upload_send(RegUpload *u, uint64_t upto, RegError *e)
         return 0;
 }
 
-/* The block that byte u->written goes to; a new block takes the slot of the oldest (confirmed) one. */
+/* The sender thread: PATCHes full blocks as the writer hands them over, until closing (all handed-over
+ * blocks sent), stop, or a failure it could not recover from. */
+static void *upload_sender_main(void *userdata)
+{
+        RegUpload *u = userdata;
+        RegError e = {0};
+        int r = 0;
+        pthread_mutex_lock(&u->lock);
+        for (;;) {
+                while (!u->stop && !u->closing && u->ready <= u->offset)
+                        pthread_cond_wait(&u->cond, &u->lock);
+                uint64_t upto = u->ready;
+                if (u->stop || upto <= u->offset)
+                        break;
+                pthread_mutex_unlock(&u->lock);
+                r = upload_send(u, upto, &e);
+                pthread_mutex_lock(&u->lock);
+                if (r < 0)
+                        break;
+        }
+        u->sender_done = true;
+        u->sender_r = r;
+        if (r < 0)
+                u->sender_error = e;
+        pthread_cond_broadcast(&u->cond);
+        pthread_mutex_unlock(&u->lock);
+        return NULL;
+}
+
+/* The sender's failure, as the writer reports it. Called with the lock held. */
+static int upload_sender_failed(RegUpload *u, RegError *e)
+{
+        if (e)
+                *e = u->sender_error;
+        return u->sender_r;
+}
+
+/* A block is full: hand it to the sender, or send it now when there is none. */
+static int upload_hand_over(RegUpload *u, RegError *e)
+{
+        int r = 0;
+        pthread_mutex_lock(&u->lock);
+        u->ready = u->written;
+        if (u->sender_done && u->sender_r < 0)
+                r = upload_sender_failed(u, e);
+        pthread_cond_broadcast(&u->cond);
+        pthread_mutex_unlock(&u->lock);
+        if (r >= 0 && !u->have_sender)
+                r = upload_send(u, u->written, e);
+        return r;
+}
+
+/* The block that byte u->written goes to; a new block takes the slot of the oldest one once the registry
+ * confirmed it (the writer waits for that here). */
 static int upload_block(RegUpload *u, uint8_t **ret, RegError *e)
 {
         uint64_t index = u->written / u->cap;
         uint8_t **slot = &u->blocks[index % u->n_blocks];
         if (u->written % u->cap == 0 && index >= u->n_blocks) {
                 uint64_t from = (index - u->n_blocks + 1) * u->cap;
-                assert(u->offset >= from);
-                u->kept_from = from;
+                int r = 0;
+                pthread_mutex_lock(&u->lock);
+                while (u->have_sender && u->offset < from && !u->sender_done)
+                        pthread_cond_wait(&u->cond, &u->lock);
+                if (u->offset >= from)
+                        u->kept_from = from;
+                else
+                        r = u->sender_r < 0 ? upload_sender_failed(u, e)
+                                            : reg_error_set(e, -EIO, "the upload's sender ended early");
+                pthread_mutex_unlock(&u->lock);
+                if (r < 0)
+                        return r;
         }
         if (!*slot && !(*slot = malloc(u->cap)))
                 return reg_error_set(e, -ENOMEM, "out of memory for a %zu byte upload chunk", u->cap);
@@ -503,7 +645,7 @@ int reg_upload_write(RegUpload *u, const void *data, size_t size, RegError *e)
                         p += n;
                         size -= n;
                         if (u->written % u->cap == 0)
-                                r = upload_send(u, u->written, e);
+                                r = upload_hand_over(u, e);
                 }
                 if (r < 0) {
                         u->failed = true;
@@ -574,6 +716,14 @@ int reg_upload_commit(RegUpload *u, const char *digest, RegError *e)
         u->failed = true; /* until it succeeds: no more writes */
         if (strncmp(digest, "sha256:", 7) == 0 && strcmp(got, digest) != 0)
                 return reg_error_set(e, -EBADMSG, "the uploaded bytes have digest %s, not %s", got, digest);
+        /* The sender sends the full blocks it has and ends; the tail and the commit go from here. */
+        upload_sender_join(u, false);
+        pthread_mutex_lock(&u->lock);
+        u->ready = u->written;
+        r = u->sender_r < 0 ? upload_sender_failed(u, e) : 0;
+        pthread_mutex_unlock(&u->lock);
+        if (r < 0)
+                return r;
         for (;;) {
                 r = upload_send(u, u->written, e);
                 if (r >= 0)

@@ -248,6 +248,89 @@ static void upload_errors(RegClient *c, const char *repo, const Blob *layer)
         reg_upload_abort(NULL);
 }
 
+/* The writer fills the next chunk while one is on the wire, and waits (memory stays bounded) only when every
+ * chunk in memory is unconfirmed: with the registry frozen (SIGSTOP) and a ring of two chunks, two chunks
+ * are taken, the third waits until the registry is thawed, and the blob then arrives whole. */
+typedef struct OverlapWrite {
+        RegUpload *u;
+        const char *data;
+        size_t size;
+        int r;
+        RegError e;
+        bool done;
+        pthread_mutex_t lock;
+        pthread_cond_t cond;
+} OverlapWrite;
+
+static void *overlap_write(void *userdata)
+{
+        OverlapWrite *w = userdata;
+        int r = reg_upload_write(w->u, w->data, w->size, &w->e);
+        pthread_mutex_lock(&w->lock);
+        w->r = r;
+        w->done = true;
+        pthread_cond_broadcast(&w->cond);
+        pthread_mutex_unlock(&w->lock);
+        return NULL;
+}
+
+/* Starts a write on a thread; true when it returned within `seconds`. */
+static bool overlap_write_within(OverlapWrite *w, pthread_t *t, int seconds)
+{
+        w->done = false;
+        ASSERT_EQ(pthread_create(t, NULL, overlap_write, w), 0);
+        struct timespec until;
+        clock_gettime(CLOCK_REALTIME, &until);
+        until.tv_sec += seconds;
+        pthread_mutex_lock(&w->lock);
+        while (!w->done && pthread_cond_timedwait(&w->cond, &w->lock, &until) == 0)
+                ;
+        bool done = w->done;
+        pthread_mutex_unlock(&w->lock);
+        return done;
+}
+
+static void test_upload_overlap(const Registry *r, const char *authfile, const Blob *layer)
+{
+        const size_t chunk = 256 * 1024;
+        ASSERT_INT(layer->size, >=, 3 * chunk + 1);
+        RegClientOptions o = {.url = r->url,
+                              .authfile = authfile,
+                              .chunk_size = chunk,
+                              .replay_max = 2 * chunk,
+                              .user_agent = "nbsnap-test"};
+        RegClient *c = NULL;
+        RegError e = {0};
+        check(reg_client_new(&o, &c, &e), &e, "client");
+        RegUpload *u = NULL;
+        check(reg_upload_begin(c, "test/overlap", NULL, NULL, &u, &e), &e, "upload begin");
+
+        ASSERT_EQ(kill(r->pid, SIGSTOP), 0);
+        OverlapWrite w = {.u = u, .data = layer->data, .size = 2 * chunk};
+        pthread_mutex_init(&w.lock, NULL);
+        pthread_cond_init(&w.cond, NULL);
+        pthread_t t;
+        /* chunk 0 goes on the wire to the frozen registry; chunk 1 fills the other block */
+        ASSERT_TRUE(overlap_write_within(&w, &t, 30));
+        pthread_join(t, NULL);
+        check(w.r, &w.e, "writes while a chunk is on the wire");
+        /* chunk 2 needs chunk 0's block: it waits for the registry */
+        w.data = layer->data + 2 * chunk;
+        w.size = layer->size - 2 * chunk;
+        ASSERT_TRUE(!overlap_write_within(&w, &t, 2));
+        ASSERT_EQ(kill(r->pid, SIGCONT), 0);
+        pthread_join(t, NULL);
+        check(w.r, &w.e, "write after the registry came back");
+        check(reg_upload_commit(u, layer->digest, &e), &e, "upload commit");
+        reg_upload_abort(u);
+        int64_t size = 0;
+        ASSERT_EQ(reg_blob_exists(c, "test/overlap", layer->digest, &size, &e), 1);
+        ASSERT_EQ(size, (int64_t)layer->size);
+        pthread_cond_destroy(&w.cond);
+        pthread_mutex_destroy(&w.lock);
+        reg_client_free(c);
+}
+
 static void skopeo_inspect(const Registry *r, const char *image, const char *expect)
 {
         if (access("/usr/bin/skopeo", X_OK) < 0)
@@ -277,6 +360,7 @@ static void test_blobs_and_images(const Registry *r, const char *authfile, Blob 
 
         streamed_upload(c, "test/one", layer);
         upload_errors(c, "test/one", layer);
+        test_upload_overlap(r, authfile, layer);
 
         /* mount: 201 when the blob is in the source repository, 0 (session cancelled) when it is not */
         ASSERT_EQ(reg_blob_exists(c, "test/two", layer->digest, NULL, &e), 0);
