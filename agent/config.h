@@ -7,6 +7,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 
+#include "save.h"
 #include "util.h"
 
 #define NB_CONFIG_DEFAULT_PATH "/etc/nbsnap/nbsnapd.conf"
@@ -34,6 +35,7 @@ typedef struct NbConfig {
         unsigned threads, level, stop_timeout_sec, report_retry_max_sec;
         unsigned long chunk_size;
         bool level_set;
+        NbCompression compression; /* of the layer a save makes; 0: gzip */
 } NbConfig;
 
 /* Defaults; config_done() frees what config_parse_*() set. */

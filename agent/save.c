@@ -8,6 +8,7 @@
 
 #include "diff.h"
 #include "pgzip.h"
+#include "pzstd.h"
 #include "registry.h"
 #include "save.h"
 
@@ -22,6 +23,41 @@ const char *nb_phase_to_string(NbPhase p)
         return p < _NB_PHASE_MAX ? phase_names[p] : "unknown";
 }
 
+static const char *const compression_names[_NB_COMPRESSION_MAX] = {
+        [NB_COMPRESSION_GZIP] = "gzip",
+        [NB_COMPRESSION_ZSTD] = "zstd",
+};
+
+const char *nb_compression_to_string(NbCompression c)
+{
+        return c < _NB_COMPRESSION_MAX ? compression_names[c] : "unknown";
+}
+
+int nb_compression_from_string(const char *s, NbCompression *ret)
+{
+        for (NbCompression c = 0; s && c < _NB_COMPRESSION_MAX; c++)
+                if (strcmp(s, compression_names[c]) == 0) {
+                        *ret = c;
+                        return 0;
+                }
+        return -EINVAL;
+}
+
+int nb_compression_level_check(NbCompression c, int level, NbError *e)
+{
+        if (c >= _NB_COMPRESSION_MAX)
+                return nb_error_set(e, -EINVAL, "unknown compression %d", (int)c);
+        if (level == -1)
+                return 0;
+        int min = c == NB_COMPRESSION_ZSTD ? 1 : 0,
+            max = c == NB_COMPRESSION_ZSTD ? NB_ZSTD_LEVEL_MAX : NB_GZIP_LEVEL_MAX;
+        if (level < min || level > max)
+                return nb_error_set(e, -EINVAL, "level %d is not a %s level: %s takes %d to %d (default %d)",
+                                    level, compression_names[c], compression_names[c], min, max,
+                                    c == NB_COMPRESSION_ZSTD ? PZSTD_LEVEL_DEFAULT : 1);
+        return 0;
+}
+
 typedef struct Save {
         const NbSaveOptions *o;
         NbImage *img;
@@ -30,13 +66,15 @@ typedef struct Save {
         char *dst_repo;
         RegImage *base;
         RegUpload *upload;
-        RegError upload_error; /* written by the compressor's output thread, read after it was joined */
-        SnapError gzip_error;  /* what pgzip_write() said, on the packing thread */
-        PGzip *gzip;
+        RegError upload_error;    /* written by the compressor's output thread, read after it was joined */
+        SnapError compress_error; /* what pgzip_write()/pzstd_write() said, on the packing thread */
+        PGzip *gzip;              /* one of the two compressors, as o->compression says */
+        PZstd *zstd;
         SnapLayer *layer;
         _Atomic uint64_t sent;
         NbProgress progress;
-        PGzipResult result;
+        PGzipResult result; /* filled from PZstdResult too: the same fields */
+        bool to_oci;        /* a Docker schema2 base written out as an OCI image (zstd layer) */
         char config_digest[72];
         char *config_json;
         size_t config_size;
@@ -49,6 +87,7 @@ static void save_done(Save *s)
          * upload */
         snap_layer_free(s->layer);
         pgzip_free(s->gzip);
+        pzstd_free(s->zstd);
         reg_upload_abort(s->upload);
         reg_image_free(s->base);
         reg_ref_free(s->ref);
@@ -162,6 +201,10 @@ int nb_save_validate(const NbSaveOptions *o, NbError *e)
                         "namespace/name is %zu characters; registries take repository names of at "
                         "most 255",
                         strlen(o->namespace) + 1 + strlen(o->name));
+        if (o->compression >= _NB_COMPRESSION_MAX)
+                return nb_error_set(e, -EINVAL, "--compression takes gzip or zstd");
+        if (nb_compression_level_check(o->compression, o->level, e) < 0)
+                return e->code;
         if (strncmp(o->registry_url, "https://", 8) != 0 && strncmp(o->registry_url, "http://", 7) != 0)
                 return nb_error_set(e, -EINVAL,
                                     "--registry must be a URL: https://HOST[:PORT] or http://HOST[:PORT]");
@@ -252,6 +295,54 @@ static int resolve_base(Save *s, NbError *e)
         return set_arch(s->img, s->base->config_json);
 }
 
+/* Docker schema2 layer types and their OCI equivalents (containers/image's manifest conversion). */
+static const struct {
+        const char *docker, *oci;
+} docker_to_oci_layer[] = {
+        {REG_MEDIA_DOCKER_LAYER_GZIP, REG_MEDIA_OCI_LAYER_GZIP},
+        {"application/vnd.docker.image.rootfs.diff.tar", "application/vnd.oci.image.layer.v1.tar"},
+        {"application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
+         "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip"},
+};
+
+/* NULL when there is no OCI equivalent; OCI layer types (seen in mixed manifests) stay as they are. */
+static const char *oci_layer_type(const char *media_type)
+{
+        if (strncmp(media_type, "application/vnd.oci.image.layer.", 32) == 0)
+                return media_type;
+        for (size_t i = 0; i < ELEMENTSOF(docker_to_oci_layer); i++)
+                if (strcmp(media_type, docker_to_oci_layer[i].docker) == 0)
+                        return docker_to_oci_layer[i].oci;
+        return NULL;
+}
+
+/* Docker schema2 has no zstd layer type: a zstd layer on a schema2 base makes the new image an OCI image
+ * (config and base layers keep their bytes and digests, only the media types change), as containers/image
+ * does for `skopeo copy --dest-compress-format zstd` / `podman push --compression-format zstd` and BuildKit
+ * does for compression=zstd (it forces OCI media types). Any runtime that can pull zstd layers reads OCI
+ * manifests. Decided here, before any layer is touched, so a base that cannot be converted fails at once. */
+static int plan_manifest(Save *s, NbError *e)
+{
+        if (s->o->compression != NB_COMPRESSION_ZSTD ||
+            strcmp(s->base->manifest_media_type, REG_MEDIA_DOCKER_MANIFEST) != 0)
+                return 0;
+        for (size_t i = 0; i < s->base->n_layers; i++) {
+                const char *t = s->base->layers[i].media_type;
+                if (!t || !oci_layer_type(t))
+                        return nb_error_set(
+                                e, -EOPNOTSUPP,
+                                "--compression zstd needs an OCI manifest, and base layer %zu has "
+                                "media type %s, which has no OCI equivalent: save with "
+                                "--compression gzip",
+                                i, t ? t : "(none)");
+        }
+        s->to_oci = true;
+        note(s,
+             "the base image is a Docker schema2 image, which cannot carry zstd layers: the new image is an "
+             "OCI image");
+        return 0;
+}
+
 /* Each base layer must be in the target repository: already there, mounted from the base repository, or
  * copied (another registry, or a registry that declines mounts). Never uploaded from here. */
 static int ensure_base_layers(Save *s, NbError *e)
@@ -279,7 +370,7 @@ static int ensure_base_layers(Save *s, NbError *e)
         return 0;
 }
 
-static int on_gzip_output(void *userdata, const void *data, size_t size)
+static int on_compressed_output(void *userdata, const void *data, size_t size)
 {
         Save *s = userdata;
         int r = reg_upload_write(s->upload, data, size, &s->upload_error);
@@ -299,7 +390,9 @@ static int on_tar_output(void *userdata, const void *data, size_t size)
         Save *s = userdata;
         if (cancelled(s))
                 return -ECANCELED;
-        return pgzip_write(s->gzip, data, size, &s->gzip_error);
+        if (s->zstd)
+                return pzstd_write(s->zstd, data, size, &s->compress_error);
+        return pgzip_write(s->gzip, data, size, &s->compress_error);
 }
 
 static void on_layer_note(void *userdata, const char *path, const char *message)
@@ -324,10 +417,40 @@ static int pack_error(Save *s, NbError *e, const SnapError *se, int r)
         if (s->upload_error.code < 0)
                 return nb_error_from_reg(e, &s->upload_error, s->upload_error.code,
                                          "cannot upload the layer");
-        if (s->gzip_error.code < 0)
-                return nb_error_from_snap(e, &s->gzip_error, s->gzip_error.code,
+        if (s->compress_error.code < 0)
+                return nb_error_from_snap(e, &s->compress_error, s->compress_error.code,
                                           "cannot compress the layer");
         return nb_error_from_snap(e, se, r, "cannot pack the layer");
+}
+
+static int compressor_new(Save *s, SnapError *se)
+{
+        const NbSaveOptions *o = s->o;
+        if (o->compression == NB_COMPRESSION_ZSTD) {
+                PZstdOptions zo = {.threads = o->threads,
+                                   .level = o->level,
+                                   .output = on_compressed_output,
+                                   .userdata = s};
+                return pzstd_new(&zo, &s->zstd, se);
+        }
+        PGzipOptions go = {
+                .threads = o->threads, .level = o->level, .output = on_compressed_output, .userdata = s};
+        return pgzip_new(&go, &s->gzip, se);
+}
+
+static int compressor_finish(Save *s, SnapError *se)
+{
+        if (!s->zstd)
+                return pgzip_finish(s->gzip, &s->result, se);
+        PZstdResult zr;
+        int r = pzstd_finish(s->zstd, &zr, se);
+        if (r < 0)
+                return r;
+        memcpy(s->result.diff_id, zr.diff_id, sizeof(s->result.diff_id));
+        memcpy(s->result.digest, zr.digest, sizeof(s->result.digest));
+        s->result.size_in = zr.size_in;
+        s->result.size_out = zr.size_out;
+        return 0;
 }
 
 static int pack_and_upload(Save *s, NbError *e)
@@ -361,9 +484,7 @@ static int pack_and_upload(Save *s, NbError *e)
                 r = nb_error_from_reg(e, &re, r, "cannot start the layer upload");
                 goto out;
         }
-        PGzipOptions zo = {
-                .threads = o->threads, .level = o->level, .output = on_gzip_output, .userdata = s};
-        r = pgzip_new(&zo, &s->gzip, &se);
+        r = compressor_new(s, &se);
         if (r >= 0)
                 r = snap_layer_new(on_tar_output, on_layer_note, s, &s->layer, &se);
         if (r >= 0)
@@ -371,7 +492,7 @@ static int pack_and_upload(Save *s, NbError *e)
         if (r >= 0)
                 r = snap_layer_finish(s->layer, &se);
         if (r >= 0)
-                r = pgzip_finish(s->gzip, &s->result, &se);
+                r = compressor_finish(s, &se);
         if (r < 0) {
                 r = pack_error(s, e, &se, r);
                 goto out;
@@ -384,9 +505,9 @@ static int pack_and_upload(Save *s, NbError *e)
         s->upload = reg_upload_abort(s->upload); /* committed: frees, cancels nothing */
         note(s,
              "layer %.19s: %" PRIu64 " added, %" PRIu64 " modified, %" PRIu64 " recreated, %" PRIu64
-             " deleted, %" PRIu64 " unchanged; %" PRIu64 " bytes of tar, %" PRIu64 " compressed",
+             " deleted, %" PRIu64 " unchanged; %" PRIu64 " bytes of tar, %" PRIu64 " compressed (%s)",
              s->result.digest, st.added, st.modified, st.recreated, st.deleted, st.same, s->result.size_in,
-             s->result.size_out);
+             s->result.size_out, nb_compression_to_string(o->compression));
 out:
         snap_walk_free(walk);
         snap_baseline_free(base);
@@ -474,9 +595,34 @@ static cJSON *descriptor(const char *media_type, const char *digest, uint64_t si
 
 /* The base manifest with our config and one more layer, in the base's media-type family. Base layer
  * descriptors are kept as they are (urls, annotations). */
+static const char *new_layer_type(const Save *s, bool oci)
+{
+        if (s->o->compression == NB_COMPRESSION_ZSTD)
+                return REG_MEDIA_OCI_LAYER_ZSTD; /* plan_manifest() made sure the manifest is OCI */
+        return oci ? REG_MEDIA_OCI_LAYER_GZIP : REG_MEDIA_DOCKER_LAYER_GZIP;
+}
+
+/* A Docker schema2 base written as OCI: the base layers' media types (plan_manifest() checked them). */
+static int layers_to_oci(cJSON *layers, NbError *e)
+{
+        cJSON *l;
+        cJSON_ArrayForEach(l, layers)
+        {
+                const cJSON *t = cJSON_GetObjectItemCaseSensitive(l, "mediaType");
+                const char *oci = cJSON_IsString(t) ? oci_layer_type(t->valuestring) : NULL;
+                if (!oci)
+                        return nb_error_set(e, -EOPNOTSUPP, "a base layer has no OCI media type");
+                if (!cJSON_ReplaceItemInObjectCaseSensitive(l, "mediaType", cJSON_CreateString(oci)))
+                        return nb_error_set(e, -ENOMEM, "out of memory");
+        }
+        return 0;
+}
+
 static int build_manifest(Save *s, char **ret, const char **ret_type, NbError *e)
 {
-        bool oci = strcmp(s->base->manifest_media_type, REG_MEDIA_OCI_MANIFEST) == 0;
+        bool oci = s->to_oci || strcmp(s->base->manifest_media_type, REG_MEDIA_OCI_MANIFEST) == 0;
+        const char *type = s->to_oci ? REG_MEDIA_OCI_MANIFEST : s->base->manifest_media_type;
+        const char *config_type = s->to_oci ? REG_MEDIA_OCI_CONFIG : s->base->config.media_type;
         cJSON *m = cJSON_ParseWithLength(s->base->manifest, s->base->manifest_size);
         cJSON *layers = m ? cJSON_GetObjectItemCaseSensitive(m, "layers") : NULL;
         if (!cJSON_IsArray(layers)) {
@@ -487,11 +633,14 @@ static int build_manifest(Save *s, char **ret, const char **ret_type, NbError *e
         cJSON_DeleteItemFromObjectCaseSensitive(m, "config");
         cJSON_DeleteItemFromObjectCaseSensitive(m, "annotations");
         cJSON_DeleteItemFromObjectCaseSensitive(m, "subject");
-        cJSON_AddStringToObject(m, "mediaType", s->base->manifest_media_type);
-        cJSON_AddItemToObject(m, "config",
-                              descriptor(s->base->config.media_type, s->config_digest, s->config_size));
-        cJSON_AddItemToArray(layers, descriptor(oci ? REG_MEDIA_OCI_LAYER_GZIP : REG_MEDIA_DOCKER_LAYER_GZIP,
-                                                s->result.digest, s->result.size_out));
+        if (s->to_oci && layers_to_oci(layers, e) < 0) {
+                cJSON_Delete(m);
+                return e->code;
+        }
+        cJSON_AddStringToObject(m, "mediaType", type);
+        cJSON_AddItemToObject(m, "config", descriptor(config_type, s->config_digest, s->config_size));
+        cJSON_AddItemToArray(layers,
+                             descriptor(new_layer_type(s, oci), s->result.digest, s->result.size_out));
         if (oci) {
                 cJSON *a = cJSON_AddObjectToObject(m, "annotations");
                 cJSON_AddStringToObject(a, "org.opencontainers.image.base.digest", s->base->manifest_digest);
@@ -499,7 +648,7 @@ static int build_manifest(Save *s, char **ret, const char **ret_type, NbError *e
         }
         *ret = cJSON_PrintUnformatted(m);
         cJSON_Delete(m);
-        *ret_type = s->base->manifest_media_type;
+        *ret_type = type;
         return *ret ? 0 : nb_error_set(e, -ENOMEM, "out of memory");
 }
 
@@ -548,6 +697,8 @@ int nb_save(const NbSaveOptions *o, NbImage *img, NbError *e)
                                         nb_phase_to_string(NB_PHASE_RESOLVING));
         if (r >= 0)
                 r = resolve_base(&s, e);
+        if (r >= 0)
+                r = plan_manifest(&s, e);
         if (r >= 0)
                 r = ensure_base_layers(&s, e);
         if (r >= 0)

@@ -1,7 +1,7 @@
 /* save.h: one save, start to end: validate, resolve the base image, ensure its layers are in the target
  * repository (HEAD, cross-repository mount, copy), pack what changed since the baseline into one layer while
- * it uploads (diff -> tar -> parallel gzip -> chunked PATCH), push the config, push the manifest last (so
- * the tag never points at a half-pushed image), and fill the image object. */
+ * it uploads (diff -> tar -> parallel gzip, or zstd when asked -> chunked PATCH), push the config, push the
+ * manifest last (so the tag never points at a half-pushed image), and fill the image object. */
 #pragma once
 
 #include <stdbool.h>
@@ -32,6 +32,24 @@ typedef enum NbPhase {
 
 const char *nb_phase_to_string(NbPhase p);
 
+/* The new layer's compression. gzip is the default: every runtime reads it. zstd
+ * (application/vnd.oci.image.layer.v1.tar+zstd) needs containerd >= 1.5, podman/CRI-O, or Docker >= 23 to
+ * pull, and an OCI manifest: a Docker schema2 base is written out as an OCI image (see save.c). */
+typedef enum NbCompression {
+        NB_COMPRESSION_GZIP, /* 0: the default */
+        NB_COMPRESSION_ZSTD,
+        _NB_COMPRESSION_MAX,
+} NbCompression;
+
+#define NB_GZIP_LEVEL_MAX 9
+#define NB_ZSTD_LEVEL_MAX 19
+
+const char *nb_compression_to_string(NbCompression c);
+/* "gzip" or "zstd"; -EINVAL for anything else. */
+int nb_compression_from_string(const char *s, NbCompression *ret);
+/* Whether level (-1: the compressor's default) is one of c's levels: gzip 0-9, zstd 1-19. e says so. */
+int nb_compression_level_check(NbCompression c, int level, NbError *e);
+
 typedef struct NbProgress {
         NbPhase phase;
         uint64_t entries;  /* entries walked */
@@ -52,7 +70,8 @@ typedef struct NbSaveOptions {
         size_t n_excludes;
         const char *mountinfo;      /* NULL: /proc/self/mountinfo */
         unsigned threads;           /* 0: all CPUs */
-        int level;                  /* gzip level, -1: default */
+        NbCompression compression;  /* of the new layer; 0: gzip */
+        int level;                  /* of that compressor (gzip 0-9, zstd 1-19), -1: its default */
         size_t chunk_size;          /* upload PATCH size, 0: default */
         const _Atomic bool *cancel; /* set from another thread: the save stops soon with -ECANCELED */
         void (*progress)(void *userdata, const NbProgress *p);

@@ -1,0 +1,255 @@
+/* test-snapshot-zstd: the multithreaded zstd stream (snapshot/pzstd.c) is one valid zstd frame that
+ * libzstd decompresses back to the input, whatever the size and the write pattern; the digests are those
+ * of the bytes (checked against a one-shot SHA-256); the bytes are the same for 1, 2 and 4 threads; a
+ * failing output callback comes back as the error and never hangs; bad options are refused. */
+#include <stdbool.h>
+#include <stdint.h>
+
+#include <openssl/evp.h>
+#include <zstd.h>
+
+#include "pzstd.h"
+#include "tests.h"
+
+#define MIB (1024u * 1024)
+
+typedef struct Sink {
+        uint8_t *data;
+        size_t size, cap;
+        size_t fail_after; /* fail once this many bytes were accepted; 0: never */
+        int fail_code;
+        unsigned calls_after_failure;
+        bool failed;
+} Sink;
+
+static int sink_write(void *userdata, const void *data, size_t size)
+{
+        Sink *s = userdata;
+        if (s->failed)
+                s->calls_after_failure++;
+        if (s->fail_after && s->size + size > s->fail_after) {
+                s->failed = true;
+                return s->fail_code;
+        }
+        if (s->size + size > s->cap) {
+                size_t cap = s->cap ? s->cap : 64 * 1024;
+                while (cap < s->size + size)
+                        cap *= 2;
+                s->data = realloc(s->data, cap);
+                ASSERT_TRUE(s->data);
+                s->cap = cap;
+        }
+        memcpy(s->data + s->size, data, size);
+        s->size += size;
+        return 0;
+}
+
+/* Half text-like (compressible, repeats at long distances), half xorshift noise, in 64 KiB runs. */
+static uint8_t *make_mix(size_t n)
+{
+        uint8_t *p = malloc(n ? n : 1);
+        ASSERT_TRUE(p);
+        uint64_t x = 0x9e3779b97f4a7c15ull;
+        static const char words[] = "layer diff tar whiteout opaque registry manifest config blob digest ";
+        for (size_t i = 0; i < n; i++) {
+                if ((i >> 16) & 1) {
+                        x ^= x << 13;
+                        x ^= x >> 7;
+                        x ^= x << 17;
+                        p[i] = (uint8_t)x;
+                } else
+                        p[i] = (uint8_t)words[(i * 7 + (i >> 12)) % (sizeof(words) - 1)];
+        }
+        return p;
+}
+
+static void sha256_string(const void *data, size_t n, char out[72])
+{
+        unsigned char md[EVP_MAX_MD_SIZE];
+        unsigned len = 0;
+        ASSERT_TRUE(EVP_Digest(data, n, md, &len, EVP_sha256(), NULL));
+        int o = snprintf(out, 72, "sha256:");
+        for (unsigned i = 0; i < len; i++)
+                o += snprintf(out + o, 72 - (size_t)o, "%02x", md[i]);
+}
+
+/* Compresses data in writes of `chunk` bytes (0: one write). */
+static void compress(const uint8_t *data, size_t n, unsigned threads, int level, size_t chunk, Sink *sink,
+                     PZstdResult *res)
+{
+        PZstdOptions o = {.threads = threads, .level = level, .output = sink_write, .userdata = sink};
+        PZstd *z = NULL;
+        SnapError e = {0};
+        ASSERT_OK(pzstd_new(&o, &z, &e));
+        size_t off = 0;
+        while (off < n) {
+                size_t k = chunk && chunk < n - off ? chunk : n - off;
+                ASSERT_OK(pzstd_write(z, data + off, k, &e));
+                off += k;
+        }
+        ASSERT_OK(pzstd_finish(z, res, &e));
+        ASSERT_TRUE(pzstd_finish(z, NULL, &e) < 0); /* only once */
+        pzstd_free(z);
+}
+
+/* Streaming decompression: a multithreaded frame has no content size in its header. */
+static void check_roundtrip(const uint8_t *data, size_t n, const Sink *sink, const PZstdResult *res)
+{
+        ZSTD_DCtx *d = ZSTD_createDCtx();
+        ASSERT_TRUE(d);
+        uint8_t *out = malloc(n + 1);
+        ASSERT_TRUE(out);
+        ZSTD_inBuffer in = {sink->data, sink->size, 0};
+        ZSTD_outBuffer ob = {out, n + 1, 0};
+        size_t r;
+        do {
+                r = ZSTD_decompressStream(d, &ob, &in);
+                if (ZSTD_isError(r))
+                        fprintf(stderr, "zstd: %s\n", ZSTD_getErrorName(r));
+                ASSERT_TRUE(!ZSTD_isError(r));
+        } while (r != 0 && in.pos < in.size);
+        ASSERT_EQ(r, 0); /* the frame is complete (checksum verified) */
+        ASSERT_EQ(in.pos, sink->size);
+        ASSERT_EQ(ob.pos, n);
+        ASSERT_TRUE(n == 0 || memcmp(out, data, n) == 0);
+        char want[72];
+        sha256_string(data, n, want);
+        ASSERT_STREQ(res->diff_id, want);
+        sha256_string(sink->data, sink->size, want);
+        ASSERT_STREQ(res->digest, want);
+        ASSERT_EQ(res->size_in, n);
+        ASSERT_EQ(res->size_out, sink->size);
+        free(out);
+        ZSTD_freeDCtx(d);
+}
+
+static void test_sizes(void)
+{
+        static const size_t sizes[] = {0, 1, 4096, MIB - 1, MIB, MIB + 1, 3 * MIB + 17, 20 * MIB};
+        uint8_t *data = make_mix(20 * MIB);
+        for (size_t i = 0; i < ELEMENTSOF(sizes); i++) {
+                Sink sink = {0};
+                PZstdResult res;
+                compress(data, sizes[i], 2, -1, 0, &sink, &res);
+                check_roundtrip(data, sizes[i], &sink, &res);
+                printf("size %zu: %zu compressed\n", sizes[i], sink.size);
+                free(sink.data);
+        }
+        free(data);
+}
+
+/* The same bytes for 1, 2, 4 workers and any write pattern, at two levels (several libzstd jobs each). */
+static void test_deterministic(void)
+{
+        size_t n = 40 * MIB + 12345;
+        uint8_t *data = make_mix(n);
+        static const int levels[] = {1, 3};
+        static const unsigned threads[] = {1, 2, 4};
+        static const size_t chunks[] = {0, 1000, 3 * MIB + 1};
+        for (size_t l = 0; l < ELEMENTSOF(levels); l++) {
+                Sink first = {0};
+                PZstdResult first_res;
+                for (size_t t = 0; t < ELEMENTSOF(threads); t++) {
+                        Sink sink = {0};
+                        PZstdResult res;
+                        compress(data, n, threads[t], levels[l], chunks[t], &sink, &res);
+                        if (t == 0) {
+                                check_roundtrip(data, n, &sink, &res);
+                                first = sink;
+                                first_res = res;
+                                continue;
+                        }
+                        ASSERT_EQ(sink.size, first.size);
+                        ASSERT_TRUE(memcmp(sink.data, first.data, sink.size) == 0);
+                        ASSERT_STREQ(res.digest, first_res.digest);
+                        ASSERT_STREQ(res.diff_id, first_res.diff_id);
+                        free(sink.data);
+                }
+                printf("level %d: %zu -> %zu bytes, identical for 1/2/4 threads\n", levels[l], n,
+                       first.size);
+                free(first.data);
+        }
+        free(data);
+}
+
+static void test_output_failure(void)
+{
+        size_t n = 30 * MIB;
+        uint8_t *data = make_mix(n);
+        Sink sink = {.fail_after = 2 * MIB, .fail_code = -EPIPE};
+        PZstdOptions o = {.threads = 2, .level = 1, .output = sink_write, .userdata = &sink};
+        PZstd *z = NULL;
+        SnapError e = {0};
+        ASSERT_OK(pzstd_new(&o, &z, &e));
+        int r = 0;
+        for (size_t off = 0; off < n && r >= 0; off += MIB)
+                r = pzstd_write(z, data + off, MIB, &e);
+        if (r >= 0)
+                r = pzstd_finish(z, NULL, &e);
+        ASSERT_EQ(r, -EPIPE);
+        ASSERT_TRUE(strstr(e.msg, "Failed to write compressed output") != NULL);
+        ASSERT_TRUE(pzstd_write(z, data, 10, &e) < 0);
+        pzstd_free(z);
+        ASSERT_EQ(sink.calls_after_failure, 0);
+        free(sink.data);
+        free(data);
+}
+
+/* Freed in the middle of a stream, with the pools full and the writer blocked on nothing. */
+static void test_abandon(void)
+{
+        size_t n = 12 * MIB;
+        uint8_t *data = make_mix(n);
+        Sink sink = {0};
+        PZstdOptions o = {.threads = 3, .level = 3, .output = sink_write, .userdata = &sink};
+        PZstd *z = NULL;
+        SnapError e = {0};
+        ASSERT_OK(pzstd_new(&o, &z, &e));
+        ASSERT_OK(pzstd_write(z, data, n, &e));
+        ASSERT_TRUE(pzstd_free(z) == NULL);
+        ASSERT_TRUE(pzstd_free(NULL) == NULL);
+        free(sink.data);
+        free(data);
+}
+
+static void test_invalid(void)
+{
+        Sink sink = {0};
+        PZstd *z = NULL;
+        SnapError e = {0};
+        PZstdOptions none = {.level = 3};
+        ASSERT_EQ(pzstd_new(&none, &z, &e), -EINVAL);
+        static const int bad_levels[] = {-2, 20, 22, 1000};
+        for (size_t i = 0; i < ELEMENTSOF(bad_levels); i++) {
+                PZstdOptions o = {.level = bad_levels[i], .output = sink_write, .userdata = &sink};
+                ASSERT_EQ(pzstd_new(&o, &z, &e), -EINVAL);
+                ASSERT_TRUE(strstr(e.msg, "zstd level") != NULL);
+        }
+        PZstdOptions many = {.threads = PZSTD_THREADS_MAX + 1, .output = sink_write, .userdata = &sink};
+        ASSERT_EQ(pzstd_new(&many, &z, &e), -EINVAL);
+        ASSERT_TRUE(z == NULL);
+        /* the level bounds themselves are fine; 0 and -1 mean the default */
+        static const int good_levels[] = {-1, 0, PZSTD_LEVEL_MIN, PZSTD_LEVEL_MAX};
+        for (size_t i = 0; i < ELEMENTSOF(good_levels); i++) {
+                PZstdOptions o = {
+                        .threads = 1, .level = good_levels[i], .output = sink_write, .userdata = &sink};
+                PZstdResult res;
+                ASSERT_OK(pzstd_new(&o, &z, &e));
+                ASSERT_OK(pzstd_write(z, "hello", 5, &e));
+                ASSERT_OK(pzstd_finish(z, &res, &e));
+                z = pzstd_free(z);
+        }
+        free(sink.data);
+}
+
+int main(void)
+{
+        setvbuf(stdout, NULL, _IOLBF, 0);
+        printf("libzstd %s\n", pzstd_version());
+        test_invalid();
+        test_sizes();
+        test_deterministic();
+        test_output_failure();
+        test_abandon();
+        return 0;
+}
