@@ -25,6 +25,7 @@
 #define NB_SAVE_NICE        5 /* the save threads' nice value, relative to the loop's 0 */
 #define NB_PROGRESS_POST_NS (200ull * 1000 * 1000) /* worker -> loop progress posts, at most this often */
 #define NB_DELETES_MAX      4                      /* registry deletions running at once */
+#define NB_RECORD_WAIT_S    30 /* a save waits at most this long for its phase's record to be written */
 #define NB_LIST_MAX         NB_STORE_IMAGES_MAX
 
 static const double duration_buckets[] = {5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600};
@@ -39,16 +40,25 @@ typedef struct Job {
         size_t n_secret_excludes;
         _Atomic bool cancel;
         pthread_mutex_t lock; /* guards the fields below */
+        pthread_cond_t recorded_cond;
         NbProgress progress;
         bool have_progress, done;
         int result;
         NbError error;
         uint64_t posted_ns;
+        /* the last phase the loop tried to record: the worker starts a phase's work only after that */
+        NbPhase recorded_phase;
+        bool have_recorded;
+        /* worker side */
+        NbPhase gated_phase;
+        bool have_gated;
         /* loop side */
         uint64_t baseline_entries;
         NbPhase shown_phase;
         bool creating_recorded;
         int64_t started_ms;
+        NbError store_error; /* the record of the save could not be written: the save was stopped */
+        bool store_failed;
 } Job;
 
 typedef struct DeleteTask {
@@ -173,23 +183,33 @@ static void images_prune(Manager *m)
         }
 }
 
-/* Every state change: the record first (durable), then the outbox (durable), then the reporter. */
-static int image_record(Manager *m, const NbImage *img, bool report)
+/* Every state change: the record first (durable), then the outbox (durable), then the reporter. Each
+ * failure is logged here; the first one is also returned in *ret_e (may be NULL). */
+static int image_record_e(Manager *m, const NbImage *img, bool report, NbError *ret_e)
 {
-        NbError e = {0};
+        NbError e = {0}, q_e = {0};
         int r = nb_store_put_image(m->store, img, &e);
         if (r < 0)
                 log_image(LOG_ERR, img->id, NULL, "%s", e.msg);
-        if (!report || !m->cfg->report_url)
-                return r;
-        _cleanup_free_ char *json = nb_image_to_string(img, false);
-        int q = json ? nb_outbox_push(m->store, json, NULL, &e) : nb_error_set(&e, -ENOMEM, "out of memory");
-        if (q < 0)
-                log_image(LOG_ERR, img->id, NULL, "cannot queue the report of status %s: %s",
-                          nb_status_to_string(img->status), e.msg);
-        else
-                nb_reporter_kick(m->reporter);
+        int q = 0;
+        if (report && m->cfg->report_url) {
+                _cleanup_free_ char *json = nb_image_to_string(img, false);
+                q = json ? nb_outbox_push(m->store, json, NULL, &q_e)
+                         : nb_error_set(&q_e, -ENOMEM, "out of memory");
+                if (q < 0)
+                        log_image(LOG_ERR, img->id, NULL, "cannot queue the report of status %s: %s",
+                                  nb_status_to_string(img->status), q_e.msg);
+                else
+                        nb_reporter_kick(m->reporter);
+        }
+        if (ret_e && (r < 0 || q < 0))
+                *ret_e = r < 0 ? e : q_e;
         return r < 0 ? r : q;
+}
+
+static int image_record(Manager *m, const NbImage *img, bool report)
+{
+        return image_record_e(m, img, report, NULL);
 }
 
 /* ---- sd_notify STATUS -----------------------------------------------------------------------------------
@@ -224,6 +244,29 @@ static void job_post(Job *j)
         (void)eventfd_write(j->wake_fd, 1);
 }
 
+static void job_cancel(Job *j)
+{
+        atomic_store(&j->cancel, true);
+        pthread_mutex_lock(&j->lock);
+        pthread_cond_broadcast(&j->recorded_cond); /* a worker waiting for a record goes on, and stops */
+        pthread_mutex_unlock(&j->lock);
+}
+
+/* Worker side: a new phase starts only once the loop has tried to write its record. A record that cannot be
+ * be written cancels the save (job_record_failed()), so a save whose end could not be recorded stops before
+ * it pushes its tag. Bounded: a loop that does not answer within NB_RECORD_WAIT_S lets the save go on. */
+static void job_wait_recorded(Job *j, NbPhase phase)
+{
+        struct timespec deadline;
+        clock_gettime(CLOCK_MONOTONIC, &deadline);
+        deadline.tv_sec += NB_RECORD_WAIT_S;
+        pthread_mutex_lock(&j->lock);
+        while (!(j->have_recorded && j->recorded_phase == phase) && !atomic_load(&j->cancel))
+                if (pthread_cond_timedwait(&j->recorded_cond, &j->lock, &deadline) == ETIMEDOUT)
+                        break;
+        pthread_mutex_unlock(&j->lock);
+}
+
 static void on_save_progress(void *userdata, const NbProgress *p)
 {
         Job *j = userdata;
@@ -238,6 +281,11 @@ static void on_save_progress(void *userdata, const NbProgress *p)
         pthread_mutex_unlock(&j->lock);
         if (post)
                 job_post(j);
+        if (!j->have_gated || p->phase != j->gated_phase) {
+                j->have_gated = true;
+                j->gated_phase = p->phase;
+                job_wait_recorded(j, p->phase);
+        }
 }
 
 static void on_save_note(void *userdata, const char *message)
@@ -272,6 +320,7 @@ static void job_free(Job *j)
         for (size_t i = 0; i < j->n_secret_excludes; i++)
                 free(j->excludes[j->m->cfg->n_exclude + i]);
         free(j->excludes);
+        pthread_cond_destroy(&j->recorded_cond);
         pthread_mutex_destroy(&j->lock);
         free(j);
 }
@@ -354,6 +403,12 @@ static void job_finish(Manager *m, Job *j)
         memcpy(j->img.id, img->id, sizeof(img->id));
         if (img->status != NB_STATUS_ACTIVE && img->status != NB_STATUS_CREATE_FAILED)
                 nb_image_set_status(img, NB_STATUS_CREATE_FAILED, "%s", j->error.msg);
+        if (j->store_failed && img->status != NB_STATUS_ACTIVE)
+                nb_image_set_status(img, NB_STATUS_CREATE_FAILED,
+                                    "the save was stopped because the state dir %s cannot be written: %s; "
+                                    "make room there or make it writable, then save again",
+                                    m->cfg->state_dir ? m->cfg->state_dir : NB_DEFAULT_STATE_DIR,
+                                    j->store_error.msg);
         metrics_count_save(m, img->status, j);
         if (img->status == NB_STATUS_ACTIVE)
                 log_image(LOG_NOTICE, img->id, "done", "saved as %s (%s), %" PRId64 " KB", img->swr_path,
@@ -368,6 +423,17 @@ static void job_finish(Manager *m, Job *j)
                 sd_event_exit(m->event, 0);
 }
 
+/* A record of a running save could not be written (state dir read-only, or full beyond the reserve): the
+ * save is stopped, once. Going on would push an image whose end could not be recorded; the record on disk
+ * stays at the last phase written, and the next start marks it CREATE_FAILED. */
+static void job_record_failed(Manager *m, Job *j, const NbError *e)
+{
+        j->store_failed = true;
+        j->store_error = *e;
+        log_image(LOG_ERR, j->img.id, NULL, "stopping the save, its end could not be recorded: %s", e->msg);
+        job_cancel(j);
+}
+
 static void job_sync(Manager *m)
 {
         Job *j = m->job;
@@ -378,21 +444,30 @@ static void job_sync(Manager *m)
         NbImage *img = image_find(m, j->img.id);
         if (have && img) {
                 char msg[NB_STATUS_MESSAGE_MAX];
+                NbError e = {0};
+                int r = 0;
                 progress_message(j, &p, msg, sizeof(msg));
                 if (!j->creating_recorded) {
                         j->creating_recorded = true;
                         j->shown_phase = p.phase;
                         nb_image_set_status(img, NB_STATUS_CREATING, "%s", msg);
                         log_image(LOG_INFO, img->id, nb_phase_to_string(p.phase), "saving: %s", msg);
-                        image_record(m, img, true);
+                        r = image_record_e(m, img, true, &e);
                 } else {
                         nb_image_set_status(img, NB_STATUS_CREATING, "%s", msg);
                         if (p.phase != j->shown_phase) {
                                 j->shown_phase = p.phase;
                                 log_image(LOG_INFO, img->id, nb_phase_to_string(p.phase), "%s", msg);
-                                image_record(m, img, false);
+                                r = image_record_e(m, img, false, &e);
                         }
                 }
+                if (r < 0 && !j->store_failed)
+                        job_record_failed(m, j, &e);
+                pthread_mutex_lock(&j->lock);
+                j->have_recorded = true;
+                j->recorded_phase = p.phase;
+                pthread_cond_broadcast(&j->recorded_cond);
+                pthread_mutex_unlock(&j->lock);
         }
         if (done)
                 job_finish(m, j);
@@ -451,6 +526,11 @@ static int job_start(Manager *m, const NbImage *img, NbError *e)
         if (!j)
                 return nb_error_set(e, -ENOMEM, "out of memory");
         pthread_mutex_init(&j->lock, NULL);
+        pthread_condattr_t ca;
+        pthread_condattr_init(&ca);
+        pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+        pthread_cond_init(&j->recorded_cond, &ca);
+        pthread_condattr_destroy(&ca);
         j->m = m;
         j->wake_fd = m->wake_fd;
         j->started_ms = nb_now_ms();
@@ -988,7 +1068,7 @@ Manager *manager_free(Manager *m)
                 return NULL;
         deletes_sync(m, true);
         if (m->job && !m->job_abandoned) {
-                atomic_store(&m->job->cancel, true);
+                job_cancel(m->job);
                 pthread_join(m->job->thread, NULL);
                 job_free(m->job);
         }
@@ -1095,7 +1175,7 @@ void manager_request_stop(Manager *m)
         }
         log_image(LOG_NOTICE, m->job->img.id, NULL, "stopping: cancelling the save (waiting up to %u s)",
                   m->cfg->stop_timeout_sec);
-        atomic_store(&m->job->cancel, true);
+        job_cancel(m->job);
         uint64_t usec = (uint64_t)m->cfg->stop_timeout_sec * 1000000ull;
         if (sd_event_add_time_relative(m->event, &m->stop_timer, CLOCK_MONOTONIC, usec, 0, on_stop_timeout,
                                        m) < 0)

@@ -2,6 +2,7 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -18,6 +19,11 @@ struct NbStore {
         uint64_t next_seq;
         bool have_reserve;
         size_t stale_removed;
+        /* Reports up to this one were acknowledged but could not be removed (state dir read-only): they are
+         * no longer offered, else the reporter would send the same one again and again. They stay on disk
+         * and are sent again after a restart (at least once). */
+        _Atomic uint64_t acked_upto;
+        bool unremoved;
 };
 
 static void cjson_deletep(cJSON **j)
@@ -416,9 +422,10 @@ static int outbox_scan(NbStore *s, uint64_t *ret_min, size_t *ret_count)
         rewinddir(d);
         uint64_t min = UINT64_MAX;
         size_t count = 0;
+        uint64_t acked = atomic_load(&s->acked_upto);
         for (struct dirent *de; (de = readdir(d));) {
                 uint64_t seq;
-                if (!seq_name(de->d_name, &seq))
+                if (!seq_name(de->d_name, &seq) || seq <= acked)
                         continue;
                 count++;
                 if (seq < min)
@@ -459,13 +466,45 @@ int nb_outbox_peek(NbStore *s, uint64_t *ret_seq, char **ret_json, NbError *e)
         return 1;
 }
 
-int nb_outbox_ack(NbStore *s, uint64_t seq)
+static int outbox_unlink(NbStore *s, uint64_t seq)
 {
         char name[32];
         snprintf(name, sizeof(name), "%020" PRIu64 ".json", seq);
-        if (unlinkat(s->outbox_fd, name, 0) < 0 && errno != ENOENT)
-                return -errno;
-        return fsync(s->outbox_fd) < 0 ? -errno : 0;
+        return unlinkat(s->outbox_fd, name, 0) < 0 && errno != ENOENT ? -errno : 0;
+}
+
+/* Acknowledged reports that could not be removed before: removed now if the state dir lets us. */
+static void outbox_unlink_acked(NbStore *s)
+{
+        DIR *d = fdopendir(dup(s->outbox_fd));
+        if (!d)
+                return;
+        rewinddir(d);
+        uint64_t acked = atomic_load(&s->acked_upto);
+        bool left = false;
+        for (struct dirent *de; (de = readdir(d));) {
+                uint64_t seq;
+                if (seq_name(de->d_name, &seq) && seq <= acked && outbox_unlink(s, seq) < 0)
+                        left = true;
+        }
+        closedir(d);
+        s->unremoved = left;
+}
+
+int nb_outbox_ack(NbStore *s, uint64_t seq)
+{
+        pthread_mutex_lock(&s->lock);
+        int r = outbox_unlink(s, seq);
+        if (r < 0) {
+                if (seq > atomic_load(&s->acked_upto))
+                        atomic_store(&s->acked_upto, seq);
+                s->unremoved = true;
+        } else if (s->unremoved)
+                outbox_unlink_acked(s);
+        if (r >= 0 && fsync(s->outbox_fd) < 0)
+                r = -errno;
+        pthread_mutex_unlock(&s->lock);
+        return r;
 }
 
 /* ---- the record, back from JSON ---------------------------------------------------------------------- */

@@ -46,6 +46,9 @@ int nb_store_load_images(NbStore *s, NbImage ***ret, size_t *ret_n, size_t *ret_
 int nb_outbox_push(NbStore *s, const char *json, uint64_t *ret_seq, NbError *e);
 /* The oldest report: 1 with seq and json (free it), 0 when the outbox is empty. */
 int nb_outbox_peek(NbStore *s, uint64_t *ret_seq, char **ret_json, NbError *e);
+/* Removes an acknowledged report. One that cannot be removed (state dir read-only) is no longer offered by
+ * nb_outbox_peek() in this process (no resending loop); it is removed at a later ack when that works, else
+ * it is sent again after a restart (at least once). */
 int nb_outbox_ack(NbStore *s, uint64_t seq);
 size_t nb_outbox_count(NbStore *s);
 

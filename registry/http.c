@@ -391,12 +391,38 @@ int reg_retry_wait(RegClient *c, RegRetry *rt, const char *retry_after)
         return 0;
 }
 
-static int transport_error(const RegRequest *rq, CURLcode cc, const char *errbuf, unsigned attempts,
-                           RegError *e)
+/* A URL curl refused by its scheme (CURLOPT_PROTOCOLS_STR, CURLOPT_REDIR_PROTOCOLS_STR): an https registry
+ * sent us, by a redirect or a Location, to plain http (or elsewhere). Named, without its query, so that the
+ * user sees which hop was refused; nothing was sent to it. */
+static int protocol_refused(RegClient *c, const RegRequest *rq, RegError *e)
+{
+        char from[REG_URL_MAX], to[REG_URL_MAX];
+        char *eff = NULL;
+        long status = 0;
+        curl_easy_getinfo(c->curl, CURLINFO_EFFECTIVE_URL, &eff);
+        curl_easy_getinfo(c->curl, CURLINFO_RESPONSE_CODE, &status);
+        reg_url_redact(rq->url, from, sizeof(from));
+        reg_url_redact(eff ? eff : rq->url, to, sizeof(to));
+        if (eff && strcmp(eff, rq->url) != 0)
+                return reg_error_set(
+                        e, -EPROTONOSUPPORT,
+                        "refused a redirect (HTTP %ld) of %s %s to %s: the registry %s is https, "
+                        "and nothing is sent to another protocol (no https -> http downgrade)",
+                        status, rq->method, from, to, c->host);
+        return reg_error_set(e, -EPROTONOSUPPORT,
+                             "refused to send %s to %s: the registry %s is https, and nothing is sent to "
+                             "another protocol (no https -> http downgrade)",
+                             rq->method, to, c->host);
+}
+
+static int transport_error(RegClient *c, const RegRequest *rq, CURLcode cc, const char *errbuf,
+                           unsigned attempts, RegError *e)
 {
         char url[REG_URL_MAX];
         char detail[CURL_ERROR_SIZE];
         char tries[64] = "";
+        if (cc == CURLE_UNSUPPORTED_PROTOCOL && !c->plain_http)
+                return protocol_refused(c, rq, e);
         /* curl's text can quote a URL: keep nothing after a '?'. */
         reg_url_redact(*errbuf ? errbuf : curl_easy_strerror(cc), detail, sizeof(detail));
         if (attempts > 1)
@@ -664,7 +690,7 @@ static int request_retrying(RegClient *c, const RegRequest *rq, const char *auth
                 bool again = rq->retry && sunk == 0;
                 if (cc != CURLE_OK) {
                         if (!again || !curl_retryable(cc) || reg_retry_wait(c, &rt, NULL) < 0)
-                                return transport_error(rq, cc, errbuf, tries, e);
+                                return transport_error(c, rq, cc, errbuf, tries, e);
                         continue;
                 }
                 /* After the last attempt the failing answer is returned as it is: callers report it. */

@@ -116,6 +116,7 @@ step "defaults"
 api POST "$CREATE" -d '{}'
 check "empty object is 200" test "$HTTP_CODE" = 200
 ID2=$(jget 'j["id"]')
+TAG2=$(jget 'j["tag"]')
 check "default name: the base image's repository name" test "$(jget 'j["name"]')" = base
 check "default tag: UTC YYYYMMDDHHMMSS" grep -Eq '^20[0-9]{12}$' <<<"$(jget 'j["tag"]')"
 check "default tag is now" "$PYTHON" -c 'import json,sys,datetime; t=json.load(open(sys.argv[1]))["tag"]; d=datetime.datetime.strptime(t,"%Y%m%d%H%M%S").replace(tzinfo=datetime.timezone.utc); sys.exit(0 if abs(d.timestamp()-datetime.datetime.now(datetime.timezone.utc).timestamp())<120 else 1)' "$SCRATCH/resp.json"
@@ -124,9 +125,15 @@ check "default namespace from config" test "$(jget 'j["namespace"]')" = nbsnap-i
 check "default description empty" test "$(jget 'j["description"]')" = ""
 wait_image "$ID2" ACTIVE CREATE_FAILED --timeout 300 || fail "default save did not end"
 check "default save ACTIVE" test "$(jget 'j["status"]')" = ACTIVE
+# The save below gets a default tag too, in UTC seconds. A save of this small tree takes well under a second,
+# so without this wait both could get the same tag: the second push would move base:TAG to its own manifest
+# (its config's "created" second may differ), and the DELETE of the first image further down would remove
+# only the first manifest, leaving the tag in place (the flake "the manifest is gone from the registry").
+for ((i = 0; i < 30 && $(date -u +%Y%m%d%H%M%S) <= TAG2; i++)); do sleep 0.1; done
 api POST "$CREATE"
 check "no body at all is 200 too" test "$HTTP_CODE" = 200
 ID3=$(jget 'j["id"]')
+check "its default tag is a new one ($(jget 'j["tag"]') after $TAG2)" test "$(jget 'j["tag"]')" != "$TAG2"
 wait_image "$ID3" ACTIVE CREATE_FAILED --timeout 300 || fail "save without body did not end"
 
 step "errors: 400 413 404 405"
@@ -254,7 +261,9 @@ api DELETE "$P/images/$ID2"
 check "DELETE is 200 ($(head -c 300 "$SCRATCH/resp.json"))" test "$HTTP_CODE" = 200
 check "DELETE answers DELETED" test "$(jget 'j["status"]')" = DELETED
 DTAG=$(jget 'j["tag"]')
-check "the manifest is gone from the registry" test "$(manifest_status nbsnap-it/base "$DTAG")" = 404
+DDIGEST=$(json_get "$STATE/images/$ID2.json" 'j["manifest_digest"]')
+check "the manifest is gone from the registry (by digest $DDIGEST)" test "$(manifest_status nbsnap-it/base "$DDIGEST")" = 404
+check "the manifest is gone from the registry (by tag $DTAG)" test "$(manifest_status nbsnap-it/base "$DTAG")" = 404
 api GET "$P/images/$ID2"
 check "GET shows DELETED" test "$(jget 'j["status"]')" = DELETED
 api DELETE "$P/images/$ID2"

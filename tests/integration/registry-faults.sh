@@ -8,6 +8,10 @@
 # stopped and restarted in the middle of a save. docs/RELIABILITY.md lists each fault with its case here.
 #
 # Run: ctest -R integration/registry-faults  (or: sudo NBSNAP=build/agent/nbsnap bash tests/integration/registry-faults.sh)
+# The https-* cases run through a second proxy that speaks TLS (a test CA; the save gets it with --ca-file),
+# with a plain-http receiver next to it: a redirect or a Location to http:// must be refused, and the
+# receiver must get nothing.
+#
 # Env: NBSNAP (binary), NBSNAP_TEST_KEEP=1 keeps the scratch dir, FAULT_CASES="regex" runs only matching cases.
 set -euo pipefail
 LIB=$(cd "$(dirname "${BASH_SOURCE[0]}")/../lib" && pwd)
@@ -50,6 +54,8 @@ PROXY_PORT=$(free_port)
 OTHER_PORT=$(free_port)
 PROXY_URL=http://127.0.0.1:$PROXY_PORT
 PROXY_LOG=$SCRATCH/proxy.log
+SAVE_REGISTRY=$PROXY_URL # what save_case saves to, and its TLS options (the https cases change both)
+SAVE_TLS=()
 PROXY_PID=
 proxy_start() {
     "$PYTHON" "$LIB/faultproxy.py" --listen "127.0.0.1:$PROXY_PORT" --other-listen "127.0.0.2:$OTHER_PORT" \
@@ -91,7 +97,8 @@ save_case() {
     CASE_MARK=$(wc -l <"$PROXY_LOG")
     local t0=$SECONDS
     NBSNAP_RC=0
-    env "$@" timeout "$NBSNAP_TIMEOUT" "$NBSNAP" save --root "$M" --state-dir "$STATE" --registry "$PROXY_URL" \
+    env "$@" timeout "$NBSNAP_TIMEOUT" "$NBSNAP" save --root "$M" --state-dir "$STATE" --registry "$SAVE_REGISTRY" \
+        "${SAVE_TLS[@]}" \
         --base-image nbsnap-test/base:v1 --namespace "$NS" --name "$CASE" --tag v1 --chunk-size "$CHUNK" \
         --threads 2 --description "fault: $CASE" >"$CASE_OUT.out" 2>"$CASE_OUT.err" || NBSNAP_RC=$?
     CASE_SECS=$((SECONDS - t0))
@@ -505,5 +512,81 @@ if case_wanted proxy-restart; then
     pcheck "after the restart the client asked where the upload stood and went on from there" \
         '[e for e in L if e["method"] == "GET" and "/blobs/uploads/" in e["path"] and e["status"] == 204] and contiguous()'
 fi
+
+# ---- https: never downgraded to http, no Authorization to another host ------------------------------------------
+HTTPS_CASES=(https-clean https-redirect-http https-location-http https-redirect-other)
+https_wanted=
+for c in "${HTTPS_CASES[@]}"; do case_wanted "$c" && https_wanted=1; done
+if [[ -n $https_wanted ]]; then
+    step "https: a TLS proxy (test CA) with a plain-http receiver next to it"
+    TLS_DIR=$SCRATCH/tls
+    mkdir -p "$TLS_DIR"
+    # one certificate for both TLS listeners: the registry (127.0.0.1) and "storage" (127.0.0.2)
+    openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=nbsnap-test-ca \
+        -addext 'subjectAltName=IP:127.0.0.1,IP:127.0.0.2' -keyout "$TLS_DIR/key.pem" -out "$TLS_DIR/cert.pem" \
+        >/dev/null 2>&1 || fail "openssl req failed"
+    TLS_PORT=$(free_port)
+    TLS_OTHER_PORT=$(free_port)
+    PLAIN_PORT=$(free_port)
+    PLAIN_URL=http://127.0.0.3:$PLAIN_PORT
+    "$PYTHON" "$LIB/faultproxy.py" --listen "127.0.0.1:$TLS_PORT" --other-listen "127.0.0.2:$TLS_OTHER_PORT" \
+        --plain-listen "127.0.0.3:$PLAIN_PORT" --tls-cert "$TLS_DIR/cert.pem" --tls-key "$TLS_DIR/key.pem" \
+        --upstream "$REGISTRY_URL" --log "$PROXY_LOG" 2>>"$SCRATCH/proxy-tls.err" &
+    TLS_PROXY_PID=$!
+    at_exit "kill $TLS_PROXY_PID 2>/dev/null || true"
+    TLS_URL=https://127.0.0.1:$TLS_PORT
+    tls_faults() {
+        curl -sSf --cacert "$TLS_DIR/cert.pem" -o /dev/null -X POST --data-binary "$1" "$TLS_URL/__fault" ||
+            fail "cannot set the TLS proxy's rules"
+    }
+    for ((i = 0; i < 100; i++)); do
+        curl -s --cacert "$TLS_DIR/cert.pem" -o /dev/null -X POST "$TLS_URL/__nothing" 2>/dev/null && break
+        sleep 0.05
+    done
+    # the receiver answers (so that "it got no request" below means something): the registry's /v2/ through it
+    check "the plain-http receiver answers and logs" eval \
+        '[[ $(curl -s -o /dev/null -w "%{http_code}" "$PLAIN_URL/v2/") == 200 ]] && grep -q "\"listener\": \"plain\"" "$PROXY_LOG"'
+    SAVE_REGISTRY=$TLS_URL
+    SAVE_TLS=(--ca-file "$TLS_DIR/cert.pem")
+
+fi
+if case_wanted https-clean; then
+    tls_faults '{"rules": []}'
+    save_case https-clean
+    expect_ok
+    pcheck "it went through the TLS proxy" '[e for e in L if e["listener"] == "main" and e["method"] == "PATCH"]'
+fi
+
+if case_wanted https-redirect-http; then
+    # blob GET/HEAD answered with 307 to the plain-http receiver (a downgrade): refused, never fetched
+    tls_faults '{"rules": [{"id": "down", "listener": "main", "path": "/blobs/sha256:", "count": 0,
+        "action": "redirect", "to": "plain"}]}'
+    save_case https-redirect-http
+    expect_fail 'refused a redirect \(HTTP 307\) of (GET|HEAD) https://127\.0\.0\.1:[0-9]+/v2/[^ ]*/blobs/sha256:[0-9a-f]{64} to http://127\.0\.0\.3:[0-9]+/v2/[^ ?]*/blobs/sha256:[0-9a-f]{64}: .*no https -> http downgrade'
+    pcheck "the 307 to http was given once (not retried)" 'len(fired("down")) == 1'
+    pcheck "the plain-http receiver got no request" 'not [e for e in L if e["listener"] == "plain"]'
+fi
+if case_wanted https-location-http; then
+    # an upload step (POST of a session) whose Location is on plain http: the PATCH is never sent there
+    tls_faults '{"rules": [{"id": "loc", "listener": "main", "method": "POST", "path": "/blobs/uploads/$",
+        "count": 0, "action": "location", "form": "plain"}]}'
+    save_case https-location-http
+    expect_fail 'refused to send (PATCH|PUT) to http://127\.0\.0\.3:[0-9]+/v2/[^ ]*: .*no https -> http downgrade'
+    pcheck "the session's Location was on plain http" 'fired("loc")'
+    pcheck "the plain-http receiver got no request" 'not [e for e in L if e["listener"] == "plain"]'
+fi
+if case_wanted https-redirect-other; then
+    # a 307 to storage on another host over https (bearer auth on the registry): followed, no Authorization there
+    tls_faults '{"bearer": true, "rules": [{"id": "red", "listener": "main", "method": "GET", "path": "/blobs/sha256:",
+        "count": 0, "action": "redirect", "to": "other"}]}'
+    save_case https-redirect-other
+    expect_ok
+    pcheck "blob GETs went to the other host (https) without Authorization; the registry got tokens" \
+        'fired("red") and [e for e in L if e["listener"] == "other" and e["method"] == "GET"] and
+         not [e for e in L if e["listener"] == "other" and e["auth"]] and
+         [e for e in L if e["listener"] == "main" and e["auth"] == "Bearer"]'
+fi
+SAVE_REGISTRY=$PROXY_URL
+SAVE_TLS=()
 
 finish_checks

@@ -6,10 +6,16 @@ the upstream's Location rewritten to point at the proxy (so the client keeps tal
 fault injector, not a registry: anything that succeeds went through to the real one.
 
     faultproxy.py --listen 127.0.0.1:PORT --upstream http://127.0.0.1:REGPORT --log FILE
-                  [--other-listen 127.0.0.2:PORT2] [--rules JSON-FILE]
+                  [--other-listen 127.0.0.2:PORT2] [--plain-listen 127.0.0.3:PORT3]
+                  [--tls-cert CERT --tls-key KEY] [--rules JSON-FILE]
 
 --other-listen is "another host": a second listener that forwards the same way (no auth demanded there);
 Location rewrites and redirects to "other" point at it.
+--tls-cert/--tls-key: the main and the other listener speak https only (the certificate must name both
+addresses); the upstream is still plain http.
+--plain-listen is a plain-http receiver ("plain"): it forwards like "other" and logs every request it gets,
+so a test can prove that a client never followed an https -> http downgrade (redirect "to": "plain",
+location "form": "plain").
 
 Control (on the main listener, never forwarded):
     POST /__fault   {"rules": [RULE...], "bearer": false}  replaces the rules, resets counters and the log seq
@@ -19,7 +25,7 @@ In bearer mode every /v2/ request on the main listener must carry "Authorization
 generation>", else 401 with a Bearer challenge whose realm is /__token.
 
 A RULE matches requests by "method" (default any), "path" (a regex searched in path?query, default any),
-"listener" ("main"/"other", default any); it fires on the "nth" matching request (1-based, default 1) and the
+"listener" ("main"/"other"/"plain", default any); it fires on the "nth" matching request (1-based, default 1) and the
 "count" - 1 after it (default 1; 0: every one from nth on). The first rule that fires acts:
     {"action": "status", "status": 503, "headers": {...}, "body": "...", "body_size": N,
      "retry_after_date": SECONDS}                 answer without forwarding (body repeated to body_size bytes;
@@ -35,10 +41,11 @@ A RULE matches requests by "method" (default any), "path" (a regex searched in p
     {"action": "delay", "seconds": S}             wait, then forward normally
     {"action": "swallow"}                         do not forward; answer as if it worked (PATCH: 202 with the
                                                   same Location and Range up to the chunk's end; PUT: 201)
-    {"action": "location", "form": "absolute"|"path"|"relative"|"other"}
+    {"action": "location", "form": "absolute"|"path"|"relative"|"other"|"plain"}
                                                   forward, then give the upstream Location in that form
-    {"action": "redirect"}                        307 to the same path on the other listener, with a fake
-                                                  presigned query (X-Amz-Signature=...)
+                                                  (plain: on the plain-http listener)
+    {"action": "redirect", "to": "other"|"plain"} 307 to the same path on that listener (default other), with
+                                                  a fake presigned query (X-Amz-Signature=...)
     {"action": "corrupt", "at": N}                forward with the body byte at N (default: the middle) flipped
     {"action": "mount202"}                        POST ?mount=: forward without the query (a plain new session)
     {"action": "expire_token"}                    bearer mode: a new token generation; 401 invalid_token
@@ -53,6 +60,7 @@ import http.server
 import json
 import re
 import socket
+import ssl
 import struct
 import sys
 import threading
@@ -79,6 +87,8 @@ class State:
         self.upstream_netloc = up.netloc
         self.main = args.listen
         self.other = args.other_listen
+        self.plain = args.plain_listen
+        self.tls = bool(args.tls_cert)
 
     def set_rules(self, spec):
         with self.lock:
@@ -180,7 +190,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.wfile.flush()
 
     def base(self, which):
-        return "http://" + (STATE.main if which == "main" else STATE.other)
+        if which == "plain":
+            return "http://" + STATE.plain
+        return ("https://" if STATE.tls else "http://") + (STATE.main if which == "main" else STATE.other)
 
     def fwd_headers(self):
         h = {}
@@ -227,6 +239,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
             return pq
         if form == "other" and STATE.other:
             return self.base("other") + pq
+        if form == "plain" and STATE.plain:
+            return self.base("plain") + pq
         return self.base(self.listener) + pq
 
     def pass_back(self, status, headers, data, form=None):
@@ -321,7 +335,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if action == "redirect":
             self.read_body()
             sep = "&" if "?" in self.path else "?"
-            loc = self.base("other") + self.path + sep + "X-Amz-Signature=presigned-secret"
+            loc = self.base(rule.get("to", "other")) + self.path + sep + "X-Amz-Signature=presigned-secret"
             entry["status"] = 307
             return self.reply(307, [("Location", loc)])
         body = self.read_body()
@@ -473,18 +487,38 @@ class OtherHandler(Handler):
         super().serve()
 
 
+class PlainHandler(OtherHandler):
+    listener = "plain"
+
+
 class Server(http.server.ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
     request_queue_size = 64
+    tls = None  # an ssl.SSLContext: the handshake runs on the connection's own thread
+
+    def finish_request(self, request, client_address):
+        if not self.tls:
+            return super().finish_request(request, client_address)
+        try:
+            request.settimeout(UPSTREAM_TIMEOUT)
+            conn = self.tls.wrap_socket(request, server_side=True)
+            conn.settimeout(None)
+        except (ssl.SSLError, OSError):
+            return
+        try:
+            super().finish_request(conn, client_address)
+        finally:
+            conn.close()
 
     def handle_error(self, request, client_address):
         pass
 
 
-def listen(addr, handler):
+def listen(addr, handler, tls=None):
     host, port = addr.rsplit(":", 1)
     srv = Server((host, int(port)), handler)
+    srv.tls = tls
     t = threading.Thread(target=srv.serve_forever, daemon=True)
     t.start()
     return srv
@@ -497,20 +531,33 @@ def main():
     p.add_argument("--other-listen", help="another loopback host:port, e.g. 127.0.0.2:PORT")
     p.add_argument("--upstream", required=True, help="http://127.0.0.1:REGPORT")
     p.add_argument("--log", required=True)
+    p.add_argument("--plain-listen", help="a plain-http receiver, e.g. 127.0.0.3:PORT3")
+    p.add_argument("--tls-cert", help="PEM certificate: the main and other listeners speak https")
+    p.add_argument("--tls-key", help="PEM key of --tls-cert")
     p.add_argument("--rules", help="JSON file: {\"rules\": [...], \"bearer\": false}")
     args = p.parse_args()
-    for a in (args.listen, args.other_listen):
+    for a in (args.listen, args.other_listen, args.plain_listen):
         if a and not a.startswith("127."):
             sys.exit("faultproxy: listen only on 127.0.0.0/8, not %s" % a)
+    if bool(args.tls_cert) != bool(args.tls_key):
+        sys.exit("faultproxy: --tls-cert and --tls-key go together")
+    tls = None
+    if args.tls_cert:
+        tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        tls.load_cert_chain(args.tls_cert, args.tls_key)
     STATE = State(args)
     if args.rules:
         with open(args.rules) as f:
             STATE.set_rules(json.load(f))
-    listen(args.listen, Handler)
+    listen(args.listen, Handler, tls)
     if args.other_listen:
-        listen(args.other_listen, OtherHandler)
-    print("faultproxy: listening on %s%s -> %s" % (args.listen,
-          (" and " + args.other_listen) if args.other_listen else "", args.upstream), file=sys.stderr, flush=True)
+        listen(args.other_listen, OtherHandler, tls)
+    if args.plain_listen:
+        listen(args.plain_listen, PlainHandler)
+    print("faultproxy: listening on %s%s%s%s -> %s" % (
+          "https://" if tls else "", args.listen, (" and " + args.other_listen) if args.other_listen else "",
+          (" and plain http " + args.plain_listen) if args.plain_listen else "", args.upstream),
+          file=sys.stderr, flush=True)
     try:
         threading.Event().wait()
     except KeyboardInterrupt:
