@@ -554,6 +554,7 @@ static int job_start(Manager *m, const NbImage *img, NbError *e)
                 .n_excludes = c->n_exclude,
                 .threads = c->threads,
                 .level = c->level_set ? (int)c->level : -1,
+                .compression = c->compression,
                 .chunk_size = c->chunk_size,
                 .cancel = &j->cancel,
                 .progress = on_save_progress,

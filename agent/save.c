@@ -655,6 +655,11 @@ static int build_manifest(Save *s, char **ret, const char **ret_type, NbError *e
 static int push_manifest(Save *s, NbError *e)
 {
         report(s, NB_PHASE_MANIFEST);
+        /* The last moment to stop without a tag: the caller may have cancelled while recording this phase
+         * (a state dir that cannot be written). */
+        if (cancelled(s))
+                return nb_error_set(e, -ECANCELED,
+                                    "the save was cancelled before the manifest was pushed; save again");
         _cleanup_free_ char *json = NULL, *digest = NULL;
         const char *type = NULL;
         int r = build_manifest(s, &json, &type, e);

@@ -224,6 +224,36 @@ else
     soft_fail "skopeo + umoci could not unpack the converted image"
 fi
 
+# ---------------------------------------------------------------------------------------------------------------
+step "nbsnapd with compression = zstd saves a zstd layer"
+if [[ -n ${NBSNAPD:-} && -x ${NBSNAPD:-} ]]; then
+    printf '[nbsnapd]\ncompression = zstd\n' >"$SCRATCH/zstd.conf"
+    DSOCK=$SCRATCH/dz.sock
+    "$NBSNAPD" --config "$SCRATCH/zstd.conf" --listen "unix:$DSOCK" --root "$M" --state-dir "$STATE" \
+        --registry "$REGISTRY_URL" --base-image nbsnap-test/base:v1 --project-id p --notebook-id n \
+        --namespace "$NS" >"$SCRATCH/dz.log" 2>&1 &
+    DZ_PID=$!
+    at_exit "kill -9 $DZ_PID 2>/dev/null || true"
+    for _ in $(seq 100); do curl -sf -o /dev/null --unix-socket "$DSOCK" http://localhost/health && break; sleep 0.1; done
+    curl -sf --unix-socket "$DSOCK" -H 'Content-Type: application/json' \
+        -d '{"name": "daemon", "tag": "zstd"}' http://localhost/v1/p/notebooks/n/create-image >"$SCRATCH/dz.json" ||
+        fail "create-image through nbsnapd failed: $(cat "$SCRATCH/dz.log")"
+    DZ_ID=$(json_get "$SCRATCH/dz.json" 'j["id"]')
+    for _ in $(seq 600); do
+        curl -sf --unix-socket "$DSOCK" "http://localhost/v1/p/images/$DZ_ID" >"$SCRATCH/dz-status.json" || true
+        [[ $(json_get "$SCRATCH/dz-status.json" 'j.get("status")' 2>/dev/null) == @(ACTIVE|CREATE_FAILED|ERROR) ]] && break
+        sleep 0.1
+    done
+    check "the daemon's save is ACTIVE" eval '[[ $(json_get "$SCRATCH/dz-status.json" "j[\"status\"]") == ACTIVE ]]'
+    skopeo inspect --raw --tls-verify=false "docker://$REGISTRY_HOST/$NS/daemon:zstd" >"$SCRATCH/dz-manifest.json" || true
+    check "its new layer is $ZSTD_TYPE" eval \
+        '[[ $(json_get "$SCRATCH/dz-manifest.json" "j[\"layers\"][-1][\"mediaType\"]") == "$ZSTD_TYPE" ]]'
+    kill "$DZ_PID" 2>/dev/null || true
+    wait "$DZ_PID" 2>/dev/null || true
+else
+    note "NBSNAPD not set: the daemon's compression key is not tried"
+fi
+
 step "summary"
 note "zstd layer $LAYER ($LAYER_SIZE bytes), gzip layer $GZ_LAYER ($GZ_SIZE bytes); scratch $SCRATCH"
 finish_checks
