@@ -36,8 +36,8 @@
 #define REG_TOKEN_MAX        (64u * 1024)       /* token endpoint answer */
 #define REG_ERROR_BODY_MAX   (64u * 1024)       /* error bodies read; shown to people cut to 512 bytes */
 #define REG_LAYERS_MAX       1024               /* layers in a manifest */
-#define REG_CHUNK_DEFAULT    (16u * 1024 * 1024)
-#define REG_REPLAY_DEFAULT   (32u * 1024 * 1024) /* upload bytes kept to resend (at least 2 chunks) */
+#define REG_CHUNK_DEFAULT    (8u * 1024 * 1024)
+#define REG_REPLAY_DEFAULT   (24u * 1024 * 1024) /* upload bytes kept to resend (at least 2 chunks) */
 #define REG_RETRY_DEADLINE_S 120 /* retries of one failing step end this long after it failed */
 
 /* ---- references ----------------------------------------------------------------------------------------
