@@ -192,8 +192,9 @@ int reg_blob_upload_buffer(RegClient *c, const char *repository, const char *dig
  *
  * Bytes live in a ring of n_blocks blocks of one chunk each: byte p is in blocks[(p / cap) % n_blocks] while
  * kept_from <= p < written. A block is reused only once the registry confirmed every byte in it, so only
- * confirmed bytes are ever dropped from memory, and the ring holds the last n_blocks chunks: enough to resend
- * from wherever the registry says it is, or (while kept_from is 0) to send everything again in a new session.
+ * confirmed bytes are ever dropped from memory, and the ring holds the last n_blocks chunks: enough to
+ * resend from wherever the registry says it is, or (while kept_from is 0) to send everything again in a new
+ * session.
  *
  * The writer (the caller of reg_upload_write()) fills blocks; a sender thread PATCHes each full block while
  * the writer fills the next ones (double buffering), so producing the bytes and putting them on the wire
@@ -458,8 +459,7 @@ static int upload_restart(RegUpload *u, int r, RegError *e)
                                      "the last %llu bytes "
                                      "are kept in memory, so the blob cannot be sent again: save again",
                                      u->c->host, u->lost_code[0] ? u->lost_code : "upload unknown",
-                                     (unsigned long long)u->offset,
-                                     (unsigned long long)(ready - kept_from));
+                                     (unsigned long long)u->offset, (unsigned long long)(ready - kept_from));
         if (++u->restarts > REG_UPLOAD_RESTARTS_MAX)
                 return reg_error_wrap(e, r, "the registry %s lost the upload session %u times, giving up",
                                       u->c->host, u->restarts - 1);
@@ -499,10 +499,11 @@ static int upload_resync(RegUpload *u, RegError *e)
                 if (have > ready)
                         return reg_error_set(e, -EBADMSG, "%s: it has %llu bytes, more than the %llu sent",
                                              what, (unsigned long long)have, (unsigned long long)ready);
-                return reg_error_set(e, -ERANGE,
-                                     "%s: it has %llu bytes; the bytes from there on are no longer in memory "
-                                     "(kept from %llu): save again",
-                                     what, (unsigned long long)have, (unsigned long long)kept_from);
+                return reg_error_set(
+                        e, -ERANGE,
+                        "%s: it has %llu bytes; the bytes from there on are no longer in memory "
+                        "(kept from %llu): save again",
+                        what, (unsigned long long)have, (unsigned long long)kept_from);
         }
         if (resp.location) {
                 free(u->location);

@@ -139,9 +139,9 @@ int reg_blob_copy(RegClient *src, const char *src_repository, RegClient *dst, co
 
 /* Streamed upload of a blob whose digest is known only at the end. Bytes written are sent in PATCH chunks of
  * the client's chunk size (Content-Range, honouring OCI-Chunk-Min-Length) by a thread of the upload's own,
- * while reg_upload_write() goes on filling the next chunk; it blocks only when every chunk in memory is still
- * unconfirmed by the registry. Until reg_upload_commit() or reg_upload_abort() returns, the client belongs to
- * that thread (use another client meanwhile), and the progress callback is called on it. The last
+ * while reg_upload_write() goes on filling the next chunk; it blocks only when every chunk in memory is
+ * still unconfirmed by the registry. Until reg_upload_commit() or reg_upload_abort() returns, the client
+ * belongs to that thread (use another client meanwhile), and the progress callback is called on it. The last
  * max(2 chunks, replay_max) bytes stay in memory (the whole blob while it is that small), so that:
  *  - a chunk that failed (reset, timeout, 408/429/5xx, 416, a Range that disagrees) is resent from the
  *    registry's offset, read with GET <location> (Range: 0-N), when those bytes are still in memory;

@@ -552,14 +552,6 @@ static int options_check(const PGzipOptions *o, SnapError *e)
         return 0;
 }
 
-static unsigned threads_default(void)
-{
-        long n = sysconf(_SC_NPROCESSORS_ONLN);
-        if (n < 1)
-                return 1;
-        return n > PGZIP_THREADS_MAX ? PGZIP_THREADS_MAX : (unsigned)n;
-}
-
 static int worker_init(PGzip *z, Worker *w)
 {
         w->z = z;
@@ -641,7 +633,7 @@ static int pgzip_alloc(const PGzipOptions *o, PGzip **ret)
         z->userdata = o->userdata;
         z->level = o->level < 0 ? PGZIP_LEVEL_DEFAULT : o->level;
         z->block_size = o->block_size ? o->block_size : PGZIP_BLOCK_DEFAULT;
-        z->n_workers = o->threads ? o->threads : threads_default();
+        z->n_workers = o->threads ? o->threads : snap_cpus(PGZIP_THREADS_MAX);
         z->n_blocks = 2 * (size_t)z->n_workers + 4;
 
         z->all = calloc(z->n_blocks, sizeof(Block *));
@@ -825,17 +817,6 @@ int pgzip_write(PGzip *z, const void *data, size_t size, SnapError *e)
         return 0;
 }
 
-static void digest_format(EVP_MD_CTX *ctx, char out[72])
-{
-        unsigned char md[EVP_MAX_MD_SIZE];
-        unsigned len = 0;
-
-        EVP_DigestFinal_ex(ctx, md, &len);
-        int o = snprintf(out, 72, "sha256:");
-        for (unsigned i = 0; i < len && o + 2 < 72; i++)
-                o += snprintf(out + o, 72 - (size_t)o, "%02x", md[i]);
-}
-
 int pgzip_finish(PGzip *z, PGzipResult *ret, SnapError *e)
 {
         int r;
@@ -863,8 +844,8 @@ int pgzip_finish(PGzip *z, PGzipResult *ret, SnapError *e)
 
         /* Both threads are done with their digests: the lock above ordered their last updates before us. */
         PGzipResult result = {.size_in = z->size_in, .size_out = z->size_out};
-        digest_format(z->sha_in, result.diff_id);
-        digest_format(z->sha_out, result.digest);
+        snap_digest_final(z->sha_in, result.diff_id);
+        snap_digest_final(z->sha_out, result.digest);
         if (ret)
                 *ret = result;
         return 0;

@@ -329,18 +329,11 @@ static int options_check(const PZstdOptions *o, SnapError *e)
         return 0;
 }
 
-static unsigned threads_default(void)
-{
-        long n = sysconf(_SC_NPROCESSORS_ONLN);
-        if (n < 1)
-                return 1;
-        return n > PZSTD_THREADS_MAX ? PZSTD_THREADS_MAX : (unsigned)n;
-}
-
 static int cctx_setup(PZstd *z, const PZstdOptions *o, SnapError *e)
 {
         int level = o->level <= 0 ? PZSTD_LEVEL_DEFAULT : o->level;
-        unsigned workers = o->threads ? o->threads : threads_default(); /* >= 1: see the top comment */
+        unsigned workers =
+                o->threads ? o->threads : snap_cpus(PZSTD_THREADS_MAX); /* >= 1: see the top comment */
         z->cctx = ZSTD_createCCtx();
         if (!z->cctx)
                 return snap_error_set(e, -ENOMEM, "Failed to set up the zstd compressor: out of memory");
@@ -514,16 +507,6 @@ int pzstd_write(PZstd *z, const void *data, size_t size, SnapError *e)
         return 0;
 }
 
-static void digest_format(EVP_MD_CTX *ctx, char out[72])
-{
-        unsigned char md[EVP_MAX_MD_SIZE];
-        unsigned len = 0;
-        EVP_DigestFinal_ex(ctx, md, &len);
-        int o = snprintf(out, 72, "sha256:");
-        for (unsigned i = 0; i < len && o + 2 < 72; i++)
-                o += snprintf(out + o, 72 - (size_t)o, "%02x", md[i]);
-}
-
 int pzstd_finish(PZstd *z, PZstdResult *ret, SnapError *e)
 {
         assert(z);
@@ -547,8 +530,8 @@ int pzstd_finish(PZstd *z, PZstdResult *ret, SnapError *e)
         /* The driver hashed its last input before queueing the last output, which the writer took and
          * hashed before writer_done: the lock above orders both digests before us. */
         PZstdResult result = {.size_in = z->size_in, .size_out = z->size_out};
-        digest_format(z->sha_in, result.diff_id);
-        digest_format(z->sha_out, result.digest);
+        snap_digest_final(z->sha_in, result.diff_id);
+        snap_digest_final(z->sha_out, result.digest);
         if (ret)
                 *ret = result;
         return 0;

@@ -57,3 +57,9 @@ typedef struct SnapError {
 
 /* Fills e (when not NULL) and returns code (negative errno), so callers can `return snap_error_set(...)`. */
 int snap_error_set(SnapError *e, int code, const char *fmt, ...) _printf_(3, 4);
+
+/* The compressors' shared bits. The online CPU count, at least 1, at most max. */
+unsigned snap_cpus(unsigned max);
+/* Finishes an EVP digest into "sha256:<hex>" (the OCI digest form); out has room for 72 bytes. */
+typedef struct evp_md_ctx_st EVP_MD_CTX;
+void snap_digest_final(EVP_MD_CTX *ctx, char out[72]);

@@ -275,10 +275,10 @@ static void test_deterministic(void)
         free(data);
 }
 
-/* Compresses data with write() calls of random sizes (1 byte to 3 MiB, occasionally pausing) into a sink that
- * stalls at random, so that blocks are cut from many call patterns and finish in many orders. */
-static Sink compress_scrambled(const uint8_t *data, size_t size, unsigned threads, int level, size_t block_size,
-                               uint64_t seed)
+/* Compresses data with write() calls of random sizes (1 byte to 3 MiB, occasionally pausing) into a sink
+ * that stalls at random, so that blocks are cut from many call patterns and finish in many orders. */
+static Sink compress_scrambled(const uint8_t *data, size_t size, unsigned threads, int level,
+                               size_t block_size, uint64_t seed)
 {
         Sink sink = {.stall_every = seed % 3 == 0 ? 0 : 3 + (unsigned)(seed % 40), .stall_rng = seed};
         PGzipOptions o = {.threads = threads,
@@ -333,8 +333,8 @@ static void test_deterministic_stress(void)
                         for (unsigned round = 0; round < (rounds ? rounds : 1); round++)
                                 for (size_t t = 0; t < ELEMENTSOF(threads); t++) {
                                         uint64_t seed = 1 + round * 1000 + l * 100 + b * 10 + t;
-                                        Sink s = compress_scrambled(data, n, threads[t], levels[l], blocks[b],
-                                                                    seed);
+                                        Sink s = compress_scrambled(data, n, threads[t], levels[l],
+                                                                    blocks[b], seed);
                                         if (s.size == ref.size && memcmp(s.data, ref.data, s.size) == 0)
                                                 same++;
                                         else {
