@@ -660,6 +660,19 @@ static void reply_store_error(NbReply *ret, int r, const NbError *e)
                 nb_reply_error(ret, 500, NB_ERROR_INTERNAL, "%s", e->msg);
 }
 
+/* An image of this agent (any status: a failed save may have left the tag behind) has this tag. */
+static bool image_tag_taken(void *userdata, const char *namespace, const char *name, const char *tag)
+{
+        const Manager *m = userdata;
+        for (size_t i = 0; i < m->n_images; i++) {
+                const NbImage *img = m->images[i];
+                if (strcmp(img->namespace, namespace) == 0 && strcmp(img->name, name) == 0 &&
+                    strcmp(img->tag, tag) == 0)
+                        return true;
+        }
+        return false;
+}
+
 void manager_create_image(Manager *m, const char *body, size_t size, bool too_large, NbReply *ret)
 {
         NbError e = {0};
@@ -673,6 +686,8 @@ void manager_create_image(Manager *m, const char *body, size_t size, bool too_la
         int r = nb_create_request_parse(body, size, &rq, &e);
         if (r >= 0)
                 r = nb_create_request_defaults(&rq, m->cfg->namespace, m->cfg->base_image, now, &e);
+        if (r >= 0)
+                r = nb_create_request_unique_tag(&rq, image_tag_taken, m, &e);
         if (r < 0) {
                 if (r == -E2BIG)
                         nb_reply_error(ret, 413, NB_ERROR_TOO_LARGE, "%s", e.msg);

@@ -162,6 +162,7 @@ int nb_create_request_defaults(NbCreateRequest *r, const char *config_namespace,
                 strftime(tag, sizeof(tag), "%Y%m%d%H%M%S", &tm);
                 if (!(r->tag = strdup(tag)))
                         return nb_error_set(e, -ENOMEM, "out of memory");
+                r->tag_defaulted = true;
         }
         if (!r->workspace_id && !(r->workspace_id = strdup("0")))
                 return nb_error_set(e, -ENOMEM, "out of memory");
@@ -175,4 +176,25 @@ int nb_create_request_defaults(NbCreateRequest *r, const char *config_namespace,
                         "most 255",
                         len);
         return 0;
+}
+
+int nb_create_request_unique_tag(NbCreateRequest *r, nb_tag_taken_fn taken, void *userdata, NbError *e)
+{
+        if (!r->tag_defaulted || !taken(userdata, r->namespace, r->name, r->tag))
+                return 0;
+        char tag[NB_TAG_MAX + 1];
+        for (unsigned i = 2; i <= NB_TAG_SUFFIX_MAX; i++) {
+                int n = snprintf(tag, sizeof(tag), "%s-%u", r->tag, i);
+                if (n < 0 || (size_t)n >= sizeof(tag))
+                        break;
+                if (taken(userdata, r->namespace, r->name, tag))
+                        continue;
+                char *t = strdup(tag);
+                if (!t)
+                        return nb_error_set(e, -ENOMEM, "out of memory");
+                free(r->tag);
+                r->tag = t;
+                return 0;
+        }
+        return nb_error_set(e, -EEXIST, "no free default tag after %s: give the save a tag", r->tag);
 }

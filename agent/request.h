@@ -4,6 +4,7 @@
  */
 #pragma once
 
+#include <stdbool.h>
 #include <stddef.h>
 
 #include "util.h"
@@ -13,6 +14,7 @@
 
 typedef struct NbCreateRequest {
         char *name, *namespace, *tag, *description, *workspace_id; /* NULL when left out */
+        bool tag_defaulted; /* the tag is the time of the request, not the caller's */
 } NbCreateRequest;
 
 void nb_create_request_done(NbCreateRequest *r);
@@ -26,3 +28,11 @@ int nb_create_request_parse(const char *body, size_t size, NbCreateRequest *ret,
  * "0", description "". Then checks namespace/name together (repository names are at most 255). */
 int nb_create_request_defaults(NbCreateRequest *r, const char *config_namespace, const char *base_image,
                                int64_t now_ms, NbError *e);
+
+/* Two saves in the same second would get the same default tag, and the second would take the tag from the
+ * first image. When the tag was defaulted and taken() says an image of this agent has it (in this namespace
+ * and name), "-2", "-3", ... is appended until one is free (at most NB_TAG_SUFFIX_MAX tries: then -EEXIST).
+ * A tag the caller chose is left as it is. */
+#define NB_TAG_SUFFIX_MAX 1000
+typedef bool (*nb_tag_taken_fn)(void *userdata, const char *namespace, const char *name, const char *tag);
+int nb_create_request_unique_tag(NbCreateRequest *r, nb_tag_taken_fn taken, void *userdata, NbError *e);

@@ -124,11 +124,60 @@ static void test_defaults(void)
         nb_create_request_done(&r);
 }
 
+/* taken(): the tags in a NULL-terminated list, for namespace "ns" and name "pytorch" only. */
+static bool tag_in_list(void *userdata, const char *namespace, const char *name, const char *tag)
+{
+        if (strcmp(namespace, "ns") != 0 || strcmp(name, "pytorch") != 0)
+                return false;
+        for (const char *const *t = userdata; *t; t++)
+                if (strcmp(*t, tag) == 0)
+                        return true;
+        return false;
+}
+
+static void test_unique_tag(void)
+{
+        NbCreateRequest r = {0};
+        NbError e = {0};
+        const char *none[] = {NULL};
+        const char *one[] = {"20221223090748", NULL};
+        const char *two[] = {"20221223090748", "20221223090748-2", "other", NULL};
+
+        /* a defaulted tag nobody has is kept; one taken gets -2, then -3 */
+        ASSERT_OK(nb_create_request_parse("", 0, &r, &e));
+        ASSERT_OK(nb_create_request_defaults(&r, "ns", "team/pytorch:1", 1671786468811, &e));
+        ASSERT_TRUE(r.tag_defaulted);
+        ASSERT_OK(nb_create_request_unique_tag(&r, tag_in_list, (void *)none, &e));
+        ASSERT_STREQ(r.tag, "20221223090748");
+        ASSERT_OK(nb_create_request_unique_tag(&r, tag_in_list, (void *)one, &e));
+        ASSERT_STREQ(r.tag, "20221223090748-2");
+        nb_create_request_done(&r);
+        ASSERT_OK(nb_create_request_parse("", 0, &r, &e));
+        ASSERT_OK(nb_create_request_defaults(&r, "ns", "team/pytorch:1", 1671786468811, &e));
+        ASSERT_OK(nb_create_request_unique_tag(&r, tag_in_list, (void *)two, &e));
+        ASSERT_STREQ(r.tag, "20221223090748-3");
+        nb_create_request_done(&r);
+        /* another name: not a clash */
+        ASSERT_OK(parse("{\"name\":\"mine\"}", &r, &e));
+        ASSERT_OK(nb_create_request_defaults(&r, "ns", "team/pytorch:1", 1671786468811, &e));
+        ASSERT_OK(nb_create_request_unique_tag(&r, tag_in_list, (void *)one, &e));
+        ASSERT_STREQ(r.tag, "20221223090748");
+        nb_create_request_done(&r);
+        /* a tag the caller chose is never changed, even when taken (a re-save to the same tag is wanted) */
+        ASSERT_OK(parse("{\"tag\":\"20221223090748\"}", &r, &e));
+        ASSERT_OK(nb_create_request_defaults(&r, "ns", "team/pytorch:1", 1671786468811, &e));
+        ASSERT_TRUE(!r.tag_defaulted);
+        ASSERT_OK(nb_create_request_unique_tag(&r, tag_in_list, (void *)one, &e));
+        ASSERT_STREQ(r.tag, "20221223090748");
+        nb_create_request_done(&r);
+}
+
 int main(void)
 {
         test_seed_example();
         test_rejects();
         test_limits();
         test_defaults();
+        test_unique_tag();
         return 0;
 }
