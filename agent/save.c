@@ -252,7 +252,8 @@ static int connect_registries(Save *s, NbError *e)
                                .authfile = o->authfile,
                                .ca_file = o->ca_file,
                                .user_agent = "nbsnap",
-                               .chunk_size = o->chunk_size};
+                               .chunk_size = o->chunk_size,
+                               .cancel = o->cancel};
         int r = reg_client_new(&co, &s->dst, &re);
         if (r < 0)
                 return nb_error_from_reg(e, &re, r, "cannot use registry");

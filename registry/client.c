@@ -225,6 +225,7 @@ static int client_copy_options(RegClient *c, const RegClientOptions *o)
         c->replay_max = o->replay_max
                                 ? o->replay_max
                                 : (size_t)reg_env_long("NBSNAP_REGISTRY_REPLAY_MAX", REG_REPLAY_DEFAULT);
+        c->cancel = o->cancel;
         c->chunk_size = o->chunk_size ? o->chunk_size : REG_CHUNK_DEFAULT;
         if (c->chunk_size < REG_CHUNK_MIN_BYTES)
                 c->chunk_size = REG_CHUNK_MIN_BYTES;
@@ -282,6 +283,7 @@ int reg_client_clone(RegClient *c, RegClient **ret, RegError *e)
                 .chunk_size = c->chunk_size,
                 .retry_deadline_s = c->retry_deadline_s,
                 .replay_max = c->replay_max,
+                .cancel = c->cancel,
         };
         return reg_client_new(&o, ret, e);
 }

@@ -2,6 +2,7 @@
  * for the registry's own origin; curl drops it on redirects to other hosts), the Bearer challenge -> token
  * round trip, token renewal on 401, retries with backoff and Retry-After, bounded bodies, and errors that
  * say what the registry said without the URL's query (presigned URLs carry credentials there). */
+#include <stdatomic.h>
 #include <string.h>
 #include <strings.h>
 
@@ -162,6 +163,19 @@ static void setup_method(CURL *curl, const RegRequest *rq, Transfer *t)
         curl_easy_setopt(curl, CURLOPT_SEEKDATA, t);
 }
 
+static bool cancelled(const RegClient *c)
+{
+        return c->cancel && atomic_load(c->cancel);
+}
+
+/* Called by curl about once a second even when nothing moves: a cancel aborts the transfer. */
+static int progress_cb(void *userdata, curl_off_t dltotal, curl_off_t dlnow, curl_off_t ultotal,
+                       curl_off_t ulnow)
+{
+        (void)dltotal, (void)dlnow, (void)ultotal, (void)ulnow;
+        return cancelled(userdata) ? 1 : 0;
+}
+
 static void setup_common(RegClient *c, const RegRequest *rq, Transfer *t, char *errbuf)
 {
         CURL *curl = c->curl;
@@ -196,6 +210,11 @@ static void setup_common(RegClient *c, const RegRequest *rq, Transfer *t, char *
         }
         curl_easy_setopt(curl, CURLOPT_WRITEFUNCTION, write_cb);
         curl_easy_setopt(curl, CURLOPT_WRITEDATA, t);
+        if (c->cancel) {
+                curl_easy_setopt(curl, CURLOPT_NOPROGRESS, 0L);
+                curl_easy_setopt(curl, CURLOPT_XFERINFOFUNCTION, progress_cb);
+                curl_easy_setopt(curl, CURLOPT_XFERINFODATA, c);
+        }
         setup_method(curl, rq, t);
 }
 
@@ -271,6 +290,8 @@ static int perform(RegClient *c, const RegRequest *rq, const char *authz, RegRes
         if (r < 0)
                 return r;
         errbuf[0] = 0;
+        if (cancelled(c))
+                return -ECANCELED;
         setup_common(c, rq, &t, errbuf);
         curl_easy_setopt(c->curl, CURLOPT_HTTPHEADER, headers);
         CURLcode cc = curl_easy_perform(c->curl);
@@ -281,6 +302,8 @@ static int perform(RegClient *c, const RegRequest *rq, const char *authz, RegRes
                 return -EFBIG;
         if (cc == CURLE_WRITE_ERROR)
                 return -ENOMEM;
+        if (cc == CURLE_ABORTED_BY_CALLBACK)
+                return -ECANCELED;
         *ret_cc = cc;
         if (cc != CURLE_OK)
                 return 0;
@@ -366,11 +389,19 @@ bool reg_code_session_lost(long status, const char *code)
                (strcmp(code, "BLOB_UPLOAD_UNKNOWN") == 0 || strcmp(code, "BLOB_UPLOAD_INVALID") == 0);
 }
 
-static void sleep_ms(unsigned ms)
+/* Sleeps ms in slices of at most 100 ms, ending early (-ECANCELED) on a cancel. */
+static int sleep_ms(RegClient *c, unsigned ms)
 {
-        struct timespec ts = {.tv_sec = ms / 1000, .tv_nsec = (long)(ms % 1000) * 1000000L};
-        while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
-                ;
+        while (ms > 0) {
+                if (cancelled(c))
+                        return -ECANCELED;
+                unsigned slice = ms < 100 ? ms : 100;
+                struct timespec ts = {.tv_sec = 0, .tv_nsec = (long)slice * 1000000L};
+                while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
+                        ;
+                ms -= slice;
+        }
+        return cancelled(c) ? -ECANCELED : 0;
 }
 
 int reg_retry_wait(RegClient *c, RegRetry *rt, const char *retry_after)
@@ -387,8 +418,7 @@ int reg_retry_wait(RegClient *c, RegRetry *rt, const char *retry_after)
         uint64_t deadline = rt->first_failure_usec + (uint64_t)c->retry_deadline_s * 1000000u;
         if (now + (uint64_t)ms * 1000u >= deadline)
                 return -ETIMEDOUT;
-        sleep_ms(ms);
-        return 0;
+        return sleep_ms(c, ms);
 }
 
 /* A URL curl refused by its scheme (CURLOPT_PROTOCOLS_STR, CURLOPT_REDIR_PROTOCOLS_STR): an https registry

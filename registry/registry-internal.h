@@ -199,6 +199,7 @@ struct RegClient {
         long retry_deadline_s;
         size_t chunk_size;
         size_t replay_max;
+        const _Atomic bool *cancel;
         /* the options, kept to make a second client for the same registry */
         char *opt_authfile, *opt_ca_file, *opt_certs_dir;
         char *ca_bundle; /* system bundle plus extra CAs, or NULL for curl's defaults */

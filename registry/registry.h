@@ -79,6 +79,9 @@ typedef struct RegClientOptions {
                                    0: $NBSNAP_REGISTRY_RETRY_DEADLINE, else REG_RETRY_DEADLINE_S */
         size_t replay_max;      /* bytes of a streamed upload kept in memory to resend after a lost session;
                                    0: $NBSNAP_REGISTRY_REPLAY_MAX, else REG_REPLAY_DEFAULT */
+        const _Atomic bool *cancel; /* NULL, or set from another thread: the transfer in flight is aborted
+                                       within about a second, waits between retries end, and requests fail
+                                       with -ECANCELED from then on */
 } RegClientOptions;
 
 typedef struct RegClient RegClient;

@@ -10,6 +10,7 @@
 #include <openssl/x509.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -331,6 +332,37 @@ static void test_upload_overlap(const Registry *r, const char *authfile, const B
         reg_client_free(c);
 }
 
+/* A cancel reaches an upload stuck on a frozen registry within seconds (curl's progress callback), not after
+ * the 60 s low-speed limit; the requests after it fail at once with -ECANCELED. */
+static void test_upload_cancel(const Registry *r, const char *authfile, const Blob *layer)
+{
+        const size_t chunk = 256 * 1024;
+        _Atomic bool cancel = false;
+        RegClientOptions o = {.url = r->url,
+                              .authfile = authfile,
+                              .chunk_size = chunk,
+                              .low_speed_time_s = 60,
+                              .cancel = &cancel,
+                              .user_agent = "nbsnap-test"};
+        RegClient *c = NULL;
+        RegError e = {0};
+        check(reg_client_new(&o, &c, &e), &e, "client");
+        RegUpload *u = NULL;
+        check(reg_upload_begin(c, "test/cancel", NULL, NULL, &u, &e), &e, "upload begin");
+        ASSERT_EQ(kill(r->pid, SIGSTOP), 0);
+        check(reg_upload_write(u, layer->data, 2 * chunk, &e), &e, "write while a chunk is on the wire");
+        sleep(1); /* the sender is in its PATCH to the frozen registry */
+        struct timespec t0, t1;
+        clock_gettime(CLOCK_MONOTONIC, &t0);
+        atomic_store(&cancel, true);
+        reg_upload_abort(u); /* joins the sender, then cancels the session: both end at once */
+        clock_gettime(CLOCK_MONOTONIC, &t1);
+        ASSERT_EQ(kill(r->pid, SIGCONT), 0);
+        ASSERT_INT(t1.tv_sec - t0.tv_sec, <, 15);
+        ASSERT_EQ(reg_blob_exists(c, "test/cancel", layer->digest, NULL, &e), -ECANCELED);
+        reg_client_free(c);
+}
+
 static void skopeo_inspect(const Registry *r, const char *image, const char *expect)
 {
         if (access("/usr/bin/skopeo", X_OK) < 0)
@@ -361,6 +393,7 @@ static void test_blobs_and_images(const Registry *r, const char *authfile, Blob 
         streamed_upload(c, "test/one", layer);
         upload_errors(c, "test/one", layer);
         test_upload_overlap(r, authfile, layer);
+        test_upload_cancel(r, authfile, layer);
 
         /* mount: 201 when the blob is in the source repository, 0 (session cancelled) when it is not */
         ASSERT_EQ(reg_blob_exists(c, "test/two", layer->digest, NULL, &e), 0);
