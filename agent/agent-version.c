@@ -1,4 +1,4 @@
-#include "agent-version.h"
+#include "agent/agent-version.h"
 
 const char *nbsnap_version(void)
 {

@@ -13,9 +13,9 @@
 #include <openssl/evp.h>
 #include <systemd/sd-daemon.h>
 
-#include "api.h"
-#include "log.h"
-#include "request.h"
+#include "agent/api.h"
+#include "agent/log.h"
+#include "agent/request.h"
 
 #define NB_TLS_FILE_MAX    (64u * 1024) /* bytes of a PEM certificate or key */
 #define NB_PATH_PARTS_MAX  6
@@ -568,7 +568,7 @@ static int listener_add(NbApi *a, int fd, bool local, const char *name, NbError 
         Listener *l = calloc(1, sizeof(*l));
         if (!l) {
                 close(fd);
-                return nb_error_set(e, -ENOMEM, "out of memory");
+                return nb_error_oom(e);
         }
         l->api = a;
         l->local = local;
@@ -744,7 +744,7 @@ static int read_pem(const char *path, char **ret, NbError *e)
                                     NB_TLS_FILE_MAX);
         char *buf = calloc(1, (size_t)st.st_size + 1);
         if (!buf)
-                return nb_error_set(e, -ENOMEM, "out of memory");
+                return nb_error_oom(e);
         ssize_t n = read(fd, buf, (size_t)st.st_size);
         if (n != st.st_size) {
                 free(buf);
@@ -776,7 +776,7 @@ int nb_api_new(Manager *m, sd_event *event, const NbConfig *cfg, NbApi **ret, Nb
 {
         NbApi *a = calloc(1, sizeof(*a));
         if (!a)
-                return nb_error_set(e, -ENOMEM, "out of memory");
+                return nb_error_oom(e);
         a->m = m;
         a->event = event;
         a->cfg = cfg;

@@ -11,8 +11,8 @@
 
 #include <systemd/sd-event.h>
 
-#include "config.h"
-#include "daemon.h"
+#include "agent/config.h"
+#include "agent/daemon.h"
 
 #define NB_API_CONNECTIONS_MAX 64 /* connections served at once per listener; more wait in the backlog */
 #define NB_API_CONNECTIONS_MIN 4  /* ... however low RLIMIT_NOFILE is */

@@ -2,7 +2,7 @@
 
 #include <curl/curl.h>
 
-#include "client.h"
+#include "agent/client.h"
 
 void nb_response_done(NbResponse *r)
 {
@@ -45,7 +45,7 @@ int nb_client_request(const char *socket_path, const char *method, const char *p
                 curl_slist_append(NULL, "Content-Type: application/json");
         _cleanup_free_ char *url = NULL;
         if (!c || !h || asprintf(&url, "http://localhost%s", path) < 0)
-                return nb_error_set(e, -ENOMEM, "out of memory");
+                return nb_error_oom(e);
         NbResponse r = {0};
         char err[CURL_ERROR_SIZE] = "";
         curl_easy_setopt(c, CURLOPT_UNIX_SOCKET_PATH, socket_path);
@@ -72,7 +72,7 @@ int nb_client_request(const char *socket_path, const char *method, const char *p
         }
         curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &r.status);
         if (!r.body && !(r.body = strdup("")))
-                return nb_error_set(e, -ENOMEM, "out of memory");
+                return nb_error_oom(e);
         *ret = r;
         return 0;
 }

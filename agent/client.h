@@ -4,7 +4,7 @@
 
 #include <stddef.h>
 
-#include "util.h"
+#include "common/error.h"
 
 #define NB_CLIENT_RESPONSE_MAX (16u * 1024 * 1024)
 #define NB_CLIENT_TIMEOUT_S    60

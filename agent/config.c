@@ -5,9 +5,9 @@
 #include <string.h>
 #include <sys/stat.h>
 
-#include "agent-version.h"
-#include "config.h"
-#include "image.h"
+#include "agent/agent-version.h"
+#include "agent/config.h"
+#include "agent/image.h"
 
 typedef enum KeyType {
         KEY_STRING,
@@ -146,7 +146,7 @@ int nb_config_set(NbConfig *c, const char *key, const char *value, NbError *e)
         }
         char *copy = strdup(value);
         if (!copy)
-                return nb_error_set(e, -ENOMEM, "out of memory");
+                return nb_error_oom(e);
         if (k->type == KEY_STRING) {
                 free(*(char **)base);
                 *(char **)base = copy;
@@ -211,7 +211,7 @@ int nb_config_parse_file(NbConfig *c, const char *path, NbError *e)
                 return nb_error_set(e, -EISDIR, "config %s is a directory", path);
         _cleanup_free_ char *text = malloc(NB_CONFIG_FILE_MAX + 1);
         if (!text)
-                return nb_error_set(e, -ENOMEM, "out of memory");
+                return nb_error_oom(e);
         size_t got = 0;
         for (;;) {
                 ssize_t n = read(fd, text + got, NB_CONFIG_FILE_MAX + 1 - got);
@@ -436,7 +436,7 @@ int nb_token_read(const char *path, char **ret, NbError *e)
         char *t = strdup(buf);
         explicit_bzero(buf, sizeof(buf));
         if (!t)
-                return nb_error_set(e, -ENOMEM, "out of memory");
+                return nb_error_oom(e);
         *ret = t;
         return 0;
 }

@@ -7,8 +7,8 @@
 #include <stdbool.h>
 #include <stddef.h>
 
-#include "save.h"
-#include "util.h"
+#include "agent/save.h"
+#include "common/error.h"
 
 #define NB_CONFIG_DEFAULT_PATH "/etc/nbsnap/nbsnapd.conf"
 #define NB_DEFAULT_SOCKET      "/run/nbsnap/nbsnap.sock"

@@ -1,3 +1,4 @@
+#include <stdarg.h>
 #include <inttypes.h>
 #include <limits.h>
 #include <pthread.h>
@@ -13,14 +14,16 @@
 
 #include <systemd/sd-daemon.h>
 
-#include "baseline.h"
-#include "daemon.h"
-#include "log.h"
-#include "registry.h"
-#include "reporter.h"
-#include "request.h"
-#include "save.h"
-#include "store.h"
+#include "common/uuid.h"
+#include "common/clock.h"
+#include "snapshot/snapshot.h"
+#include "agent/daemon.h"
+#include "agent/log.h"
+#include "registry/registry.h"
+#include "agent/reporter.h"
+#include "agent/request.h"
+#include "agent/save.h"
+#include "agent/store.h"
 
 #define NB_SAVE_NICE        5 /* the save threads' nice value, relative to the loop's 0 */
 #define NB_PROGRESS_POST_NS (200ull * 1000 * 1000) /* worker -> loop progress posts, at most this often */
@@ -70,7 +73,7 @@ typedef struct DeleteTask {
         void *userdata;
         /* worker result, read after the join */
         int result;
-        RegError error;
+        NbError error;
         _Atomic bool finished;
         bool joined;
 } DeleteTask;
@@ -194,8 +197,7 @@ static int image_record_e(Manager *m, const NbImage *img, bool report, NbError *
         int q = 0;
         if (report && m->cfg->report_url) {
                 _cleanup_free_ char *json = nb_image_to_string(img, false);
-                q = json ? nb_outbox_push(m->store, json, NULL, &q_e)
-                         : nb_error_set(&q_e, -ENOMEM, "out of memory");
+                q = json ? nb_outbox_push(m->store, json, NULL, &q_e) : nb_error_oom(&q_e);
                 if (q < 0)
                         log_image(LOG_ERR, img->id, NULL, "cannot queue the report of status %s: %s",
                                   nb_status_to_string(img->status), q_e.msg);
@@ -479,7 +481,7 @@ static uint64_t baseline_count(const char *state_dir)
 {
         _cleanup_free_ char *path = NULL;
         SnapBaseline *b = NULL;
-        SnapError se = {0};
+        NbError se = {0};
         if (nb_baseline_path(state_dir, &path) < 0 || snap_baseline_open(path, &b, &se) < 0)
                 return 0;
         uint64_t n = snap_baseline_count(b);
@@ -524,7 +526,7 @@ static int job_start(Manager *m, const NbImage *img, NbError *e)
         const NbConfig *c = m->cfg;
         Job *j = calloc(1, sizeof(*j));
         if (!j)
-                return nb_error_set(e, -ENOMEM, "out of memory");
+                return nb_error_oom(e);
         pthread_mutex_init(&j->lock, NULL);
         pthread_condattr_t ca;
         pthread_condattr_init(&ca);
@@ -536,7 +538,7 @@ static int job_start(Manager *m, const NbImage *img, NbError *e)
         j->started_ms = nb_now_ms();
         if (nb_image_copy(img, &j->img) < 0) {
                 job_free(j);
-                return nb_error_set(e, -ENOMEM, "out of memory");
+                return nb_error_oom(e);
         }
         j->o = (NbSaveOptions){
                 .root = c->root ? c->root : "/",
@@ -563,7 +565,7 @@ static int job_start(Manager *m, const NbImage *img, NbError *e)
         };
         if (job_excludes(j, c) < 0) {
                 job_free(j);
-                return nb_error_set(e, -ENOMEM, "out of memory");
+                return nb_error_oom(e);
         }
         /* read once here: a few ms for a typical baseline, and it makes the percent meaningful */
         j->baseline_entries = baseline_count(j->o.state_dir);
@@ -642,8 +644,7 @@ static int record_new(Manager *m, const NbImage *img, NbError *e)
         int r = nb_store_put_image(m->store, img, e);
         if (r >= 0 && m->cfg->report_url) {
                 _cleanup_free_ char *json = nb_image_to_string(img, false);
-                r = json ? nb_outbox_push(m->store, json, NULL, e)
-                         : nb_error_set(e, -ENOMEM, "out of memory");
+                r = json ? nb_outbox_push(m->store, json, NULL, e) : nb_error_oom(e);
                 if (r >= 0)
                         nb_reporter_kick(m->reporter);
         }
@@ -1058,7 +1059,7 @@ int manager_new(const NbConfig *cfg, sd_event *event, Manager **ret, NbError *e)
 {
         Manager *m = calloc(1, sizeof(*m));
         if (!m)
-                return nb_error_set(e, -ENOMEM, "out of memory");
+                return nb_error_oom(e);
         m->cfg = cfg;
         m->event = sd_event_ref(event);
         m->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);

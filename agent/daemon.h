@@ -10,7 +10,7 @@
 
 #include <systemd/sd-event.h>
 
-#include "config.h"
+#include "agent/config.h"
 
 #define NB_ERROR_BAD_REQUEST                                                                                \
         "ModelArts.6101" /* 400: malformed body, wrong type, unknown field, broken rule */

@@ -1,7 +1,9 @@
+#include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 
-#include "image.h"
+#include "common/clock.h"
+#include "agent/image.h"
 
 static const char *const status_names[_NB_STATUS_MAX] = {
         [NB_STATUS_INIT] = "INIT",     [NB_STATUS_CREATING] = "CREATING",

@@ -7,7 +7,7 @@
 
 #include <cjson/cJSON.h>
 
-#include "util.h"
+#include "common/error.h"
 
 #define NB_NAME_MAX           512
 #define NB_TAG_MAX            64

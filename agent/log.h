@@ -5,7 +5,7 @@
 
 #include <syslog.h>
 
-#include "util.h"
+#include "common/error.h"
 
 void nb_log_init(const char *identifier);
 /* image_id and phase may be NULL. Returns -abs(error) when error != 0, else 0, so that callers can

@@ -12,14 +12,16 @@
 #include <sys/stat.h>
 #include <time.h>
 
-#include "agent-version.h"
-#include "baseline.h"
-#include "client.h"
-#include "config.h"
-#include "excludes.h"
-#include "pgzip.h"
-#include "pzstd.h"
-#include "save.h"
+#include "common/uuid.h"
+#include "common/clock.h"
+#include "agent/agent-version.h"
+#include "snapshot/snapshot.h"
+#include "agent/client.h"
+#include "agent/config.h"
+#include "snapshot/snapshot.h"
+#include "snapshot/snapshot.h"
+#include "snapshot/snapshot.h"
+#include "agent/save.h"
 
 static const char *const usage_main =
         "Usage: nbsnap COMMAND [OPTIONS]\n"
@@ -327,7 +329,7 @@ static int cmd_baseline(int argc, char **argv)
                 fprintf(stderr, "nbsnap baseline: %s\n", e.msg);
                 return 1;
         }
-        SnapError se = {0};
+        NbError se = {0};
         SnapBaselineStats stats;
         r = snap_baseline_write(root, ex, path, &stats, &se);
         snap_excludes_free(ex);

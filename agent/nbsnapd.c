@@ -12,10 +12,10 @@
 #include <systemd/sd-daemon.h>
 #include <systemd/sd-event.h>
 
-#include "api.h"
-#include "config.h"
-#include "daemon.h"
-#include "log.h"
+#include "agent/api.h"
+#include "agent/config.h"
+#include "agent/daemon.h"
+#include "agent/log.h"
 
 static void event_unrefp(sd_event **e)
 {

@@ -7,8 +7,8 @@
 
 #include <curl/curl.h>
 
-#include "log.h"
-#include "reporter.h"
+#include "agent/log.h"
+#include "agent/reporter.h"
 
 struct NbReporter {
         NbStore *store;
@@ -192,7 +192,7 @@ int nb_reporter_new(NbStore *store, const char *url, const char *token, const ch
 {
         NbReporter *r = calloc(1, sizeof(*r));
         if (!r)
-                return nb_error_set(e, -ENOMEM, "out of memory");
+                return nb_error_oom(e);
         pthread_mutex_init(&r->lock, NULL);
         pthread_condattr_t ca;
         pthread_condattr_init(&ca);
@@ -207,7 +207,7 @@ int nb_reporter_new(NbStore *store, const char *url, const char *token, const ch
             (token && asprintf(&r->auth_header, "Authorization: Bearer %s", token) < 0)) {
                 r->auth_header = NULL;
                 nb_reporter_free(r);
-                return nb_error_set(e, -ENOMEM, "out of memory");
+                return nb_error_oom(e);
         }
         int q = pthread_create(&r->thread, NULL, reporter_thread, r);
         if (q != 0) {

@@ -5,7 +5,7 @@
  * acknowledged when the agent stopped is sent after the next start. */
 #pragma once
 
-#include "store.h"
+#include "agent/store.h"
 
 #define NB_REPORT_TIMEOUT_S    30
 #define NB_REPORT_BACKOFF_MS   500 /* first wait after a failure; doubles up to the configured maximum */

@@ -4,9 +4,9 @@
 
 #include <cjson/cJSON.h>
 
-#include "image.h"
-#include "registry.h"
-#include "request.h"
+#include "agent/image.h"
+#include "registry/registry.h"
+#include "agent/request.h"
 
 void nb_create_request_done(NbCreateRequest *r)
 {
@@ -56,7 +56,7 @@ static int set_field(NbCreateRequest *req, const cJSON *item, NbError *e)
             !f->valid(item->valuestring, e))
                 return -EINVAL;
         *slot = strdup(item->valuestring);
-        return *slot ? 0 : nb_error_set(e, -ENOMEM, "out of memory");
+        return *slot ? 0 : nb_error_oom(e);
 }
 
 /* A "\u0000" escape (after an even number of backslashes): cJSON would end the C string there, so that
@@ -122,16 +122,15 @@ int nb_create_request_parse(const char *body, size_t size, NbCreateRequest *ret,
 /* "registry.example.com/team/pytorch:1.4" -> "pytorch" */
 static int base_name(const char *base_image, char **ret, NbError *e)
 {
-        RegError re = {0};
         RegRef *ref = NULL;
-        int r = reg_ref_parse(base_image, &ref, &re);
+        int r = reg_ref_parse(base_image, &ref, e);
         if (r < 0)
-                return nb_error_from_reg(e, &re, r, "the configured base image");
+                return nb_error_wrap(e, r, "the configured base image");
         const char *slash = strrchr(ref->repository, '/');
         char *n = strdup(slash ? slash + 1 : ref->repository);
         reg_ref_free(ref);
         if (!n)
-                return nb_error_set(e, -ENOMEM, "out of memory");
+                return nb_error_oom(e);
         *ret = n;
         return 0;
 }
@@ -145,7 +144,7 @@ int nb_create_request_defaults(NbCreateRequest *r, const char *config_namespace,
                                             "namespace is required: the request names none and no default "
                                             "namespace is configured");
                 if (!(r->namespace = strdup(config_namespace)))
-                        return nb_error_set(e, -ENOMEM, "out of memory");
+                        return nb_error_oom(e);
         }
         if (!r->name) {
                 int q = base_name(base_image, &r->name, e);
@@ -161,13 +160,13 @@ int nb_create_request_defaults(NbCreateRequest *r, const char *config_namespace,
                 gmtime_r(&t, &tm);
                 strftime(tag, sizeof(tag), "%Y%m%d%H%M%S", &tm);
                 if (!(r->tag = strdup(tag)))
-                        return nb_error_set(e, -ENOMEM, "out of memory");
+                        return nb_error_oom(e);
                 r->tag_defaulted = true;
         }
         if (!r->workspace_id && !(r->workspace_id = strdup("0")))
-                return nb_error_set(e, -ENOMEM, "out of memory");
+                return nb_error_oom(e);
         if (!r->description && !(r->description = strdup("")))
-                return nb_error_set(e, -ENOMEM, "out of memory");
+                return nb_error_oom(e);
         size_t len = strlen(r->namespace) + 1 + strlen(r->name);
         if (len > 255)
                 return nb_error_set(
@@ -191,7 +190,7 @@ int nb_create_request_unique_tag(NbCreateRequest *r, nb_tag_taken_fn taken, void
                         continue;
                 char *t = strdup(tag);
                 if (!t)
-                        return nb_error_set(e, -ENOMEM, "out of memory");
+                        return nb_error_oom(e);
                 free(r->tag);
                 r->tag = t;
                 return 0;

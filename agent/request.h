@@ -7,7 +7,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 
-#include "util.h"
+#include "common/error.h"
 
 #define NB_REQUEST_BODY_MAX   (64u * 1024) /* bytes; larger bodies get 413 */
 #define NB_REQUEST_FIELDS_MAX 16           /* members of the object looked at before giving up */

@@ -1,3 +1,4 @@
+#include <stdarg.h>
 #include <inttypes.h>
 #include <limits.h>
 #include <stdatomic.h>
@@ -6,11 +7,13 @@
 #include <sys/stat.h>
 #include <sys/utsname.h>
 
-#include "diff.h"
-#include "pgzip.h"
-#include "pzstd.h"
-#include "registry.h"
-#include "save.h"
+#include "common/digest.h"
+#include "common/clock.h"
+#include "snapshot/snapshot.h"
+#include "snapshot/snapshot.h"
+#include "snapshot/snapshot.h"
+#include "registry/registry.h"
+#include "agent/save.h"
 
 static const char *const phase_names[_NB_PHASE_MAX] = {
         [NB_PHASE_RESOLVING] = "resolving base image",      [NB_PHASE_BASE_LAYERS] = "checking base layers",
@@ -66,16 +69,16 @@ typedef struct Save {
         char *dst_repo;
         RegImage *base;
         RegUpload *upload;
-        RegError upload_error;    /* written by the compressor's output thread, read after it was joined */
-        SnapError compress_error; /* what pgzip_write()/pzstd_write() said, on the packing thread */
-        PGzip *gzip;              /* one of the two compressors, as o->compression says */
+        NbError upload_error;   /* written by the compressor's output thread, read after it was joined */
+        NbError compress_error; /* what pgzip_write()/pzstd_write() said, on the packing thread */
+        PGzip *gzip;            /* one of the two compressors, as o->compression says */
         PZstd *zstd;
         SnapLayer *layer;
         _Atomic uint64_t sent;
         NbProgress progress;
         PGzipResult result; /* filled from PZstdResult too: the same fields */
         bool to_oci;        /* a Docker schema2 base written out as an OCI image (zstd layer) */
-        char config_digest[72];
+        char config_digest[NB_DIGEST_STR_MAX];
         char *config_json;
         size_t config_size;
 } Save;
@@ -124,7 +127,7 @@ int nb_baseline_path(const char *state_dir, char **ret)
 }
 
 /* The credential files the registry client may read (the containers convention), so they are never saved. */
-static int exclude_credentials(SnapExcludes *x, const char *root, const char *authfile, SnapError *se)
+static int exclude_credentials(SnapExcludes *x, const char *root, const char *authfile, NbError *se)
 {
         const char *env = getenv("REGISTRY_AUTH_FILE"), *dc = getenv("DOCKER_CONFIG"),
                    *home = getenv("HOME");
@@ -148,25 +151,24 @@ int nb_excludes_build(const char *root, const char *state_dir, const char *authf
                       const char *const *paths, size_t n_paths, const char *mountinfo, SnapExcludes **ret,
                       NbError *e)
 {
-        SnapError se = {0};
         SnapExcludes *x = NULL;
         static const char *const defaults[] = NB_DEFAULT_EXCLUDES;
-        int r = snap_excludes_new(&x, &se);
+        int r = snap_excludes_new(&x, e);
         for (size_t i = 0; r >= 0 && defaults[i]; i++)
-                r = snap_excludes_add(x, defaults[i], &se);
+                r = snap_excludes_add(x, defaults[i], e);
         if (n_paths > NB_EXCLUDES_MAX)
-                r = snap_error_set(&se, -E2BIG, "too many --exclude paths (at most %d)", NB_EXCLUDES_MAX);
+                r = nb_error_set(e, -E2BIG, "too many --exclude paths (at most %d)", NB_EXCLUDES_MAX);
         for (size_t i = 0; r >= 0 && i < n_paths; i++)
-                r = snap_excludes_add(x, paths[i], &se);
+                r = snap_excludes_add(x, paths[i], e);
         if (r >= 0)
-                r = snap_excludes_add_mounts(x, root, mountinfo, &se);
+                r = snap_excludes_add_mounts(x, root, mountinfo, e);
         if (r >= 0 && state_dir)
-                r = snap_excludes_add_host_path(x, root, state_dir, &se);
+                r = snap_excludes_add_host_path(x, root, state_dir, e);
         if (r >= 0)
-                r = exclude_credentials(x, root, authfile, &se);
+                r = exclude_credentials(x, root, authfile, e);
         if (r < 0) {
                 snap_excludes_free(x);
-                return nb_error_from_snap(e, &se, r, "cannot set up the excluded paths");
+                return nb_error_wrap(e, r, "cannot set up the excluded paths");
         }
         *ret = x;
         return 0;
@@ -247,46 +249,44 @@ static int set_arch(NbImage *img, const char *config_json)
 static int connect_registries(Save *s, NbError *e)
 {
         const NbSaveOptions *o = s->o;
-        RegError re = {0};
         RegClientOptions co = {.url = o->registry_url,
                                .authfile = o->authfile,
                                .ca_file = o->ca_file,
                                .user_agent = "nbsnap",
                                .chunk_size = o->chunk_size,
                                .cancel = o->cancel};
-        int r = reg_client_new(&co, &s->dst, &re);
+        int r = reg_client_new(&co, &s->dst, e);
         if (r < 0)
-                return nb_error_from_reg(e, &re, r, "cannot use registry");
-        r = reg_ref_parse(o->base_image, &s->ref, &re);
+                return nb_error_wrap(e, r, "cannot use registry");
+        r = reg_ref_parse(o->base_image, &s->ref, e);
         if (r < 0)
-                return nb_error_from_reg(e, &re, r, "bad --base-image");
+                return nb_error_wrap(e, r, "bad --base-image");
         s->src = s->dst;
         if (s->ref->host && strcmp(s->ref->host, reg_client_host(s->dst)) != 0) {
                 /* the base lives elsewhere: same scheme as given for the target when it is plain http */
                 _cleanup_free_ char *url = NULL;
                 bool http = strncmp(o->registry_url, "http://", 7) == 0;
                 if (asprintf(&url, "%s://%s", http ? "http" : "https", s->ref->host) < 0)
-                        return nb_error_set(e, -ENOMEM, "out of memory");
+                        return nb_error_oom(e);
                 co.url = url;
-                r = reg_client_new(&co, &s->src_owned, &re);
+                r = reg_client_new(&co, &s->src_owned, e);
                 if (r < 0)
-                        return nb_error_from_reg(e, &re, r, "cannot use the base image's registry");
+                        return nb_error_wrap(e, r, "cannot use the base image's registry");
                 s->src = s->src_owned;
         }
         if (asprintf(&s->dst_repo, "%s/%s", o->namespace, o->name) < 0)
-                return nb_error_set(e, -ENOMEM, "out of memory");
+                return nb_error_oom(e);
         return 0;
 }
 
 static int resolve_base(Save *s, NbError *e)
 {
-        RegError re = {0};
         report(s, NB_PHASE_RESOLVING);
         const char *reference = s->ref->digest ? s->ref->digest : s->ref->tag ? s->ref->tag : "latest";
         int r = reg_image_fetch(s->src, s->ref->repository, reference, "linux", machine_arch(), NULL,
-                                &s->base, &re);
+                                &s->base, e);
         if (r < 0)
-                return nb_error_from_reg(e, &re, r, "cannot resolve the base image");
+                return nb_error_wrap(e, r, "cannot resolve the base image");
         if (s->base->n_layers + 1 > NB_LAYERS_MAX)
                 return nb_error_set(
                         e, -E2BIG,
@@ -352,21 +352,20 @@ static int ensure_base_layers(Save *s, NbError *e)
         bool same_registry = s->src == s->dst;
         for (size_t i = 0; i < s->base->n_layers; i++) {
                 const RegDescriptor *l = &s->base->layers[i];
-                RegError re = {0};
                 if (same_registry && strcmp(s->ref->repository, s->dst_repo) == 0)
                         continue; /* the manifest we resolved references them in this repository */
-                int r = reg_blob_exists(s->dst, s->dst_repo, l->digest, NULL, &re);
+                int r = reg_blob_exists(s->dst, s->dst_repo, l->digest, NULL, e);
                 if (r == 0 && same_registry) {
-                        r = reg_blob_mount(s->dst, s->dst_repo, l->digest, s->ref->repository, &re);
+                        r = reg_blob_mount(s->dst, s->dst_repo, l->digest, s->ref->repository, e);
                         if (r > 0)
                                 note(s, "base layer %.19s mounted from %s", l->digest, s->ref->repository);
                 }
                 if (r == 0) {
                         note(s, "base layer %.19s copied into %s", l->digest, s->dst_repo);
-                        r = reg_blob_copy(s->src, s->ref->repository, s->dst, s->dst_repo, l, &re);
+                        r = reg_blob_copy(s->src, s->ref->repository, s->dst, s->dst_repo, l, e);
                 }
                 if (r < 0)
-                        return nb_error_from_reg(e, &re, r, "cannot make the base layers available");
+                        return nb_error_wrap(e, r, "cannot make the base layers available");
         }
         return 0;
 }
@@ -410,21 +409,23 @@ static void on_diff_progress(void *userdata, const SnapDiffStats *st)
 }
 
 /* After a failure in the pipeline, the registry's words are the ones that say what to do. */
-static int pack_error(Save *s, NbError *e, const SnapError *se, int r)
+static int pack_error(Save *s, NbError *e, int r)
 {
         if (cancelled(s))
                 return nb_error_set(e, -ECANCELED,
                                     "the save was cancelled (the agent is stopping); save again");
-        if (s->upload_error.code < 0)
-                return nb_error_from_reg(e, &s->upload_error, s->upload_error.code,
-                                         "cannot upload the layer");
-        if (s->compress_error.code < 0)
-                return nb_error_from_snap(e, &s->compress_error, s->compress_error.code,
-                                          "cannot compress the layer");
-        return nb_error_from_snap(e, se, r, "cannot pack the layer");
+        if (nb_error_isset(&s->upload_error)) {
+                *e = s->upload_error;
+                return nb_error_wrap(e, 0, "cannot upload the layer");
+        }
+        if (nb_error_isset(&s->compress_error)) {
+                *e = s->compress_error;
+                return nb_error_wrap(e, 0, "cannot compress the layer");
+        }
+        return nb_error_wrap(e, r, "cannot pack the layer");
 }
 
-static int compressor_new(Save *s, SnapError *se)
+static int compressor_new(Save *s, NbError *se)
 {
         const NbSaveOptions *o = s->o;
         if (o->compression == NB_COMPRESSION_ZSTD) {
@@ -439,7 +440,7 @@ static int compressor_new(Save *s, SnapError *se)
         return pgzip_new(&go, &s->gzip, se);
 }
 
-static int compressor_finish(Save *s, SnapError *se)
+static int compressor_finish(Save *s, NbError *se)
 {
         if (!s->zstd)
                 return pgzip_finish(s->gzip, &s->result, se);
@@ -457,8 +458,6 @@ static int compressor_finish(Save *s, SnapError *se)
 static int pack_and_upload(Save *s, NbError *e)
 {
         const NbSaveOptions *o = s->o;
-        SnapError se = {0};
-        RegError re = {0};
         _cleanup_free_ char *bpath = NULL, *root = NULL;
         SnapBaseline *base = NULL;
         SnapWalk *walk = NULL;
@@ -468,39 +467,39 @@ static int pack_and_upload(Save *s, NbError *e)
         int r = nb_baseline_path(o->state_dir, &bpath);
         if (r < 0 || !(root = realpath(o->root, NULL)))
                 return nb_error_set(e, r < 0 ? r : -errno, "root %s: %m", o->root);
-        r = snap_baseline_open(bpath, &base, &se);
+        r = snap_baseline_open(bpath, &base, e);
         if (r < 0)
-                return nb_error_from_snap(e, &se, r, NULL);
+                return r;
         r = nb_excludes_build(root, o->state_dir, o->authfile, o->excludes, o->n_excludes, o->mountinfo, &ex,
                               e);
         if (r < 0)
                 goto out;
-        r = snap_walk_new(root, ex, &walk, &se);
+        r = snap_walk_new(root, ex, &walk, e);
         if (r < 0) {
-                r = nb_error_from_snap(e, &se, r, NULL);
+                r = r;
                 goto out;
         }
-        r = reg_upload_begin(s->dst, s->dst_repo, NULL, NULL, &s->upload, &re);
+        r = reg_upload_begin(s->dst, s->dst_repo, NULL, NULL, &s->upload, e);
         if (r < 0) {
-                r = nb_error_from_reg(e, &re, r, "cannot start the layer upload");
+                r = nb_error_wrap(e, r, "cannot start the layer upload");
                 goto out;
         }
-        r = compressor_new(s, &se);
+        r = compressor_new(s, e);
         if (r >= 0)
-                r = snap_layer_new(on_tar_output, on_layer_note, s, &s->layer, &se);
+                r = snap_layer_new(on_tar_output, on_layer_note, s, &s->layer, e);
         if (r >= 0)
-                r = snap_diff_layer(base, walk, ex, s->layer, on_diff_progress, s, &st, &se);
+                r = snap_diff_layer(base, walk, ex, s->layer, on_diff_progress, s, &st, e);
         if (r >= 0)
-                r = snap_layer_finish(s->layer, &se);
+                r = snap_layer_finish(s->layer, e);
         if (r >= 0)
-                r = compressor_finish(s, &se);
+                r = compressor_finish(s, e);
         if (r < 0) {
-                r = pack_error(s, e, &se, r);
+                r = pack_error(s, e, r);
                 goto out;
         }
-        r = reg_upload_commit(s->upload, s->result.digest, &re);
+        r = reg_upload_commit(s->upload, s->result.digest, e);
         if (r < 0) {
-                r = nb_error_from_reg(e, &re, r, "cannot commit the layer");
+                r = nb_error_wrap(e, r, "cannot commit the layer");
                 goto out;
         }
         s->upload = reg_upload_abort(s->upload); /* committed: frees, cancels nothing */
@@ -546,10 +545,9 @@ static cJSON *array_member(cJSON *parent, const char *key)
 
 static int upload_config(Save *s, NbError *e)
 {
-        RegError re = {0};
         int r = reg_blob_upload_buffer(s->dst, s->dst_repo, s->config_digest, s->config_json, s->config_size,
-                                       &re);
-        return r < 0 ? nb_error_from_reg(e, &re, r, "cannot upload the image config") : 0;
+                                       e);
+        return r < 0 ? nb_error_wrap(e, r, "cannot upload the image config") : 0;
 }
 
 /* The base config, kept whole (Env, Cmd, Entrypoint, WorkingDir, User, Labels, ExposedPorts, Volumes,
@@ -570,7 +568,7 @@ static int push_config(Save *s, NbError *e)
         cJSON_DeleteItemFromObjectCaseSensitive(c, "created");
         if (!diff_ids || !history || !cJSON_AddStringToObject(c, "created", created)) {
                 cJSON_Delete(c);
-                return nb_error_set(e, -ENOMEM, "out of memory");
+                return nb_error_oom(e);
         }
         if (!cJSON_GetObjectItemCaseSensitive(rootfs, "type"))
                 cJSON_AddStringToObject(rootfs, "type", "layers");
@@ -579,7 +577,7 @@ static int push_config(Save *s, NbError *e)
         s->config_json = cJSON_PrintUnformatted(c);
         cJSON_Delete(c);
         if (!s->config_json)
-                return nb_error_set(e, -ENOMEM, "out of memory");
+                return nb_error_oom(e);
         s->config_size = strlen(s->config_json);
         int r = nb_sha256_digest(s->config_json, s->config_size, s->config_digest);
         return r < 0 ? nb_error_set(e, r, "SHA-256 failed") : upload_config(s, e);
@@ -614,7 +612,7 @@ static int layers_to_oci(cJSON *layers, NbError *e)
                 if (!oci)
                         return nb_error_set(e, -EOPNOTSUPP, "a base layer has no OCI media type");
                 if (!cJSON_ReplaceItemInObjectCaseSensitive(l, "mediaType", cJSON_CreateString(oci)))
-                        return nb_error_set(e, -ENOMEM, "out of memory");
+                        return nb_error_oom(e);
         }
         return 0;
 }
@@ -650,7 +648,7 @@ static int build_manifest(Save *s, char **ret, const char **ret_type, NbError *e
         *ret = cJSON_PrintUnformatted(m);
         cJSON_Delete(m);
         *ret_type = type;
-        return *ret ? 0 : nb_error_set(e, -ENOMEM, "out of memory");
+        return *ret ? 0 : nb_error_oom(e);
 }
 
 static int push_manifest(Save *s, NbError *e)
@@ -666,10 +664,9 @@ static int push_manifest(Save *s, NbError *e)
         int r = build_manifest(s, &json, &type, e);
         if (r < 0)
                 return r;
-        RegError re = {0};
-        r = reg_manifest_put(s->dst, s->dst_repo, s->o->tag, type, json, strlen(json), &digest, &re);
+        r = reg_manifest_put(s->dst, s->dst_repo, s->o->tag, type, json, strlen(json), &digest, e);
         if (r < 0)
-                return nb_error_from_reg(e, &re, r, "cannot push the manifest");
+                return nb_error_wrap(e, r, "cannot push the manifest");
         uint64_t total = s->result.size_out + s->config_size;
         for (size_t i = 0; i < s->base->n_layers; i++)
                 total += (uint64_t)s->base->layers[i].size;
@@ -697,7 +694,7 @@ int nb_save(const NbSaveOptions *o, NbImage *img, NbError *e)
         if (r >= 0)
                 r = connect_registries(&s, e);
         if (r >= 0)
-                r = fill_request_fields(&s) < 0 ? nb_error_set(e, -ENOMEM, "out of memory") : 0;
+                r = fill_request_fields(&s) < 0 ? nb_error_oom(e) : 0;
         if (r >= 0)
                 r = nb_image_set_status(img, NB_STATUS_CREATING, "%s",
                                         nb_phase_to_string(NB_PHASE_RESOLVING));

@@ -8,8 +8,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "image.h"
-#include "util.h"
+#include "agent/image.h"
+#include "common/error.h"
 
 #define NB_LAYERS_MAX   125 /* docker's layer depth limit (overlay takes 128) */
 #define NB_EXCLUDES_MAX 1024

@@ -8,7 +8,7 @@
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 
-#include "store.h"
+#include "agent/store.h"
 
 #define RESERVE_NAME ".reserve"
 
@@ -118,7 +118,7 @@ int nb_store_open(const char *state_dir, NbStore **ret, NbError *e)
         NbStore *s = calloc(1, sizeof(*s));
         if (!s || !(s->path = strdup(state_dir))) {
                 free(s);
-                return nb_error_set(e, -ENOMEM, "out of memory");
+                return nb_error_oom(e);
         }
         pthread_mutex_init(&s->lock, NULL);
         s->images_fd = s->outbox_fd = -1;
@@ -299,7 +299,7 @@ int nb_store_put_image(NbStore *s, const NbImage *img, NbError *e)
         _cleanup_cjson_ cJSON *j = nb_image_record_json(img);
         _cleanup_free_ char *text = j ? cJSON_Print(j) : NULL;
         if (!text)
-                return nb_error_set(e, -ENOMEM, "out of memory");
+                return nb_error_oom(e);
         pthread_mutex_lock(&s->lock);
         int r = store_write(s, s->images_fd, name, text, strlen(text));
         pthread_mutex_unlock(&s->lock);

@@ -13,7 +13,7 @@
 
 #include <cjson/cJSON.h>
 
-#include "image.h"
+#include "agent/image.h"
 
 #define NB_STORE_RECORD_MAX (256u * 1024) /* bytes of one image or outbox file */
 #define NB_STORE_IMAGES_MAX 1000          /* image records kept; the oldest finished ones go first */

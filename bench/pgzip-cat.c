@@ -7,7 +7,7 @@
 #include <string.h>
 #include <time.h>
 
-#include "pgzip.h"
+#include "snapshot/pgzip.h"
 
 #define READ_SIZE (4u * 1024 * 1024)
 
@@ -76,17 +76,17 @@ static double now(void)
         return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
-static int run(PGzip *z, PGzipResult *result, SnapError *e)
+static int run(PGzip *z, PGzipResult *result, NbError *e)
 {
         _cleanup_free_ char *buf = malloc(READ_SIZE);
         if (!buf)
-                return snap_error_set(e, -ENOMEM, "Out of memory");
+                return nb_error_set(e, -ENOMEM, "Out of memory");
         for (;;) {
                 ssize_t n = read(STDIN_FILENO, buf, READ_SIZE);
                 if (n < 0 && errno == EINTR)
                         continue;
                 if (n < 0)
-                        return snap_error_set(e, -errno, "Failed to read standard input: %m");
+                        return nb_error_set(e, -errno, "Failed to read standard input: %m");
                 if (n == 0)
                         break;
                 int r = pgzip_write(z, buf, (size_t)n, e);
@@ -102,7 +102,7 @@ int main(int argc, char **argv)
         PGzipOptions o = {.level = -1, .output = write_all, .userdata = &out_fd};
         _cleanup_pgzip_ PGzip *z = NULL;
         PGzipResult result;
-        SnapError e = {};
+        NbError e = {};
 
         if (parse_args(argc, argv, &o) < 0) {
                 fprintf(stderr, "Usage: %s [-t THREADS] [-l LEVEL(-1..9)] [-b BLOCKSIZE] <in >out.gz\n",

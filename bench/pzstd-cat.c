@@ -7,7 +7,7 @@
 #include <string.h>
 #include <time.h>
 
-#include "pzstd.h"
+#include "snapshot/pzstd.h"
 
 #define READ_SIZE (4u * 1024 * 1024)
 
@@ -71,17 +71,17 @@ static double now(void)
         return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
-static int run(PZstd *z, PZstdResult *result, SnapError *e)
+static int run(PZstd *z, PZstdResult *result, NbError *e)
 {
         _cleanup_free_ char *buf = malloc(READ_SIZE);
         if (!buf)
-                return snap_error_set(e, -ENOMEM, "Out of memory");
+                return nb_error_set(e, -ENOMEM, "Out of memory");
         for (;;) {
                 ssize_t n = read(STDIN_FILENO, buf, READ_SIZE);
                 if (n < 0 && errno == EINTR)
                         continue;
                 if (n < 0)
-                        return snap_error_set(e, -errno, "Failed to read standard input: %m");
+                        return nb_error_set(e, -errno, "Failed to read standard input: %m");
                 if (n == 0)
                         break;
                 int r = pzstd_write(z, buf, (size_t)n, e);
@@ -97,7 +97,7 @@ int main(int argc, char **argv)
         PZstdOptions o = {.level = -1, .output = write_all, .userdata = &out_fd};
         _cleanup_pzstd_ PZstd *z = NULL;
         PZstdResult result;
-        SnapError e = {};
+        NbError e = {};
 
         if (parse_args(argc, argv, &o) < 0) {
                 fprintf(stderr, "Usage: %s [-t THREADS] [-l LEVEL(-1..19)] <in >out.zst\n", argv[0]);

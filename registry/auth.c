@@ -6,7 +6,7 @@
 #include <string.h>
 #include <strings.h>
 
-#include "registry-internal.h"
+#include "registry/registry-internal.h"
 
 /* ---- WWW-Authenticate --------------------------------------------------------------------------------- */
 
@@ -264,16 +264,16 @@ static bool key_matches(const char *key, const char *host)
         return is_docker_hub(key, n) && is_docker_hub(host, hn);
 }
 
-int reg_auth_config_parse(const char *json, size_t size, const char *host, RegCredentials *ret, RegError *e)
+int reg_auth_config_parse(const char *json, size_t size, const char *host, RegCredentials *ret, NbError *e)
 {
         _cleanup_cjson_ cJSON *j = cJSON_ParseWithLength(json, size);
         if (!cJSON_IsObject(j))
-                return reg_error_set(e, -EINVAL, "not a JSON object");
+                return nb_error_set(e, -EINVAL, "not a JSON object");
         const cJSON *auths = cJSON_GetObjectItemCaseSensitive(j, "auths");
         if (!auths || cJSON_IsNull(auths))
                 return 0;
         if (!cJSON_IsObject(auths))
-                return reg_error_set(e, -EINVAL, "\"auths\" is not an object");
+                return nb_error_set(e, -EINVAL, "\"auths\" is not an object");
         /* An exact key wins over a normalised one ("https://host/v1/"). */
         const cJSON *entry = cJSON_GetObjectItemCaseSensitive(auths, host), *it;
         cJSON_ArrayForEach(it, auths)
@@ -287,30 +287,30 @@ int reg_auth_config_parse(const char *json, size_t size, const char *host, RegCr
                 return 0;
         int r = entry_parse(entry, ret);
         if (r < 0)
-                return reg_error_set(
+                return nb_error_set(
                         e, r, "the entry for %s is malformed (\"auth\" must be base64 of user:password)",
                         host);
         return r;
 }
 
 static int auth_try_file(const char *path, const char *host, bool must_exist, RegCredentials *ret,
-                         RegError *e)
+                         NbError *e)
 {
         _cleanup_secret_ char *buf = NULL;
         size_t size;
-        int r = reg_read_file(path, REG_AUTHFILE_MAX, &buf, &size);
+        int r = nb_read_file(path, REG_AUTHFILE_MAX, &buf, &size);
         if (r == -ENOENT && !must_exist)
                 return 0;
         if (r < 0)
-                return reg_error_set(e, r, "cannot read auth file %s: %s", path, strerror(-r));
-        RegError sub = {0};
+                return nb_error_set(e, r, "cannot read auth file %s: %s", path, strerror(-r));
+        NbError sub = {0};
         r = reg_auth_config_parse(buf, size, host, ret, &sub);
         if (r < 0)
-                return reg_error_set(e, r, "auth file %s: %s", path, sub.msg);
+                return nb_error_set(e, r, "auth file %s: %s", path, sub.msg);
         return r;
 }
 
-int reg_auth_load(const char *authfile, const char *host, RegCredentials *ret, char **ret_path, RegError *e)
+int reg_auth_load(const char *authfile, const char *host, RegCredentials *ret, char **ret_path, NbError *e)
 {
         char paths[3][REG_PATH_MAX];
         size_t n = 0;
@@ -345,18 +345,18 @@ int reg_auth_load(const char *authfile, const char *host, RegCredentials *ret, c
 
 /* ---- tokens ------------------------------------------------------------------------------------------- */
 
-int reg_token_parse(const char *body, size_t size, char **ret_token, long *ret_expires_in, RegError *e)
+int reg_token_parse(const char *body, size_t size, char **ret_token, long *ret_expires_in, NbError *e)
 {
         _cleanup_cjson_ cJSON *j = cJSON_ParseWithLength(body, size);
         if (!cJSON_IsObject(j))
-                return reg_error_set(e, -EBADMSG, "the token endpoint did not answer with a JSON object");
+                return nb_error_set(e, -EBADMSG, "the token endpoint did not answer with a JSON object");
         const cJSON *t = cJSON_GetObjectItemCaseSensitive(j, "token");
         if (!cJSON_IsString(t) || !*t->valuestring)
                 t = cJSON_GetObjectItemCaseSensitive(j, "access_token");
         if (!cJSON_IsString(t) || !*t->valuestring)
-                return reg_error_set(e, -EBADMSG, "the token endpoint's answer has no token");
+                return nb_error_set(e, -EBADMSG, "the token endpoint's answer has no token");
         if (strlen(t->valuestring) > REG_TOKEN_MAX)
-                return reg_error_set(e, -EBADMSG, "the token endpoint's token is too long");
+                return nb_error_set(e, -EBADMSG, "the token endpoint's token is too long");
         long expires = REG_TOKEN_EXPIRY_MIN_S;
         const cJSON *x = cJSON_GetObjectItemCaseSensitive(j, "expires_in");
         if (cJSON_IsNumber(x) && x->valuedouble > REG_TOKEN_EXPIRY_MIN_S && x->valuedouble < 365.0 * 86400)

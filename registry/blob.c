@@ -6,34 +6,34 @@
 #include <pthread.h>
 #include <string.h>
 
-#include "registry-internal.h"
+#include "registry/registry-internal.h"
 
 static const char octet_stream[] = "application/octet-stream";
 
-static int check_names(const char *repository, const char *digest, RegError *e)
+static int check_names(const char *repository, const char *digest, NbError *e)
 {
         if (!reg_repository_valid(repository))
-                return reg_error_set(e, -EINVAL, "invalid repository name \"%s\"",
-                                     repository ? repository : "");
+                return nb_error_set(e, -EINVAL, "invalid repository name \"%s\"",
+                                    repository ? repository : "");
         if (digest && !reg_digest_valid(digest))
-                return reg_error_set(e, -EINVAL, "invalid digest \"%s\"", digest);
+                return nb_error_set(e, -EINVAL, "invalid digest \"%s\"", digest);
         return 0;
 }
 
-int reg_blob_exists(RegClient *c, const char *repository, const char *digest, int64_t *ret_size, RegError *e)
+int reg_blob_exists(RegClient *c, const char *repository, const char *digest, int64_t *ret_size, NbError *e)
 {
         int r = check_names(repository, digest, e);
         if (r < 0 || !digest)
-                return r < 0 ? r : reg_error_set(e, -EINVAL, "no digest given");
+                return r < 0 ? r : nb_error_set(e, -EINVAL, "no digest given");
         _cleanup_free_ char *url = NULL, *scope = NULL;
         if (reg_client_v2_url(c, repository, "blobs", digest, &url) < 0 ||
             reg_scope(repository, "pull", &scope) < 0)
-                return reg_error_set(e, -ENOMEM, "out of memory");
+                return nb_error_oom(e);
         RegRequest rq = {.method = "HEAD", .url = url, .scope = scope, .retry = true, .follow = true};
         _cleanup_(reg_response_done) RegResponse resp = {0};
         r = reg_request(c, &rq, &resp, e);
         if (r < 0)
-                return reg_error_wrap(e, r, "checking blob %s in %s/%s", digest, c->host, repository);
+                return nb_error_wrap(e, r, "checking blob %s in %s/%s", digest, c->host, repository);
         if (resp.status == 404)
                 return 0;
         if (resp.status != 200) {
@@ -53,7 +53,7 @@ static void session_cancel(RegClient *c, const char *location, const char *scope
                 return;
         RegRequest rq = {.method = "DELETE", .url = location, .scope = scope};
         RegResponse resp = {0};
-        RegError ignored = {0};
+        NbError ignored = {0};
         if (reg_request(c, &rq, &resp, &ignored) >= 0)
                 reg_response_done(&resp);
 }
@@ -70,7 +70,7 @@ static int mount_url(RegClient *c, const char *repository, const char *digest, c
 }
 
 int reg_blob_mount(RegClient *c, const char *repository, const char *digest, const char *from_repository,
-                   RegError *e)
+                   NbError *e)
 {
         int r = check_names(repository, digest, e);
         if (r >= 0)
@@ -80,7 +80,7 @@ int reg_blob_mount(RegClient *c, const char *repository, const char *digest, con
         _cleanup_free_ char *url = NULL, *scope = NULL;
         if (mount_url(c, repository, digest, from_repository, &url) < 0 ||
             asprintf(&scope, "repository:%s:pull,push repository:%s:pull", repository, from_repository) < 0)
-                return reg_error_set(e, -ENOMEM, "out of memory");
+                return nb_error_oom(e);
         RegRequest rq = {.method = "POST", .url = url, .scope = scope, .retry = true};
         _cleanup_(reg_response_done) RegResponse resp = {0};
         char what[REG_URL_MAX];
@@ -88,7 +88,7 @@ int reg_blob_mount(RegClient *c, const char *repository, const char *digest, con
                  repository);
         r = reg_request(c, &rq, &resp, e);
         if (r < 0)
-                return reg_error_wrap(e, r, "%s", what);
+                return nb_error_wrap(e, r, "%s", what);
         if (resp.status == 201)
                 return 1;
         if (resp.status == 202) {
@@ -101,22 +101,22 @@ int reg_blob_mount(RegClient *c, const char *repository, const char *digest, con
 
 /* POST blobs/uploads/ -> 202 + Location. */
 static int session_open(RegClient *c, const char *repository, const char *scope, char **ret_location,
-                        uint64_t *ret_chunk_min, RegError *e)
+                        uint64_t *ret_chunk_min, NbError *e)
 {
         _cleanup_free_ char *url = NULL;
         if (reg_client_v2_url(c, repository, "blobs/uploads", NULL, &url) < 0)
-                return reg_error_set(e, -ENOMEM, "out of memory");
+                return nb_error_oom(e);
         RegRequest rq = {.method = "POST", .url = url, .scope = scope, .retry = true};
         _cleanup_(reg_response_done) RegResponse resp = {0};
         char what[REG_URL_MAX];
         snprintf(what, sizeof(what), "starting an upload to %s/%s", c->host, repository);
         int r = reg_request(c, &rq, &resp, e);
         if (r < 0)
-                return reg_error_wrap(e, r, "%s", what);
+                return nb_error_wrap(e, r, "%s", what);
         if (resp.status != 202)
                 return reg_response_error(&resp, e, what);
         if (!resp.location)
-                return reg_error_set(e, -EBADMSG, "%s: the registry gave no upload location", what);
+                return nb_error_set(e, -EBADMSG, "%s: the registry gave no upload location", what);
         if (ret_chunk_min)
                 *ret_chunk_min = resp.chunk_min;
         *ret_location = TAKE_PTR(resp.location);
@@ -126,12 +126,12 @@ static int session_open(RegClient *c, const char *repository, const char *scope,
 /* PUT <location>?digest=<digest> with the whole blob. 201 expected; *ret_lost says that the registry lost
  * the session (a PUT cut off after part of the body reached it leaves a session that no longer matches). */
 static int session_commit(RegClient *c, const char *location, const char *scope, const char *digest,
-                          const void *body, size_t size, const char *what, bool *ret_lost, RegError *e)
+                          const void *body, size_t size, const char *what, bool *ret_lost, NbError *e)
 {
         _cleanup_free_ char *url = NULL;
         *ret_lost = false;
         if (reg_url_add_query(location, "digest", digest, &url) < 0)
-                return reg_error_set(e, -EINVAL, "%s: bad upload location", what);
+                return nb_error_set(e, -EINVAL, "%s: bad upload location", what);
         RegRequest rq = {.method = "PUT",
                          .url = url,
                          .scope = scope,
@@ -143,7 +143,7 @@ static int session_commit(RegClient *c, const char *location, const char *scope,
         int r = reg_request(c, &rq, &resp, e);
         if (r < 0) {
                 *ret_lost = reg_errno_transient(r);
-                return reg_error_wrap(e, r, "%s", what);
+                return nb_error_wrap(e, r, "%s", what);
         }
         if (resp.status == 201 || resp.status == 204)
                 return 0;
@@ -152,14 +152,14 @@ static int session_commit(RegClient *c, const char *location, const char *scope,
 }
 
 int reg_blob_upload_buffer(RegClient *c, const char *repository, const char *digest, const void *data,
-                           size_t size, RegError *e)
+                           size_t size, NbError *e)
 {
         int r = check_names(repository, digest, e);
         if (r < 0 || !digest)
-                return r < 0 ? r : reg_error_set(e, -EINVAL, "no digest given");
-        r = reg_digest_check(digest, data ? data : "", size);
+                return r < 0 ? r : nb_error_set(e, -EINVAL, "no digest given");
+        r = nb_digest_check(digest, data ? data : "", size);
         if (r < 0)
-                return reg_error_set(e, r, "the data to upload does not have digest %s", digest);
+                return nb_error_set(e, r, "the data to upload does not have digest %s", digest);
         r = reg_blob_exists(c, repository, digest, NULL, e);
         if (r != 0)
                 return r < 0 ? r : 0;
@@ -180,7 +180,7 @@ int reg_blob_upload_buffer(RegClient *c, const char *repository, const char *dig
                 if (r >= 0)
                         return 0;
                 session_cancel(c, location, scope);
-                RegError ignored = {0};
+                NbError ignored = {0};
                 if (reg_blob_exists(c, repository, digest, NULL, &ignored) == 1)
                         return 0;
                 if (!lost || attempt + 1 >= REG_UPLOAD_RESTARTS_MAX)
@@ -240,7 +240,7 @@ struct RegUpload {
         bool stop;        /* abort: the sender ends after the request it is in */
         bool sender_done; /* the sender ended (sender_r says how) */
         int sender_r;
-        RegError sender_error;
+        NbError sender_error;
 };
 
 static void upload_ring_free(RegUpload *u)
@@ -293,18 +293,18 @@ static void reg_upload_abortp(RegUpload **u)
 static void *upload_sender_main(void *userdata);
 
 /* The ring: max(2 chunks, replay_max) rounded up to whole chunks. Blocks are allocated as they fill. */
-static int upload_ring_new(RegUpload *u, size_t replay_max, RegError *e)
+static int upload_ring_new(RegUpload *u, size_t replay_max, NbError *e)
 {
         size_t n = replay_max / u->cap + (replay_max % u->cap != 0);
         u->n_blocks = n < 2 ? 2 : n;
         u->blocks = calloc(u->n_blocks, sizeof(*u->blocks));
         if (!u->blocks)
-                return reg_error_set(e, -ENOMEM, "out of memory");
+                return nb_error_oom(e);
         return 0;
 }
 
 int reg_upload_begin(RegClient *c, const char *repository, reg_progress_fn progress, void *userdata,
-                     RegUpload **ret, RegError *e)
+                     RegUpload **ret, NbError *e)
 {
         int r = check_names(repository, NULL, e);
         if (r < 0)
@@ -316,16 +316,16 @@ int reg_upload_begin(RegClient *c, const char *repository, reg_progress_fn progr
         pthread_mutex_init(&u->lock, NULL);
         pthread_cond_init(&u->cond, NULL);
         if (reg_strdup(repository, &u->repository) < 0 ||
-            reg_scope(repository, "pull,push", &u->scope) < 0 || reg_digest_ctx_new("sha256:", &u->md) < 0)
-                return reg_error_set(e, -ENOMEM, "out of memory");
+            reg_scope(repository, "pull,push", &u->scope) < 0 || nb_digest_ctx_new("sha256:", &u->md) < 0)
+                return nb_error_oom(e);
         uint64_t chunk_min = 0;
         r = session_open(c, repository, u->scope, &u->location, &chunk_min, e);
         if (r < 0)
                 return r;
         u->committed = false;
         if (chunk_min > REG_CHUNK_MAX_BYTES)
-                return reg_error_set(e, -EFBIG, "registry %s asks for upload chunks of at least %llu bytes",
-                                     c->host, (unsigned long long)chunk_min);
+                return nb_error_set(e, -EFBIG, "registry %s asks for upload chunks of at least %llu bytes",
+                                    c->host, (unsigned long long)chunk_min);
         u->cap = c->chunk_size > chunk_min ? c->chunk_size : (size_t)chunk_min;
         r = upload_ring_new(u, c->replay_max, e);
         if (r < 0)
@@ -396,7 +396,7 @@ static Outcome patch_outcome(RegUpload *u, int r, const RegResponse *resp)
 
 /* A chunk was accepted: the registry's Range must say it has everything up to end; when it does not, the
  * registry is asked where it stands (the session moves to the answer's Location either way). */
-static int patch_accepted(RegUpload *u, RegResponse *resp, uint64_t end, Outcome *ret, RegError *e)
+static int patch_accepted(RegUpload *u, RegResponse *resp, uint64_t end, Outcome *ret, NbError *e)
 {
         uint64_t have = end;
         if (resp->location) {
@@ -405,12 +405,12 @@ static int patch_accepted(RegUpload *u, RegResponse *resp, uint64_t end, Outcome
         }
         *ret = OUTCOME_RESYNC;
         if (resp->range && reg_range_parse(resp->range, &have) < 0)
-                return reg_error_set(e, -EBADMSG, "the registry answered a chunk with Range \"%.64s\"",
-                                     resp->range);
+                return nb_error_set(e, -EBADMSG, "the registry answered a chunk with Range \"%.64s\"",
+                                    resp->range);
         if (have != end)
-                return reg_error_set(e, -EBADMSG,
-                                     "the registry has %llu bytes after a chunk that ends at %llu",
-                                     (unsigned long long)have, (unsigned long long)end);
+                return nb_error_set(e, -EBADMSG,
+                                    "the registry has %llu bytes after a chunk that ends at %llu",
+                                    (unsigned long long)have, (unsigned long long)end);
         upload_set_offset(u, end);
         u->retry = (RegRetry){0};
         if (u->progress)
@@ -419,7 +419,7 @@ static int patch_accepted(RegUpload *u, RegResponse *resp, uint64_t end, Outcome
 }
 
 /* PATCH [u->offset, end) from memory. 0 when the registry took it; else -errno, *ret says what to do. */
-static int send_chunk(RegUpload *u, uint64_t end, Outcome *ret, RegError *e)
+static int send_chunk(RegUpload *u, uint64_t end, Outcome *ret, NbError *e)
 {
         char range[64], what[REG_URL_MAX];
         snprintf(range, sizeof(range), "%llu-%llu", (unsigned long long)u->offset,
@@ -439,30 +439,30 @@ static int send_chunk(RegUpload *u, uint64_t end, Outcome *ret, RegError *e)
         int r = reg_request(u->c, &rq, &resp, e);
         if (r < 0) {
                 *ret = patch_outcome(u, r, NULL);
-                return reg_error_wrap(e, r, "%s", what);
+                return nb_error_wrap(e, r, "%s", what);
         }
         if (resp.status == 202 || resp.status == 204) {
                 r = patch_accepted(u, &resp, end, ret, e);
-                return r < 0 ? reg_error_wrap(e, r, "%s", what) : 0;
+                return r < 0 ? nb_error_wrap(e, r, "%s", what) : 0;
         }
         *ret = patch_outcome(u, 0, &resp);
         return reg_response_error(&resp, e, what);
 }
 
 /* A new session, when byte 0 is still in memory. */
-static int upload_restart(RegUpload *u, int r, RegError *e)
+static int upload_restart(RegUpload *u, int r, NbError *e)
 {
         uint64_t kept_from, ready;
         if (!upload_rewind(u, 0, &kept_from, &ready))
-                return reg_error_set(e, -ENOENT,
-                                     "the registry %s lost the upload session (%s) after %llu bytes; only "
-                                     "the last %llu bytes "
-                                     "are kept in memory, so the blob cannot be sent again: save again",
-                                     u->c->host, u->lost_code[0] ? u->lost_code : "upload unknown",
-                                     (unsigned long long)u->offset, (unsigned long long)(ready - kept_from));
+                return nb_error_set(e, -ENOENT,
+                                    "the registry %s lost the upload session (%s) after %llu bytes; only "
+                                    "the last %llu bytes "
+                                    "are kept in memory, so the blob cannot be sent again: save again",
+                                    u->c->host, u->lost_code[0] ? u->lost_code : "upload unknown",
+                                    (unsigned long long)u->offset, (unsigned long long)(ready - kept_from));
         if (++u->restarts > REG_UPLOAD_RESTARTS_MAX)
-                return reg_error_wrap(e, r, "the registry %s lost the upload session %u times, giving up",
-                                      u->c->host, u->restarts - 1);
+                return nb_error_wrap(e, r, "the registry %s lost the upload session %u times, giving up",
+                                     u->c->host, u->restarts - 1);
         _cleanup_free_ char *old = TAKE_PTR(u->location);
         session_cancel(u->c, old, u->scope);
         r = session_open(u->c, u->repository, u->scope, &u->location, NULL, e);
@@ -473,7 +473,7 @@ static int upload_restart(RegUpload *u, int r, RegError *e)
 }
 
 /* GET <location>: where the registry is (204, Range: 0-N); the upload goes on from there. */
-static int upload_resync(RegUpload *u, RegError *e)
+static int upload_resync(RegUpload *u, NbError *e)
 {
         char what[REG_URL_MAX];
         snprintf(what, sizeof(what), "asking %s where the upload to %s stands", u->c->host, u->repository);
@@ -481,7 +481,7 @@ static int upload_resync(RegUpload *u, RegError *e)
         _cleanup_(reg_response_done) RegResponse resp = {0};
         int r = reg_request(u->c, &rq, &resp, e);
         if (r < 0)
-                return reg_error_wrap(e, r, "%s", what);
+                return nb_error_wrap(e, r, "%s", what);
         if (resp.status == 404) {
                 snprintf(u->lost_code, sizeof(u->lost_code), "%s",
                          resp.error_code[0] ? resp.error_code : "HTTP 404");
@@ -491,19 +491,18 @@ static int upload_resync(RegUpload *u, RegError *e)
                 return reg_response_error(&resp, e, what);
         uint64_t have = 0;
         if (resp.range && reg_range_parse(resp.range, &have) < 0)
-                return reg_error_set(e, -EBADMSG, "%s: it answered Range \"%.64s\"", what, resp.range);
+                return nb_error_set(e, -EBADMSG, "%s: it answered Range \"%.64s\"", what, resp.range);
         if (have == 1 && u->offset == 0)
                 have = 0; /* distribution writes "0-0" for an empty session */
         uint64_t kept_from, ready;
         if (!upload_rewind(u, have, &kept_from, &ready)) {
                 if (have > ready)
-                        return reg_error_set(e, -EBADMSG, "%s: it has %llu bytes, more than the %llu sent",
-                                             what, (unsigned long long)have, (unsigned long long)ready);
-                return reg_error_set(
-                        e, -ERANGE,
-                        "%s: it has %llu bytes; the bytes from there on are no longer in memory "
-                        "(kept from %llu): save again",
-                        what, (unsigned long long)have, (unsigned long long)kept_from);
+                        return nb_error_set(e, -EBADMSG, "%s: it has %llu bytes, more than the %llu sent",
+                                            what, (unsigned long long)have, (unsigned long long)ready);
+                return nb_error_set(e, -ERANGE,
+                                    "%s: it has %llu bytes; the bytes from there on are no longer in memory "
+                                    "(kept from %llu): save again",
+                                    what, (unsigned long long)have, (unsigned long long)kept_from);
         }
         if (resp.location) {
                 free(u->location);
@@ -512,16 +511,15 @@ static int upload_resync(RegUpload *u, RegError *e)
         return 0;
 }
 
-static int upload_recover(RegUpload *u, Outcome o, int r, RegError *e)
+static int upload_recover(RegUpload *u, Outcome o, int r, NbError *e)
 {
         if (++u->recoveries > REG_UPLOAD_RECOVERIES_MAX)
-                return reg_error_wrap(e, r, "giving up on the upload after %u recoveries",
-                                      u->recoveries - 1);
+                return nb_error_wrap(e, r, "giving up on the upload after %u recoveries", u->recoveries - 1);
         if (o != OUTCOME_RESYNC || u->retry.attempt > 0) {
                 /* Repeated disagreement counts as failures too: it must not loop. */
                 if (reg_retry_wait(u->c, &u->retry, u->retry_after[0] ? u->retry_after : NULL) < 0)
-                        return reg_error_wrap(e, r, "giving up after %u attempts in %ld s", u->retry.attempt,
-                                              u->c->retry_deadline_s);
+                        return nb_error_wrap(e, r, "giving up after %u attempts in %ld s", u->retry.attempt,
+                                             u->c->retry_deadline_s);
         } else
                 u->retry.attempt++;
         u->retry_after[0] = 0;
@@ -529,12 +527,12 @@ static int upload_recover(RegUpload *u, Outcome o, int r, RegError *e)
 }
 
 /* Sends [u->offset, upto) from memory, recovering from what can be recovered. */
-static int upload_send(RegUpload *u, uint64_t upto, RegError *e)
+static int upload_send(RegUpload *u, uint64_t upto, NbError *e)
 {
         while (u->offset < upto) {
                 if (upload_stopping(u))
-                        return reg_error_set(e, -ECANCELED, "the upload to %s/%s was cancelled", u->c->host,
-                                             u->repository);
+                        return nb_error_set(e, -ECANCELED, "the upload to %s/%s was cancelled", u->c->host,
+                                            u->repository);
                 uint64_t block_end = (u->offset / u->cap + 1) * u->cap;
                 Outcome o = OUTCOME_FATAL;
                 int r = send_chunk(u, upto < block_end ? upto : block_end, &o, e);
@@ -554,7 +552,7 @@ static int upload_send(RegUpload *u, uint64_t upto, RegError *e)
 static void *upload_sender_main(void *userdata)
 {
         RegUpload *u = userdata;
-        RegError e = {0};
+        NbError e = {0};
         int r = 0;
         pthread_mutex_lock(&u->lock);
         for (;;) {
@@ -579,7 +577,7 @@ static void *upload_sender_main(void *userdata)
 }
 
 /* The sender's failure, as the writer reports it. Called with the lock held. */
-static int upload_sender_failed(RegUpload *u, RegError *e)
+static int upload_sender_failed(RegUpload *u, NbError *e)
 {
         if (e)
                 *e = u->sender_error;
@@ -587,7 +585,7 @@ static int upload_sender_failed(RegUpload *u, RegError *e)
 }
 
 /* A block is full: hand it to the sender, or send it now when there is none. */
-static int upload_hand_over(RegUpload *u, RegError *e)
+static int upload_hand_over(RegUpload *u, NbError *e)
 {
         int r = 0;
         pthread_mutex_lock(&u->lock);
@@ -603,7 +601,7 @@ static int upload_hand_over(RegUpload *u, RegError *e)
 
 /* The block that byte u->written goes to; a new block takes the slot of the oldest one once the registry
  * confirmed it (the writer waits for that here). */
-static int upload_block(RegUpload *u, uint8_t **ret, RegError *e)
+static int upload_block(RegUpload *u, uint8_t **ret, NbError *e)
 {
         uint64_t index = u->written / u->cap;
         uint8_t **slot = &u->blocks[index % u->n_blocks];
@@ -617,24 +615,24 @@ static int upload_block(RegUpload *u, uint8_t **ret, RegError *e)
                         u->kept_from = from;
                 else
                         r = u->sender_r < 0 ? upload_sender_failed(u, e)
-                                            : reg_error_set(e, -EIO, "the upload's sender ended early");
+                                            : nb_error_set(e, -EIO, "the upload's sender ended early");
                 pthread_mutex_unlock(&u->lock);
                 if (r < 0)
                         return r;
         }
         if (!*slot && !(*slot = malloc(u->cap)))
-                return reg_error_set(e, -ENOMEM, "out of memory for a %zu byte upload chunk", u->cap);
+                return nb_error_set(e, -ENOMEM, "out of memory for a %zu byte upload chunk", u->cap);
         *ret = *slot;
         return 0;
 }
 
-int reg_upload_write(RegUpload *u, const void *data, size_t size, RegError *e)
+int reg_upload_write(RegUpload *u, const void *data, size_t size, NbError *e)
 {
         if (u->failed || u->committed)
-                return reg_error_set(e, -EINVAL, "the upload to %s/%s has already failed or ended",
-                                     u->c->host, u->repository);
+                return nb_error_set(e, -EINVAL, "the upload to %s/%s has already failed or ended",
+                                    u->c->host, u->repository);
         if (EVP_DigestUpdate(u->md, data, size) != 1)
-                return reg_error_set(e, -EIO, "cannot digest upload data");
+                return nb_error_set(e, -EIO, "cannot digest upload data");
         const uint8_t *p = data;
         while (size > 0) {
                 uint8_t *block = NULL;
@@ -660,19 +658,19 @@ int reg_upload_write(RegUpload *u, const void *data, size_t size, RegError *e)
 static bool committed_anyway(RegUpload *u, const char *digest)
 {
         int64_t size = -1;
-        RegError ignored = {0};
+        NbError ignored = {0};
         return reg_blob_exists(u->c, u->repository, digest, &size, &ignored) == 1 &&
                (size < 0 || (uint64_t)size == u->written);
 }
 
 /* PUT ?digest= once the registry has every byte. 1: done; 0: the session was lost, send again; <0: error. */
-static int upload_put(RegUpload *u, const char *digest, RegError *e)
+static int upload_put(RegUpload *u, const char *digest, NbError *e)
 {
         char what[REG_URL_MAX];
         snprintf(what, sizeof(what), "committing blob %s to %s/%s", digest, u->c->host, u->repository);
         _cleanup_free_ char *url = NULL;
         if (reg_url_add_query(u->location, "digest", digest, &url) < 0)
-                return reg_error_set(e, -EINVAL, "%s: bad upload location", what);
+                return nb_error_set(e, -EINVAL, "%s: bad upload location", what);
         RegRequest rq = {.method = "PUT",
                          .url = url,
                          .scope = u->scope,
@@ -688,12 +686,12 @@ static int upload_put(RegUpload *u, const char *digest, RegError *e)
         if (committed_anyway(u, digest))
                 return 1;
         if (r < 0)
-                return reg_error_wrap(e, r, "%s", what);
+                return nb_error_wrap(e, r, "%s", what);
         if (strcmp(resp.error_code, "DIGEST_INVALID") == 0) {
                 reg_response_error(&resp, e, what);
-                return reg_error_wrap(e, -EBADMSG,
-                                      "the registry received other bytes than were sent (they are "
-                                      "not sent again)");
+                return nb_error_wrap(e, -EBADMSG,
+                                     "the registry received other bytes than were sent (they are "
+                                     "not sent again)");
         }
         if (reg_code_session_lost(resp.status, resp.error_code)) {
                 snprintf(u->lost_code, sizeof(u->lost_code), "%s", resp.error_code);
@@ -703,20 +701,20 @@ static int upload_put(RegUpload *u, const char *digest, RegError *e)
         return reg_response_error(&resp, e, what);
 }
 
-int reg_upload_commit(RegUpload *u, const char *digest, RegError *e)
+int reg_upload_commit(RegUpload *u, const char *digest, NbError *e)
 {
         int r = check_names(u->repository, digest, e);
         if (r < 0 || !digest)
-                return r < 0 ? r : reg_error_set(e, -EINVAL, "no digest given");
+                return r < 0 ? r : nb_error_set(e, -EINVAL, "no digest given");
         if (u->failed || u->committed)
-                return reg_error_set(e, -EINVAL, "the upload to %s/%s has already failed or ended",
-                                     u->c->host, u->repository);
-        char got[REG_DIGEST_STR_MAX];
-        if (reg_digest_ctx_final(u->md, "sha256", got) < 0)
-                return reg_error_set(e, -EIO, "cannot digest upload data");
+                return nb_error_set(e, -EINVAL, "the upload to %s/%s has already failed or ended",
+                                    u->c->host, u->repository);
+        char got[NB_DIGEST_STR_MAX];
+        if (nb_digest_ctx_final(u->md, got) < 0)
+                return nb_error_set(e, -EIO, "cannot digest upload data");
         u->failed = true; /* until it succeeds: no more writes */
         if (strncmp(digest, "sha256:", 7) == 0 && strcmp(got, digest) != 0)
-                return reg_error_set(e, -EBADMSG, "the uploaded bytes have digest %s, not %s", got, digest);
+                return nb_error_set(e, -EBADMSG, "the uploaded bytes have digest %s, not %s", got, digest);
         /* The sender sends the full blocks it has and ends; the tail and the commit go from here. */
         upload_sender_join(u, false);
         pthread_mutex_lock(&u->lock);
@@ -749,25 +747,25 @@ int reg_upload_commit(RegUpload *u, const char *digest, RegError *e)
 typedef struct CopyCtx {
         RegUpload *u;
         uint64_t size, max;
-        RegError err;
+        NbError err;
 } CopyCtx;
 
 static int copy_sink(void *userdata, const void *data, size_t size)
 {
         CopyCtx *x = userdata;
         if (size > x->max - x->size)
-                return reg_error_set(&x->err, -EFBIG, "the source blob is larger than its descriptor says");
+                return nb_error_set(&x->err, -EFBIG, "the source blob is larger than its descriptor says");
         x->size += size;
         return reg_upload_write(x->u, data, size, &x->err);
 }
 
 static int copy_stream(RegClient *src, const char *src_repository, RegUpload *u, const RegDescriptor *blob,
-                       RegError *e)
+                       NbError *e)
 {
         _cleanup_free_ char *url = NULL, *scope = NULL;
         if (reg_client_v2_url(src, src_repository, "blobs", blob->digest, &url) < 0 ||
             reg_scope(src_repository, "pull", &scope) < 0)
-                return reg_error_set(e, -ENOMEM, "out of memory");
+                return nb_error_oom(e);
         CopyCtx x = {.u = u, .max = (uint64_t)blob->size};
         RegRequest rq = {.method = "GET",
                          .url = url,
@@ -783,23 +781,23 @@ static int copy_stream(RegClient *src, const char *src_repository, RegUpload *u,
         if (r < 0 && x.err.code < 0) {
                 if (e)
                         *e = x.err;
-                return reg_error_wrap(e, r, "%s", what);
+                return nb_error_wrap(e, r, "%s", what);
         }
         if (r < 0)
-                return reg_error_wrap(e, r, "%s", what);
+                return nb_error_wrap(e, r, "%s", what);
         if (resp.status != 200)
                 return reg_response_error(&resp, e, what);
         if (x.size != (uint64_t)blob->size)
-                return reg_error_set(e, -EBADMSG, "%s: got %llu bytes, expected %lld", what,
-                                     (unsigned long long)x.size, (long long)blob->size);
+                return nb_error_set(e, -EBADMSG, "%s: got %llu bytes, expected %lld", what,
+                                    (unsigned long long)x.size, (long long)blob->size);
         return 0;
 }
 
 int reg_blob_copy(RegClient *src, const char *src_repository, RegClient *dst, const char *dst_repository,
-                  const RegDescriptor *blob, RegError *e)
+                  const RegDescriptor *blob, NbError *e)
 {
         if (!blob || blob->size < 0)
-                return reg_error_set(e, -EINVAL, "no blob given");
+                return nb_error_set(e, -EINVAL, "no blob given");
         int r = check_names(src_repository, blob->digest, e);
         if (r >= 0)
                 r = check_names(dst_repository, blob->digest, e);

@@ -4,7 +4,7 @@
 #include <pthread.h>
 #include <string.h>
 
-#include "registry-internal.h"
+#include "registry/registry-internal.h"
 
 #define REG_CERTS_DIR_DEFAULT  "/etc/containers/certs.d"
 #define REG_SYSTEM_CA_FALLBACK "/etc/ssl/certs/ca-certificates.crt"
@@ -57,7 +57,7 @@ const char *reg_client_host(RegClient *c)
 }
 
 /* "scheme://host[:port]" with nothing else: no user, path, query or fragment. */
-static int client_parse_url(RegClient *c, const char *url, RegError *e)
+static int client_parse_url(RegClient *c, const char *url, NbError *e)
 {
         _cleanup_curlu_ CURLU *u = curl_url();
         _cleanup_curl_free_ char *scheme = NULL, *host = NULL, *port = NULL, *path = NULL, *query = NULL,
@@ -67,21 +67,21 @@ static int client_parse_url(RegClient *c, const char *url, RegError *e)
         if (curl_url_set(u, CURLUPART_URL, url, 0) != CURLUE_OK ||
             curl_url_get(u, CURLUPART_SCHEME, &scheme, 0) != CURLUE_OK ||
             curl_url_get(u, CURLUPART_HOST, &host, 0) != CURLUE_OK)
-                return reg_error_set(e, -EINVAL, "invalid registry URL \"%s\"", url);
+                return nb_error_set(e, -EINVAL, "invalid registry URL \"%s\"", url);
         if (strcmp(scheme, "https") != 0 && strcmp(scheme, "http") != 0)
-                return reg_error_set(e, -EINVAL, "registry URL \"%s\" must start with https:// or http://",
-                                     url);
+                return nb_error_set(e, -EINVAL, "registry URL \"%s\" must start with https:// or http://",
+                                    url);
         (void)curl_url_get(u, CURLUPART_PORT, &port, 0);
         (void)curl_url_get(u, CURLUPART_PATH, &path, 0);
         (void)curl_url_get(u, CURLUPART_QUERY, &query, 0);
         (void)curl_url_get(u, CURLUPART_USER, &user, 0);
         if ((path && strcmp(path, "/") != 0 && *path) || query || user)
-                return reg_error_set(e, -EINVAL, "registry URL \"%s\" must be scheme://host[:port] only",
-                                     url);
+                return nb_error_set(e, -EINVAL, "registry URL \"%s\" must be scheme://host[:port] only",
+                                    url);
         char buf[REG_NAME_MAX + 1];
         int n = snprintf(buf, sizeof(buf), "%s%s%s", host, port ? ":" : "", port ? port : "");
         if (n < 0 || (size_t)n >= sizeof(buf) || !reg_host_valid(buf, (size_t)n))
-                return reg_error_set(e, -EINVAL, "invalid registry host in \"%s\"", url);
+                return nb_error_set(e, -EINVAL, "invalid registry host in \"%s\"", url);
         c->plain_http = strcmp(scheme, "http") == 0;
         if (reg_strdup(buf, &c->host) < 0 || asprintf(&c->url, "%s://%s", scheme, buf) < 0) {
                 c->url = NULL;
@@ -91,16 +91,16 @@ static int client_parse_url(RegClient *c, const char *url, RegError *e)
 }
 
 /* Appends a file to the CA bundle being built. */
-static int bundle_append(RegClient *c, const char *path, RegError *e)
+static int bundle_append(RegClient *c, const char *path, NbError *e)
 {
         _cleanup_free_ char *data = NULL;
         size_t size;
-        int r = reg_read_file(path, REG_CA_BUNDLE_MAX, &data, &size);
+        int r = nb_read_file(path, REG_CA_BUNDLE_MAX, &data, &size);
         if (r < 0)
-                return reg_error_set(e, r, "cannot read CA certificates %s: %s", path, strerror(-r));
+                return nb_error_set(e, r, "cannot read CA certificates %s: %s", path, strerror(-r));
         if (c->ca_bundle_size + size + 2 > REG_CA_BUNDLE_MAX)
-                return reg_error_set(e, -EFBIG, "CA certificates exceed %u bytes at %s", REG_CA_BUNDLE_MAX,
-                                     path);
+                return nb_error_set(e, -EFBIG, "CA certificates exceed %u bytes at %s", REG_CA_BUNDLE_MAX,
+                                    path);
         char *n = realloc(c->ca_bundle, c->ca_bundle_size + size + 2);
         if (!n)
                 return -ENOMEM;
@@ -124,12 +124,12 @@ static int names_cmp(const void *a, const void *b)
 }
 
 /* One entry of certs.d/<host>/: *.crt are CAs; *.cert needs its *.key and the other way round. */
-static int certs_dir_entry(RegClient *c, const char *dir, const char *name, RegError *e)
+static int certs_dir_entry(RegClient *c, const char *dir, const char *name, NbError *e)
 {
         char path[REG_PATH_MAX], other[REG_PATH_MAX];
         size_t base = strlen(name);
         if (snprintf(path, sizeof(path), "%s/%s", dir, name) >= (int)sizeof(path))
-                return reg_error_set(e, -ENAMETOOLONG, "path too long in %s", dir);
+                return nb_error_set(e, -ENAMETOOLONG, "path too long in %s", dir);
         if (has_suffix(name, ".crt"))
                 return bundle_append(c, path, e);
         bool cert = has_suffix(name, ".cert"), key = has_suffix(name, ".key");
@@ -138,9 +138,9 @@ static int certs_dir_entry(RegClient *c, const char *dir, const char *name, RegE
         base -= cert ? 5 : 4;
         if (snprintf(other, sizeof(other), "%s/%.*s%s", dir, (int)base, name, cert ? ".key" : ".cert") >=
             (int)sizeof(other))
-                return reg_error_set(e, -ENAMETOOLONG, "path too long in %s", dir);
+                return nb_error_set(e, -ENAMETOOLONG, "path too long in %s", dir);
         if (access(other, R_OK) < 0)
-                return reg_error_set(e, -ENOENT, "%s has no matching %s", path, cert ? ".key" : ".cert");
+                return nb_error_set(e, -ENOENT, "%s has no matching %s", path, cert ? ".key" : ".cert");
         if (!cert || c->client_cert)
                 return 0;
         if (reg_strdup(path, &c->client_cert) < 0 || reg_strdup(other, &c->client_key) < 0)
@@ -154,16 +154,16 @@ static void names_free(char **names, size_t n)
                 free(names[i]);
 }
 
-static int certs_dir_load(RegClient *c, const char *certs_dir, RegError *e)
+static int certs_dir_load(RegClient *c, const char *certs_dir, NbError *e)
 {
         char dir[REG_PATH_MAX];
         if (snprintf(dir, sizeof(dir), "%s/%s", certs_dir, c->host) >= (int)sizeof(dir))
-                return reg_error_set(e, -ENAMETOOLONG, "certificates directory path too long");
+                return nb_error_set(e, -ENAMETOOLONG, "certificates directory path too long");
         DIR *d = opendir(dir);
         if (!d && (errno == ENOENT || errno == ENOTDIR))
                 return 0;
         if (!d)
-                return reg_error_set(e, -errno, "cannot open %s: %m", dir);
+                return nb_error_set(e, -errno, "cannot open %s: %m", dir);
         char *names[REG_CERT_FILES_MAX];
         size_t n = 0;
         struct dirent *de;
@@ -180,7 +180,7 @@ static int certs_dir_load(RegClient *c, const char *certs_dir, RegError *e)
 }
 
 /* Extra CAs are added to the system's, never in place of them. */
-static int client_load_tls(RegClient *c, const RegClientOptions *o, RegError *e)
+static int client_load_tls(RegClient *c, const RegClientOptions *o, NbError *e)
 {
         if (o->ca_file) {
                 int r = bundle_append(c, o->ca_file, e);
@@ -202,7 +202,7 @@ static int client_load_tls(RegClient *c, const RegClientOptions *o, RegError *e)
                         return r;
         }
         if (c->ca_bundle_size + extra_size + 1 > REG_CA_BUNDLE_MAX)
-                return reg_error_set(e, -EFBIG, "CA certificates exceed %u bytes", REG_CA_BUNDLE_MAX);
+                return nb_error_set(e, -EFBIG, "CA certificates exceed %u bytes", REG_CA_BUNDLE_MAX);
         char *n = realloc(c->ca_bundle, c->ca_bundle_size + extra_size + 1);
         if (!n)
                 return -ENOMEM;
@@ -238,13 +238,13 @@ static int client_copy_options(RegClient *c, const RegClientOptions *o)
         return 0;
 }
 
-int reg_client_new(const RegClientOptions *o, RegClient **ret, RegError *e)
+int reg_client_new(const RegClientOptions *o, RegClient **ret, NbError *e)
 {
         if (!o || !o->url)
-                return reg_error_set(e, -EINVAL, "no registry URL given");
+                return nb_error_set(e, -EINVAL, "no registry URL given");
         pthread_once(&curl_once, curl_init);
         if (curl_init_result != CURLE_OK)
-                return reg_error_set(e, -EIO, "cannot initialise libcurl");
+                return nb_error_set(e, -EIO, "cannot initialise libcurl");
         _cleanup_(reg_client_freep) RegClient *c = calloc(1, sizeof(*c));
         if (!c)
                 return -ENOMEM;
@@ -252,10 +252,10 @@ int reg_client_new(const RegClientOptions *o, RegClient **ret, RegError *e)
         if (r < 0)
                 return r;
         if (client_copy_options(c, o) < 0)
-                return reg_error_set(e, -ENOMEM, "out of memory");
+                return nb_error_oom(e);
         c->curl = curl_easy_init();
         if (!c->curl)
-                return reg_error_set(e, -ENOMEM, "cannot create a curl handle");
+                return nb_error_set(e, -ENOMEM, "cannot create a curl handle");
         if (!c->plain_http) {
                 r = client_load_tls(c, o, e);
                 if (r < 0)
@@ -265,12 +265,12 @@ int reg_client_new(const RegClientOptions *o, RegClient **ret, RegError *e)
         if (r < 0)
                 return r;
         c->have_creds = r > 0;
-        c->rand_state = reg_now_usec() ^ (uint64_t)(uintptr_t)c;
+        c->rand_state = nb_now_usec() ^ (uint64_t)(uintptr_t)c;
         *ret = TAKE_PTR(c);
         return 0;
 }
 
-int reg_client_clone(RegClient *c, RegClient **ret, RegError *e)
+int reg_client_clone(RegClient *c, RegClient **ret, NbError *e)
 {
         RegClientOptions o = {
                 .url = c->url,

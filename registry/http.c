@@ -6,7 +6,7 @@
 #include <string.h>
 #include <strings.h>
 
-#include "registry-internal.h"
+#include "registry/registry-internal.h"
 
 typedef struct Transfer {
         const RegRequest *rq;
@@ -406,7 +406,7 @@ static int sleep_ms(RegClient *c, unsigned ms)
 
 int reg_retry_wait(RegClient *c, RegRetry *rt, const char *retry_after)
 {
-        uint64_t now = reg_now_usec();
+        uint64_t now = nb_now_usec();
         if (rt->first_failure_usec == 0)
                 rt->first_failure_usec = now;
         unsigned attempt = rt->attempt++;
@@ -424,7 +424,7 @@ int reg_retry_wait(RegClient *c, RegRetry *rt, const char *retry_after)
 /* A URL curl refused by its scheme (CURLOPT_PROTOCOLS_STR, CURLOPT_REDIR_PROTOCOLS_STR): an https registry
  * sent us, by a redirect or a Location, to plain http (or elsewhere). Named, without its query, so that the
  * user sees which hop was refused; nothing was sent to it. */
-static int protocol_refused(RegClient *c, const RegRequest *rq, RegError *e)
+static int protocol_refused(RegClient *c, const RegRequest *rq, NbError *e)
 {
         char from[REG_URL_MAX], to[REG_URL_MAX];
         char *eff = NULL;
@@ -434,19 +434,19 @@ static int protocol_refused(RegClient *c, const RegRequest *rq, RegError *e)
         reg_url_redact(rq->url, from, sizeof(from));
         reg_url_redact(eff ? eff : rq->url, to, sizeof(to));
         if (eff && strcmp(eff, rq->url) != 0)
-                return reg_error_set(
+                return nb_error_set(
                         e, -EPROTONOSUPPORT,
                         "refused a redirect (HTTP %ld) of %s %s to %s: the registry %s is https, "
                         "and nothing is sent to another protocol (no https -> http downgrade)",
                         status, rq->method, from, to, c->host);
-        return reg_error_set(e, -EPROTONOSUPPORT,
-                             "refused to send %s to %s: the registry %s is https, and nothing is sent to "
-                             "another protocol (no https -> http downgrade)",
-                             rq->method, to, c->host);
+        return nb_error_set(e, -EPROTONOSUPPORT,
+                            "refused to send %s to %s: the registry %s is https, and nothing is sent to "
+                            "another protocol (no https -> http downgrade)",
+                            rq->method, to, c->host);
 }
 
 static int transport_error(RegClient *c, const RegRequest *rq, CURLcode cc, const char *errbuf,
-                           unsigned attempts, RegError *e)
+                           unsigned attempts, NbError *e)
 {
         char url[REG_URL_MAX];
         char detail[CURL_ERROR_SIZE];
@@ -457,8 +457,8 @@ static int transport_error(RegClient *c, const RegRequest *rq, CURLcode cc, cons
         reg_url_redact(*errbuf ? errbuf : curl_easy_strerror(cc), detail, sizeof(detail));
         if (attempts > 1)
                 snprintf(tries, sizeof(tries), " (%u attempts)", attempts);
-        return reg_error_set(e, curl_errno(cc), "%s %s failed: %s%s", rq->method,
-                             reg_url_redact(rq->url, url, sizeof(url)), detail, tries);
+        return nb_error_set(e, curl_errno(cc), "%s %s failed: %s%s", rq->method,
+                            reg_url_redact(rq->url, url, sizeof(url)), detail, tries);
 }
 
 /* ---- tokens --------------------------------------------------------------------------------------------
@@ -466,7 +466,7 @@ static int transport_error(RegClient *c, const RegRequest *rq, CURLcode cc, cons
 
 static RegToken *token_find(RegClient *c, const char *key)
 {
-        uint64_t now = reg_now_usec();
+        uint64_t now = nb_now_usec();
         for (size_t i = 0; i < c->n_tokens; i++)
                 if (strcmp(c->tokens[i].scope, key) == 0)
                         return c->tokens[i].expires_usec > now ? &c->tokens[i] : NULL;
@@ -504,7 +504,7 @@ static int token_store(RegClient *c, const char *key, char **token, long expires
         c->tokens[c->n_tokens++] = (RegToken){
                 .scope = k,
                 .token = TAKE_PTR(*token),
-                .expires_usec = reg_now_usec() + (uint64_t)(expires_in - margin) * 1000000u,
+                .expires_usec = nb_now_usec() + (uint64_t)(expires_in - margin) * 1000000u,
         };
         return 0;
 }
@@ -555,25 +555,25 @@ static int token_form(RegClient *c, const char *scope, char **ret)
 }
 
 static int request_retrying(RegClient *c, const RegRequest *rq, const char *authz, RegResponse *ret,
-                            RegError *e);
+                            NbError *e);
 
-static int token_answer_error(RegClient *c, const RegResponse *resp, const char *scope, RegError *e)
+static int token_answer_error(RegClient *c, const RegResponse *resp, const char *scope, NbError *e)
 {
         char msg[REG_MESSAGE_MAX + 1], code[64], realm[REG_URL_MAX];
         reg_error_body_parse(resp->body, resp->body_size, resp->content_type, code, sizeof(code), msg,
                              sizeof(msg));
-        int r = reg_error_set(e, resp->status == 401 || resp->status == 403 ? -EACCES : -EIO,
-                              "the token server %s refused %s for %s: HTTP %ld%s%s%s",
-                              reg_url_redact(c->realm, realm, sizeof(realm)),
-                              c->have_creds ? "the credentials" : "anonymous access",
-                              scope ? scope : "the registry", resp->status, *msg ? " (" : "", msg,
-                              *msg ? ")" : "");
+        int r = nb_error_set(e, resp->status == 401 || resp->status == 403 ? -EACCES : -EIO,
+                             "the token server %s refused %s for %s: HTTP %ld%s%s%s",
+                             reg_url_redact(c->realm, realm, sizeof(realm)),
+                             c->have_creds ? "the credentials" : "anonymous access",
+                             scope ? scope : "the registry", resp->status, *msg ? " (" : "", msg,
+                             *msg ? ")" : "");
         if (e)
                 e->http_status = (int)resp->status;
         return r;
 }
 
-static int token_fetch(RegClient *c, const char *scope, const char *key, RegError *e)
+static int token_fetch(RegClient *c, const char *scope, const char *key, NbError *e)
 {
         _cleanup_free_ char *url = NULL;
         _cleanup_secret_ char *form = NULL, *basic = NULL, *token = NULL;
@@ -584,7 +584,7 @@ static int token_fetch(RegClient *c, const char *scope, const char *key, RegErro
         if (r >= 0 && !refresh && c->have_creds && c->creds.username && c->creds.password)
                 r = reg_basic_header(c->creds.username, c->creds.password, &basic);
         if (r < 0)
-                return reg_error_set(e, r, "cannot build the token request");
+                return nb_error_set(e, r, "cannot build the token request");
         RegRequest rq = {
                 .method = refresh ? "POST" : "GET",
                 .url = url,
@@ -613,7 +613,7 @@ static int token_fetch(RegClient *c, const char *scope, const char *key, RegErro
 /* ---- auth ----------------------------------------------------------------------------------------------
  */
 
-static int auth_header(RegClient *c, const RegRequest *rq, char **ret, RegError *e)
+static int auth_header(RegClient *c, const RegRequest *rq, char **ret, NbError *e)
 {
         *ret = NULL;
         if (!reg_url_same_origin(rq->url, c->url))
@@ -637,9 +637,9 @@ static int auth_header(RegClient *c, const RegRequest *rq, char **ret, RegError 
         return 0;
 }
 
-static int no_credentials(RegClient *c, const RegRequest *rq, RegError *e)
+static int no_credentials(RegClient *c, const RegRequest *rq, NbError *e)
 {
-        return reg_error_set(
+        return nb_error_set(
                 e, -EACCES,
                 "registry %s requires a login for %s %s, and no credentials for it were found (in %s)",
                 c->host, rq->method, rq->scope ? rq->scope : "",
@@ -651,7 +651,7 @@ static int no_credentials(RegClient *c, const RegRequest *rq, RegError *e)
 
 /* A 401: learn the scheme, get a token when it is Bearer. 0 means: send again. */
 static int handle_401(RegClient *c, const RegRequest *rq, const RegResponse *resp, bool sent_auth,
-                      RegError *e)
+                      NbError *e)
 {
         RegChallenge ch = {0};
         if (reg_challenge_parse(resp->www_authenticate, &ch) < 0)
@@ -669,8 +669,8 @@ static int handle_401(RegClient *c, const RegRequest *rq, const RegResponse *res
                 char realm[REG_URL_MAX];
                 reg_url_redact(ch.realm, realm, sizeof(realm));
                 reg_challenge_done(&ch);
-                return reg_error_set(e, -EPROTO, "registry %s sent a token realm that is not https: %s",
-                                     c->host, realm);
+                return nb_error_set(e, -EPROTO, "registry %s sent a token realm that is not https: %s",
+                                    c->host, realm);
         }
         free(c->realm);
         free(c->service);
@@ -686,7 +686,7 @@ static int handle_401(RegClient *c, const RegRequest *rq, const RegResponse *res
 }
 
 /* A 401 to a request that already carried what the last challenge asked for. */
-static int auth_refused(RegClient *c, const RegRequest *rq, const RegResponse *resp, RegError *e)
+static int auth_refused(RegClient *c, const RegRequest *rq, const RegResponse *resp, NbError *e)
 {
         char what[REG_URL_MAX + 256];
         if (c->auth == REG_AUTH_BASIC)
@@ -704,7 +704,7 @@ static int auth_refused(RegClient *c, const RegRequest *rq, const RegResponse *r
 
 /* Transport retries and 408/429/5xx retries, no auth handling. */
 static int request_retrying(RegClient *c, const RegRequest *rq, const char *authz, RegResponse *ret,
-                            RegError *e)
+                            NbError *e)
 {
         char errbuf[CURL_ERROR_SIZE];
         RegRetry rt = {0};
@@ -714,9 +714,9 @@ static int request_retrying(RegClient *c, const RegRequest *rq, const char *auth
                 uint64_t sunk = 0;
                 int r = perform(c, rq, authz, &resp, &cc, errbuf, &sunk);
                 if (r < 0)
-                        return reg_error_set(e, r, "%s: %s", rq->method,
-                                             r == -EFBIG ? "the answer is larger than allowed"
-                                                         : strerror(-r));
+                        return nb_error_set(e, r, "%s: %s", rq->method,
+                                            r == -EFBIG ? "the answer is larger than allowed"
+                                                        : strerror(-r));
                 bool again = rq->retry && sunk == 0;
                 if (cc != CURLE_OK) {
                         if (!again || !curl_retryable(cc) || reg_retry_wait(c, &rt, NULL) < 0)
@@ -733,7 +733,7 @@ static int request_retrying(RegClient *c, const RegRequest *rq, const char *auth
         }
 }
 
-int reg_request(RegClient *c, const RegRequest *rq, RegResponse *ret, RegError *e)
+int reg_request(RegClient *c, const RegRequest *rq, RegResponse *ret, NbError *e)
 {
         for (bool auth_retried = false;; auth_retried = true) {
                 _cleanup_secret_ char *authz = NULL;
@@ -787,12 +787,12 @@ static int status_errno(long status, const char *code)
         }
 }
 
-int reg_response_error(const RegResponse *r, RegError *e, const char *what)
+int reg_response_error(const RegResponse *r, NbError *e, const char *what)
 {
         char msg[REG_MESSAGE_MAX + 1], code[64];
         reg_error_body_parse(r->body, r->body_size, r->content_type, code, sizeof(code), msg, sizeof(msg));
-        int err = reg_error_set(e, status_errno(r->status, code), "%s: HTTP %ld%s%s", what, r->status,
-                                *msg ? ": " : "", msg);
+        int err = nb_error_set(e, status_errno(r->status, code), "%s: HTTP %ld%s%s", what, r->status,
+                               *msg ? ": " : "", msg);
         if (e)
                 e->http_status = (int)r->status;
         return err;

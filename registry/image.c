@@ -3,7 +3,7 @@
 #include <math.h>
 #include <string.h>
 
-#include "registry-internal.h"
+#include "registry/registry-internal.h"
 
 #define REG_INDEX_ENTRIES_MAX 1024
 #define REG_MEDIA_TYPE_MAX    255
@@ -74,7 +74,7 @@ typedef struct Field {
 
 static const Field descriptor_fields[] = {
         {"mediaType", FIELD_STRING, true, REG_MEDIA_TYPE_MAX, offsetof(RegDescriptor, media_type)},
-        {"digest", FIELD_DIGEST, true, REG_DIGEST_STR_MAX, offsetof(RegDescriptor, digest)},
+        {"digest", FIELD_DIGEST, true, NB_DIGEST_STR_MAX, offsetof(RegDescriptor, digest)},
         {"size", FIELD_SIZE, true, INT64_C(1) << 53, offsetof(RegDescriptor, size)},
 };
 
@@ -135,42 +135,42 @@ static bool media_type_is_index(const char *mt)
 }
 
 static int manifest_kind_json(const cJSON *j, const char *content_type, const char **ret_media_type,
-                              RegError *e)
+                              NbError *e)
 {
         if (!cJSON_IsObject(j))
-                return reg_error_set(e, -EBADMSG, "the manifest is not a JSON object");
+                return nb_error_set(e, -EBADMSG, "the manifest is not a JSON object");
         const cJSON *sv = cJSON_GetObjectItemCaseSensitive(j, "schemaVersion");
         if (!cJSON_IsNumber(sv) || sv->valuedouble != 2)
-                return reg_error_set(e, -EMEDIUMTYPE,
-                                     "unsupported manifest schema version (only 2 is supported)");
+                return nb_error_set(e, -EMEDIUMTYPE,
+                                    "unsupported manifest schema version (only 2 is supported)");
         const cJSON *mtj = cJSON_GetObjectItemCaseSensitive(j, "mediaType");
         const char *mt = media_type_canonical(cJSON_IsString(mtj) ? mtj->valuestring : content_type);
         if (!mt && cJSON_IsString(mtj))
-                return reg_error_set(e, -EMEDIUMTYPE, "unsupported manifest media type");
+                return nb_error_set(e, -EMEDIUMTYPE, "unsupported manifest media type");
         /* OCI allows mediaType to be absent: tell by the shape. */
         if (!mt && cJSON_IsArray(cJSON_GetObjectItemCaseSensitive(j, "manifests")))
                 mt = REG_MEDIA_OCI_INDEX;
         else if (!mt && cJSON_IsObject(cJSON_GetObjectItemCaseSensitive(j, "config")))
                 mt = REG_MEDIA_OCI_MANIFEST;
         if (!mt)
-                return reg_error_set(e, -EMEDIUMTYPE, "unknown kind of manifest");
+                return nb_error_set(e, -EMEDIUMTYPE, "unknown kind of manifest");
         *ret_media_type = mt;
         return media_type_is_index(mt);
 }
 
 int reg_manifest_kind(const char *body, size_t size, const char *content_type, const char **ret_media_type,
-                      RegError *e)
+                      NbError *e)
 {
         _cleanup_cjson_ cJSON *j = cJSON_ParseWithLength(body, size);
         return manifest_kind_json(j, content_type, ret_media_type, e);
 }
 
-static int layers_parse(const cJSON *layers, RegImage *img, RegError *e)
+static int layers_parse(const cJSON *layers, RegImage *img, NbError *e)
 {
         int n = cJSON_GetArraySize(layers);
         if (!cJSON_IsArray(layers) || n > REG_LAYERS_MAX)
-                return reg_error_set(e, -EBADMSG, "the manifest's layers are not an array of at most %d",
-                                     REG_LAYERS_MAX);
+                return nb_error_set(e, -EBADMSG, "the manifest's layers are not an array of at most %d",
+                                    REG_LAYERS_MAX);
         img->layers = calloc((size_t)n + 1, sizeof(RegDescriptor));
         if (!img->layers)
                 return -ENOMEM;
@@ -179,15 +179,15 @@ static int layers_parse(const cJSON *layers, RegImage *img, RegError *e)
         {
                 int r = descriptor_parse(l, INT64_C(1) << 53, &img->layers[img->n_layers]);
                 if (r < 0)
-                        return reg_error_set(e, -EBADMSG,
-                                             "layer %zu of the manifest is not a valid descriptor",
-                                             img->n_layers);
+                        return nb_error_set(e, -EBADMSG,
+                                            "layer %zu of the manifest is not a valid descriptor",
+                                            img->n_layers);
                 img->n_layers++;
         }
         return 0;
 }
 
-int reg_manifest_parse(const char *body, size_t size, const char *content_type, RegImage *img, RegError *e)
+int reg_manifest_parse(const char *body, size_t size, const char *content_type, RegImage *img, NbError *e)
 {
         _cleanup_cjson_ cJSON *j = cJSON_ParseWithLength(body, size);
         const char *mt;
@@ -195,11 +195,11 @@ int reg_manifest_parse(const char *body, size_t size, const char *content_type, 
         if (r < 0)
                 return r;
         if (r == 1)
-                return reg_error_set(e, -EMEDIUMTYPE, "expected an image manifest, got an index");
+                return nb_error_set(e, -EMEDIUMTYPE, "expected an image manifest, got an index");
         r = descriptor_parse(cJSON_GetObjectItemCaseSensitive(j, "config"), REG_CONFIG_MAX, &img->config);
         if (r < 0)
-                return reg_error_set(e, -EBADMSG, "the manifest's config is not a valid descriptor%s",
-                                     r == -EFBIG ? " (too large)" : "");
+                return nb_error_set(e, -EBADMSG, "the manifest's config is not a valid descriptor%s",
+                                    r == -EFBIG ? " (too large)" : "");
         r = layers_parse(cJSON_GetObjectItemCaseSensitive(j, "layers"), img, e);
         if (r < 0)
                 return r;
@@ -234,7 +234,7 @@ static bool entry_matches(const cJSON *m, const char *os, const char *arch, cons
 }
 
 int reg_index_select(const char *body, size_t size, const char *os, const char *arch, const char *variant,
-                     RegDescriptor *ret, RegError *e)
+                     RegDescriptor *ret, NbError *e)
 {
         os = os ? os : "linux";
         arch = arch ? arch : REG_ARCH_DEFAULT;
@@ -244,11 +244,11 @@ int reg_index_select(const char *body, size_t size, const char *os, const char *
         if (r < 0)
                 return r;
         if (r == 0)
-                return reg_error_set(e, -EMEDIUMTYPE, "expected an index, got an image manifest");
+                return nb_error_set(e, -EMEDIUMTYPE, "expected an index, got an image manifest");
         const cJSON *list = cJSON_GetObjectItemCaseSensitive(j, "manifests"), *m;
         if (!cJSON_IsArray(list) || cJSON_GetArraySize(list) > REG_INDEX_ENTRIES_MAX)
-                return reg_error_set(e, -EBADMSG, "the index's manifests are not an array of at most %d",
-                                     REG_INDEX_ENTRIES_MAX);
+                return nb_error_set(e, -EBADMSG, "the index's manifests are not an array of at most %d",
+                                    REG_INDEX_ENTRIES_MAX);
         cJSON_ArrayForEach(m, list)
         {
                 if (!entry_matches(m, os, arch, variant))
@@ -256,20 +256,19 @@ int reg_index_select(const char *body, size_t size, const char *os, const char *
                 RegDescriptor d = {0};
                 r = descriptor_parse(m, REG_MANIFEST_MAX, &d);
                 if (r < 0)
-                        return reg_error_set(e, -EBADMSG,
-                                             "the index entry for %s/%s is not a valid descriptor", os,
-                                             arch);
+                        return nb_error_set(e, -EBADMSG,
+                                            "the index entry for %s/%s is not a valid descriptor", os, arch);
                 const char *emt = media_type_canonical(d.media_type);
                 if (!emt || media_type_is_index(emt)) {
                         reg_descriptor_done(&d);
-                        return reg_error_set(e, -EMEDIUMTYPE,
-                                             "the index entry for %s/%s is not an image manifest", os, arch);
+                        return nb_error_set(e, -EMEDIUMTYPE,
+                                            "the index entry for %s/%s is not an image manifest", os, arch);
                 }
                 *ret = d;
                 return 0;
         }
-        return reg_error_set(e, -ENOENT, "the image has no manifest for %s/%s%s%s", os, arch,
-                             variant ? "/" : "", variant ? variant : "");
+        return nb_error_set(e, -ENOENT, "the image has no manifest for %s/%s%s%s", os, arch,
+                            variant ? "/" : "", variant ? variant : "");
 }
 
 /* ---- fetching -------------------------------------------------------------------------------------------
@@ -279,7 +278,7 @@ typedef struct Fetched {
         char *body;
         size_t size;
         char *content_type;
-        char digest[REG_DIGEST_STR_MAX];
+        char digest[NB_DIGEST_STR_MAX];
 } Fetched;
 
 static void fetched_done(Fetched *f)
@@ -291,12 +290,12 @@ static void fetched_done(Fetched *f)
 
 /* GET manifests/<reference>; checks the body against the digest asked for, or the one the registry said. */
 static int manifest_get(RegClient *c, const char *repository, const char *reference, Fetched *ret,
-                        RegError *e)
+                        NbError *e)
 {
         _cleanup_free_ char *url = NULL, *scope = NULL;
         if (reg_client_v2_url(c, repository, "manifests", reference, &url) < 0 ||
             reg_scope(repository, "pull", &scope) < 0)
-                return reg_error_set(e, -ENOMEM, "out of memory");
+                return nb_error_oom(e);
         RegRequest rq = {.method = "GET",
                          .url = url,
                          .scope = scope,
@@ -310,16 +309,16 @@ static int manifest_get(RegClient *c, const char *repository, const char *refere
         snprintf(what, sizeof(what), "fetching manifest %s%s%s from %s", repository,
                  reg_digest_valid(reference) ? "@" : ":", reference, c->host);
         if (r < 0)
-                return reg_error_wrap(e, r, "%s", what);
+                return nb_error_wrap(e, r, "%s", what);
         if (resp.status != 200)
                 return reg_response_error(&resp, e, what);
         const char *want = reg_digest_valid(reference) ? reference : resp.docker_content_digest;
         if (want && reg_digest_valid(want) &&
-            reg_digest_check(want, resp.body ? resp.body : "", resp.body_size) < 0)
-                return reg_error_set(e, -EBADMSG, "%s: the manifest does not match digest %s", what, want);
-        r = reg_digest_sha256(resp.body ? resp.body : "", resp.body_size, ret->digest);
+            nb_digest_check(want, resp.body ? resp.body : "", resp.body_size) < 0)
+                return nb_error_set(e, -EBADMSG, "%s: the manifest does not match digest %s", what, want);
+        r = nb_sha256_digest(resp.body ? resp.body : "", resp.body_size, ret->digest);
         if (r < 0)
-                return reg_error_set(e, r, "%s: cannot compute its digest", what);
+                return nb_error_set(e, r, "%s: cannot compute its digest", what);
         if (!resp.body && !(resp.body = strdup("")))
                 return -ENOMEM;
         ret->body = TAKE_PTR(resp.body);
@@ -328,12 +327,12 @@ static int manifest_get(RegClient *c, const char *repository, const char *refere
         return 0;
 }
 
-static int config_get(RegClient *c, const char *repository, RegImage *img, RegError *e)
+static int config_get(RegClient *c, const char *repository, RegImage *img, NbError *e)
 {
         _cleanup_free_ char *url = NULL, *scope = NULL;
         if (reg_client_v2_url(c, repository, "blobs", img->config.digest, &url) < 0 ||
             reg_scope(repository, "pull", &scope) < 0)
-                return reg_error_set(e, -ENOMEM, "out of memory");
+                return nb_error_oom(e);
         RegRequest rq = {.method = "GET",
                          .url = url,
                          .scope = scope,
@@ -346,12 +345,12 @@ static int config_get(RegClient *c, const char *repository, RegImage *img, RegEr
                  repository, c->host);
         int r = reg_request(c, &rq, &resp, e);
         if (r < 0)
-                return reg_error_wrap(e, r, "%s", what);
+                return nb_error_wrap(e, r, "%s", what);
         if (resp.status != 200)
                 return reg_response_error(&resp, e, what);
         if ((int64_t)resp.body_size != img->config.size ||
-            reg_digest_check(img->config.digest, resp.body ? resp.body : "", resp.body_size) < 0)
-                return reg_error_set(e, -EBADMSG, "%s: the blob does not match its size and digest", what);
+            nb_digest_check(img->config.digest, resp.body ? resp.body : "", resp.body_size) < 0)
+                return nb_error_set(e, -EBADMSG, "%s: the blob does not match its size and digest", what);
         if (!resp.body && !(resp.body = strdup("")))
                 return -ENOMEM;
         img->config_json = TAKE_PTR(resp.body);
@@ -361,7 +360,7 @@ static int config_get(RegClient *c, const char *repository, RegImage *img, RegEr
 
 /* The manifest for the platform: the index (if any) resolved, then the manifest fetched by digest. */
 static int manifest_resolve(RegClient *c, const char *repository, const char *reference, const char *os,
-                            const char *arch, const char *variant, Fetched *ret, RegError *e)
+                            const char *arch, const char *variant, Fetched *ret, NbError *e)
 {
         int r = manifest_get(c, repository, reference, ret, e);
         if (r < 0)
@@ -380,19 +379,19 @@ static int manifest_resolve(RegClient *c, const char *repository, const char *re
                 return r;
         r = reg_manifest_kind(ret->body, ret->size, ret->content_type, &mt, e);
         if (r == 1)
-                return reg_error_set(e, -EMEDIUMTYPE, "the index of %s:%s points to another index",
-                                     repository, reference);
+                return nb_error_set(e, -EMEDIUMTYPE, "the index of %s:%s points to another index",
+                                    repository, reference);
         return r;
 }
 
 int reg_image_fetch(RegClient *c, const char *repository, const char *reference, const char *os,
-                    const char *arch, const char *variant, RegImage **ret, RegError *e)
+                    const char *arch, const char *variant, RegImage **ret, NbError *e)
 {
         if (!reg_repository_valid(repository))
-                return reg_error_set(e, -EINVAL, "invalid repository name \"%s\"",
-                                     repository ? repository : "");
+                return nb_error_set(e, -EINVAL, "invalid repository name \"%s\"",
+                                    repository ? repository : "");
         if (!reference || (!reg_tag_valid(reference) && !reg_digest_valid(reference)))
-                return reg_error_set(e, -EINVAL, "invalid tag or digest \"%s\"", reference ? reference : "");
+                return nb_error_set(e, -EINVAL, "invalid tag or digest \"%s\"", reference ? reference : "");
         _cleanup_(fetched_done) Fetched f = {0};
         int r = manifest_resolve(c, repository, reference, os, arch, variant, &f, e);
         if (r < 0)

@@ -2,10 +2,10 @@
  * points at a half-uploaded image. */
 #include <string.h>
 
-#include "registry-internal.h"
+#include "registry/registry-internal.h"
 
 int reg_manifest_blobs_missing(RegClient *c, const char *repository, const void *manifest, size_t size,
-                               char **ret_first_missing, RegError *e)
+                               char **ret_first_missing, NbError *e)
 {
         RegImage img = {0};
         int r = reg_manifest_parse(manifest, size, NULL, &img, e);
@@ -15,7 +15,7 @@ int reg_manifest_blobs_missing(RegClient *c, const char *repository, const void 
                 const char *digest = i == 0 ? img.config.digest : img.layers[i - 1].digest;
                 r = reg_blob_exists(c, repository, digest, NULL, e);
                 if (r == 0 && missing++ == 0 && reg_strdup(digest, &first) < 0)
-                        r = reg_error_set(e, -ENOMEM, "out of memory");
+                        r = nb_error_oom(e);
         }
         reg_descriptor_done(&img.config);
         for (size_t i = 0; i < img.n_layers; i++)
@@ -30,33 +30,33 @@ int reg_manifest_blobs_missing(RegClient *c, const char *repository, const void 
 }
 
 static int manifest_check(const char *repository, const char *reference, const char *media_type,
-                          const void *data, size_t size, RegError *e)
+                          const void *data, size_t size, NbError *e)
 {
         if (!reg_repository_valid(repository))
-                return reg_error_set(e, -EINVAL, "invalid repository name \"%s\"",
-                                     repository ? repository : "");
+                return nb_error_set(e, -EINVAL, "invalid repository name \"%s\"",
+                                    repository ? repository : "");
         if (!reference || (!reg_tag_valid(reference) && !reg_digest_valid(reference)))
-                return reg_error_set(e, -EINVAL, "invalid tag or digest \"%s\"", reference ? reference : "");
+                return nb_error_set(e, -EINVAL, "invalid tag or digest \"%s\"", reference ? reference : "");
         if (!media_type || !*media_type || strlen(media_type) > 255 || strpbrk(media_type, "\r\n"))
-                return reg_error_set(e, -EINVAL, "invalid manifest media type");
+                return nb_error_set(e, -EINVAL, "invalid manifest media type");
         if (!data || size == 0 || size > REG_MANIFEST_MAX)
-                return reg_error_set(e, -EFBIG, "the manifest must be 1 to %u bytes", REG_MANIFEST_MAX);
-        if (reg_digest_valid(reference) && reg_digest_check(reference, data, size) < 0)
-                return reg_error_set(e, -EBADMSG, "the manifest does not have digest %s", reference);
+                return nb_error_set(e, -EFBIG, "the manifest must be 1 to %u bytes", REG_MANIFEST_MAX);
+        if (reg_digest_valid(reference) && nb_digest_check(reference, data, size) < 0)
+                return nb_error_set(e, -EBADMSG, "the manifest does not have digest %s", reference);
         return 0;
 }
 
 /* MANIFEST_BLOB_UNKNOWN: 0 when every blob is there (try the PUT again), -ENOLINK naming one that is not. */
 static int manifest_blob_unknown(RegClient *c, const char *repository, const void *data, size_t size,
-                                 const char *what, RegError *e)
+                                 const char *what, NbError *e)
 {
         _cleanup_free_ char *missing = NULL;
         int r = reg_manifest_blobs_missing(c, repository, data, size, &missing, e);
         if (r < 0)
-                return reg_error_wrap(e, r, "%s: checking its blobs after MANIFEST_BLOB_UNKNOWN", what);
+                return nb_error_wrap(e, r, "%s: checking its blobs after MANIFEST_BLOB_UNKNOWN", what);
         if (r == 0)
                 return 0;
-        return reg_error_set(
+        return nb_error_set(
                 e, -ENOLINK,
                 "%s: HTTP 400 MANIFEST_BLOB_UNKNOWN: the registry does not have blob %s (%d of the "
                 "manifest's blobs missing)",
@@ -64,19 +64,19 @@ static int manifest_blob_unknown(RegClient *c, const char *repository, const voi
 }
 
 int reg_manifest_put(RegClient *c, const char *repository, const char *reference, const char *media_type,
-                     const void *data, size_t size, char **ret_digest, RegError *e)
+                     const void *data, size_t size, char **ret_digest, NbError *e)
 {
         int r = manifest_check(repository, reference, media_type, data, size, e);
         if (r < 0)
                 return r;
-        char digest[REG_DIGEST_STR_MAX];
-        r = reg_digest_sha256(data, size, digest);
+        char digest[NB_DIGEST_STR_MAX];
+        r = nb_sha256_digest(data, size, digest);
         if (r < 0)
-                return reg_error_set(e, r, "cannot compute the manifest's digest");
+                return nb_error_set(e, r, "cannot compute the manifest's digest");
         _cleanup_free_ char *url = NULL, *scope = NULL;
         if (reg_client_v2_url(c, repository, "manifests", reference, &url) < 0 ||
             reg_scope(repository, "pull,push", &scope) < 0)
-                return reg_error_set(e, -ENOMEM, "out of memory");
+                return nb_error_oom(e);
         RegRequest rq = {.method = "PUT",
                          .url = url,
                          .scope = scope,
@@ -92,7 +92,7 @@ int reg_manifest_put(RegClient *c, const char *repository, const char *reference
                 _cleanup_(reg_response_done) RegResponse resp = {0};
                 r = reg_request(c, &rq, &resp, e);
                 if (r < 0)
-                        return reg_error_wrap(e, r, "%s", what);
+                        return nb_error_wrap(e, r, "%s", what);
                 if (resp.status == 201 || resp.status == 200)
                         break;
                 r = reg_response_error(&resp, e, what);
@@ -103,7 +103,7 @@ int reg_manifest_put(RegClient *c, const char *repository, const char *reference
                 if (r < 0)
                         return r;
                 if (attempt + 1 >= REG_MANIFEST_BLOB_RETRIES || reg_retry_wait(c, &rt, NULL) < 0)
-                        return reg_error_set(
+                        return nb_error_set(
                                 e, -ENOLINK,
                                 "%s: the registry still answers MANIFEST_BLOB_UNKNOWN although it "
                                 "has every blob, after %u attempts",
@@ -114,25 +114,25 @@ int reg_manifest_put(RegClient *c, const char *repository, const char *reference
         return 0;
 }
 
-int reg_manifest_delete(RegClient *c, const char *repository, const char *digest, RegError *e)
+int reg_manifest_delete(RegClient *c, const char *repository, const char *digest, NbError *e)
 {
         if (!reg_repository_valid(repository))
-                return reg_error_set(e, -EINVAL, "invalid repository name \"%s\"",
-                                     repository ? repository : "");
+                return nb_error_set(e, -EINVAL, "invalid repository name \"%s\"",
+                                    repository ? repository : "");
         if (!reg_digest_valid(digest))
-                return reg_error_set(e, -EINVAL, "manifests are deleted by digest, not \"%s\"",
-                                     digest ? digest : "");
+                return nb_error_set(e, -EINVAL, "manifests are deleted by digest, not \"%s\"",
+                                    digest ? digest : "");
         _cleanup_free_ char *url = NULL, *scope = NULL;
         if (reg_client_v2_url(c, repository, "manifests", digest, &url) < 0 ||
             reg_scope(repository, "delete", &scope) < 0)
-                return reg_error_set(e, -ENOMEM, "out of memory");
+                return nb_error_oom(e);
         RegRequest rq = {.method = "DELETE", .url = url, .scope = scope, .retry = true};
         _cleanup_(reg_response_done) RegResponse resp = {0};
         char what[REG_URL_MAX];
         snprintf(what, sizeof(what), "deleting manifest %s@%s from %s", repository, digest, c->host);
         int r = reg_request(c, &rq, &resp, e);
         if (r < 0)
-                return reg_error_wrap(e, r, "%s", what);
+                return nb_error_wrap(e, r, "%s", what);
         if (resp.status != 202 && resp.status != 200 && resp.status != 204)
                 return reg_response_error(&resp, e, what);
         return 0;

@@ -9,7 +9,7 @@
  */
 #include <string.h>
 
-#include "registry-internal.h"
+#include "registry/registry-internal.h"
 
 static bool lower_alnum(char c)
 {
@@ -188,21 +188,21 @@ static void reg_ref_freep(RegRef **r)
         reg_ref_free(*r);
 }
 
-static int ref_set_host(RegRef *ref, const char *name, size_t *name_len, const char *s, RegError *e)
+static int ref_set_host(RegRef *ref, const char *name, size_t *name_len, const char *s, NbError *e)
 {
         const char *slash = memchr(name, '/', *name_len);
         if (!slash || !first_is_host(name, (size_t)(slash - name)))
                 return 0;
         size_t hlen = (size_t)(slash - name);
         if (!reg_host_valid(name, hlen))
-                return reg_error_set(e, -EINVAL, "invalid registry host in image reference \"%s\"", s);
+                return nb_error_set(e, -EINVAL, "invalid registry host in image reference \"%s\"", s);
         ref->host = strndup(name, hlen);
         if (!ref->host)
                 return -ENOMEM;
         return (int)hlen + 1;
 }
 
-static int ref_split_tag(RegRef *ref, const char *name, size_t *name_len, const char *s, RegError *e)
+static int ref_split_tag(RegRef *ref, const char *name, size_t *name_len, const char *s, NbError *e)
 {
         const char *colon = memrchr(name, ':', *name_len);
         const char *slash = memrchr(name, '/', *name_len);
@@ -212,19 +212,19 @@ static int ref_split_tag(RegRef *ref, const char *name, size_t *name_len, const 
         if (!ref->tag)
                 return -ENOMEM;
         if (!reg_tag_valid(ref->tag))
-                return reg_error_set(e, -EINVAL, "invalid tag in image reference \"%s\"", s);
+                return nb_error_set(e, -EINVAL, "invalid tag in image reference \"%s\"", s);
         *name_len = (size_t)(colon - name);
         return 0;
 }
 
-int reg_ref_parse(const char *s, RegRef **ret, RegError *e)
+int reg_ref_parse(const char *s, RegRef **ret, NbError *e)
 {
         if (!s || !*s)
-                return reg_error_set(e, -EINVAL, "empty image reference");
+                return nb_error_set(e, -EINVAL, "empty image reference");
         size_t len = strnlen(s, REG_REFERENCE_MAX + 1);
         if (len > REG_REFERENCE_MAX)
-                return reg_error_set(e, -ENAMETOOLONG, "image reference is longer than %d bytes",
-                                     REG_REFERENCE_MAX);
+                return nb_error_set(e, -ENAMETOOLONG, "image reference is longer than %d bytes",
+                                    REG_REFERENCE_MAX);
         _cleanup_(reg_ref_freep) RegRef *ref = calloc(1, sizeof(*ref));
         if (!ref)
                 return -ENOMEM;
@@ -235,7 +235,7 @@ int reg_ref_parse(const char *s, RegRef **ret, RegError *e)
                 if (!ref->digest)
                         return -ENOMEM;
                 if (!reg_digest_valid(ref->digest))
-                        return reg_error_set(e, -EINVAL, "invalid digest in image reference \"%s\"", s);
+                        return nb_error_set(e, -EINVAL, "invalid digest in image reference \"%s\"", s);
                 name_len = (size_t)(at - s);
         }
         int r = ref_split_tag(ref, s, &name_len, s, e);
@@ -247,10 +247,10 @@ int reg_ref_parse(const char *s, RegRef **ret, RegError *e)
         const char *repo = s + r;
         size_t repo_len = name_len - (size_t)r;
         if (name_len > REG_NAME_MAX || !repository_valid_n(repo, repo_len))
-                return reg_error_set(e, -EINVAL,
-                                     "invalid repository name in image reference \"%s\" (lowercase letters, "
-                                     "digits and single separators only)",
-                                     s);
+                return nb_error_set(e, -EINVAL,
+                                    "invalid repository name in image reference \"%s\" (lowercase letters, "
+                                    "digits and single separators only)",
+                                    s);
         ref->repository = strndup(repo, repo_len);
         if (!ref->repository)
                 return -ENOMEM;

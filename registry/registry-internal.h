@@ -16,7 +16,10 @@
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 
-#include "registry.h"
+#include "common/clock.h"
+#include "common/digest.h"
+#include "common/fileio.h"
+#include "registry/registry.h"
 
 /* Named limits for what servers, files and callers control. */
 #define REG_RETRIES_MAX           8      /* attempts of one retryable step (within the deadline) */
@@ -40,7 +43,6 @@
 #define REG_CHUNK_MAX_BYTES       (512u * 1024 * 1024) /* largest chunk, also caps OCI-Chunk-Min-Length */
 #define REG_CA_BUNDLE_MAX         (16u * 1024 * 1024)  /* system CA bundle plus extra certificates */
 #define REG_CERT_FILES_MAX        64                   /* files looked at in one certs.d/<host>/ */
-#define REG_DIGEST_STR_MAX        (7 + 128 + 1)        /* "sha512:" + 128 hex + NUL */
 #define REG_REQUEST_TIMEOUT_S     120 /* whole-request timeout of small requests (not chunks, not streams) */
 #define REG_SMALL_BODY_MAX        REG_MANIFEST_MAX /* a request body up to this size is "small" */
 #define REG_LOW_SPEED_BPS         1024L      /* below this for low_speed_time_s: the transfer is stuck */
@@ -66,15 +68,6 @@ static inline void reg_curl_freep(char **p)
 {
         curl_free(*p);
 }
-static inline void reg_fclosep(FILE **f)
-{
-        if (*f)
-                fclose(*f);
-}
-static inline void reg_md_ctx_freep(EVP_MD_CTX **p)
-{
-        EVP_MD_CTX_free(*p);
-}
 /* Secrets are wiped before they are freed. */
 static inline void reg_secret_freep(char **p)
 {
@@ -87,25 +80,12 @@ static inline void reg_secret_freep(char **p)
 #define _cleanup_cjson_     _cleanup_(reg_cjson_deletep)
 #define _cleanup_curlu_     _cleanup_(reg_curlu_freep)
 #define _cleanup_curl_free_ _cleanup_(reg_curl_freep)
-#define _cleanup_fclose_    _cleanup_(reg_fclosep)
-#define _cleanup_md_ctx_    _cleanup_(reg_md_ctx_freep)
 #define _cleanup_secret_    _cleanup_(reg_secret_freep)
 
 /* ---- small helpers (util.c) ------------------------------------------------------------------------- */
 
-/* Reads a whole regular file of at most max bytes, NUL-terminated. -EFBIG when larger. */
-int reg_read_file(const char *path, size_t max, char **ret, size_t *ret_size);
 /* strdup() that returns -ENOMEM through r; NULL in, NULL out. */
 int reg_strdup(const char *s, char **ret);
-/* Monotonic clock in microseconds. */
-uint64_t reg_now_usec(void);
-/* The "sha256:<hex>" digest of data. */
-int reg_digest_sha256(const void *data, size_t size, char ret[REG_DIGEST_STR_MAX]);
-/* 0 when data has digest; -EBADMSG when not; -EOPNOTSUPP for an algorithm other than sha256/sha512. */
-int reg_digest_check(const char *digest, const void *data, size_t size);
-/* An EVP digest context for the algorithm of digest ("sha256:..." / "sha512:..."). */
-int reg_digest_ctx_new(const char *digest, EVP_MD_CTX **ret);
-int reg_digest_ctx_final(EVP_MD_CTX *ctx, const char *algorithm, char ret[REG_DIGEST_STR_MAX]);
 
 /* Resolves a Location header against the URL of the request that got it (RFC 3986 reference resolution:
  * absolute, other host, path-only, bare relative, query-only). */
@@ -170,13 +150,13 @@ typedef struct RegCredentials {
 void reg_credentials_done(RegCredentials *c);
 /* Finds host's entry in the "auths" object of a docker config.json / containers auth.json. Returns 1 and
  * fills ret when found, 0 when the file has no entry for host, -EINVAL (with e) for a malformed file. */
-int reg_auth_config_parse(const char *json, size_t size, const char *host, RegCredentials *ret, RegError *e);
+int reg_auth_config_parse(const char *json, size_t size, const char *host, RegCredentials *ret, NbError *e);
 /* Looks for host's credentials: authfile when given (it must exist), else $REGISTRY_AUTH_FILE,
  * $DOCKER_CONFIG/config.json, ~/.docker/config.json. Returns 1 when found (ret, and the file in *ret_path),
  * 0 when none. */
-int reg_auth_load(const char *authfile, const char *host, RegCredentials *ret, char **ret_path, RegError *e);
+int reg_auth_load(const char *authfile, const char *host, RegCredentials *ret, char **ret_path, NbError *e);
 /* The token endpoint's answer: "token" or "access_token", "expires_in" (default and floor 60 s). */
-int reg_token_parse(const char *body, size_t size, char **ret_token, long *ret_expires_in, RegError *e);
+int reg_token_parse(const char *body, size_t size, char **ret_token, long *ret_expires_in, NbError *e);
 /* "Basic base64(user:pass)" header value. */
 int reg_basic_header(const char *username, const char *password, char **ret);
 
@@ -272,16 +252,16 @@ bool reg_status_transient(long status, const char *code);
 bool reg_code_session_lost(long status, const char *code);
 /* Sends rq with auth, redirects and retries. Returns 0 with *ret filled for any final HTTP status but 401
  * (auth failures become errors here); -errno with e for transport errors and auth failures. */
-int reg_request(RegClient *c, const RegRequest *rq, RegResponse *ret, RegError *e);
+int reg_request(RegClient *c, const RegRequest *rq, RegResponse *ret, NbError *e);
 /* Fills e for an unexpected answer: "<what>: HTTP 403 (DENIED: ...)" and returns the errno for it. */
-int reg_response_error(const RegResponse *r, RegError *e, const char *what);
+int reg_response_error(const RegResponse *r, NbError *e, const char *what);
 static inline void reg_client_freep(RegClient **c)
 {
         reg_client_free(*c);
 }
 
 /* A second client for the same registry and options (blob copy within one registry). */
-int reg_client_clone(RegClient *c, RegClient **ret, RegError *e);
+int reg_client_clone(RegClient *c, RegClient **ret, NbError *e);
 /* "<client url>/v2/<repository>/<kind>/<ref>". */
 int reg_client_v2_url(RegClient *c, const char *repository, const char *kind, const char *ref, char **ret);
 /* "repository:<repository>:<actions>" */
@@ -293,10 +273,10 @@ int reg_scope(const char *repository, const char *actions, char **ret);
 /* Tells an index from a manifest: 1 for an index / manifest list, 0 for an image manifest, -EMEDIUMTYPE
  * for anything else (schema1, unknown). The media type is taken from the JSON, else the Content-Type. */
 int reg_manifest_kind(const char *body, size_t size, const char *content_type, const char **ret_media_type,
-                      RegError *e);
+                      NbError *e);
 /* Parses an image manifest into img's manifest_media_type, config and layers. */
-int reg_manifest_parse(const char *body, size_t size, const char *content_type, RegImage *img, RegError *e);
+int reg_manifest_parse(const char *body, size_t size, const char *content_type, RegImage *img, NbError *e);
 /* Chooses the manifest for os/arch/variant from an index or manifest list. */
 int reg_index_select(const char *body, size_t size, const char *os, const char *arch, const char *variant,
-                     RegDescriptor *ret, RegError *e);
+                     RegDescriptor *ret, NbError *e);
 void reg_descriptor_done(RegDescriptor *d);

@@ -10,7 +10,7 @@
  * honoured.
  *
  * Every function returns 0 (or a documented positive value) on success and a negative errno on failure, with
- * RegError filled with a message a person can act on. Nothing here logs or prints.
+ * NbError filled with a message a person can act on. Nothing here logs or prints.
  */
 #pragma once
 
@@ -18,7 +18,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "reg-util.h"
+#include "common/error.h"
 
 #define REG_MEDIA_OCI_INDEX         "application/vnd.oci.image.index.v1+json"
 #define REG_MEDIA_OCI_MANIFEST      "application/vnd.oci.image.manifest.v1+json"
@@ -53,7 +53,7 @@ typedef struct RegRef {
 
 /* Parses s. A first component is a host when it contains '.' or ':' or is "localhost". Rejects anything
  * outside the grammar (uppercase in the path, "..", empty components, bad digests, tags over 128). */
-int reg_ref_parse(const char *s, RegRef **ret, RegError *e);
+int reg_ref_parse(const char *s, RegRef **ret, NbError *e);
 RegRef *reg_ref_free(RegRef *r);
 
 /* Checks one repository path component, a tag or a digest by the distribution-spec grammar. */
@@ -86,7 +86,7 @@ typedef struct RegClientOptions {
 
 typedef struct RegClient RegClient;
 
-int reg_client_new(const RegClientOptions *o, RegClient **ret, RegError *e);
+int reg_client_new(const RegClientOptions *o, RegClient **ret, NbError *e);
 RegClient *reg_client_free(RegClient *c);
 /* "host[:port]" of the registry, as used in image names (swr_path). */
 const char *reg_client_host(RegClient *c);
@@ -115,30 +115,29 @@ typedef struct RegImage {
 /* Fetches repository:reference (a tag or a digest). An index / manifest list is resolved to the entry for
  * os/arch(/variant; NULL matches any). Verifies the digests of what it fetched by digest. */
 int reg_image_fetch(RegClient *c, const char *repository, const char *reference, const char *os,
-                    const char *arch, const char *variant, RegImage **ret, RegError *e);
+                    const char *arch, const char *variant, RegImage **ret, NbError *e);
 RegImage *reg_image_free(RegImage *img);
 
 /* ---- blobs ---------------------------------------------------------------------------------------------
  */
 
 /* HEAD the blob. Returns 1 when present (size in *ret_size when not NULL), 0 when absent. */
-int reg_blob_exists(RegClient *c, const char *repository, const char *digest, int64_t *ret_size,
-                    RegError *e);
+int reg_blob_exists(RegClient *c, const char *repository, const char *digest, int64_t *ret_size, NbError *e);
 
 /* Cross-repository mount (POST /v2/<repository>/blobs/uploads/?mount=<digest>&from=<from>). Returns 1 when
  * mounted (201), 0 when the registry declined (it opened an upload session instead, which is cancelled). */
 int reg_blob_mount(RegClient *c, const char *repository, const char *digest, const char *from_repository,
-                   RegError *e);
+                   NbError *e);
 
 /* Uploads a blob held in memory (monolithic: POST then PUT ?digest=). Skips the upload when HEAD finds it.
  */
 int reg_blob_upload_buffer(RegClient *c, const char *repository, const char *digest, const void *data,
-                           size_t size, RegError *e);
+                           size_t size, NbError *e);
 
 /* Copies a blob from another client's repository (streamed GET -> upload), for base images that live on
  * another registry. */
 int reg_blob_copy(RegClient *src, const char *src_repository, RegClient *dst, const char *dst_repository,
-                  const RegDescriptor *blob, RegError *e);
+                  const RegDescriptor *blob, NbError *e);
 
 /* Streamed upload of a blob whose digest is known only at the end. Bytes written are sent in PATCH chunks of
  * the client's chunk size (Content-Range, honouring OCI-Chunk-Min-Length) by a thread of the upload's own,
@@ -156,12 +155,12 @@ typedef struct RegUpload RegUpload;
 typedef void (*reg_progress_fn)(void *userdata, uint64_t bytes_sent);
 
 int reg_upload_begin(RegClient *c, const char *repository, reg_progress_fn progress, void *userdata,
-                     RegUpload **ret, RegError *e);
-int reg_upload_write(RegUpload *u, const void *data, size_t size, RegError *e);
+                     RegUpload **ret, NbError *e);
+int reg_upload_write(RegUpload *u, const void *data, size_t size, NbError *e);
 /* Sends what is buffered and commits with PUT ?digest=. If the PUT fails after the registry committed (the
  * answer was lost or timed out), the digest is checked with HEAD before reporting an error. DIGEST_INVALID
  * is never answered by sending the same bytes again: -EBADMSG. */
-int reg_upload_commit(RegUpload *u, const char *digest, RegError *e);
+int reg_upload_commit(RegUpload *u, const char *digest, NbError *e);
 /* Cancels an unfinished upload (DELETE on the session, errors ignored) and frees it; NULL is fine. After
  * reg_upload_commit() succeeded it only frees: call it in every case to release the upload. */
 RegUpload *reg_upload_abort(RegUpload *u);
@@ -174,10 +173,10 @@ RegUpload *reg_upload_abort(RegUpload *u);
  * registry whose storage lags) the PUT is tried again, at most REG_MANIFEST_BLOB_RETRIES times; when one is
  * missing, -ENOLINK and a message naming it: push that blob again and call again. */
 int reg_manifest_put(RegClient *c, const char *repository, const char *reference, const char *media_type,
-                     const void *data, size_t size, char **ret_digest, RegError *e);
+                     const void *data, size_t size, char **ret_digest, NbError *e);
 /* HEADs the config and every layer of an image manifest in repository. Returns the number of blobs missing
  * (0: all there); *ret_first_missing (when not NULL) gets the digest of the first one missing. */
 int reg_manifest_blobs_missing(RegClient *c, const char *repository, const void *manifest, size_t size,
-                               char **ret_first_missing, RegError *e);
+                               char **ret_first_missing, NbError *e);
 /* DELETE /v2/<repository>/manifests/<digest>. -EPERM with the registry's words when deletion is disabled. */
-int reg_manifest_delete(RegClient *c, const char *repository, const char *digest, RegError *e);
+int reg_manifest_delete(RegClient *c, const char *repository, const char *digest, NbError *e);

@@ -5,8 +5,8 @@
 #include <string.h>
 #include <sys/stat.h>
 
-#include "baseline.h"
-#include "walk.h"
+#include "snapshot/baseline.h"
+#include "snapshot/walk.h"
 
 #define HEADER_SIZE      16 /* magic + u32 version + u32 flags */
 #define TRAILER_SIZE     32
@@ -106,7 +106,7 @@ static int fsync_parent(const char *path)
         return 0;
 }
 
-static int write_all(Writer *w, const char *root, const SnapExcludes *ex, SnapError *e)
+static int write_all(Writer *w, const char *root, const SnapExcludes *ex, NbError *e)
 {
         SnapWalk *walk = NULL;
         int r = snap_walk_new(root, ex, &walk, e);
@@ -119,7 +119,7 @@ static int write_all(Writer *w, const char *root, const SnapExcludes *ex, SnapEr
         const SnapEntry *en;
         while ((r = snap_walk_next(walk, &en, e)) > 0)
                 if (w_entry(w, en) < 0) {
-                        r = snap_error_set(e, -EIO, "cannot write the baseline: %m");
+                        r = nb_error_set(e, -EIO, "cannot write the baseline: %m");
                         break;
                 }
         snap_walk_free(walk);
@@ -131,27 +131,27 @@ static int write_all(Writer *w, const char *root, const SnapExcludes *ex, SnapEr
         uint8_t sum[EVP_MAX_MD_SIZE];
         unsigned sum_len = 0;
         if (EVP_DigestFinal_ex(w->md, sum, &sum_len) != 1 || sum_len != TRAILER_SIZE)
-                return snap_error_set(e, -EIO, "SHA-256 failed");
+                return nb_error_set(e, -EIO, "SHA-256 failed");
         if (w->failed || fwrite(sum, 1, TRAILER_SIZE, w->f) != TRAILER_SIZE || fflush(w->f) != 0 ||
             fsync(fileno(w->f)) < 0)
-                return snap_error_set(e, -errno ?: -EIO, "cannot write the baseline: %m");
+                return nb_error_set(e, -errno ?: -EIO, "cannot write the baseline: %m");
         return 0;
 }
 
 int snap_baseline_write(const char *root, const SnapExcludes *ex, const char *path, SnapBaselineStats *ret,
-                        SnapError *e)
+                        NbError *e)
 {
         _cleanup_free_ char *tmp = NULL;
         if (asprintf(&tmp, "%s.tmp.XXXXXX", path) < 0)
-                return snap_error_set(e, -ENOMEM, "out of memory");
+                return nb_error_oom(e);
         int fd = mkostemp(tmp, O_CLOEXEC);
         if (fd < 0)
-                return snap_error_set(e, -errno, "cannot create %s: %m", tmp);
+                return nb_error_set(e, -errno, "cannot create %s: %m", tmp);
         Writer w = {.f = fdopen(fd, "w"), .md = EVP_MD_CTX_new()};
         bool closed = false;
         int r;
         if (!w.f || !w.md || EVP_DigestInit_ex(w.md, EVP_sha256(), NULL) != 1) {
-                r = snap_error_set(e, -ENOMEM, "out of memory");
+                r = nb_error_oom(e);
                 goto fail;
         }
         setvbuf(w.f, NULL, _IOFBF, 1 << 20);
@@ -162,13 +162,13 @@ int snap_baseline_write(const char *root, const SnapExcludes *ex, const char *pa
         if (fstat(fileno(w.f), &st) < 0 || fclose(w.f) != 0) {
                 w.f = NULL;
                 closed = true;
-                r = snap_error_set(e, -errno, "cannot write %s: %m", tmp);
+                r = nb_error_set(e, -errno, "cannot write %s: %m", tmp);
                 goto fail;
         }
         w.f = NULL;
         closed = true;
         if (rename(tmp, path) < 0) {
-                r = snap_error_set(e, -errno, "cannot rename %s to %s: %m", tmp, path);
+                r = nb_error_set(e, -errno, "cannot rename %s to %s: %m", tmp, path);
                 goto fail;
         }
         (void)fsync_parent(path);
@@ -215,12 +215,12 @@ SnapBaseline *snap_baseline_free(SnapBaseline *b)
         return NULL;
 }
 
-static int corrupt(SnapBaseline *b, SnapError *e, const char *why)
+static int corrupt(SnapBaseline *b, NbError *e, const char *why)
 {
-        return snap_error_set(e, -EBADMSG,
-                              "baseline %s is corrupt (%s): record a new one with `nbsnap baseline --force` "
-                              "(changes made since the container started will then be taken as the base)",
-                              b->what, why);
+        return nb_error_set(e, -EBADMSG,
+                            "baseline %s is corrupt (%s): record a new one with `nbsnap baseline --force` "
+                            "(changes made since the container started will then be taken as the base)",
+                            b->what, why);
 }
 
 /* Hashes [0, size - 32) and compares with the trailer, before any entry is trusted. */
@@ -255,16 +255,16 @@ out:
         return r;
 }
 
-int snap_baseline_open_fd(int fd, const char *what, SnapBaseline **ret, SnapError *e)
+int snap_baseline_open_fd(int fd, const char *what, SnapBaseline **ret, NbError *e)
 {
         _cleanup_close_ int owned = fd;
         SnapBaseline *b = calloc(1, sizeof(*b));
         if (!b || !(b->what = strdup(what)))
-                return free(b), snap_error_set(e, -ENOMEM, "out of memory");
+                return free(b), nb_error_oom(e);
         struct stat st;
         int r;
         if (fstat(fd, &st) < 0) {
-                r = snap_error_set(e, -errno, "cannot read baseline %s: %m", what);
+                r = nb_error_set(e, -errno, "cannot read baseline %s: %m", what);
                 goto fail;
         }
         if ((uint64_t)st.st_size < HEADER_SIZE + 2 + TRAILER_SIZE ||
@@ -281,11 +281,11 @@ int snap_baseline_open_fd(int fd, const char *what, SnapBaseline **ret, SnapErro
         r = verify_checksum(fd, (uint64_t)st.st_size);
         if (r < 0) {
                 r = r == -EBADMSG ? corrupt(b, e, "checksum mismatch")
-                                  : snap_error_set(e, r, "cannot read %s", what);
+                                  : nb_error_set(e, r, "cannot read %s", what);
                 goto fail;
         }
         if (lseek(fd, HEADER_SIZE, SEEK_SET) < 0 || !(b->f = fdopen(fd, "r"))) {
-                r = snap_error_set(e, -errno, "cannot read baseline %s: %m", what);
+                r = nb_error_set(e, -errno, "cannot read baseline %s: %m", what);
                 goto fail;
         }
         owned = -1;
@@ -297,17 +297,17 @@ fail:
         return r;
 }
 
-int snap_baseline_open(const char *path, SnapBaseline **ret, SnapError *e)
+int snap_baseline_open(const char *path, SnapBaseline **ret, NbError *e)
 {
         int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
         if (fd < 0) {
                 if (errno == ENOENT)
-                        return snap_error_set(
+                        return nb_error_set(
                                 e, -ENOENT,
                                 "no baseline at %s: run `nbsnap baseline` when the container starts "
                                 "(nbsnap-baseline.service does it at boot)",
                                 path);
-                return snap_error_set(e, -errno, "cannot open baseline %s: %m", path);
+                return nb_error_set(e, -errno, "cannot open baseline %s: %m", path);
         }
         return snap_baseline_open_fd(fd, path, ret, e);
 }
@@ -348,7 +348,7 @@ static int r_time(FILE *f, int64_t *sec, uint32_t *nsec)
         return 0;
 }
 
-static int read_path(SnapBaseline *b, SnapError *e)
+static int read_path(SnapBaseline *b, NbError *e)
 {
         uint64_t common, suffix;
         if (r_varint(b->f, &common) < 0 || r_varint(b->f, &suffix) < 0)
@@ -362,7 +362,7 @@ static int read_path(SnapBaseline *b, SnapError *e)
                 if (p)
                         b->path = p;
                 if (!q)
-                        return snap_error_set(e, -ENOMEM, "out of memory");
+                        return nb_error_oom(e);
                 b->suffix = q, b->allocated = n;
         }
         if (fread(b->suffix, 1, (size_t)suffix, b->f) != suffix)
@@ -380,7 +380,7 @@ static int read_path(SnapBaseline *b, SnapError *e)
         return 0;
 }
 
-static int read_record(SnapBaseline *b, SnapError *e)
+static int read_record(SnapBaseline *b, NbError *e)
 {
         int r = read_path(b, e);
         if (r < 0)
@@ -404,7 +404,7 @@ static int read_record(SnapBaseline *b, SnapError *e)
         return 1;
 }
 
-int snap_baseline_next(SnapBaseline *b, const SnapEntry **ret, SnapError *e)
+int snap_baseline_next(SnapBaseline *b, const SnapEntry **ret, NbError *e)
 {
         if (b->done)
                 return 0;

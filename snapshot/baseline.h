@@ -10,28 +10,14 @@
 
 #include <stdint.h>
 
-#include "entry.h"
-#include "excludes.h"
-#include "snap-util.h"
+#include "snapshot/entry.h"
+#include "snapshot/excludes.h"
+#include "snapshot/snapshot.h"
 
 #define SNAP_BASELINE_MAGIC    "NBSNAPB1"
 #define SNAP_BASELINE_FILE_MAX (16ull * 1024 * 1024 * 1024) /* 16 GiB: ~100 M entries */
 
-typedef struct SnapBaselineStats {
-        uint64_t entries;
-        uint64_t file_size;
-} SnapBaselineStats;
-
-/* Walks root and writes the baseline to path atomically. */
-int snap_baseline_write(const char *root, const SnapExcludes *excludes, const char *path,
-                        SnapBaselineStats *ret, SnapError *e);
-
-typedef struct SnapBaseline SnapBaseline;
-
-int snap_baseline_open(const char *path, SnapBaseline **ret, SnapError *e);
 /* Takes over fd (e.g. a memfd in the fuzzer). */
-int snap_baseline_open_fd(int fd, const char *what, SnapBaseline **ret, SnapError *e);
-SnapBaseline *snap_baseline_free(SnapBaseline *b);
+int snap_baseline_open_fd(int fd, const char *what, SnapBaseline **ret, NbError *e);
 /* 1 and the next entry (valid until the next call), 0 at the end, or a negative errno. */
-int snap_baseline_next(SnapBaseline *b, const SnapEntry **ret, SnapError *e);
-uint64_t snap_baseline_count(const SnapBaseline *b);
+int snap_baseline_next(SnapBaseline *b, const SnapEntry **ret, NbError *e);

@@ -1,7 +1,9 @@
 #include <string.h>
 #include <sys/stat.h>
 
-#include "diff.h"
+#include "snapshot/baseline.h"
+#include "snapshot/layer.h"
+#include "snapshot/walk.h"
 
 #define PROGRESS_EVERY 4096u
 
@@ -17,7 +19,7 @@ typedef struct Diff {
         SnapDiffStats stats;
 } Diff;
 
-static int next_base(Diff *d, SnapError *e)
+static int next_base(Diff *d, NbError *e)
 {
         int r = snap_baseline_next(d->base, &d->b, e);
         if (r == 0)
@@ -27,7 +29,7 @@ static int next_base(Diff *d, SnapError *e)
         return r;
 }
 
-static int next_live(Diff *d, SnapError *e)
+static int next_live(Diff *d, NbError *e)
 {
         int r = snap_walk_next(d->live, &d->l, e);
         if (r == 0)
@@ -37,13 +39,13 @@ static int next_live(Diff *d, SnapError *e)
         return r;
 }
 
-static int skip_below(Diff *d, const SnapEntry *en, SnapError *e)
+static int skip_below(Diff *d, const SnapEntry *en, NbError *e)
 {
         if (en->path_len + 1 > d->skip_allocated) {
                 size_t n = (en->path_len + 1) * 2;
                 char *p = realloc(d->skip, n);
                 if (!p)
-                        return snap_error_set(e, -ENOMEM, "out of memory");
+                        return nb_error_oom(e);
                 d->skip = p, d->skip_allocated = n;
         }
         memcpy(d->skip, en->path, en->path_len + 1);
@@ -52,13 +54,13 @@ static int skip_below(Diff *d, const SnapEntry *en, SnapError *e)
         return 0;
 }
 
-static int add_live(Diff *d, SnapError *e)
+static int add_live(Diff *d, NbError *e)
 {
         return snap_layer_add(d->layer, d->l, snap_walk_dirfd(d->live), snap_walk_name(d->live), e);
 }
 
 /* Entry only in the baseline. */
-static int gone(Diff *d, const SnapExcludes *ex, SnapError *e)
+static int gone(Diff *d, const SnapExcludes *ex, NbError *e)
 {
         if (!snap_excludes_covers(ex, d->b->path, d->b->path_len)) {
                 int r = snap_layer_whiteout(d->layer, d->b->path, e);
@@ -70,7 +72,7 @@ static int gone(Diff *d, const SnapExcludes *ex, SnapError *e)
 }
 
 /* Entry on both sides. */
-static int both(Diff *d, SnapError *e)
+static int both(Diff *d, NbError *e)
 {
         const SnapEntry *b = d->b, *l = d->l;
         int r;
@@ -98,7 +100,7 @@ static int both(Diff *d, SnapError *e)
         return add_live(d, e);
 }
 
-static int step(Diff *d, const SnapExcludes *ex, SnapError *e)
+static int step(Diff *d, const SnapExcludes *ex, NbError *e)
 {
         if (d->b && d->skipping) {
                 if (snap_path_within(d->b->path, d->b->path_len, d->skip, d->skip_len))
@@ -125,7 +127,7 @@ static int step(Diff *d, const SnapExcludes *ex, SnapError *e)
 }
 
 int snap_diff_layer(SnapBaseline *base, SnapWalk *live, const SnapExcludes *ex, SnapLayer *layer,
-                    snap_diff_progress_fn progress, void *userdata, SnapDiffStats *ret, SnapError *e)
+                    snap_diff_progress_fn progress, void *userdata, SnapDiffStats *ret, NbError *e)
 {
         Diff d = {.base = base, .live = live, .layer = layer};
         int r = next_base(&d, e);

@@ -1,7 +1,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
-#include "entry.h"
+#include "snapshot/entry.h"
 
 static inline unsigned char order_byte(unsigned char c)
 {

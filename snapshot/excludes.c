@@ -3,19 +3,19 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "entry.h"
-#include "excludes.h"
+#include "snapshot/entry.h"
+#include "snapshot/excludes.h"
 
 struct SnapExcludes {
         char **paths; /* relative, kept sorted by strcmp, unique */
         size_t n, allocated;
 };
 
-int snap_excludes_new(SnapExcludes **ret, SnapError *e)
+int snap_excludes_new(SnapExcludes **ret, NbError *e)
 {
         SnapExcludes *x = calloc(1, sizeof(*x));
         if (!x)
-                return snap_error_set(e, -ENOMEM, "out of memory");
+                return nb_error_oom(e);
         *ret = x;
         return 0;
 }
@@ -51,26 +51,26 @@ static bool find(const SnapExcludes *x, const char *path, size_t *ret_pos)
 }
 
 /* Inserts a normalised relative path, keeping the array sorted. "" (the root itself) is refused. */
-static int insert(SnapExcludes *x, const char *rel, SnapError *e)
+static int insert(SnapExcludes *x, const char *rel, NbError *e)
 {
         size_t pos;
         if (rel[0] == '\0')
-                return snap_error_set(e, -EINVAL, "refusing to exclude the whole root");
+                return nb_error_set(e, -EINVAL, "refusing to exclude the whole root");
         if (find(x, rel, &pos))
                 return 0;
         if (x->n >= SNAP_EXCLUDES_MAX)
-                return snap_error_set(e, -E2BIG, "too many excluded paths (limit %u)", SNAP_EXCLUDES_MAX);
+                return nb_error_set(e, -E2BIG, "too many excluded paths (limit %u)", SNAP_EXCLUDES_MAX);
         if (x->n == x->allocated) {
                 size_t na = x->allocated ? x->allocated * 2 : 16;
                 char **np = reallocarray(x->paths, na, sizeof(char *));
                 if (!np)
-                        return snap_error_set(e, -ENOMEM, "out of memory");
+                        return nb_error_oom(e);
                 x->paths = np;
                 x->allocated = na;
         }
         char *copy = strdup(rel);
         if (!copy)
-                return snap_error_set(e, -ENOMEM, "out of memory");
+                return nb_error_oom(e);
         memmove(x->paths + pos + 1, x->paths + pos, (x->n - pos) * sizeof(char *));
         x->paths[pos] = copy;
         x->n++;
@@ -78,18 +78,17 @@ static int insert(SnapExcludes *x, const char *rel, SnapError *e)
 }
 
 /* "/a//b/./c/" -> "a/b/c". Refuses ".." so an exclude can never name something outside the root. */
-static int normalise(const char *in, char **ret, SnapError *e)
+static int normalise(const char *in, char **ret, NbError *e)
 {
         size_t len = strlen(in);
         if (len == 0 || in[0] != '/')
-                return snap_error_set(e, -EINVAL,
-                                      "exclude path '%s' must be absolute (as seen in the container)", in);
+                return nb_error_set(e, -EINVAL,
+                                    "exclude path '%s' must be absolute (as seen in the container)", in);
         if (len >= SNAP_PATH_MAX)
-                return snap_error_set(e, -ENAMETOOLONG, "exclude path is longer than %u bytes",
-                                      SNAP_PATH_MAX);
+                return nb_error_set(e, -ENAMETOOLONG, "exclude path is longer than %u bytes", SNAP_PATH_MAX);
         _cleanup_free_ char *out = malloc(len + 1);
         if (!out)
-                return snap_error_set(e, -ENOMEM, "out of memory");
+                return nb_error_oom(e);
         size_t o = 0;
         for (const char *p = in; *p;) {
                 while (*p == '/')
@@ -97,7 +96,7 @@ static int normalise(const char *in, char **ret, SnapError *e)
                 const char *end = strchrnul(p, '/');
                 size_t n = (size_t)(end - p);
                 if (n == 2 && p[0] == '.' && p[1] == '.')
-                        return snap_error_set(e, -EINVAL, "exclude path '%s' must not contain '..'", in);
+                        return nb_error_set(e, -EINVAL, "exclude path '%s' must not contain '..'", in);
                 if (n > 0 && !(n == 1 && p[0] == '.')) {
                         if (o > 0)
                                 out[o++] = '/';
@@ -111,14 +110,14 @@ static int normalise(const char *in, char **ret, SnapError *e)
         return 0;
 }
 
-int snap_excludes_add(SnapExcludes *x, const char *container_path, SnapError *e)
+int snap_excludes_add(SnapExcludes *x, const char *container_path, NbError *e)
 {
         _cleanup_free_ char *rel = NULL;
         int r = normalise(container_path, &rel, e);
         if (r < 0)
                 return r;
         if (rel[0] == '\0')
-                return snap_error_set(e, -EINVAL, "exclude path '%s' names the whole root", container_path);
+                return nb_error_set(e, -EINVAL, "exclude path '%s' names the whole root", container_path);
         return insert(x, rel, e);
 }
 
@@ -133,16 +132,16 @@ static const char *relative_to(const char *root, const char *path)
         return path + n + 1;
 }
 
-int snap_excludes_add_mounts(SnapExcludes *x, const char *root, const char *mountinfo, SnapError *e)
+int snap_excludes_add_mounts(SnapExcludes *x, const char *root, const char *mountinfo, NbError *e)
 {
         struct libmnt_table *tb = mnt_new_table_from_file(mountinfo ? mountinfo : "/proc/self/mountinfo");
         if (!tb)
-                return snap_error_set(e, -errno ?: -EIO, "cannot read the mount table %s",
-                                      mountinfo ? mountinfo : "/proc/self/mountinfo");
+                return nb_error_set(e, -errno ?: -EIO, "cannot read the mount table %s",
+                                    mountinfo ? mountinfo : "/proc/self/mountinfo");
         struct libmnt_iter *it = mnt_new_iter(MNT_ITER_FORWARD);
         if (!it) {
                 mnt_unref_table(tb);
-                return snap_error_set(e, -ENOMEM, "out of memory");
+                return nb_error_oom(e);
         }
         struct libmnt_fs *fs;
         int added = 0, r = 0;
@@ -154,7 +153,7 @@ int snap_excludes_add_mounts(SnapExcludes *x, const char *root, const char *moun
                 _cleanup_free_ char *norm = NULL;
                 _cleanup_free_ char *abs = NULL;
                 if (asprintf(&abs, "/%s", rel) < 0) {
-                        r = snap_error_set(e, -ENOMEM, "out of memory");
+                        r = nb_error_oom(e);
                         break;
                 }
                 r = normalise(abs, &norm, e);
@@ -170,14 +169,14 @@ int snap_excludes_add_mounts(SnapExcludes *x, const char *root, const char *moun
         return r < 0 ? r : added;
 }
 
-int snap_excludes_add_host_path(SnapExcludes *x, const char *root, const char *host_path, SnapError *e)
+int snap_excludes_add_host_path(SnapExcludes *x, const char *root, const char *host_path, NbError *e)
 {
         char resolved[PATH_MAX];
         if (!realpath(host_path, resolved)) {
                 /* not there yet: resolve its parent, keep its name */
                 _cleanup_free_ char *copy = strdup(host_path);
                 if (!copy)
-                        return snap_error_set(e, -ENOMEM, "out of memory");
+                        return nb_error_oom(e);
                 char *slash = strrchr(copy, '/');
                 if (!slash)
                         return 0;
@@ -194,7 +193,7 @@ int snap_excludes_add_host_path(SnapExcludes *x, const char *root, const char *h
                 return 0;
         _cleanup_free_ char *abs = NULL, *norm = NULL;
         if (asprintf(&abs, "/%s", rel) < 0)
-                return snap_error_set(e, -ENOMEM, "out of memory");
+                return nb_error_oom(e);
         int r = normalise(abs, &norm, e);
         if (r < 0)
                 return r;

@@ -8,7 +8,7 @@
 #include <sys/stat.h>
 #include <sys/xattr.h>
 
-#include "layer.h"
+#include "snapshot/layer.h"
 
 #define READ_BUFFER     (SNAP_BUFFERED_MAX + 1)
 #define WHITEOUT_PREFIX ".wh."
@@ -62,23 +62,23 @@ SnapLayer *snap_layer_free(SnapLayer *l)
         return NULL;
 }
 
-static int archive_fail(SnapLayer *l, SnapError *e, const char *what)
+static int archive_fail(SnapLayer *l, NbError *e, const char *what)
 {
         if (l->write_error < 0)
-                return snap_error_set(e, l->write_error, "%s: the layer could not be sent on", what);
+                return nb_error_set(e, l->write_error, "%s: the layer could not be sent on", what);
         int err = archive_errno(l->a);
-        return snap_error_set(e, err > 0 ? -err : -EIO, "%s: %s", what,
-                              archive_error_string(l->a) ?: "libarchive");
+        return nb_error_set(e, err > 0 ? -err : -EIO, "%s: %s", what,
+                            archive_error_string(l->a) ?: "libarchive");
 }
 
 int snap_layer_new(snap_layer_write_fn write, snap_layer_note_fn note, void *userdata, SnapLayer **ret,
-                   SnapError *e)
+                   NbError *e)
 {
         SnapLayer *l = calloc(1, sizeof(*l));
         if (!l || !(l->buf = malloc(READ_BUFFER)) || !(l->a = archive_write_new()) ||
             !(l->links = archive_entry_linkresolver_new())) {
                 snap_layer_free(l);
-                return snap_error_set(e, -ENOMEM, "out of memory");
+                return nb_error_oom(e);
         }
         l->write = write, l->note = note, l->userdata = userdata;
         /* pax restricted: plain ustar headers unless a field needs PAX (long names, big sizes and ids,
@@ -129,19 +129,19 @@ static int cmp_names(const void *a, const void *b)
 }
 
 /* Reads the kept xattrs of the inode behind fd (O_PATH is enough), in name order. */
-static int add_xattrs(struct archive_entry *ae, int fd, const char *path, SnapError *e)
+static int add_xattrs(struct archive_entry *ae, int fd, const char *path, NbError *e)
 {
         char proc[64];
         snprintf(proc, sizeof(proc), "/proc/self/fd/%d", fd);
         _cleanup_free_ char *list = malloc(SNAP_XATTR_LIST_MAX);
         _cleanup_free_ uint8_t *value = malloc(SNAP_XATTR_SIZE_MAX);
         if (!list || !value)
-                return snap_error_set(e, -ENOMEM, "out of memory");
+                return nb_error_oom(e);
         ssize_t n = listxattr(proc, list, SNAP_XATTR_LIST_MAX);
         if (n < 0) {
                 if (errno == ENOTSUP || errno == ENOENT)
                         return 0;
-                return snap_error_set(e, -errno, "cannot list the extended attributes of /%s: %m", path);
+                return nb_error_set(e, -errno, "cannot list the extended attributes of /%s: %m", path);
         }
         const char *names[1024];
         size_t count = 0;
@@ -154,8 +154,8 @@ static int add_xattrs(struct archive_entry *ae, int fd, const char *path, SnapEr
                 if (v < 0 && errno == ENODATA)
                         continue;
                 if (v < 0)
-                        return snap_error_set(e, -errno, "cannot read extended attribute %s of /%s: %m",
-                                              names[i], path);
+                        return nb_error_set(e, -errno, "cannot read extended attribute %s of /%s: %m",
+                                            names[i], path);
                 size_t size = (size_t)v;
                 if (strcmp(names[i], "security.capability") == 0)
                         size = capability_v2(value, size);
@@ -164,7 +164,7 @@ static int add_xattrs(struct archive_entry *ae, int fd, const char *path, SnapEr
         return 0;
 }
 
-static int open_entry(int dirfd, const char *name, const SnapEntry *en, const char *path, SnapError *e)
+static int open_entry(int dirfd, const char *name, const SnapEntry *en, const char *path, NbError *e)
 {
         int flags = S_ISREG(en->mode) ? O_RDONLY | O_NONBLOCK | O_NOATIME : O_PATH;
         int fd = openat(dirfd, name, flags | O_NOFOLLOW | O_CLOEXEC);
@@ -173,8 +173,8 @@ static int open_entry(int dirfd, const char *name, const SnapEntry *en, const ch
         if (fd < 0 && errno == ELOOP && S_ISREG(en->mode))
                 errno = ESTALE; /* became a symlink */
         if (fd < 0)
-                return snap_error_set(e, -errno,
-                                      "cannot open /%s: %m (if it changed while saving, save again)", path);
+                return nb_error_set(e, -errno,
+                                    "cannot open /%s: %m (if it changed while saving, save again)", path);
         return fd;
 }
 
@@ -197,21 +197,21 @@ static void fill_header(struct archive_entry *ae, const SnapEntry *en, const str
 }
 
 /* The target as it is now (the link may have been replaced since the walk read it). */
-static int set_symlink(struct archive_entry *ae, int fd, const char *path, SnapError *e)
+static int set_symlink(struct archive_entry *ae, int fd, const char *path, NbError *e)
 {
         char target[SNAP_LINK_MAX + 1];
         ssize_t n = readlinkat(fd, "", target, sizeof(target));
         if (n < 0)
-                return snap_error_set(e, -errno, "cannot read symlink /%s: %m", path);
+                return nb_error_set(e, -errno, "cannot read symlink /%s: %m", path);
         if ((size_t)n >= sizeof(target))
-                return snap_error_set(e, -ENAMETOOLONG, "symlink /%s: target over %u bytes", path,
-                                      SNAP_LINK_MAX);
+                return nb_error_set(e, -ENAMETOOLONG, "symlink /%s: target over %u bytes", path,
+                                    SNAP_LINK_MAX);
         target[n] = '\0';
         archive_entry_copy_symlink(ae, target);
         return 0;
 }
 
-static int write_zeros(SnapLayer *l, uint64_t n, const char *path, SnapError *e)
+static int write_zeros(SnapLayer *l, uint64_t n, const char *path, NbError *e)
 {
         static const uint8_t zeros[64 * 1024];
         while (n > 0) {
@@ -223,7 +223,7 @@ static int write_zeros(SnapLayer *l, uint64_t n, const char *path, SnapError *e)
         return 0;
 }
 
-static int read_data(SnapLayer *l, int fd, uint64_t off, uint64_t n, const char *path, SnapError *e)
+static int read_data(SnapLayer *l, int fd, uint64_t off, uint64_t n, const char *path, NbError *e)
 {
         while (n > 0) {
                 size_t want = n < READ_BUFFER ? (size_t)n : READ_BUFFER;
@@ -231,13 +231,12 @@ static int read_data(SnapLayer *l, int fd, uint64_t off, uint64_t n, const char 
                 if (k < 0 && errno == EINTR)
                         continue;
                 if (k < 0)
-                        return snap_error_set(e, -errno, "cannot read /%s: %m", path);
+                        return nb_error_set(e, -errno, "cannot read /%s: %m", path);
                 if (k == 0)
-                        return snap_error_set(
-                                e, -ESTALE,
-                                "/%s shrank while it was being saved; save again when it is not "
-                                "being written",
-                                path);
+                        return nb_error_set(e, -ESTALE,
+                                            "/%s shrank while it was being saved; save again when it is not "
+                                            "being written",
+                                            path);
                 if (archive_write_data(l->a, l->buf, (size_t)k) != k || l->write_error < 0)
                         return archive_fail(l, e, path);
                 off += (uint64_t)k, n -= (uint64_t)k;
@@ -249,16 +248,16 @@ static int read_data(SnapLayer *l, int fd, uint64_t off, uint64_t n, const char 
 /* Copies exactly `size` bytes of content: never a padded or cut file (one that shrank fails). Holes of
  * sparse files are written as zeros without reading them (OCI: no GNU.sparse entries), up to SNAP_HOLES_MAX.
  */
-static int copy_data(SnapLayer *l, int fd, uint64_t size, uint64_t allocated, const char *path, SnapError *e)
+static int copy_data(SnapLayer *l, int fd, uint64_t size, uint64_t allocated, const char *path, NbError *e)
 {
         if (allocated >= size) /* not sparse: one sequential read */
                 return read_data(l, fd, 0, size, path, e);
         if (size - allocated > SNAP_HOLES_MAX)
-                return snap_error_set(e, -EFBIG,
-                                      "/%s is a sparse file with %" PRIu64
-                                      " GiB of holes; images store holes as "
-                                      "data and at most %llu GiB are allowed: --exclude it or shrink it",
-                                      path, (size - allocated) >> 30, SNAP_HOLES_MAX >> 30);
+                return nb_error_set(e, -EFBIG,
+                                    "/%s is a sparse file with %" PRIu64
+                                    " GiB of holes; images store holes as "
+                                    "data and at most %llu GiB are allowed: --exclude it or shrink it",
+                                    path, (size - allocated) >> 30, SNAP_HOLES_MAX >> 30);
         uint64_t off = 0;
         while (off < size) {
                 off_t data = lseek(fd, (off_t)off, SEEK_DATA);
@@ -280,7 +279,7 @@ static int copy_data(SnapLayer *l, int fd, uint64_t size, uint64_t allocated, co
         return 0;
 }
 
-static int write_entry(SnapLayer *l, struct archive_entry *ae, const char *path, SnapError *e)
+static int write_entry(SnapLayer *l, struct archive_entry *ae, const char *path, NbError *e)
 {
         int r = archive_write_header(l->a, ae);
         /* ARCHIVE_WARN: a name that is not UTF-8, whose bytes libarchive keeps (hdrcharset=BINARY) */
@@ -299,9 +298,9 @@ static bool same_content_stat(const struct stat *a, const struct stat *b)
                a->st_mtim.tv_nsec == b->st_mtim.tv_nsec;
 }
 
-static int changed_error(const char *path, const struct stat *before, const struct stat *after, SnapError *e)
+static int changed_error(const char *path, const struct stat *before, const struct stat *after, NbError *e)
 {
-        return snap_error_set(
+        return nb_error_set(
                 e, -EBUSY,
                 "/%s kept changing while it was being saved (%" PRIu64 " bytes, then %" PRIu64
                 "; mtime %lld.%09ld, then %lld.%09ld); stop the program writing it (or --exclude it) "
@@ -313,7 +312,7 @@ static int changed_error(const char *path, const struct stat *before, const stru
 /* A small file is read whole into memory, with the stat taken before and after: when the notebook writes it
  * meanwhile, it is read again (up to SNAP_READ_RETRIES times), so the header always matches a state the file
  * really had. *st is updated to the state read. */
-static int read_small(SnapLayer *l, int fd, struct stat *st, const char *path, SnapError *e)
+static int read_small(SnapLayer *l, int fd, struct stat *st, const char *path, NbError *e)
 {
         for (unsigned attempt = 0; attempt <= SNAP_READ_RETRIES; attempt++) {
                 size_t got = 0, want = (size_t)st->st_size + 1; /* one more byte tells growth */
@@ -322,14 +321,14 @@ static int read_small(SnapLayer *l, int fd, struct stat *st, const char *path, S
                         if (k < 0 && errno == EINTR)
                                 continue;
                         if (k < 0)
-                                return snap_error_set(e, -errno, "cannot read /%s: %m", path);
+                                return nb_error_set(e, -errno, "cannot read /%s: %m", path);
                         if (k == 0)
                                 break;
                         got += (size_t)k;
                 }
                 struct stat after;
                 if (fstat(fd, &after) < 0)
-                        return snap_error_set(e, -errno, "cannot stat /%s: %m", path);
+                        return nb_error_set(e, -errno, "cannot stat /%s: %m", path);
                 if (got == (size_t)st->st_size && same_content_stat(st, &after))
                         return 0;
                 if ((uint64_t)after.st_size > SNAP_BUFFERED_MAX) /* grew past what is buffered */
@@ -342,7 +341,7 @@ static int read_small(SnapLayer *l, int fd, struct stat *st, const char *path, S
 }
 
 static int write_regular(SnapLayer *l, struct archive_entry *ae, int fd, struct stat *st, const char *path,
-                         SnapError *e)
+                         NbError *e)
 {
         int r;
         if ((uint64_t)st->st_size <= SNAP_BUFFERED_MAX) {
@@ -367,13 +366,13 @@ static int write_regular(SnapLayer *l, struct archive_entry *ae, int fd, struct 
                 r = copy_data(l, fd, (uint64_t)st->st_size, (uint64_t)st->st_blocks * 512, path, e);
         struct stat after;
         if (r >= 0 && fstat(fd, &after) < 0)
-                r = snap_error_set(e, -errno, "cannot stat /%s: %m", path);
+                r = nb_error_set(e, -errno, "cannot stat /%s: %m", path);
         if (r >= 0 && !same_content_stat(st, &after))
                 r = changed_error(path, st, &after, e);
         return r;
 }
 
-int snap_layer_add(SnapLayer *l, const SnapEntry *en, int dirfd, const char *name, SnapError *e)
+int snap_layer_add(SnapLayer *l, const SnapEntry *en, int dirfd, const char *name, NbError *e)
 {
         if (S_ISSOCK(en->mode)) {
                 l->stats.skipped++;
@@ -383,11 +382,10 @@ int snap_layer_add(SnapLayer *l, const SnapEntry *en, int dirfd, const char *nam
                 return 0;
         }
         if (strncmp(name, WHITEOUT_PREFIX, strlen(WHITEOUT_PREFIX)) == 0)
-                return snap_error_set(
-                        e, -EINVAL,
-                        "/%s: a name starting with \".wh.\" cannot be saved: container runtimes "
-                        "read it as a deletion marker; rename it, delete it or --exclude it",
-                        en->path);
+                return nb_error_set(e, -EINVAL,
+                                    "/%s: a name starting with \".wh.\" cannot be saved: container runtimes "
+                                    "read it as a deletion marker; rename it, delete it or --exclude it",
+                                    en->path);
         _cleanup_close_ int fd = open_entry(dirfd, name, en, en->path, e);
         if (fd == -ENOENT) {
                 l->stats.skipped++;
@@ -399,17 +397,17 @@ int snap_layer_add(SnapLayer *l, const SnapEntry *en, int dirfd, const char *nam
                 return fd;
         struct stat st;
         if (fstat(fd, &st) < 0)
-                return snap_error_set(e, -errno, "cannot stat /%s: %m", en->path);
+                return nb_error_set(e, -errno, "cannot stat /%s: %m", en->path);
         /* Replaced since the walk by an entry of the same type (an atomic rename by an editor or pip): the
          * new one is saved, with its own stat. Another type cannot stand where the walk saw this one. */
         if ((st.st_mode ^ en->mode) & S_IFMT)
-                return snap_error_set(
+                return nb_error_set(
                         e, -ESTALE,
                         "/%s turned into another kind of file while it was being saved; save again",
                         en->path);
         _cleanup_entry_ struct archive_entry *ae = archive_entry_new();
         if (!ae)
-                return snap_error_set(e, -ENOMEM, "out of memory");
+                return nb_error_oom(e);
         fill_header(ae, en, &st);
         int r = S_ISLNK(st.st_mode) ? set_symlink(ae, fd, en->path, e) : 0;
         if (r >= 0)
@@ -430,14 +428,14 @@ int snap_layer_add(SnapLayer *l, const SnapEntry *en, int dirfd, const char *nam
         return r < 0 ? r : 1;
 }
 
-static int write_marker(SnapLayer *l, const char *dir, size_t dir_len, const char *name, SnapError *e)
+static int write_marker(SnapLayer *l, const char *dir, size_t dir_len, const char *name, NbError *e)
 {
         _cleanup_free_ char *p = NULL;
         if (asprintf(&p, "%.*s%s%s", (int)dir_len, dir, dir_len ? "/" : "", name) < 0)
-                return snap_error_set(e, -ENOMEM, "out of memory");
+                return nb_error_oom(e);
         _cleanup_entry_ struct archive_entry *ae = archive_entry_new();
         if (!ae)
-                return snap_error_set(e, -ENOMEM, "out of memory");
+                return nb_error_oom(e);
         archive_entry_copy_pathname(ae, p);
         archive_entry_set_mode(ae, S_IFREG | 0644);
         archive_entry_set_size(ae, 0);
@@ -448,22 +446,22 @@ static int write_marker(SnapLayer *l, const char *dir, size_t dir_len, const cha
         return r;
 }
 
-int snap_layer_whiteout(SnapLayer *l, const char *path, SnapError *e)
+int snap_layer_whiteout(SnapLayer *l, const char *path, NbError *e)
 {
         const char *base = snap_path_basename(path);
         _cleanup_free_ char *name = NULL;
         if (asprintf(&name, WHITEOUT_PREFIX "%s", base) < 0)
-                return snap_error_set(e, -ENOMEM, "out of memory");
+                return nb_error_oom(e);
         size_t dir_len = base > path ? (size_t)(base - path - 1) : 0;
         return write_marker(l, path, dir_len, name, e);
 }
 
-int snap_layer_opaque(SnapLayer *l, const char *dir, SnapError *e)
+int snap_layer_opaque(SnapLayer *l, const char *dir, NbError *e)
 {
         return write_marker(l, dir, strlen(dir), OPAQUE_NAME, e);
 }
 
-int snap_layer_finish(SnapLayer *l, SnapError *e)
+int snap_layer_finish(SnapLayer *l, NbError *e)
 {
         if (archive_write_close(l->a) != ARCHIVE_OK || l->write_error < 0)
                 return archive_fail(l, e, "cannot finish the layer");

@@ -12,8 +12,8 @@
 
 #include <stdint.h>
 
-#include "entry.h"
-#include "snap-util.h"
+#include "snapshot/entry.h"
+#include "snapshot/snapshot.h"
 
 #define SNAP_XATTR_SIZE_MAX (64u * 1024)  /* one value; the kernel's own limit */
 #define SNAP_XATTR_LIST_MAX (64u * 1024)  /* the name list of one entry */
@@ -21,31 +21,10 @@
 #define SNAP_BUFFERED_MAX   (1u << 20)    /* files up to this size are read whole, then written */
 #define SNAP_READ_RETRIES   3             /* re-reads of a small file the notebook writes meanwhile */
 
-typedef int (*snap_layer_write_fn)(void *userdata, const void *data, size_t size);
-/* A note for the person saving: an entry left out and why. */
-typedef void (*snap_layer_note_fn)(void *userdata, const char *path, const char *note);
-
-typedef struct SnapLayerStats {
-        uint64_t entries;    /* tar entries, whiteouts included */
-        uint64_t whiteouts;  /* .wh. entries, opaque markers included */
-        uint64_t skipped;    /* sockets and the like */
-        uint64_t data_bytes; /* file content read */
-} SnapLayerStats;
-
-typedef struct SnapLayer SnapLayer;
-
-int snap_layer_new(snap_layer_write_fn write, snap_layer_note_fn note, void *userdata, SnapLayer **ret,
-                   SnapError *e);
-SnapLayer *snap_layer_free(SnapLayer *l);
-
 /* Adds a live entry: its name `name` in directory dirfd is opened for content and xattrs (without following
  * symlinks) and checked against the walk's stat. Returns 1 when written, 0 when skipped. */
-int snap_layer_add(SnapLayer *l, const SnapEntry *entry, int dirfd, const char *name, SnapError *e);
+int snap_layer_add(SnapLayer *l, const SnapEntry *entry, int dirfd, const char *name, NbError *e);
 /* `.wh.<basename>` in the parent of path. */
-int snap_layer_whiteout(SnapLayer *l, const char *path, SnapError *e);
+int snap_layer_whiteout(SnapLayer *l, const char *path, NbError *e);
 /* `<dir>/.wh..wh..opq`. */
-int snap_layer_opaque(SnapLayer *l, const char *dir, SnapError *e);
-/* Writes the end-of-archive blocks. */
-int snap_layer_finish(SnapLayer *l, SnapError *e);
-
-const SnapLayerStats *snap_layer_stats(const SnapLayer *l);
+int snap_layer_opaque(SnapLayer *l, const char *dir, NbError *e);

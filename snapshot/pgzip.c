@@ -16,6 +16,7 @@
  * isal_zstream, change the rate but do not remove it. The tar and its digest (the diff_id) never vary;
  * callers must not rely on the gzip bytes being reproducible. One mutex guards all queues: with 1 MiB
  * blocks it is taken a few thousand times a second at most. */
+#include <stdarg.h>
 #include <assert.h>
 #include <inttypes.h>
 #include <pthread.h>
@@ -32,7 +33,9 @@
 #include <isa-l/igzip_lib.h>
 #endif
 
-#include "pgzip.h"
+#include "common/digest.h"
+#include "common/sysinfo.h"
+#include "snapshot/pgzip.h"
 
 #define PGZIP_LEVEL_DEFAULT 1
 #define GZIP_HEADER_SIZE    10
@@ -113,7 +116,7 @@ struct PGzip {
         bool stopping;
         bool writer_done;
         bool hasher_done;
-        SnapError error; /* the first failure; error.code == 0 while healthy */
+        NbError error; /* the first failure; error.code == 0 while healthy */
 
         Worker *workers;
         unsigned n_workers_started;
@@ -159,10 +162,10 @@ static bool halted_locked(PGzip *z)
         return z->stopping || z->error.code != 0;
 }
 
-static int error_copy(PGzip *z, SnapError *e)
+static int error_copy(PGzip *z, NbError *e)
 {
         if (z->error.code == 0) /* stopped by pgzip_free() rather than failed */
-                return snap_error_set(e, -ECANCELED, "The gzip stream was abandoned");
+                return nb_error_set(e, -ECANCELED, "The gzip stream was abandoned");
         if (e)
                 *e = z->error;
         return z->error.code;
@@ -392,8 +395,7 @@ static void *worker_main(void *p)
 
                 pthread_mutex_lock(&z->lock);
                 if (r < 0) {
-                        fail_locked(z, r,
-                                    "Failed to compress block %" PRIu64 " with %s: %s (engine code %d)",
+                        fail_locked(z, r, "cannot compress block %" PRIu64 " with %s: %s (engine code %d)",
                                     b->seq, pgzip_engine(), strerror(-r), engine_error);
                         break;
                 }
@@ -429,7 +431,7 @@ static void *hasher_main(void *p)
                 bool last = b->last;
                 block_unref_locked(z, b);
                 if (!ok) {
-                        fail_locked(z, -EIO, "Failed to hash the uncompressed stream with SHA-256");
+                        fail_locked(z, -EIO, "cannot hash the uncompressed stream with SHA-256");
                         break;
                 }
                 if (last) {
@@ -453,30 +455,30 @@ static void put_le32(uint8_t *p, uint32_t v)
 }
 
 /* Writes the bytes out and into the blob digest. Returns 0 or the callback's error. */
-static int emit(PGzip *z, const void *data, size_t size, SnapError *e)
+static int emit(PGzip *z, const void *data, size_t size, NbError *e)
 {
         if (size == 0)
                 return 0;
         if (!EVP_DigestUpdate(z->sha_out, data, size))
-                return snap_error_set(e, -EIO, "Failed to hash the compressed stream with SHA-256");
+                return nb_error_set(e, -EIO, "cannot hash the compressed stream with SHA-256");
         int r = z->output(z->userdata, data, size);
         if (r != 0)
-                return snap_error_set(e, r, "Failed to write compressed output at offset %" PRIu64 ": %s",
-                                      z->size_out, strerror(r < 0 ? -r : r));
+                return nb_error_set(e, r, "cannot write compressed output at offset %" PRIu64 ": %s",
+                                    z->size_out, strerror(r < 0 ? -r : r));
         z->size_out += size;
         return 0;
 }
 
 /* The fixed header, as Go's compress/gzip writes it: no name, mtime 0, XFL by level, OS unknown (255), so
  * the bytes do not depend on the machine that made them. */
-static int emit_header(PGzip *z, SnapError *e)
+static int emit_header(PGzip *z, NbError *e)
 {
         uint8_t h[GZIP_HEADER_SIZE] = {0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 255};
         h[8] = z->level == 1 ? 4 : z->level == 9 ? 2 : 0;
         return emit(z, h, sizeof(h), e);
 }
 
-static int write_block(PGzip *z, Block *b, SnapError *e)
+static int write_block(PGzip *z, Block *b, NbError *e)
 {
         int r;
 
@@ -514,7 +516,7 @@ static void *writer_main(void *p)
                 z->ready[slot] = NULL;
                 pthread_mutex_unlock(&z->lock);
 
-                SnapError e;
+                NbError e;
                 int r = write_block(z, b, &e);
 
                 pthread_mutex_lock(&z->lock);
@@ -537,18 +539,18 @@ static void *writer_main(void *p)
 
 /* ---- setup and teardown ---- */
 
-static int options_check(const PGzipOptions *o, SnapError *e)
+static int options_check(const PGzipOptions *o, NbError *e)
 {
         if (!o || !o->output)
-                return snap_error_set(e, -EINVAL, "No output callback given for the gzip stream");
+                return nb_error_set(e, -EINVAL, "No output callback given for the gzip stream");
         if (o->level < -1 || o->level > 9)
-                return snap_error_set(e, -EINVAL, "Invalid gzip level %d, expected 0..9 or -1", o->level);
+                return nb_error_set(e, -EINVAL, "Invalid gzip level %d, expected 0..9 or -1", o->level);
         if (o->threads > PGZIP_THREADS_MAX)
-                return snap_error_set(e, -EINVAL, "Too many compression threads: %u > %u", o->threads,
-                                      PGZIP_THREADS_MAX);
+                return nb_error_set(e, -EINVAL, "Too many compression threads: %u > %u", o->threads,
+                                    PGZIP_THREADS_MAX);
         if (o->block_size != 0 && (o->block_size < PGZIP_BLOCK_MIN || o->block_size > PGZIP_BLOCK_MAX))
-                return snap_error_set(e, -EINVAL, "Invalid gzip block size %zu, expected %u..%u",
-                                      o->block_size, PGZIP_BLOCK_MIN, PGZIP_BLOCK_MAX);
+                return nb_error_set(e, -EINVAL, "Invalid gzip block size %zu, expected %u..%u",
+                                    o->block_size, PGZIP_BLOCK_MIN, PGZIP_BLOCK_MAX);
         return 0;
 }
 
@@ -596,7 +598,7 @@ static int sync_init(PGzip *z)
 }
 
 /* Threads start with every signal blocked: signals belong to the caller's threads. */
-static int threads_start(PGzip *z, SnapError *e)
+static int threads_start(PGzip *z, NbError *e)
 {
         sigset_t all, saved;
         int r = 0;
@@ -619,7 +621,7 @@ static int threads_start(PGzip *z, SnapError *e)
         }
         pthread_sigmask(SIG_SETMASK, &saved, NULL);
         if (r < 0)
-                return snap_error_set(e, r, "Failed to start gzip threads: %s", strerror(-r));
+                return nb_error_set(e, r, "cannot start gzip threads: %s", strerror(-r));
         return 0;
 }
 
@@ -633,7 +635,7 @@ static int pgzip_alloc(const PGzipOptions *o, PGzip **ret)
         z->userdata = o->userdata;
         z->level = o->level < 0 ? PGZIP_LEVEL_DEFAULT : o->level;
         z->block_size = o->block_size ? o->block_size : PGZIP_BLOCK_DEFAULT;
-        z->n_workers = o->threads ? o->threads : snap_cpus(PGZIP_THREADS_MAX);
+        z->n_workers = o->threads ? o->threads : nb_cpus(PGZIP_THREADS_MAX);
         z->n_blocks = 2 * (size_t)z->n_workers + 4;
 
         z->all = calloc(z->n_blocks, sizeof(Block *));
@@ -652,7 +654,7 @@ static int pgzip_alloc(const PGzipOptions *o, PGzip **ret)
         return sync_init(z);
 }
 
-int pgzip_new(const PGzipOptions *o, PGzip **ret, SnapError *e)
+int pgzip_new(const PGzipOptions *o, PGzip **ret, NbError *e)
 {
         _cleanup_(pgzip_freep) PGzip *z = NULL;
         int r;
@@ -663,7 +665,7 @@ int pgzip_new(const PGzipOptions *o, PGzip **ret, SnapError *e)
                 return r;
         r = pgzip_alloc(o, &z);
         if (r < 0)
-                return snap_error_set(e, r, "Failed to set up the gzip compressor: %s", strerror(-r));
+                return nb_error_set(e, r, "cannot set up the gzip compressor: %s", strerror(-r));
         r = threads_start(z, e);
         if (r < 0)
                 return r;
@@ -711,7 +713,7 @@ PGzip *pgzip_free(PGzip *z)
 /* ---- producer ---- */
 
 /* Takes a block from the pool, allocating one while the pool is below its size; waits while all are busy. */
-static int block_get(PGzip *z, Block **ret, SnapError *e)
+static int block_get(PGzip *z, Block **ret, NbError *e)
 {
         Block *b = NULL;
 
@@ -730,7 +732,7 @@ static int block_get(PGzip *z, Block **ret, SnapError *e)
                 b = block_new(z->block_size);
                 if (!b) {
                         pthread_mutex_lock(&z->lock);
-                        fail_locked(z, -ENOMEM, "Failed to allocate a %zu byte gzip block", z->block_size);
+                        fail_locked(z, -ENOMEM, "cannot allocate a %zu byte gzip block", z->block_size);
                         pthread_mutex_unlock(&z->lock);
                 } else
                         z->all[z->n_allocated++] = b;
@@ -744,7 +746,7 @@ static int block_get(PGzip *z, Block **ret, SnapError *e)
         return 0;
 }
 
-static int block_submit(PGzip *z, Block *b, bool last, SnapError *e)
+static int block_submit(PGzip *z, Block *b, bool last, NbError *e)
 {
         pthread_mutex_lock(&z->lock);
         if (halted_locked(z)) {
@@ -771,7 +773,7 @@ static int block_submit(PGzip *z, Block *b, bool last, SnapError *e)
 }
 
 /* After pgzip_finish(): its failure again, if it failed. */
-static int finished_error(PGzip *z, SnapError *e)
+static int finished_error(PGzip *z, NbError *e)
 {
         int r;
 
@@ -779,14 +781,14 @@ static int finished_error(PGzip *z, SnapError *e)
         if (z->error.code != 0)
                 r = error_copy(z, e);
         else
-                r = snap_error_set(e, -EINVAL, "The gzip stream is already finished");
+                r = nb_error_set(e, -EINVAL, "The gzip stream is already finished");
         pthread_mutex_unlock(&z->lock);
         return r;
 }
 
 /* A full block is queued only when more input arrives, so that the last block, compressed with BFINAL, is
  * never an empty one after a full one: block boundaries depend on input offsets only. */
-int pgzip_write(PGzip *z, const void *data, size_t size, SnapError *e)
+int pgzip_write(PGzip *z, const void *data, size_t size, NbError *e)
 {
         const uint8_t *p = data;
         int r;
@@ -817,7 +819,7 @@ int pgzip_write(PGzip *z, const void *data, size_t size, SnapError *e)
         return 0;
 }
 
-int pgzip_finish(PGzip *z, PGzipResult *ret, SnapError *e)
+int pgzip_finish(PGzip *z, PGzipResult *ret, NbError *e)
 {
         int r;
 
@@ -844,8 +846,8 @@ int pgzip_finish(PGzip *z, PGzipResult *ret, SnapError *e)
 
         /* Both threads are done with their digests: the lock above ordered their last updates before us. */
         PGzipResult result = {.size_in = z->size_in, .size_out = z->size_out};
-        snap_digest_final(z->sha_in, result.diff_id);
-        snap_digest_final(z->sha_out, result.digest);
+        nb_digest_ctx_final(z->sha_in, result.diff_id);
+        nb_digest_ctx_final(z->sha_out, result.digest);
         if (ret)
                 *ret = result;
         return 0;

@@ -16,7 +16,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "snap-util.h"
+#include "common/digest.h"
+#include "common/error.h"
 
 #define PGZIP_BLOCK_DEFAULT (1024u * 1024)
 #define PGZIP_BLOCK_MIN     (32u * 1024)
@@ -34,19 +35,19 @@ typedef struct PGzipOptions {
 } PGzipOptions;
 
 typedef struct PGzipResult {
-        char diff_id[72];  /* "sha256:<hex>" of the uncompressed stream */
-        char digest[72];   /* "sha256:<hex>" of the compressed stream */
-        uint64_t size_in;  /* bytes of uncompressed input */
-        uint64_t size_out; /* bytes of compressed output */
+        char diff_id[NB_DIGEST_STR_MAX]; /* "sha256:<hex>" of the uncompressed stream */
+        char digest[NB_DIGEST_STR_MAX];  /* "sha256:<hex>" of the compressed stream */
+        uint64_t size_in;                /* bytes of uncompressed input */
+        uint64_t size_out;               /* bytes of compressed output */
 } PGzipResult;
 
 typedef struct PGzip PGzip;
 
-int pgzip_new(const PGzipOptions *o, PGzip **ret, SnapError *e);
+int pgzip_new(const PGzipOptions *o, PGzip **ret, NbError *e);
 /* Feeds input. Copies data; may block while the queues are full. */
-int pgzip_write(PGzip *z, const void *data, size_t size, SnapError *e);
+int pgzip_write(PGzip *z, const void *data, size_t size, NbError *e);
 /* Flushes, writes the gzip trailer, waits for the output callback to have seen every byte. */
-int pgzip_finish(PGzip *z, PGzipResult *ret, SnapError *e);
+int pgzip_finish(PGzip *z, PGzipResult *ret, NbError *e);
 /* Stops the threads (an unfinished stream is abandoned) and frees; NULL is fine. */
 PGzip *pgzip_free(PGzip *z);
 static inline void pgzip_freep(PGzip **z)

@@ -22,6 +22,7 @@
  * Memory is bounded: PZSTD_IN_BUFS input and PZSTD_OUT_BUFS output buffers of PZSTD_BUF_SIZE, allocated on
  * first use, plus libzstd's per-worker state. One mutex guards both queues and both pools; it is taken a
  * few thousand times a second at most. */
+#include <stdarg.h>
 #include <assert.h>
 #include <inttypes.h>
 #include <pthread.h>
@@ -33,7 +34,9 @@
 #include <openssl/evp.h>
 #include <zstd.h>
 
-#include "pzstd.h"
+#include "common/digest.h"
+#include "common/sysinfo.h"
+#include "snapshot/pzstd.h"
 
 #define PZSTD_BUF_SIZE (1024u * 1024)
 #define PZSTD_IN_BUFS  4 /* one being filled, two queued, one in the driver */
@@ -82,7 +85,7 @@ struct PZstd {
 
         bool stopping;
         bool writer_done;
-        SnapError error; /* the first failure; error.code == 0 while healthy */
+        NbError error; /* the first failure; error.code == 0 while healthy */
 
         pthread_t driver, writer;
         bool driver_started, writer_started;
@@ -127,16 +130,16 @@ _printf_(3, 4) static int fail(PZstd *z, int code, const char *fmt, ...)
         return code;
 }
 
-static int error_copy_locked(PZstd *z, SnapError *e)
+static int error_copy_locked(PZstd *z, NbError *e)
 {
         if (z->error.code == 0) /* stopped by pzstd_free() rather than failed */
-                return snap_error_set(e, -ECANCELED, "The zstd stream was abandoned");
+                return nb_error_set(e, -ECANCELED, "The zstd stream was abandoned");
         if (e)
                 *e = z->error;
         return z->error.code;
 }
 
-static int error_copy(PZstd *z, SnapError *e)
+static int error_copy(PZstd *z, NbError *e)
 {
         pthread_mutex_lock(&z->lock);
         int r = error_copy_locked(z, e);
@@ -164,7 +167,7 @@ static int buf_get(PZstd *z, Pool *p, Buf **ret)
         if (need_new) {
                 b = malloc(sizeof(Buf) + PZSTD_BUF_SIZE);
                 if (!b)
-                        return fail(z, -ENOMEM, "Failed to allocate a %u byte zstd buffer", PZSTD_BUF_SIZE);
+                        return fail(z, -ENOMEM, "cannot allocate a %u byte zstd buffer", PZSTD_BUF_SIZE);
                 pthread_mutex_lock(&z->lock);
                 p->n_allocated++;
                 b->all_next = z->all;
@@ -233,7 +236,7 @@ static int queue_pop(PZstd *z, Queue *q, Buf **ret)
 static int compress_buf(PZstd *z, const Buf *in)
 {
         if (in->len > 0 && !EVP_DigestUpdate(z->sha_in, in->data, in->len))
-                return fail(z, -EIO, "Failed to hash the uncompressed stream with SHA-256");
+                return fail(z, -EIO, "cannot hash the uncompressed stream with SHA-256");
         ZSTD_inBuffer ib = {in->data, in->len, 0};
         ZSTD_EndDirective mode = in->last ? ZSTD_e_end : ZSTD_e_continue;
         for (;;) {
@@ -283,10 +286,10 @@ static int emit(PZstd *z, const Buf *b)
         if (b->len == 0)
                 return 0;
         if (!EVP_DigestUpdate(z->sha_out, b->data, b->len))
-                return fail(z, -EIO, "Failed to hash the compressed stream with SHA-256");
+                return fail(z, -EIO, "cannot hash the compressed stream with SHA-256");
         int r = z->output(z->userdata, b->data, b->len);
         if (r != 0)
-                return fail(z, r, "Failed to write compressed output at offset %" PRIu64 ": %s", z->size_out,
+                return fail(z, r, "cannot write compressed output at offset %" PRIu64 ": %s", z->size_out,
                             strerror(r < 0 ? -r : r));
         z->size_out += b->len;
         return 0;
@@ -316,39 +319,38 @@ static void *writer_main(void *arg)
 
 /* ---- setup and teardown ---- */
 
-static int options_check(const PZstdOptions *o, SnapError *e)
+static int options_check(const PZstdOptions *o, NbError *e)
 {
         if (!o || !o->output)
-                return snap_error_set(e, -EINVAL, "No output callback given for the zstd stream");
+                return nb_error_set(e, -EINVAL, "No output callback given for the zstd stream");
         if (o->level != 0 && o->level != -1 && (o->level < PZSTD_LEVEL_MIN || o->level > PZSTD_LEVEL_MAX))
-                return snap_error_set(e, -EINVAL, "Invalid zstd level %d, expected %d..%d (0 or -1: %d)",
-                                      o->level, PZSTD_LEVEL_MIN, PZSTD_LEVEL_MAX, PZSTD_LEVEL_DEFAULT);
+                return nb_error_set(e, -EINVAL, "Invalid zstd level %d, expected %d..%d (0 or -1: %d)",
+                                    o->level, PZSTD_LEVEL_MIN, PZSTD_LEVEL_MAX, PZSTD_LEVEL_DEFAULT);
         if (o->threads > PZSTD_THREADS_MAX)
-                return snap_error_set(e, -EINVAL, "Too many compression threads: %u > %u", o->threads,
-                                      PZSTD_THREADS_MAX);
+                return nb_error_set(e, -EINVAL, "Too many compression threads: %u > %u", o->threads,
+                                    PZSTD_THREADS_MAX);
         return 0;
 }
 
-static int cctx_setup(PZstd *z, const PZstdOptions *o, SnapError *e)
+static int cctx_setup(PZstd *z, const PZstdOptions *o, NbError *e)
 {
         int level = o->level <= 0 ? PZSTD_LEVEL_DEFAULT : o->level;
         unsigned workers =
-                o->threads ? o->threads : snap_cpus(PZSTD_THREADS_MAX); /* >= 1: see the top comment */
+                o->threads ? o->threads : nb_cpus(PZSTD_THREADS_MAX); /* >= 1: see the top comment */
         z->cctx = ZSTD_createCCtx();
         if (!z->cctx)
-                return snap_error_set(e, -ENOMEM, "Failed to set up the zstd compressor: out of memory");
+                return nb_error_set(e, -ENOMEM, "cannot set up the zstd compressor: out of memory");
         size_t r = ZSTD_CCtx_setParameter(z->cctx, ZSTD_c_compressionLevel, level);
         if (!ZSTD_isError(r))
                 r = ZSTD_CCtx_setParameter(z->cctx, ZSTD_c_checksumFlag, 1); /* what the zstd CLI writes */
         if (ZSTD_isError(r))
-                return snap_error_set(e, -EINVAL, "Failed to set zstd level %d: %s", level,
-                                      ZSTD_getErrorName(r));
+                return nb_error_set(e, -EINVAL, "cannot set zstd level %d: %s", level, ZSTD_getErrorName(r));
         r = ZSTD_CCtx_setParameter(z->cctx, ZSTD_c_nbWorkers, (int)workers);
         if (ZSTD_isError(r))
-                return snap_error_set(e, -EOPNOTSUPP,
-                                      "libzstd %s cannot compress with %u worker threads (built without "
-                                      "multithreading?): %s",
-                                      ZSTD_versionString(), workers, ZSTD_getErrorName(r));
+                return nb_error_set(e, -EOPNOTSUPP,
+                                    "libzstd %s cannot compress with %u worker threads (built without "
+                                    "multithreading?): %s",
+                                    ZSTD_versionString(), workers, ZSTD_getErrorName(r));
         return 0;
 }
 
@@ -382,7 +384,7 @@ static int pzstd_alloc(const PZstdOptions *o, PZstd **ret)
 
 /* Threads start with every signal blocked: signals belong to the caller's threads. libzstd starts its
  * workers from the driver thread, so they inherit the same mask. */
-static int threads_start(PZstd *z, SnapError *e)
+static int threads_start(PZstd *z, NbError *e)
 {
         sigset_t all, saved;
         sigfillset(&all);
@@ -395,11 +397,11 @@ static int threads_start(PZstd *z, SnapError *e)
         }
         pthread_sigmask(SIG_SETMASK, &saved, NULL);
         if (r < 0)
-                return snap_error_set(e, r, "Failed to start zstd threads: %s", strerror(-r));
+                return nb_error_set(e, r, "cannot start zstd threads: %s", strerror(-r));
         return 0;
 }
 
-int pzstd_new(const PZstdOptions *o, PZstd **ret, SnapError *e)
+int pzstd_new(const PZstdOptions *o, PZstd **ret, NbError *e)
 {
         _cleanup_pzstd_ PZstd *z = NULL;
         assert(ret);
@@ -408,7 +410,7 @@ int pzstd_new(const PZstdOptions *o, PZstd **ret, SnapError *e)
                 return r;
         r = pzstd_alloc(o, &z);
         if (r < 0)
-                return snap_error_set(e, r, "Failed to set up the zstd compressor: %s", strerror(-r));
+                return nb_error_set(e, r, "cannot set up the zstd compressor: %s", strerror(-r));
         r = cctx_setup(z, o, e);
         if (r < 0)
                 return r;
@@ -455,31 +457,31 @@ PZstd *pzstd_free(PZstd *z)
 
 /* ---- producer ---- */
 
-static int current_get(PZstd *z, SnapError *e)
+static int current_get(PZstd *z, NbError *e)
 {
         if (z->current)
                 return 0;
         return buf_get(z, &z->in_pool, &z->current) < 0 ? error_copy(z, e) : 0;
 }
 
-static int current_submit(PZstd *z, bool last, SnapError *e)
+static int current_submit(PZstd *z, bool last, NbError *e)
 {
         z->current->last = last;
         return queue_push(z, &z->in_q, TAKE_PTR(z->current)) < 0 ? error_copy(z, e) : 0;
 }
 
-static int finished_error(PZstd *z, SnapError *e)
+static int finished_error(PZstd *z, NbError *e)
 {
         pthread_mutex_lock(&z->lock);
         int r = z->error.code != 0 ? error_copy_locked(z, e)
-                                   : snap_error_set(e, -EINVAL, "The zstd stream is already finished");
+                                   : nb_error_set(e, -EINVAL, "The zstd stream is already finished");
         pthread_mutex_unlock(&z->lock);
         return r;
 }
 
 /* A full buffer is queued only when more input arrives, so the last one (ZSTD_e_end) is never empty after
  * a full one: the calls into libzstd depend on the input alone. */
-int pzstd_write(PZstd *z, const void *data, size_t size, SnapError *e)
+int pzstd_write(PZstd *z, const void *data, size_t size, NbError *e)
 {
         const uint8_t *p = data;
         assert(z);
@@ -507,7 +509,7 @@ int pzstd_write(PZstd *z, const void *data, size_t size, SnapError *e)
         return 0;
 }
 
-int pzstd_finish(PZstd *z, PZstdResult *ret, SnapError *e)
+int pzstd_finish(PZstd *z, PZstdResult *ret, NbError *e)
 {
         assert(z);
         if (z->finished)
@@ -530,8 +532,8 @@ int pzstd_finish(PZstd *z, PZstdResult *ret, SnapError *e)
         /* The driver hashed its last input before queueing the last output, which the writer took and
          * hashed before writer_done: the lock above orders both digests before us. */
         PZstdResult result = {.size_in = z->size_in, .size_out = z->size_out};
-        snap_digest_final(z->sha_in, result.diff_id);
-        snap_digest_final(z->sha_out, result.digest);
+        nb_digest_ctx_final(z->sha_in, result.diff_id);
+        nb_digest_ctx_final(z->sha_out, result.digest);
         if (ret)
                 *ret = result;
         return 0;

@@ -19,7 +19,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "snap-util.h"
+#include "common/digest.h"
+#include "common/error.h"
 
 #define PZSTD_LEVEL_DEFAULT 3 /* zstd's own default */
 #define PZSTD_LEVEL_MIN     1
@@ -36,19 +37,19 @@ typedef struct PZstdOptions {
 } PZstdOptions;
 
 typedef struct PZstdResult {
-        char diff_id[72];  /* "sha256:<hex>" of the uncompressed stream */
-        char digest[72];   /* "sha256:<hex>" of the compressed stream */
-        uint64_t size_in;  /* bytes of uncompressed input */
-        uint64_t size_out; /* bytes of compressed output */
+        char diff_id[NB_DIGEST_STR_MAX]; /* "sha256:<hex>" of the uncompressed stream */
+        char digest[NB_DIGEST_STR_MAX];  /* "sha256:<hex>" of the compressed stream */
+        uint64_t size_in;                /* bytes of uncompressed input */
+        uint64_t size_out;               /* bytes of compressed output */
 } PZstdResult;
 
 typedef struct PZstd PZstd;
 
-int pzstd_new(const PZstdOptions *o, PZstd **ret, SnapError *e);
+int pzstd_new(const PZstdOptions *o, PZstd **ret, NbError *e);
 /* Feeds input. Copies data; may block while the buffer pool is exhausted. */
-int pzstd_write(PZstd *z, const void *data, size_t size, SnapError *e);
+int pzstd_write(PZstd *z, const void *data, size_t size, NbError *e);
 /* Ends the frame, waits for the output callback to have seen every byte. */
-int pzstd_finish(PZstd *z, PZstdResult *ret, SnapError *e);
+int pzstd_finish(PZstd *z, PZstdResult *ret, NbError *e);
 /* Stops the threads (an unfinished stream is abandoned) and frees; NULL is fine. */
 PZstd *pzstd_free(PZstd *z);
 static inline void pzstd_freep(PZstd **z)

@@ -4,7 +4,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
-#include "walk.h"
+#include "snapshot/walk.h"
 
 typedef struct Frame {
         int fd;
@@ -29,7 +29,7 @@ struct SnapWalk {
 
 static void frame_done(Frame *f)
 {
-        snap_closep(&f->fd);
+        closep(&f->fd);
         free(f->names);
         free(f->offsets);
         *f = (Frame){.fd = -1};
@@ -60,27 +60,27 @@ struct linux_dirent64 {
         char d_name[];
 };
 
-static int names_append(Frame *f, size_t *cap, size_t *ncap, size_t *used, const char *name, SnapError *e,
+static int names_append(Frame *f, size_t *cap, size_t *ncap, size_t *used, const char *name, NbError *e,
                         const char *what)
 {
         size_t len = strlen(name) + 1;
         if (f->n >= SNAP_DIR_ENTRIES_MAX)
-                return snap_error_set(e, -E2BIG, "directory %s has more than %u entries", what,
-                                      SNAP_DIR_ENTRIES_MAX);
+                return nb_error_set(e, -E2BIG, "directory %s has more than %u entries", what,
+                                    SNAP_DIR_ENTRIES_MAX);
         if (*used + len > *cap) {
                 size_t nc = *cap ? *cap * 2 : 4096;
                 while (nc < *used + len)
                         nc *= 2;
                 char *p = realloc(f->names, nc);
                 if (!p)
-                        return snap_error_set(e, -ENOMEM, "out of memory");
+                        return nb_error_oom(e);
                 f->names = p, *cap = nc;
         }
         if (f->n == *ncap) {
                 size_t nc = *ncap ? *ncap * 2 : 64;
                 size_t *p = reallocarray(f->offsets, nc, sizeof(size_t));
                 if (!p)
-                        return snap_error_set(e, -ENOMEM, "out of memory");
+                        return nb_error_oom(e);
                 f->offsets = p, *ncap = nc;
         }
         memcpy(f->names + *used, name, len);
@@ -90,7 +90,7 @@ static int names_append(Frame *f, size_t *cap, size_t *ncap, size_t *used, const
 }
 
 /* Reads all names of the directory fd (taken over) with getdents64 in large batches, then sorts them. */
-static int frame_fill(Frame *f, int fd, uint8_t *buf, size_t buf_size, const char *what, SnapError *e)
+static int frame_fill(Frame *f, int fd, uint8_t *buf, size_t buf_size, const char *what, NbError *e)
 {
         f->fd = fd;
         size_t cap = 0, ncap = 0, used = 0;
@@ -99,7 +99,7 @@ static int frame_fill(Frame *f, int fd, uint8_t *buf, size_t buf_size, const cha
                 if (n < 0 && errno == EINTR)
                         continue;
                 if (n < 0)
-                        return snap_error_set(e, -errno, "cannot read directory %s: %m", what);
+                        return nb_error_set(e, -errno, "cannot read directory %s: %m", what);
                 if (n == 0)
                         break;
                 for (long off = 0; off < n;) {
@@ -118,11 +118,11 @@ static int frame_fill(Frame *f, int fd, uint8_t *buf, size_t buf_size, const cha
         return 0;
 }
 
-static int path_reserve(SnapWalk *w, size_t need, SnapError *e)
+static int path_reserve(SnapWalk *w, size_t need, NbError *e)
 {
         if (need > SNAP_PATH_MAX)
-                return snap_error_set(e, -ENAMETOOLONG, "path '%.200s...' is longer than %u bytes", w->path,
-                                      SNAP_PATH_MAX);
+                return nb_error_set(e, -ENAMETOOLONG, "path '%.200s...' is longer than %u bytes", w->path,
+                                    SNAP_PATH_MAX);
         if (need <= w->path_allocated)
                 return 0;
         size_t n = w->path_allocated ? w->path_allocated : 256;
@@ -130,24 +130,24 @@ static int path_reserve(SnapWalk *w, size_t need, SnapError *e)
                 n *= 2;
         char *p = realloc(w->path, n);
         if (!p)
-                return snap_error_set(e, -ENOMEM, "out of memory");
+                return nb_error_oom(e);
         w->path = p, w->path_allocated = n;
         return 0;
 }
 
-static int push(SnapWalk *w, int fd, size_t path_len, SnapError *e)
+static int push(SnapWalk *w, int fd, size_t path_len, NbError *e)
 {
         if (w->depth >= SNAP_DEPTH_MAX) {
                 close(fd);
-                return snap_error_set(e, -ELOOP, "directory '%.200s' is nested deeper than %u levels",
-                                      w->path, SNAP_DEPTH_MAX);
+                return nb_error_set(e, -ELOOP, "directory '%.200s' is nested deeper than %u levels", w->path,
+                                    SNAP_DEPTH_MAX);
         }
         if (w->depth == w->allocated) {
                 size_t na = w->allocated ? w->allocated * 2 : 32;
                 Frame *f = reallocarray(w->frames, na, sizeof(Frame));
                 if (!f) {
                         close(fd);
-                        return snap_error_set(e, -ENOMEM, "out of memory");
+                        return nb_error_oom(e);
                 }
                 w->frames = f, w->allocated = na;
         }
@@ -162,11 +162,11 @@ static int push(SnapWalk *w, int fd, size_t path_len, SnapError *e)
         return 0;
 }
 
-int snap_walk_new(const char *root, const SnapExcludes *excludes, SnapWalk **ret, SnapError *e)
+int snap_walk_new(const char *root, const SnapExcludes *excludes, SnapWalk **ret, NbError *e)
 {
         SnapWalk *w = calloc(1, sizeof(*w));
         if (!w)
-                return snap_error_set(e, -ENOMEM, "out of memory");
+                return nb_error_oom(e);
         w->excludes = excludes;
         int r = path_reserve(w, 256, e);
         if (r < 0)
@@ -174,7 +174,7 @@ int snap_walk_new(const char *root, const SnapExcludes *excludes, SnapWalk **ret
         w->path[0] = '\0';
         int fd = open(root, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
         if (fd < 0) {
-                r = snap_error_set(e, -errno, "cannot open root %s: %m", root);
+                r = nb_error_set(e, -errno, "cannot open root %s: %m", root);
                 return snap_walk_free(w), r;
         }
         r = push(w, fd, 0, e);
@@ -202,7 +202,7 @@ static void fill_entry(SnapEntry *en, const struct stat *st)
 
 /* Enters the directory returned last. A directory that vanished or turned into something else since its
  * stat is skipped, like any entry that vanishes. */
-static int descend(SnapWalk *w, SnapError *e)
+static int descend(SnapWalk *w, NbError *e)
 {
         Frame *top = &w->frames[w->depth - 1];
         int fd = openat(top->fd, w->name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK);
@@ -210,17 +210,17 @@ static int descend(SnapWalk *w, SnapError *e)
                 if (errno == ENOENT || errno == ENOTDIR || errno == ELOOP)
                         return 0;
                 if (errno == EMFILE || errno == ENFILE)
-                        return snap_error_set(
+                        return nb_error_set(
                                 e, -errno,
                                 "cannot open directory /%s at depth %zu: out of file descriptors "
                                 "(one is held per level): raise the open-files limit (LimitNOFILE=)",
                                 w->path, w->depth);
-                return snap_error_set(e, -errno, "cannot open directory /%s: %m", w->path);
+                return nb_error_set(e, -errno, "cannot open directory /%s: %m", w->path);
         }
         return push(w, fd, w->entry.path_len, e);
 }
 
-int snap_walk_next(SnapWalk *w, const SnapEntry **ret, SnapError *e)
+int snap_walk_next(SnapWalk *w, const SnapEntry **ret, NbError *e)
 {
         int r;
         if (w->descend) {
@@ -250,7 +250,7 @@ int snap_walk_next(SnapWalk *w, const SnapEntry **ret, SnapError *e)
                 if (fstatat(f->fd, name, &st, AT_SYMLINK_NOFOLLOW) < 0) {
                         if (errno == ENOENT)
                                 continue;
-                        return snap_error_set(e, -errno, "cannot stat /%s: %m", w->path);
+                        return nb_error_set(e, -errno, "cannot stat /%s: %m", w->path);
                 }
                 SnapEntry *en = &w->entry;
                 *en = (SnapEntry){.path = w->path, .path_len = plen};
@@ -260,10 +260,10 @@ int snap_walk_next(SnapWalk *w, const SnapEntry **ret, SnapError *e)
                         if (n < 0 && errno == ENOENT)
                                 continue;
                         if (n < 0)
-                                return snap_error_set(e, -errno, "cannot read symlink /%s: %m", w->path);
+                                return nb_error_set(e, -errno, "cannot read symlink /%s: %m", w->path);
                         if ((size_t)n >= sizeof(w->link))
-                                return snap_error_set(e, -ENAMETOOLONG, "symlink /%s: target over %u bytes",
-                                                      w->path, SNAP_LINK_MAX);
+                                return nb_error_set(e, -ENAMETOOLONG, "symlink /%s: target over %u bytes",
+                                                    w->path, SNAP_LINK_MAX);
                         w->link[n] = '\0';
                         en->link = w->link, en->link_len = (size_t)n;
                 }

@@ -7,20 +7,14 @@
  */
 #pragma once
 
-#include "entry.h"
-#include "excludes.h"
-#include "snap-util.h"
+#include "snapshot/entry.h"
+#include "snapshot/excludes.h"
+#include "snapshot/snapshot.h"
 
 #define SNAP_DENTS_BUFFER (256u * 1024) /* one getdents64 batch */
 
-typedef struct SnapWalk SnapWalk;
-
-/* root: an existing directory. excludes may be NULL. */
-int snap_walk_new(const char *root, const SnapExcludes *excludes, SnapWalk **ret, SnapError *e);
-SnapWalk *snap_walk_free(SnapWalk *w);
-
 /* Returns 1 and the next entry (valid until the next call), 0 at the end, or a negative errno. */
-int snap_walk_next(SnapWalk *w, const SnapEntry **ret, SnapError *e);
+int snap_walk_next(SnapWalk *w, const SnapEntry **ret, NbError *e);
 /* The fd of the directory holding the entry last returned, and its name there, to open it without a path
  * lookup from the root (no symlink in between can be swapped in). Valid until the next call. */
 int snap_walk_dirfd(const SnapWalk *w);

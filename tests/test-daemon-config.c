@@ -1,5 +1,5 @@
 /* agent/config.c: the INI reader, the flags over it, the checks. */
-#include "config.h"
+#include "agent/config.h"
 #include "tests.h"
 
 static void test_file(void)

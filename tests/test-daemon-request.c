@@ -1,6 +1,6 @@
 /* agent/request.c: the create-image body, strictly, and the defaults. */
-#include "image.h"
-#include "request.h"
+#include "agent/image.h"
+#include "agent/request.h"
 #include "tests.h"
 
 static int parse(const char *body, NbCreateRequest *r, NbError *e)

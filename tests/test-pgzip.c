@@ -13,7 +13,7 @@
 #include <openssl/evp.h>
 #include <zlib.h>
 
-#include "pgzip.h"
+#include "snapshot/pgzip.h"
 #include "tests.h"
 
 #define MIB           (1024u * 1024)
@@ -118,7 +118,7 @@ static uint8_t *make_mix(size_t n)
         return p;
 }
 
-static void sha256_str(const void *data, size_t size, char out[72])
+static void sha256_str(const void *data, size_t size, char out[NB_DIGEST_STR_MAX])
 {
         unsigned char md[32];
         unsigned len = 0;
@@ -168,8 +168,8 @@ static Sink compress_checked(const uint8_t *data, size_t size, Run run)
                           .userdata = &sink};
         _cleanup_pgzip_ PGzip *z = NULL;
         PGzipResult res;
-        SnapError e = {};
-        char want[72];
+        NbError e = {};
+        char want[NB_DIGEST_STR_MAX];
 
         ASSERT_OK(pgzip_new(&o, &z, &e));
         size_t step = run.write_size ? run.write_size : (size ? size : 1);
@@ -288,7 +288,7 @@ static Sink compress_scrambled(const uint8_t *data, size_t size, unsigned thread
                           .userdata = &sink};
         _cleanup_pgzip_ PGzip *z = NULL;
         PGzipResult res;
-        SnapError e = {};
+        NbError e = {};
         uint64_t r = seed * 0x9e3779b97f4a7c15ull | 1;
 
         ASSERT_OK(pgzip_new(&o, &z, &e));
@@ -366,7 +366,7 @@ static void fail_at(size_t fail_after, size_t n, const uint8_t *data, bool finis
                           .output = sink_write,
                           .userdata = &sink};
         PGzip *z = NULL;
-        SnapError e = {};
+        NbError e = {};
         int r = 0;
 
         ASSERT_OK(pgzip_new(&o, &z, &e));
@@ -423,7 +423,7 @@ static void test_invalid(void)
 {
         Sink sink = {};
         PGzip *z = NULL;
-        SnapError e = {};
+        NbError e = {};
         PGzipOptions o = {.level = 10, .output = sink_write, .userdata = &sink};
 
         ASSERT_EQ(pgzip_new(&o, &z, &e), -EINVAL);

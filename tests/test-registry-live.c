@@ -16,7 +16,9 @@
 #include <sys/stat.h>
 #include <sys/wait.h>
 
-#include "registry-internal.h"
+#include "common/digest.h"
+#include "common/clock.h"
+#include "registry/registry-internal.h"
 #include "tests.h"
 
 #define REGISTRY_BIN "/usr/bin/docker-registry"
@@ -127,7 +129,7 @@ static RegClient *client_for(const Registry *r, const char *authfile, size_t chu
         RegClientOptions o = {
                 .url = r->url, .authfile = authfile, .chunk_size = chunk, .user_agent = "nbsnap-test"};
         RegClient *c = NULL;
-        RegError e = {0};
+        NbError e = {0};
         int rc = reg_client_new(&o, &c, &e);
         if (rc < 0)
                 fprintf(stderr, "client: %s\n", e.msg);
@@ -135,16 +137,16 @@ static RegClient *client_for(const Registry *r, const char *authfile, size_t chu
         return c;
 }
 
-static void check(int rc, const RegError *e, const char *what)
+static void check(int rc, const NbError *e, const char *what)
 {
         if (rc < 0)
                 fprintf(stderr, "%s failed: %d %s\n", what, rc, e->msg);
         ASSERT_OK(rc);
 }
 
-static void digest_of(const void *data, size_t size, char d[REG_DIGEST_STR_MAX])
+static void digest_of(const void *data, size_t size, char d[NB_DIGEST_STR_MAX])
 {
-        ASSERT_OK(reg_digest_sha256(data, size, d));
+        ASSERT_OK(nb_sha256_digest(data, size, d));
 }
 
 /* ---- image building blocks -------------------------------------------------------------------------------
@@ -153,7 +155,7 @@ static void digest_of(const void *data, size_t size, char d[REG_DIGEST_STR_MAX])
 typedef struct Blob {
         char *data;
         size_t size;
-        char digest[REG_DIGEST_STR_MAX];
+        char digest[NB_DIGEST_STR_MAX];
 } Blob;
 
 static Blob config_blob(const char *arch)
@@ -209,7 +211,7 @@ static void streamed_upload(RegClient *c, const char *repo, Blob *layer)
         }
         digest_of(layer->data, layer->size, layer->digest);
 
-        RegError e = {0};
+        NbError e = {0};
         RegUpload *u = NULL;
         unsigned calls = 0;
         progress_seen = 0;
@@ -233,7 +235,7 @@ static void streamed_upload(RegClient *c, const char *repo, Blob *layer)
 
 static void upload_errors(RegClient *c, const char *repo, const Blob *layer)
 {
-        RegError e = {0};
+        NbError e = {0};
         RegUpload *u = NULL;
         /* a wrong digest is refused before the registry sees the commit */
         check(reg_upload_begin(c, repo, NULL, NULL, &u, &e), &e, "upload begin");
@@ -257,7 +259,7 @@ typedef struct OverlapWrite {
         const char *data;
         size_t size;
         int r;
-        RegError e;
+        NbError e;
         bool done;
         pthread_mutex_t lock;
         pthread_cond_t cond;
@@ -301,7 +303,7 @@ static void test_upload_overlap(const Registry *r, const char *authfile, const B
                               .replay_max = 2 * chunk,
                               .user_agent = "nbsnap-test"};
         RegClient *c = NULL;
-        RegError e = {0};
+        NbError e = {0};
         check(reg_client_new(&o, &c, &e), &e, "client");
         RegUpload *u = NULL;
         check(reg_upload_begin(c, "test/overlap", NULL, NULL, &u, &e), &e, "upload begin");
@@ -345,7 +347,7 @@ static void test_upload_cancel(const Registry *r, const char *authfile, const Bl
                               .cancel = &cancel,
                               .user_agent = "nbsnap-test"};
         RegClient *c = NULL;
-        RegError e = {0};
+        NbError e = {0};
         check(reg_client_new(&o, &c, &e), &e, "client");
         RegUpload *u = NULL;
         check(reg_upload_begin(c, "test/cancel", NULL, NULL, &u, &e), &e, "upload begin");
@@ -379,7 +381,7 @@ static void skopeo_inspect(const Registry *r, const char *image, const char *exp
 static void test_blobs_and_images(const Registry *r, const char *authfile, Blob *layer)
 {
         RegClient *c = client_for(r, authfile, 64 * 1024);
-        RegError e = {0};
+        NbError e = {0};
         Blob cfg = config_blob("amd64");
 
         ASSERT_EQ(reg_blob_exists(c, "test/one", cfg.digest, NULL, &e), 0);
@@ -471,7 +473,7 @@ static void test_index(const Registry *r, const char *authfile, const Blob *laye
                        const char *manifest_mt, const char *tag)
 {
         RegClient *c = client_for(r, authfile, 0);
-        RegError e = {0};
+        NbError e = {0};
         const char *arches[] = {"amd64", "arm64"};
         char *digests[2], *sizes[2];
         for (int i = 0; i < 2; i++) {
@@ -481,7 +483,7 @@ static void test_index(const Registry *r, const char *authfile, const Blob *laye
                 ASSERT_EQ(reg_blob_mount(c, "test/multi", layer->digest, "test/one", &e), 1);
                 char *m = manifest_json(manifest_mt, REG_MEDIA_OCI_CONFIG, &cfg, REG_MEDIA_OCI_LAYER_GZIP,
                                         layer->digest, layer->size);
-                char d[REG_DIGEST_STR_MAX];
+                char d[NB_DIGEST_STR_MAX];
                 digest_of(m, strlen(m), d);
                 check(reg_manifest_put(c, "test/multi", d, manifest_mt, m, strlen(m), &digests[i], &e), &e,
                       "put");
@@ -549,7 +551,7 @@ static void test_basic_auth(const Registry *anon, const char *anon_authfile, con
         authfile_write(good, host, "tester", "s3cret-pw");
         authfile_write(wrong, host, "tester", "not-the-password");
         write_file(none, "{\"auths\":{}}");
-        RegError e = {0};
+        NbError e = {0};
 
         RegClient *c = client_for(r, none, 0);
         ASSERT_EQ(reg_blob_exists(c, "auth/one", layer->digest, NULL, &e), -EACCES);
@@ -557,9 +559,9 @@ static void test_basic_auth(const Registry *anon, const char *anon_authfile, con
         reg_client_free(c);
 
         c = client_for(r, wrong, 0);
-        uint64_t t0 = reg_now_usec();
+        uint64_t t0 = nb_now_usec();
         ASSERT_EQ(reg_blob_exists(c, "auth/one", layer->digest, NULL, &e), -EACCES);
-        ASSERT_INT(reg_now_usec() - t0, <, 5 * 1000000ull); /* no retry loop */
+        ASSERT_INT(nb_now_usec() - t0, <, 5 * 1000000ull); /* no retry loop */
         ASSERT_EQ(e.http_status, 401);
         ASSERT_TRUE(strstr(e.msg, "refused the credentials") != NULL);
         ASSERT_TRUE(strstr(e.msg, "tester") != NULL);
@@ -830,7 +832,7 @@ static void test_bearer(const Registry *r, TokenServer *t, const Blob *layer)
                  "{\"auths\":{\"%s\":{\"auth\":\"Og==\",\"identitytoken\":\"refresh-me\"}}}", host);
         write_file(idtok, json);
         write_file(none, "{}");
-        RegError e = {0};
+        NbError e = {0};
 
         RegClient *c = client_for(r, wrong, 0);
         ASSERT_EQ(reg_blob_exists(c, "tok/one", layer->digest, NULL, &e), -EACCES);
@@ -917,7 +919,7 @@ static void test_tls(const Blob *layer)
         snprintf(hostdir, sizeof(hostdir), "%s/127.0.0.1:%d", certs, r.port);
         snprintf(empty, sizeof(empty), "%s/empty.json", scratch);
         ASSERT_EQ(mkdir(certs, 0700), 0);
-        RegError e = {0};
+        NbError e = {0};
         RegClient *c = NULL;
 
         /* not trusted: refused, with curl's reason */

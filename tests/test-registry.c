@@ -9,7 +9,9 @@
 #include <sys/stat.h>
 #include <time.h>
 
-#include "registry-internal.h"
+#include "common/digest.h"
+#include "common/clock.h"
+#include "registry/registry-internal.h"
 #include "tests.h"
 
 static char scratch[] = "/tmp/test-registry-XXXXXX";
@@ -28,7 +30,7 @@ static void write_file(const char *path, const char *content)
 static void ref_ok(const char *s, const char *host, const char *repo, const char *tag, const char *digest)
 {
         RegRef *r = NULL;
-        RegError e = {0};
+        NbError e = {0};
         int rc = reg_ref_parse(s, &r, &e);
         if (rc < 0)
                 fprintf(stderr, "parse \"%s\": %s\n", s, e.msg);
@@ -43,7 +45,7 @@ static void ref_ok(const char *s, const char *host, const char *repo, const char
 static void ref_bad(const char *s)
 {
         RegRef *r = NULL;
-        RegError e = {0};
+        NbError e = {0};
         int rc = reg_ref_parse(s, &r, &e);
         if (rc >= 0)
                 fprintf(stderr, "parsed \"%s\" but should not\n", s);
@@ -168,7 +170,7 @@ static void test_challenges(void)
 
 static int creds_of(const char *json, const char *host, RegCredentials *c)
 {
-        RegError e = {0};
+        NbError e = {0};
         *c = (RegCredentials){0};
         return reg_auth_config_parse(json, strlen(json), host, c, &e);
 }
@@ -239,7 +241,7 @@ static void test_auth_load(void)
         write_file(p2, "{\"auths\":{\"two.example.com\":{\"username\":\"x\",\"password\":\"y\"}}}");
 
         RegCredentials c = {0};
-        RegError e = {0};
+        NbError e = {0};
         char *path = NULL;
         ASSERT_EQ(reg_auth_load(p1, "one.example.com", &c, &path, &e), 1);
         ASSERT_STREQ(path, p1);
@@ -271,7 +273,7 @@ static void test_tokens(void)
 {
         char *t = NULL;
         long exp = 0;
-        RegError e = {0};
+        NbError e = {0};
         const char *a = "{\"token\":\"abc\",\"expires_in\":300,\"issued_at\":\"2020-01-01T00:00:00Z\"}";
         ASSERT_OK(reg_token_parse(a, strlen(a), &t, &exp, &e));
         ASSERT_STREQ(t, "abc");
@@ -453,16 +455,16 @@ static void test_retry_deadline(void)
 {
         RegClientOptions o = {.url = "http://127.0.0.1:9", .authfile = "/dev/null", .retry_deadline_s = 1};
         RegClient *c = NULL;
-        RegError e = {0};
+        NbError e = {0};
         char auth[256];
         snprintf(auth, sizeof(auth), "%s/empty-auth.json", scratch);
         write_file(auth, "{}");
         o.authfile = auth;
         ASSERT_OK(reg_client_new(&o, &c, &e));
         RegRetry rt = {0};
-        uint64_t t0 = reg_now_usec();
+        uint64_t t0 = nb_now_usec();
         ASSERT_EQ(reg_retry_wait(c, &rt, "5"), -ETIMEDOUT); /* Retry-After past the deadline */
-        ASSERT_INT(reg_now_usec() - t0, <, 100000);
+        ASSERT_INT(nb_now_usec() - t0, <, 100000);
         rt = (RegRetry){0};
         ASSERT_EQ(reg_retry_wait(c, &rt, "0"), 0);
         ASSERT_EQ(rt.attempt, 1);
@@ -582,7 +584,7 @@ static const char docker_manifest[] =
 
 static void test_manifests(void)
 {
-        RegError e = {0};
+        NbError e = {0};
         const char *mt = NULL;
         ASSERT_EQ(reg_manifest_kind(oci_index, strlen(oci_index), NULL, &mt, &e), 1);
         ASSERT_STREQ(mt, REG_MEDIA_OCI_INDEX);
@@ -662,13 +664,13 @@ static void test_manifests(void)
 
 static void test_digests(void)
 {
-        char d[REG_DIGEST_STR_MAX];
-        ASSERT_OK(reg_digest_sha256("", 0, d));
+        char d[NB_DIGEST_STR_MAX];
+        ASSERT_OK(nb_sha256_digest("", 0, d));
         ASSERT_STREQ(d, "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
-        ASSERT_OK(reg_digest_check(d, "", 0));
-        ASSERT_EQ(reg_digest_check(d, "x", 1), -EBADMSG);
-        ASSERT_EQ(reg_digest_check("md5:00", "", 0), -EOPNOTSUPP);
-        ASSERT_OK(reg_digest_check(
+        ASSERT_OK(nb_digest_check(d, "", 0));
+        ASSERT_EQ(nb_digest_check(d, "x", 1), -EBADMSG);
+        ASSERT_EQ(nb_digest_check("md5:00", "", 0), -EOPNOTSUPP);
+        ASSERT_OK(nb_digest_check(
                 "sha512:cf83e1357eefb8bdf1542850d66d8007d620e4050b5715dc83f4a921d36ce9ce47d0d13c5"
                 "d85f2b0ff8318d2877eec2f63b931bd47417a81a538327af927da3e",
                 "", 0));
@@ -678,7 +680,7 @@ static void test_digests(void)
  */
 
 static int client_with(const char *url, const char *certs_dir, const char *ca_file, RegClient **c,
-                       RegError *e)
+                       NbError *e)
 {
         /* a short retry deadline: the refused connections below give up within about 2 s */
         RegClientOptions o = {.url = url,
@@ -693,7 +695,7 @@ static int client_with(const char *url, const char *certs_dir, const char *ca_fi
 static void test_client_options(void)
 {
         RegClient *c = NULL;
-        RegError e = {0};
+        NbError e = {0};
         char certs[256], hostdir[300], p[400];
         snprintf(certs, sizeof(certs), "%s/certs.d", scratch);
         ASSERT_EQ(mkdir(certs, 0700), 0);
@@ -828,13 +830,12 @@ static RegClient *mock_client(const Mock *m, bool with_creds)
         write_file(auth, with_creds ? json : "{}");
         RegClientOptions o = {.url = url, .authfile = auth};
         RegClient *c = NULL;
-        RegError e = {0};
+        NbError e = {0};
         ASSERT_OK(reg_client_new(&o, &c, &e));
         return c;
 }
 
-static int mock_get(RegClient *c, const Mock *m, const char *path, bool retry, RegResponse *resp,
-                    RegError *e)
+static int mock_get(RegClient *c, const Mock *m, const char *path, bool retry, RegResponse *resp, NbError *e)
 {
         char url[128];
         snprintf(url, sizeof(url), "http://127.0.0.1:%d%s", m->port, path);
@@ -866,7 +867,7 @@ static void test_redirect_drops_auth(void)
         mock_go(&b);
         RegClient *c = mock_client(&a, true);
         RegResponse resp;
-        RegError e = {0};
+        NbError e = {0};
         ASSERT_OK(mock_get(c, &a, "/v2/r/blobs/" D64, true, &resp, &e));
         ASSERT_EQ(resp.status, 200);
         ASSERT_STREQ(resp.body, "hello");
@@ -900,7 +901,7 @@ static void test_retries(void)
         mock_go(&a);
         RegClient *c = mock_client(&a, false);
         RegResponse resp;
-        RegError e = {0};
+        NbError e = {0};
         ASSERT_OK(mock_get(c, &a, "/v2/r/manifests/x", true, &resp, &e));
         ASSERT_EQ(resp.status, 200);
         reg_response_done(&resp);
@@ -947,11 +948,11 @@ static void test_upload_locations(void)
         mock_go(&a);
         mock_go(&b);
         RegClient *c = mock_client(&a, true);
-        RegError e = {0};
+        NbError e = {0};
         RegUpload *u = NULL;
-        char data[100], digest[REG_DIGEST_STR_MAX];
+        char data[100], digest[NB_DIGEST_STR_MAX];
         memset(data, 'z', sizeof(data));
-        ASSERT_OK(reg_digest_sha256(data, sizeof(data), digest));
+        ASSERT_OK(nb_sha256_digest(data, sizeof(data), digest));
         ASSERT_OK(reg_upload_begin(c, "r", NULL, NULL, &u, &e));
         ASSERT_OK(reg_upload_write(u, data, sizeof(data), &e));
         int r = reg_upload_commit(u, digest, &e);
@@ -976,13 +977,13 @@ static void test_upload_locations(void)
 }
 
 /* One 100-byte upload against a script: begin, write, commit. Returns what commit returned. */
-static int scripted_upload(Mock *a, RegError *e)
+static int scripted_upload(Mock *a, NbError *e)
 {
         RegClient *c = mock_client(a, false);
         RegUpload *u = NULL;
-        char data[100], digest[REG_DIGEST_STR_MAX];
+        char data[100], digest[NB_DIGEST_STR_MAX];
         memset(data, 'q', sizeof(data));
-        ASSERT_OK(reg_digest_sha256(data, sizeof(data), digest));
+        ASSERT_OK(nb_sha256_digest(data, sizeof(data), digest));
         ASSERT_OK(reg_upload_begin(c, "r", NULL, NULL, &u, e));
         ASSERT_OK(reg_upload_write(u, data, sizeof(data), e));
         int r = reg_upload_commit(u, digest, e);
@@ -1010,7 +1011,7 @@ static void test_upload_resync(void)
         snprintf(a.replies[4], 1024, "HTTP/1.1 201 Created\r\n");
         a.n_replies = 5;
         mock_go(&a);
-        RegError e = {0};
+        NbError e = {0};
         int r = scripted_upload(&a, &e);
         if (r < 0)
                 fprintf(stderr, "resync: %s\n", e.msg);
@@ -1042,7 +1043,7 @@ static void test_upload_session_lost(void)
         snprintf(a.replies[5], 1024, "HTTP/1.1 201 Created\r\n");
         a.n_replies = 6;
         mock_go(&a);
-        RegError e = {0};
+        NbError e = {0};
         int r = scripted_upload(&a, &e);
         if (r < 0)
                 fprintf(stderr, "session lost: %s\n", e.msg);
@@ -1067,11 +1068,11 @@ static void test_upload_gives_up(void)
         snprintf(a.replies[2], 1024, "HTTP/1.1 204 No Content\r\n"); /* the DELETE */
         a.n_replies = 3;
         mock_go(&a);
-        RegError e = {0};
+        NbError e = {0};
         ASSERT_OK(setenv("NBSNAP_REGISTRY_RETRY_DEADLINE", "5", 1));
-        uint64_t t0 = reg_now_usec();
+        uint64_t t0 = nb_now_usec();
         ASSERT_EQ(scripted_upload(&a, &e), -EIO);
-        ASSERT_INT(reg_now_usec() - t0, <, 3000000);
+        ASSERT_INT(nb_now_usec() - t0, <, 3000000);
         ASSERT_TRUE(strstr(e.msg, "giving up after 1 attempts in 5 s") != NULL);
         ASSERT_TRUE(strstr(e.msg, "HTTP 503") != NULL);
         mock_stop(&a);

@@ -1,6 +1,7 @@
 /* Unit tests of the snapshot library on plain directories: tree order, baseline round trip and corruption,
  * the diff's decisions, and the layer bytes read back with libarchive. (The overlayfs + registry + skopeo +
  * umoci round trip is tests/integration/save-roundtrip.sh.) */
+#include <stdarg.h>
 #include <archive.h>
 #include <archive_entry.h>
 #include <fcntl.h>
@@ -10,13 +11,13 @@
 #include <sys/xattr.h>
 #include <unistd.h>
 
-#include "baseline.h"
-#include "diff.h"
-#include "entry.h"
-#include "excludes.h"
-#include "layer.h"
+#include "snapshot/baseline.h"
+#include "snapshot/snapshot.h"
+#include "snapshot/entry.h"
+#include "snapshot/excludes.h"
+#include "snapshot/layer.h"
 #include "tests.h"
-#include "walk.h"
+#include "snapshot/walk.h"
 
 static char scratch[] = "/tmp/test-snapshot.XXXXXX";
 
@@ -53,7 +54,7 @@ static void test_walk_and_baseline(const char *root, const char *state)
 {
         char path[4096];
         snprintf(path, sizeof(path), "%s/baseline", state);
-        SnapError e = {0};
+        NbError e = {0};
         SnapBaselineStats st;
         ASSERT_OK(snap_baseline_write(root, NULL, path, &st, &e));
         ASSERT_INT(st.entries, >, 10);
@@ -86,7 +87,7 @@ static void test_baseline_corrupt(const char *state)
         char path[4096], bad[4096];
         snprintf(path, sizeof(path), "%s/baseline", state);
         snprintf(bad, sizeof(bad), "%s/bad", state);
-        SnapError e = {0};
+        NbError e = {0};
         SnapBaseline *b = NULL;
         /* one flipped byte in the middle */
         sh("cp %s %s && printf 'Z' | dd of=%s bs=1 seek=40 conv=notrunc status=none", path, bad, bad);
@@ -124,7 +125,7 @@ static char *diff_listing(const char *root, const char *state, const SnapExclude
 {
         char path[4096];
         snprintf(path, sizeof(path), "%s/baseline", state);
-        SnapError e = {0};
+        NbError e = {0};
         SnapBaseline *b = NULL;
         SnapWalk *w = NULL;
         SnapLayer *l = NULL;
@@ -222,7 +223,7 @@ static void test_diff(const char *root, const char *state)
            " && mkdir -p excluded/sub && echo x > excluded/sub/x && echo s > .wh-not-a-whiteout"
            " && mkfifo fifo && mknod chr c 1 3 && rmdir gone-but-excluded",
            root);
-        SnapError e = {0};
+        NbError e = {0};
         SnapExcludes *ex = NULL;
         ASSERT_OK(snap_excludes_new(&ex, &e));
         ASSERT_OK(snap_excludes_add(ex, "/excluded", &e));
@@ -309,7 +310,7 @@ static void test_excludes_mountinfo(const char *state)
               "28 1 0:5 / /rother rw - tmpfs tmpfs rw\n",
               f);
         fclose(f);
-        SnapError e = {0};
+        NbError e = {0};
         SnapExcludes *x = NULL;
         ASSERT_OK(snap_excludes_new(&x, &e));
         ASSERT_EQ(snap_excludes_add_mounts(x, "/r", mi, &e), 4);

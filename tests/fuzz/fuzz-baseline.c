@@ -7,7 +7,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
-#include "baseline.h"
+#include "snapshot/baseline.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
@@ -32,7 +32,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         }
         free(copy);
         SnapBaseline *b = NULL;
-        SnapError e = {0};
+        NbError e = {0};
         if (snap_baseline_open_fd(fd, "fuzz", &b, &e) < 0)
                 return 0;
         const SnapEntry *en;

@@ -3,7 +3,7 @@
 #include <stdint.h>
 #include <string.h>
 
-#include "registry-internal.h"
+#include "registry/registry-internal.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
@@ -22,7 +22,7 @@ static void one_challenge(const char *s)
 static void one_config(const char *s, size_t n)
 {
         RegCredentials c = {0};
-        RegError e = {0};
+        NbError e = {0};
         static const char *const hosts[] = {"reg.example.com", "docker.io", "127.0.0.1:5000"};
         for (size_t i = 0; i < ELEMENTSOF(hosts); i++)
                 if (reg_auth_config_parse(s, n, hosts[i], &c, &e) > 0)
@@ -33,7 +33,7 @@ static void one_token(const char *s, size_t n)
 {
         char *t = NULL;
         long exp = 0;
-        RegError e = {0};
+        NbError e = {0};
         if (reg_token_parse(s, n, &t, &exp, &e) >= 0) {
                 if (!t || !*t || exp < REG_TOKEN_EXPIRY_MIN_S)
                         abort();

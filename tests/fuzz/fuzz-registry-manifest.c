@@ -2,13 +2,13 @@
 #include <stdint.h>
 #include <string.h>
 
-#include "registry-internal.h"
+#include "registry/registry-internal.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 static void one_manifest(const char *s, size_t n)
 {
-        RegError e = {0};
+        NbError e = {0};
         const char *mt = NULL;
         int kind = reg_manifest_kind(s, n, REG_MEDIA_OCI_MANIFEST, &mt, &e);
         if (kind >= 0 && !mt)

@@ -2,7 +2,7 @@
 #include <stdint.h>
 #include <string.h>
 
-#include "registry-internal.h"
+#include "registry/registry-internal.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
@@ -16,7 +16,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         memcpy(s, data, size);
         s[size] = 0;
         RegRef *r = NULL;
-        RegError e = {0};
+        NbError e = {0};
         if (reg_ref_parse(s, &r, &e) >= 0) {
                 /* what parses is valid piece by piece */
                 if (!reg_repository_valid(r->repository) || (r->tag && !reg_tag_valid(r->tag)) ||

@@ -1,0 +1,95 @@
+/* retry.c: when to try again: Retry-After, backoff with jitter, environment overrides of the retry
+ * settings, and the Range header of an upload session. */
+#include <ctype.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/stat.h>
+
+#include "registry/registry-internal.h"
+
+long reg_env_long(const char *name, long def)
+{
+        const char *v = getenv(name);
+        if (!v || !*v)
+                return def;
+        char *end;
+        errno = 0;
+        long n = strtol(v, &end, 10);
+        if (errno || *end || n <= 0 || n > REG_ENV_LONG_MAX)
+                return def;
+        return n;
+}
+
+int reg_range_parse(const char *value, uint64_t *ret_size)
+{
+        if (!value)
+                return -EBADMSG;
+        const char *p = value;
+        while (*p == ' ' || *p == '\t')
+                p++;
+        if (strncasecmp(p, "bytes=", 6) == 0)
+                p += 6;
+        if (p[0] != '0' || p[1] != '-')
+                return -EBADMSG;
+        p += 2;
+        if (strcmp(p, "-1") == 0) { /* "0--1": an empty session, as some registries write it */
+                *ret_size = 0;
+                return 0;
+        }
+        if (!isdigit((unsigned char)*p))
+                return -EBADMSG;
+        char *end;
+        errno = 0;
+        unsigned long long last = strtoull(p, &end, 10);
+        while (*end == ' ' || *end == '\t')
+                end++;
+        if (errno || *end || last >= UINT64_MAX / 2)
+                return -EBADMSG;
+        *ret_size = (uint64_t)last + 1;
+        return 0;
+}
+
+int reg_retry_after_parse(const char *value, time_t now, unsigned *ret_ms)
+{
+        if (!value)
+                return -EINVAL;
+        while (*value == ' ' || *value == '\t')
+                value++;
+        uint64_t ms;
+        if (isdigit((unsigned char)*value)) {
+                char *end;
+                errno = 0;
+                unsigned long long s = strtoull(value, &end, 10);
+                while (*end == ' ' || *end == '\t')
+                        end++;
+                if (*end)
+                        return -EINVAL;
+                ms = (errno == ERANGE || s > REG_RETRY_AFTER_CAP_MS / 1000) ? REG_RETRY_AFTER_CAP_MS
+                                                                            : s * 1000;
+        } else {
+                time_t t = curl_getdate(value, NULL);
+                if (t == (time_t)-1)
+                        return -EINVAL;
+                ms = t <= now ? 0 : (uint64_t)(t - now) * 1000;
+        }
+        *ret_ms = (unsigned)(ms > REG_RETRY_AFTER_CAP_MS ? REG_RETRY_AFTER_CAP_MS : ms);
+        return 0;
+}
+
+unsigned reg_backoff_ms(unsigned attempt, uint64_t *state)
+{
+        uint64_t x = *state ? *state : 0x9E3779B97F4A7C15ull;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        *state = x;
+        uint64_t ms = REG_BACKOFF_BASE_MS;
+        for (unsigned i = 0; i < attempt && ms < REG_BACKOFF_CAP_MS; i++)
+                ms *= 2;
+        if (ms > REG_BACKOFF_CAP_MS)
+                ms = REG_BACKOFF_CAP_MS;
+        /* Full jitter over the upper half: spreads clients without making a retry instant. */
+        return (unsigned)(ms / 2 + (x * 0x2545F4914F6CDD1Dull) % (ms / 2 + 1));
+}

@@ -1,0 +1,128 @@
+/* snapshot.h: the snapshot library: what changed in a root filesystem since a recorded baseline, written as
+ * one OCI layer and compressed with both layer digests computed on the way. This is its one public header.
+ *
+ * A save composes it: snap_excludes_*() say what is never saved; snap_baseline_write() records the tree at
+ * container start; snap_diff_layer() merge-joins that baseline with a live snap_walk_new() and writes what
+ * changed to a SnapLayer (a libarchive PAX stream to a callback); the layer's bytes go into a compressor
+ * (pgzip or pzstd) whose output callback uploads them. Nothing here logs above debug or knows about the
+ * registry or the agent: errors come back as an NbError, progress through callbacks.
+ */
+#pragma once
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common/error.h"
+#include "common/macro.h"
+
+/* ---- excluded paths ------------------------------------------------------------------------------ */
+
+#define SNAP_EXCLUDES_MAX 65536u
+typedef struct SnapExcludes SnapExcludes;
+int snap_excludes_new(SnapExcludes **ret, NbError *e);
+SnapExcludes *snap_excludes_free(SnapExcludes *x);
+/* A path as seen inside the container ("/home/ma-user/.cache/pip"). Rejects "..", empty and relative paths.
+ */
+int snap_excludes_add(SnapExcludes *x, const char *container_path, NbError *e);
+/* Every mount point strictly below root (a canonical absolute host path) in the mount table at mountinfo
+ * (NULL: /proc/self/mountinfo). Returns the number added. */
+int snap_excludes_add_mounts(SnapExcludes *x, const char *root, const char *mountinfo, NbError *e);
+/* A host path (need not exist yet: its parent is resolved); added when it lies inside root. Returns 1 when
+ * added, 0 when outside. */
+int snap_excludes_add_host_path(SnapExcludes *x, const char *root, const char *host_path, NbError *e);
+size_t snap_excludes_count(const SnapExcludes *x);
+/* The i-th excluded path, relative, in sorted order. */
+const char *snap_excludes_get(const SnapExcludes *x, size_t i);
+
+/* ---- the baseline -------------------------------------------------------------------------------- */
+
+typedef struct SnapBaselineStats {
+        uint64_t entries;
+        uint64_t file_size;
+} SnapBaselineStats;
+/* Walks root and writes the baseline to path atomically. */
+int snap_baseline_write(const char *root, const SnapExcludes *excludes, const char *path,
+                        SnapBaselineStats *ret, NbError *e);
+typedef struct SnapBaseline SnapBaseline;
+int snap_baseline_open(const char *path, SnapBaseline **ret, NbError *e);
+SnapBaseline *snap_baseline_free(SnapBaseline *b);
+uint64_t snap_baseline_count(const SnapBaseline *b);
+
+/* ---- the live walk ------------------------------------------------------------------------------- */
+
+typedef struct SnapWalk SnapWalk;
+/* root: an existing directory. excludes may be NULL. */
+int snap_walk_new(const char *root, const SnapExcludes *excludes, SnapWalk **ret, NbError *e);
+SnapWalk *snap_walk_free(SnapWalk *w);
+
+/* ---- the layer tar stream ------------------------------------------------------------------------ */
+
+typedef int (*snap_layer_write_fn)(void *userdata, const void *data, size_t size);
+/* A note for the person saving: an entry left out and why. */
+typedef void (*snap_layer_note_fn)(void *userdata, const char *path, const char *note);
+typedef struct SnapLayerStats {
+        uint64_t entries;    /* tar entries, whiteouts included */
+        uint64_t whiteouts;  /* .wh. entries, opaque markers included */
+        uint64_t skipped;    /* sockets and the like */
+        uint64_t data_bytes; /* file content read */
+} SnapLayerStats;
+typedef struct SnapLayer SnapLayer;
+int snap_layer_new(snap_layer_write_fn write, snap_layer_note_fn note, void *userdata, SnapLayer **ret,
+                   NbError *e);
+SnapLayer *snap_layer_free(SnapLayer *l);
+/* Writes the end-of-archive blocks. */
+int snap_layer_finish(SnapLayer *l, NbError *e);
+const SnapLayerStats *snap_layer_stats(const SnapLayer *l);
+
+/* ---- the diff ------------------------------------------------------------------------------------ */
+
+/* What changed since the baseline, written as a layer.
+ *
+ * A merge-join by path of the baseline stream and the live walk (both in tree order): cost grows with the
+ * number of entries, contents are read only for entries that go into the layer, memory stays flat.
+ *  - only in the live tree: added;
+ *  - in both, stat data differ (type, mode, owner, size, mtime, ctime, inode, links, rdev, link target):
+ *    saved whole again (OCI has no metadata-only entries);
+ *  - a directory in both with a new inode was deleted and recreated: saved with an opaque marker, its whole
+ *    live content added, the old content never whited out one by one;
+ *  - a type change (file <-> directory <-> symlink): the new entry replaces the old one, children of an old
+ *    directory need no whiteouts;
+ *  - only in the baseline: `.wh.NAME` for the top-most deleted path only; excluded paths are never whited
+ * out.
+ */
+
+typedef struct SnapDiffStats {
+        uint64_t live, base;                                /* entries read from each side */
+        uint64_t added, modified, recreated, deleted, same; /* by outcome */
+} SnapDiffStats;
+/* Called every few thousand entries, and once at the end, on the calling thread. */
+typedef void (*snap_diff_progress_fn)(void *userdata, const SnapDiffStats *stats);
+int snap_diff_layer(SnapBaseline *base, SnapWalk *live, const SnapExcludes *excludes, SnapLayer *layer,
+                    snap_diff_progress_fn progress, void *userdata, SnapDiffStats *ret, NbError *e);
+
+#include "snapshot/pgzip.h"
+#include "snapshot/pzstd.h"
+
+/* ---- cleanup helpers -------------------------------------------------------------------------------- */
+
+static inline void snap_excludes_freep(SnapExcludes **p)
+{
+        snap_excludes_free(*p);
+}
+static inline void snap_baseline_freep(SnapBaseline **p)
+{
+        snap_baseline_free(*p);
+}
+static inline void snap_walk_freep(SnapWalk **p)
+{
+        snap_walk_free(*p);
+}
+static inline void snap_layer_freep(SnapLayer **p)
+{
+        snap_layer_free(*p);
+}
+#define _cleanup_snap_excludes_ _cleanup_(snap_excludes_freep)
+#define _cleanup_snap_baseline_ _cleanup_(snap_baseline_freep)
+#define _cleanup_snap_walk_     _cleanup_(snap_walk_freep)
+#define _cleanup_snap_layer_    _cleanup_(snap_layer_freep)
