@@ -7,6 +7,7 @@
 
 #include "agent/agent-version.h"
 #include "agent/config.h"
+#include "common/fileio.h"
 #include "agent/image.h"
 
 typedef enum KeyType {
@@ -203,39 +204,19 @@ int nb_config_parse_string(NbConfig *c, const char *text, NbError *e)
 
 int nb_config_parse_file(NbConfig *c, const char *path, NbError *e)
 {
-        _cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
-        struct stat st;
-        if (fd < 0 || fstat(fd, &st) < 0)
-                return nb_error_set(e, -errno, "cannot read config %s: %m", path);
-        if (S_ISDIR(st.st_mode))
-                return nb_error_set(e, -EISDIR, "config %s is a directory", path);
-        _cleanup_free_ char *text = malloc(NB_CONFIG_FILE_MAX + 1);
-        if (!text)
-                return nb_error_oom(e);
+        _cleanup_free_ char *text = NULL;
         size_t got = 0;
-        for (;;) {
-                ssize_t n = read(fd, text + got, NB_CONFIG_FILE_MAX + 1 - got);
-                if (n < 0 && errno == EINTR)
-                        continue;
-                if (n < 0)
-                        return nb_error_set(e, -errno, "cannot read config %s: %m", path);
-                if (n == 0)
-                        break;
-                got += (size_t)n;
-                if (got > NB_CONFIG_FILE_MAX)
-                        return nb_error_set(e, -EFBIG, "config %s is over %u bytes", path,
-                                            NB_CONFIG_FILE_MAX);
-        }
-        text[got] = '\0';
+        int r = nb_read_file(path, NB_CONFIG_FILE_MAX, &text, &got);
+        if (r == -EISDIR)
+                return nb_error_set(e, r, "config %s is a directory", path);
+        if (r == -EFBIG)
+                return nb_error_set(e, r, "config %s is over %u bytes", path, NB_CONFIG_FILE_MAX);
+        if (r < 0)
+                return nb_error_set(e, r, "cannot read config %s: %s", path, strerror(-r));
         if (memchr(text, '\0', got))
                 return nb_error_set(e, -EINVAL, "config %s contains a NUL byte", path);
-        int r = nb_config_parse_string(c, text, e);
-        if (r < 0) {
-                char msg[sizeof(e->msg)];
-                snprintf(msg, sizeof(msg), "%s", e->msg);
-                return nb_error_set(e, r, "config %s: %s", path, msg);
-        }
-        return 0;
+        r = nb_config_parse_string(c, text, e);
+        return r < 0 ? nb_error_wrap(e, r, "config %s", path) : 0;
 }
 
 void nb_config_help(void)
@@ -411,32 +392,23 @@ int nb_config_check(const NbConfig *c, NbError *e)
 
 int nb_token_read(const char *path, char **ret, NbError *e)
 {
-        _cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
-        if (fd < 0)
-                return nb_error_set(e, -errno, "cannot read token file %s: %m", path);
-        char buf[NB_TOKEN_MAX + 2];
+        _cleanup_free_ char *buf = NULL;
         size_t got = 0;
-        for (;;) {
-                ssize_t n = read(fd, buf + got, sizeof(buf) - 1 - got);
-                if (n < 0 && errno == EINTR)
-                        continue;
-                if (n < 0)
-                        return nb_error_set(e, -errno, "cannot read token file %s: %m", path);
-                if (n == 0)
-                        break;
-                got += (size_t)n;
-                if (got > NB_TOKEN_MAX)
-                        return nb_error_set(e, -EFBIG, "token file %s is over %d bytes", path, NB_TOKEN_MAX);
-        }
+        /* a token file ends with a newline or two: room for them */
+        int r = nb_read_file(path, NB_TOKEN_MAX + 2, &buf, &got);
+        if (r == -EFBIG)
+                return nb_error_set(e, r, "token file %s is over %d bytes", path, NB_TOKEN_MAX);
+        if (r < 0)
+                return nb_error_set(e, r, "cannot read token file %s: %s", path, strerror(-r));
         while (got > 0 && strchr(" \t\r\n", buf[got - 1]))
                 got--;
         buf[got] = '\0';
         if (got == 0 || strlen(buf) != got || strpbrk(buf, "\r\n"))
                 return nb_error_set(e, -EINVAL, "token file %s must hold one non-empty line", path);
-        char *t = strdup(buf);
-        explicit_bzero(buf, sizeof(buf));
-        if (!t)
-                return nb_error_oom(e);
-        *ret = t;
+        if (got > NB_TOKEN_MAX) {
+                explicit_bzero(buf, got);
+                return nb_error_set(e, -EFBIG, "token file %s is over %d bytes", path, NB_TOKEN_MAX);
+        }
+        *ret = TAKE_PTR(buf);
         return 0;
 }

@@ -9,6 +9,7 @@
 #include <sys/statvfs.h>
 
 #include "agent/store.h"
+#include "common/fileio.h"
 
 #define RESERVE_NAME ".reserve"
 
@@ -165,41 +166,12 @@ NbStore *nb_store_free(NbStore *s)
         return NULL;
 }
 
-/* tmp + fsync + rename + fsync(dir) */
-static int write_atomic(int dfd, const char *name, const char *data, size_t size)
-{
-        char tmp[128];
-        if (snprintf(tmp, sizeof(tmp), ".%s.tmp", name) >= (int)sizeof(tmp))
-                return -ENAMETOOLONG;
-        _cleanup_close_ int fd =
-                openat(dfd, tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
-        if (fd < 0)
-                return -errno;
-        for (size_t done = 0; done < size;) {
-                ssize_t n = write(fd, data + done, size - done);
-                if (n < 0 && errno == EINTR)
-                        continue;
-                if (n < 0) {
-                        int r = -errno;
-                        unlinkat(dfd, tmp, 0);
-                        return r;
-                }
-                done += (size_t)n;
-        }
-        if (fsync(fd) < 0 || renameat(dfd, tmp, dfd, name) < 0) {
-                int r = -errno;
-                unlinkat(dfd, tmp, 0);
-                return r;
-        }
-        return fsync(dfd) < 0 ? -errno : 0;
-}
-
 /* A full disk releases the reserve and tries once more. Called with the lock held. */
 static int store_write(NbStore *s, int dfd, const char *name, const char *data, size_t size)
 {
-        int r = write_atomic(dfd, name, data, size);
+        int r = nb_write_file_atomic_at(dfd, name, data, size, 0600);
         if ((r == -ENOSPC || r == -EDQUOT) && reserve_release(s))
-                r = write_atomic(dfd, name, data, size);
+                r = nb_write_file_atomic_at(dfd, name, data, size, 0600);
         return r;
 }
 
@@ -239,28 +211,7 @@ int nb_store_room(NbStore *s, NbError *e)
 
 static int read_small(int dfd, const char *name, char **ret)
 {
-        _cleanup_close_ int fd = openat(dfd, name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
-        struct stat st;
-        if (fd < 0 || fstat(fd, &st) < 0)
-                return -errno;
-        if (!S_ISREG(st.st_mode) || st.st_size > (off_t)NB_STORE_RECORD_MAX)
-                return -EFBIG;
-        _cleanup_free_ char *buf = malloc((size_t)st.st_size + 1);
-        if (!buf)
-                return -ENOMEM;
-        size_t got = 0;
-        for (;;) {
-                ssize_t n = read(fd, buf + got, (size_t)st.st_size - got);
-                if (n < 0 && errno == EINTR)
-                        continue;
-                if (n < 0)
-                        return -errno;
-                if (n == 0 || (got += (size_t)n) == (size_t)st.st_size)
-                        break;
-        }
-        buf[got] = '\0';
-        *ret = TAKE_PTR(buf);
-        return 0;
+        return nb_read_file_at(dfd, name, NB_STORE_RECORD_MAX, /* nofollow= */ 1, ret, NULL);
 }
 
 cJSON *nb_image_record_json(const NbImage *img)

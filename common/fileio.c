@@ -17,6 +17,8 @@ int nb_read_file_at(int dir_fd, const char *path, size_t max, int nofollow, char
         struct stat st;
         if (fstat(fd, &st) < 0)
                 return -errno;
+        if (S_ISDIR(st.st_mode))
+                return -EISDIR;
         if (!S_ISREG(st.st_mode))
                 return -EINVAL;
         if ((uint64_t)st.st_size > max)

@@ -8,7 +8,8 @@
 #include <sys/types.h>
 
 /* Reads the regular file path (relative to dir_fd, or AT_FDCWD) of at most max bytes into a NUL-terminated
- * buffer. -EFBIG when larger, -EINVAL when not a regular file, -ELOOP for a symlink with nofollow. */
+ * buffer. -EFBIG when larger, -EISDIR for a directory, -EINVAL for another non-regular file, -ELOOP for a
+ * symlink with nofollow. */
 int nb_read_file_at(int dir_fd, const char *path, size_t max, int nofollow, char **ret, size_t *ret_size);
 
 static inline int nb_read_file(const char *path, size_t max, char **ret, size_t *ret_size)

@@ -5,6 +5,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "common/fileio.h"
 #include "snapshot/baseline.h"
 #include "snapshot/walk.h"
 
@@ -92,20 +93,6 @@ static int w_entry(Writer *w, const SnapEntry *en)
         return w->failed ? -EIO : 0;
 }
 
-static int fsync_parent(const char *path)
-{
-        _cleanup_free_ char *dir = strdup(path);
-        if (!dir)
-                return -ENOMEM;
-        char *slash = strrchr(dir, '/');
-        if (slash)
-                *(slash == dir ? slash + 1 : slash) = '\0';
-        _cleanup_close_ int fd = open(slash ? dir : ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-        if (fd < 0 || fsync(fd) < 0)
-                return -errno;
-        return 0;
-}
-
 static int write_all(Writer *w, const char *root, const SnapExcludes *ex, NbError *e)
 {
         SnapWalk *walk = NULL;
@@ -171,7 +158,7 @@ int snap_baseline_write(const char *root, const SnapExcludes *ex, const char *pa
                 r = nb_error_set(e, -errno, "cannot rename %s to %s: %m", tmp, path);
                 goto fail;
         }
-        (void)fsync_parent(path);
+        (void)nb_fsync_parent(path);
         if (ret)
                 *ret = (SnapBaselineStats){.entries = w.count, .file_size = (uint64_t)st.st_size};
         EVP_MD_CTX_free(w.md);
