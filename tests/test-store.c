@@ -134,7 +134,7 @@ static void test_image_json(void)
 
 int main(void)
 {
-        char dir[] = "/tmp/test-daemon-store.XXXXXX";
+        char dir[] = "/tmp/test-store.XXXXXX";
         ASSERT_TRUE(mkdtemp(dir) != NULL);
         char sub[64];
         snprintf(sub, sizeof(sub), "%s/state", dir);

@@ -77,7 +77,7 @@ static void test_check(void)
 
 static void test_flags(void)
 {
-        char path[] = "/tmp/test-daemon-config.XXXXXX";
+        char path[] = "/tmp/test-config.XXXXXX";
         int fd = mkstemp(path);
         ASSERT_TRUE(fd >= 0);
         const char *text = "registry = http://file\nlisten = unix:/file.sock\nproject_id = file\n";
