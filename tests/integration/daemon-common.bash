@@ -1,7 +1,15 @@
 # shellcheck shell=bash
 # Helpers shared by the nbsnapd integration tests (tests/integration/daemon-*.sh). Named .bash so that the
-# ctest glob (integration/*.sh) does not run it as a test. Source tests/lib/common.sh & co. first.
+# ctest glob (integration/*.sh) does not run it as a test. It sources tests/lib/common.sh, registry.sh,
+# base-image.sh and notebook.sh itself (LIB is that folder), so a test starts with:
+#     set -euo pipefail
+#     source "$(dirname "${BASH_SOURCE[0]}")/daemon-common.bash"
+#     daemon_test_init nbd-NAME [TOOL...]
 #
+#   P, CREATE                           /v1/proj-1 and its create-image path for nb-1 (the ids of daemon_args)
+#   daemon_test_init NAME [TOOL...]     the checks of a test that saves: root, umoci skopeo curl setfattr setcap
+#                                       timeout TOOL... python3, nbsnap, nbsnapd (skip, 77, otherwise); then
+#                                       $SCRATCH (NAME.XXXXXX, removed at exit)
 #   need_nbsnapd                        $NBSNAPD must be the daemon binary (skip otherwise)
 #   notebook_setup                      registry + base image + overlay notebook + `nbsnap baseline`:
 #                                       exports NB_MERGED, STATE (the agent's state dir), BASE_REF
@@ -17,6 +25,30 @@
 #                                       and reports progress: the walk reports every 4096 entries)
 #   notify_listen FILE                  a datagram NOTIFY_SOCKET (python3) writing messages to FILE, one per
 #                                       line prefixed by a monotonic timestamp; exports NOTIFY_SOCKET_PATH
+#   receiver_start, receiver_stop, reports, wait_reports: a control-plane stand-in (see below)
+
+LIB=$(cd "$(dirname "${BASH_SOURCE[0]}")/../lib" && pwd)
+# shellcheck source=tests/lib/common.sh
+source "$LIB/common.sh"
+# shellcheck source=tests/lib/registry.sh
+source "$LIB/registry.sh"
+# shellcheck source=tests/lib/base-image.sh
+source "$LIB/base-image.sh"
+# shellcheck source=tests/lib/notebook.sh
+source "$LIB/notebook.sh"
+
+# shellcheck disable=SC2034 # used by the tests that source this
+P=/v1/proj-1 CREATE=$P/notebooks/nb-1/create-image
+
+daemon_test_init() {
+    local name=$1
+    shift
+    need_root
+    need_cmd umoci skopeo curl setfattr setcap timeout "$@" "$PYTHON"
+    need_nbsnap
+    need_nbsnapd
+    scratch_init "$name"
+}
 
 need_nbsnapd() {
     if [[ -z ${NBSNAPD:-} && -n ${NBSNAP_BINARY_DIR:-} && -x ${NBSNAP_BINARY_DIR}/agent/nbsnapd ]]; then

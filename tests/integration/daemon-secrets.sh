@@ -10,23 +10,10 @@
 #
 # Run: ctest -R integration/daemon-secrets   (or: sudo NBSNAP=build/agent/nbsnap NBSNAPD=build/agent/nbsnapd bash ...)
 set -euo pipefail
-LIB=$(cd "$(dirname "${BASH_SOURCE[0]}")/../lib" && pwd)
-# shellcheck source=tests/lib/common.sh
-source "$LIB/common.sh"
-# shellcheck source=tests/lib/registry.sh
-source "$LIB/registry.sh"
-# shellcheck source=tests/lib/base-image.sh
-source "$LIB/base-image.sh"
-# shellcheck source=tests/lib/notebook.sh
-source "$LIB/notebook.sh"
 # shellcheck source=tests/integration/daemon-common.bash
 source "$(dirname "${BASH_SOURCE[0]}")/daemon-common.bash"
 
-need_root
-need_cmd umoci skopeo curl setfattr setcap timeout openssl base64 "$PYTHON"
-need_nbsnap
-need_nbsnapd
-scratch_init nbd-secrets
+daemon_test_init nbd-secrets openssl base64
 
 step "registry, base image, notebook; the state dir inside the notebook root"
 registry_start "$SCRATCH/registry"
@@ -75,8 +62,6 @@ TCP_PORT=$(free_port)
 FLAGS=(--registry "$PROXY_URL" --authfile "$AUTHFILE" --token-file "$M/etc/nbsnap/token" --exclude /opt/elsewhere
     --report-url "$RECEIVER_URL" --listen "tcp:127.0.0.1:$TCP_PORT"
     --tls-cert "$SCRATCH/tls.crt" --tls-key "$M/etc/nbsnap/tls.key")
-P=/v1/proj-1
-CREATE=$P/notebooks/nb-1/create-image
 
 # save NAME: one save; every answer seen while it runs is appended to $SCRATCH/statuses.jsonl
 save() {

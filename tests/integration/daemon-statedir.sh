@@ -14,23 +14,10 @@
 #
 # Run: ctest -R integration/daemon-statedir   (or: sudo NBSNAP=build/agent/nbsnap NBSNAPD=build/agent/nbsnapd bash ...)
 set -euo pipefail
-LIB=$(cd "$(dirname "${BASH_SOURCE[0]}")/../lib" && pwd)
-# shellcheck source=tests/lib/common.sh
-source "$LIB/common.sh"
-# shellcheck source=tests/lib/registry.sh
-source "$LIB/registry.sh"
-# shellcheck source=tests/lib/base-image.sh
-source "$LIB/base-image.sh"
-# shellcheck source=tests/lib/notebook.sh
-source "$LIB/notebook.sh"
 # shellcheck source=tests/integration/daemon-common.bash
 source "$(dirname "${BASH_SOURCE[0]}")/daemon-common.bash"
 
-need_root
-need_cmd umoci skopeo curl setfattr setcap timeout mount "$PYTHON"
-need_nbsnap
-need_nbsnapd
-scratch_init nbd-sd
+daemon_test_init nbd-sd mount
 
 step "registry, base image, notebook, baseline; a state dir on a tmpfs of its own"
 notebook_setup
@@ -53,8 +40,6 @@ faults() {
 }
 SLOW='{"rules": [{"id": "slow", "method": "PATCH", "count": 0, "action": "delay", "seconds": 0.25}]}'
 
-P=/v1/proj-1
-CREATE=$P/notebooks/nb-1/create-image
 printf 'sd-token-%s\n' "$RANDOM$RANDOM" >"$SCRATCH/token"
 receiver_start cp 0
 FLAGS=(--registry "$PROXY_URL" --report-url "$RECEIVER_URL" --token-file "$SCRATCH/token" --report-retry-max 1
