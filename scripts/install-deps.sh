@@ -3,7 +3,7 @@
 # Idempotent: asks apt only for what is missing. Run as root.
 set -euo pipefail
 
-build=(build-essential cmake pkg-config clang
+build=(build-essential cmake pkg-config clang clang-format
        libarchive-dev libcurl4-openssl-dev libcjson-dev libssl-dev zlib1g-dev libisal-dev libzstd-dev
        libmount-dev libsystemd-dev libmicrohttpd-dev libinih-dev libgnutls28-dev)
 run=(ca-certificates curl)

@@ -1,11 +1,22 @@
 #!/bin/bash
-# Installs what is needed, builds nbsnap twice (release, and AddressSanitizer + UndefinedBehaviorSanitizer)
-# and runs the whole test suite with ctest on both. Needs root (overlayfs, device nodes, chown), as CI has.
+# Installs what is needed, checks the C sources' style (scripts/check-style.sh: clang-format, banned functions;
+# a violation fails the run before anything is built), builds nbsnap twice (release, and AddressSanitizer +
+# UndefinedBehaviorSanitizer) and runs the whole test suite with ctest on both. Needs root (overlayfs, device
+# nodes, chown), as CI has.
 #   ./scripts/test.sh            everything
 #   NBSNAP_TEST_SANITIZE=0 ...   skip the sanitizer pass
 set -euo pipefail
 src=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 "$src/scripts/install-deps.sh"
+
+echo "==== style: scripts/check-style.sh" >&2
+style_rc=0
+"$src/scripts/check-style.sh" || style_rc=$?
+if ((style_rc != 0)); then
+    echo "==== style check failed (exit $style_rc): nothing built, no test run. Fix what it lists above" \
+        "(clang-format -i FILE for the format), then run ./scripts/check-style.sh until it passes." >&2
+    exit 1
+fi
 
 jobs=$(nproc)
 status=0

@@ -17,23 +17,10 @@
 #
 # Run: ctest -R integration/daemon-abuse   (or: sudo NBSNAP=build/agent/nbsnap NBSNAPD=build/agent/nbsnapd bash ...)
 set -euo pipefail
-LIB=$(cd "$(dirname "${BASH_SOURCE[0]}")/../lib" && pwd)
-# shellcheck source=tests/lib/common.sh
-source "$LIB/common.sh"
-# shellcheck source=tests/lib/registry.sh
-source "$LIB/registry.sh"
-# shellcheck source=tests/lib/base-image.sh
-source "$LIB/base-image.sh"
-# shellcheck source=tests/lib/notebook.sh
-source "$LIB/notebook.sh"
 # shellcheck source=tests/integration/daemon-common.bash
 source "$(dirname "${BASH_SOURCE[0]}")/daemon-common.bash"
 
-need_root
-need_cmd umoci skopeo curl setfattr setcap prlimit timeout "$PYTHON"
-need_nbsnap
-need_nbsnapd
-scratch_init nbd-abuse
+daemon_test_init nbd-abuse prlimit
 
 # the limits of agent/api.h, as the checks below expect them
 REQUEST_TIMEOUT=10
@@ -152,8 +139,6 @@ alive() {
 
 step "registry, base image, notebook, baseline"
 notebook_setup
-P=/v1/proj-1
-CREATE=$P/notebooks/nb-1/create-image
 daemon_start abuse
 
 step "huge headers and URLs (NB_API_CONNECTION_MEMORY_MAX)"

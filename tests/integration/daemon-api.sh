@@ -8,23 +8,10 @@
 #
 # Run: ctest -R integration/daemon-api   (or: sudo NBSNAP=build/agent/nbsnap NBSNAPD=build/agent/nbsnapd bash ...)
 set -euo pipefail
-LIB=$(cd "$(dirname "${BASH_SOURCE[0]}")/../lib" && pwd)
-# shellcheck source=tests/lib/common.sh
-source "$LIB/common.sh"
-# shellcheck source=tests/lib/registry.sh
-source "$LIB/registry.sh"
-# shellcheck source=tests/lib/base-image.sh
-source "$LIB/base-image.sh"
-# shellcheck source=tests/lib/notebook.sh
-source "$LIB/notebook.sh"
 # shellcheck source=tests/integration/daemon-common.bash
 source "$(dirname "${BASH_SOURCE[0]}")/daemon-common.bash"
 
-need_root
-need_cmd umoci skopeo curl setfattr setcap setpriv timeout "$PYTHON"
-need_nbsnap
-need_nbsnapd
-scratch_init nbd-api
+daemon_test_init nbd-api setpriv
 
 step "registry, base image, notebook, baseline"
 notebook_setup
@@ -34,8 +21,6 @@ head -c 48M /dev/urandom >"$NB_MERGED/opt/t/bulk/incompressible.bin" # ~750 PATC
 
 step "nbsnapd on a unix socket"
 daemon_start api --chunk-size 65536
-P=/v1/proj-1
-CREATE=$P/notebooks/nb-1/create-image
 
 api GET /health
 check "GET /health is 200" test "$HTTP_CODE" = 200

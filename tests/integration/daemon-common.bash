@@ -1,10 +1,29 @@
 # shellcheck shell=bash
 # Helpers shared by the nbsnapd integration tests (tests/integration/daemon-*.sh). Named .bash so that the
-# ctest glob (integration/*.sh) does not run it as a test. Source tests/lib/common.sh & co. first.
+# ctest glob (integration/*.sh) does not run it as a test. It sources tests/lib/common.sh, registry.sh,
+# base-image.sh and notebook.sh itself (LIB is that folder), so a test starts with:
+#     set -euo pipefail
+#     source "$(dirname "${BASH_SOURCE[0]}")/daemon-common.bash"
+#     daemon_test_init nbd-NAME [TOOL...]
 #
+#   P, CREATE                           /v1/proj-1 and its create-image path for nb-1 (the ids of daemon_args)
+#   daemon_test_init NAME [TOOL...]     the checks of a test that saves: root, umoci skopeo curl setfattr setcap
+#                                       timeout TOOL... python3, nbsnap, nbsnapd (skip, 77, otherwise); then
+#                                       $SCRATCH (NAME.XXXXXX, removed at exit)
 #   need_nbsnapd                        $NBSNAPD must be the daemon binary (skip otherwise)
-#   notebook_setup                      registry + base image + overlay notebook + `nbsnap baseline`:
-#                                       exports NB_MERGED, STATE (the agent's state dir), BASE_REF
+#   notebook_setup                      notebook_start + notebook_baseline
+#   notebook_start                      registry + base image + overlay notebook: exports REGISTRY_URL, BASE_REF,
+#                                       NB_MERGED & co. (tests/lib/registry.sh, base-image.sh, notebook.sh)
+#   notebook_baseline [STATE-DIR]       `nbsnap baseline` of $NB_MERGED into STATE-DIR (default $SCRATCH/state,
+#                                       exported as STATE), then something to save: /opt/t/added/new.txt
+#   faultproxy_start [ARGS...]          tests/lib/faultproxy.py on 127.0.0.1:$PROXY_PORT (a free port unless set)
+#                                       in front of $REGISTRY_URL, log $SCRATCH/proxy.log, ARGS added; waits
+#                                       for it; exports PROXY_PORT, PROXY_URL, PROXY_PID
+#   faults JSON                         sets the proxy's rules (fails the test when it cannot)
+#   wait_for DESCRIPTION TIMEOUT CMD... polls CMD every 50 ms until it succeeds (1 and a note after TIMEOUT s)
+#   tmpfs_state DIR SPARE_KB            a state dir on a tmpfs of its own: $STATE/baseline plus SPARE_KB
+#   fill_up DIR                         writes DIR/fill until the file system is full (fails if it is not)
+#   no_half_written DIR                 no temporary file in the state dir DIR, every record and report whole JSON
 #   daemon_args NAME                    prints the flags of an agent on $SCRATCH/NAME.sock (config-less)
 #   daemon_start NAME [FLAGS...]        starts nbsnapd (log: $SCRATCH/NAME.log), waits for /health;
 #                                       exports SOCK, DAEMON_PID
@@ -17,6 +36,30 @@
 #                                       and reports progress: the walk reports every 4096 entries)
 #   notify_listen FILE                  a datagram NOTIFY_SOCKET (python3) writing messages to FILE, one per
 #                                       line prefixed by a monotonic timestamp; exports NOTIFY_SOCKET_PATH
+#   receiver_start, receiver_stop, reports, wait_reports: a control-plane stand-in (see below)
+
+LIB=$(cd "$(dirname "${BASH_SOURCE[0]}")/../lib" && pwd)
+# shellcheck source=tests/lib/common.sh
+source "$LIB/common.sh"
+# shellcheck source=tests/lib/registry.sh
+source "$LIB/registry.sh"
+# shellcheck source=tests/lib/base-image.sh
+source "$LIB/base-image.sh"
+# shellcheck source=tests/lib/notebook.sh
+source "$LIB/notebook.sh"
+
+# shellcheck disable=SC2034 # used by the tests that source this
+P=/v1/proj-1 CREATE=$P/notebooks/nb-1/create-image
+
+daemon_test_init() {
+    local name=$1
+    shift
+    need_root
+    need_cmd umoci skopeo curl setfattr setcap timeout "$@" "$PYTHON"
+    need_nbsnap
+    need_nbsnapd
+    scratch_init "$name"
+}
 
 need_nbsnapd() {
     if [[ -z ${NBSNAPD:-} && -n ${NBSNAP_BINARY_DIR:-} && -x ${NBSNAP_BINARY_DIR}/agent/nbsnapd ]]; then
@@ -30,16 +73,73 @@ need_nbsnapd() {
 }
 
 notebook_setup() {
+    notebook_start
+    notebook_baseline
+}
+
+notebook_start() {
     registry_start "$SCRATCH/registry"
     base_image_build "$SCRATCH/base" nbsnap-test/base:v1
     notebook_mount "$SCRATCH/nb" "$BASE_ROOTFS"
-    STATE=$SCRATCH/state
+}
+
+# shellcheck disable=SC2120 # the argument is optional
+notebook_baseline() {
+    STATE=${1:-$SCRATCH/state}
     export STATE
     run_nbsnap "$SCRATCH/baseline" baseline --root "$NB_MERGED" --state-dir "$STATE"
     [[ $NBSNAP_RC -eq 0 ]] || fail "nbsnap baseline exited $NBSNAP_RC"
     # something to save
     mkdir -p "$NB_MERGED/opt/t/added"
     echo 'a new file' >"$NB_MERGED/opt/t/added/new.txt"
+}
+
+faultproxy_start() {
+    local i
+    PROXY_PORT=${PROXY_PORT:-$(free_port)}
+    PROXY_URL=http://127.0.0.1:$PROXY_PORT
+    "$PYTHON" "$LIB/faultproxy.py" --listen "127.0.0.1:$PROXY_PORT" --upstream "$REGISTRY_URL" \
+        --log "$SCRATCH/proxy.log" "$@" 2>>"$SCRATCH/proxy.err" &
+    PROXY_PID=$!
+    export PROXY_PORT PROXY_URL PROXY_PID
+    at_exit "kill $PROXY_PID 2>/dev/null || true"
+    for ((i = 0; i < 100; i++)); do curl -s -o /dev/null -X POST "$PROXY_URL/__nothing" 2>/dev/null && break; sleep 0.05; done
+}
+
+faults() {
+    curl -sSf -o /dev/null -X POST --data-binary "$1" "$PROXY_URL/__fault" || fail "cannot set the proxy's rules"
+}
+
+wait_for() {
+    local what=$1 timeout=$2 i
+    shift 2
+    for ((i = 0; i < timeout * 20; i++)); do
+        "$@" && return 0
+        sleep 0.05
+    done
+    note "timed out waiting for: $what"
+    return 1
+}
+
+tmpfs_state() {
+    local dir=$1 spare_kb=$2 base_kb
+    base_kb=$(du -sk "$STATE/baseline" | cut -f1)
+    mkdir -p "$dir"
+    mount -t tmpfs -o "size=$((base_kb + spare_kb))k,mode=0700" tmpfs "$dir"
+    at_exit "umount -l $(printf '%q' "$dir") 2>/dev/null || true"
+    cp "$STATE/baseline" "$dir/baseline"
+}
+
+fill_up() {
+    dd if=/dev/zero of="$1/fill" bs=4k 2>/dev/null || true
+    [[ $(df --output=avail "$1" | tail -1) -eq 0 ]]
+}
+
+no_half_written() {
+    [[ -z $(find "$1" -name '*.tmp*') ]] &&
+        "$PYTHON" -c 'import glob,json,sys
+for f in glob.glob(sys.argv[1] + "/images/*.json") + glob.glob(sys.argv[1] + "/outbox/*.json"):
+    json.load(open(f))' "$1"
 }
 
 daemon_args() {

@@ -14,29 +14,14 @@
 #
 # Run: ctest -R integration/daemon-crash   (or: sudo NBSNAP=build/agent/nbsnap NBSNAPD=build/agent/nbsnapd bash ...)
 set -euo pipefail
-LIB=$(cd "$(dirname "${BASH_SOURCE[0]}")/../lib" && pwd)
-# shellcheck source=tests/lib/common.sh
-source "$LIB/common.sh"
-# shellcheck source=tests/lib/registry.sh
-source "$LIB/registry.sh"
-# shellcheck source=tests/lib/base-image.sh
-source "$LIB/base-image.sh"
-# shellcheck source=tests/lib/notebook.sh
-source "$LIB/notebook.sh"
 # shellcheck source=tests/integration/daemon-common.bash
 source "$(dirname "${BASH_SOURCE[0]}")/daemon-common.bash"
 
-need_root
-need_cmd umoci skopeo curl setfattr setcap timeout mount "$PYTHON"
-need_nbsnap
-need_nbsnapd
-scratch_init nbd-crash
+daemon_test_init nbd-crash mount
 : "${WALK_FILES:=60000}"
 
 step "registry, base image, notebook with $WALK_FILES unchanged files, baseline"
-registry_start "$SCRATCH/registry"
-base_image_build "$SCRATCH/base" nbsnap-test/base:v1
-notebook_mount "$SCRATCH/nb" "$BASE_ROOTFS"
+notebook_start
 "$PYTHON" - "$NB_MERGED/opt/big" "$WALK_FILES" <<'PY'
 import os, sys
 root, n = sys.argv[1], int(sys.argv[2])
@@ -46,43 +31,17 @@ for i in range(n):
         os.makedirs(d)
     os.close(os.open(os.path.join(d, "f%06d" % i), os.O_CREAT | os.O_WRONLY, 0o644))
 PY
-STATE=$SCRATCH/state
-run_nbsnap "$SCRATCH/baseline" baseline --root "$NB_MERGED" --state-dir "$STATE"
-[[ $NBSNAP_RC -eq 0 ]] || fail "nbsnap baseline exited $NBSNAP_RC"
-mkdir -p "$NB_MERGED/opt/t/added"
-echo 'a new file' >"$NB_MERGED/opt/t/added/new.txt"
+notebook_baseline
 make_bulk "$NB_MERGED/opt/t/bulk" 1200 4096 # ~5 MB incompressible: ~75 PATCHes of 64 KiB
 
-PROXY_PORT=$(free_port)
-PROXY_URL=http://127.0.0.1:$PROXY_PORT
-"$PYTHON" "$LIB/faultproxy.py" --listen "127.0.0.1:$PROXY_PORT" --upstream "$REGISTRY_URL" \
-    --log "$SCRATCH/proxy.log" 2>>"$SCRATCH/proxy.err" &
-PROXY_PID=$!
-at_exit "kill $PROXY_PID 2>/dev/null || true"
-for ((i = 0; i < 100; i++)); do curl -s -o /dev/null -X POST "$PROXY_URL/__nothing" 2>/dev/null && break; sleep 0.05; done
-faults() {
-    curl -sSf -o /dev/null -X POST --data-binary "$1" "$PROXY_URL/__fault" || fail "cannot set the proxy's rules"
-}
+faultproxy_start
 
-P=/v1/proj-1
-CREATE=$P/notebooks/nb-1/create-image
 printf 'crash-token-%s\n' "$RANDOM$RANDOM" >"$SCRATCH/token"
 receiver_start cp 0
 FLAGS=(--registry "$PROXY_URL" --report-url "$RECEIVER_URL" --token-file "$SCRATCH/token" --report-retry-max 1
     --chunk-size 65536)
 daemon_start crash "${FLAGS[@]}"
 
-# wait_for DESCRIPTION TIMEOUT CMD...: polls CMD every 50 ms
-wait_for() {
-    local what=$1 timeout=$2 i
-    shift 2
-    for ((i = 0; i < timeout * 20; i++)); do
-        "$@" && return 0
-        sleep 0.05
-    done
-    note "timed out waiting for: $what"
-    return 1
-}
 # status_is ID REGEX: the image's "STATUS: status_message" matches REGEX
 status_is() {
     HTTP_CODE=$(curl -s -m 10 -o "$SCRATCH/resp.json" -w '%{http_code}' --unix-socket "$SOCK" \
@@ -193,26 +152,6 @@ check "ACTIVE ($(jget 'j["status_message"]'))" test "$(jget 'j["status"]')" = AC
 check "the tag is in the registry" test "$(manifest_status nbsnap-it/after-crash v1)" = 200
 daemon_stop
 check "exit 0" test "$DAEMON_RC" = 0
-
-# a state dir on its own tmpfs: the baseline plus SPARE_KB
-tmpfs_state() {
-    local dir=$1 spare_kb=$2 base_kb
-    base_kb=$(du -sk "$STATE/baseline" | cut -f1)
-    mkdir -p "$dir"
-    mount -t tmpfs -o "size=$((base_kb + spare_kb))k,mode=0700" tmpfs "$dir"
-    at_exit "umount -l $(printf '%q' "$dir") 2>/dev/null || true"
-    cp "$STATE/baseline" "$dir/baseline"
-}
-fill_up() { # fill_up DIR: writes DIR/fill until the file system is full
-    dd if=/dev/zero of="$1/fill" bs=4k 2>/dev/null || true
-    [[ $(df --output=avail "$1" | tail -1) -eq 0 ]]
-}
-no_half_written() { # no_half_written DIR: no temporary file, every record and report is whole JSON
-    [[ -z $(find "$1" -name '*.tmp*') ]] &&
-        "$PYTHON" -c 'import glob,json,sys
-for f in glob.glob(sys.argv[1] + "/images/*.json") + glob.glob(sys.argv[1] + "/outbox/*.json"):
-    json.load(open(f))' "$1"
-}
 
 step "state dir full before the request"
 FULL=$SCRATCH/state-full

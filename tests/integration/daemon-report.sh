@@ -9,28 +9,13 @@
 #  - kill -9 during CREATING: after a restart the image is CREATE_FAILED ("the agent stopped during the save
 #    (...); save again") and that is reported after INIT and CREATING.
 set -euo pipefail
-LIB=$(cd "$(dirname "${BASH_SOURCE[0]}")/../lib" && pwd)
-# shellcheck source=tests/lib/common.sh
-source "$LIB/common.sh"
-# shellcheck source=tests/lib/registry.sh
-source "$LIB/registry.sh"
-# shellcheck source=tests/lib/base-image.sh
-source "$LIB/base-image.sh"
-# shellcheck source=tests/lib/notebook.sh
-source "$LIB/notebook.sh"
 # shellcheck source=tests/integration/daemon-common.bash
 source "$(dirname "${BASH_SOURCE[0]}")/daemon-common.bash"
 
-need_root
-need_cmd umoci skopeo curl setfattr setcap timeout "$PYTHON"
-need_nbsnap
-need_nbsnapd
-scratch_init nbd-rep
+daemon_test_init nbd-rep
 
 step "registry, base image, notebook, baseline"
 notebook_setup
-P=/v1/proj-1
-CREATE=$P/notebooks/nb-1/create-image
 TOKEN=tok-$RANDOM$RANDOM-secret
 printf '%s\n' "$TOKEN" >"$SCRATCH/token"
 chmod 0600 "$SCRATCH/token"

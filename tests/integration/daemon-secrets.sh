@@ -10,34 +10,16 @@
 #
 # Run: ctest -R integration/daemon-secrets   (or: sudo NBSNAP=build/agent/nbsnap NBSNAPD=build/agent/nbsnapd bash ...)
 set -euo pipefail
-LIB=$(cd "$(dirname "${BASH_SOURCE[0]}")/../lib" && pwd)
-# shellcheck source=tests/lib/common.sh
-source "$LIB/common.sh"
-# shellcheck source=tests/lib/registry.sh
-source "$LIB/registry.sh"
-# shellcheck source=tests/lib/base-image.sh
-source "$LIB/base-image.sh"
-# shellcheck source=tests/lib/notebook.sh
-source "$LIB/notebook.sh"
 # shellcheck source=tests/integration/daemon-common.bash
 source "$(dirname "${BASH_SOURCE[0]}")/daemon-common.bash"
 
-need_root
-need_cmd umoci skopeo curl setfattr setcap timeout openssl base64 "$PYTHON"
-need_nbsnap
-need_nbsnapd
-scratch_init nbd-secrets
+daemon_test_init nbd-secrets openssl base64
 
 step "registry, base image, notebook; the state dir inside the notebook root"
-registry_start "$SCRATCH/registry"
-base_image_build "$SCRATCH/base" nbsnap-test/base:v1
-notebook_mount "$SCRATCH/nb" "$BASE_ROOTFS"
+notebook_start
 M=$NB_MERGED
-STATE=$M/var/lib/nbsnap
-run_nbsnap "$SCRATCH/baseline" baseline --root "$M" --state-dir "$STATE"
-[[ $NBSNAP_RC -eq 0 ]] || fail "nbsnap baseline exited $NBSNAP_RC"
-mkdir -p "$M/opt/t/added" "$M/opt/elsewhere"
-echo 'a new file' >"$M/opt/t/added/new.txt"
+notebook_baseline "$M/var/lib/nbsnap"
+mkdir -p "$M/opt/elsewhere"
 echo 'excluded by --exclude' >"$M/opt/elsewhere/x.txt"
 
 step "secrets, all inside the notebook root"
@@ -58,25 +40,18 @@ chmod 0600 "$AUTHFILE" "$M/etc/nbsnap/token" "$M/etc/nbsnap/tls.key"
 KEY_LINE=$(sed -n 5p "$M/etc/nbsnap/tls.key") # 64 characters of the private key
 SECRETS=("$PASSWORD" "$AUTH_B64" "$API_TOKEN" "$KEY_LINE" presigned-secret X-Amz-Signature)
 
-"$PYTHON" "$LIB/faultproxy.py" --listen "127.0.0.1:$PROXY_PORT" --other-listen "127.0.0.2:$OTHER_PORT" \
-    --upstream "$REGISTRY_URL" --log "$SCRATCH/proxy.log" 2>>"$SCRATCH/proxy.err" &
-PROXY_PID=$!
-at_exit "kill $PROXY_PID 2>/dev/null || true"
-for ((i = 0; i < 100; i++)); do curl -s -o /dev/null -X POST "$PROXY_URL/__nothing" 2>/dev/null && break; sleep 0.05; done
+faultproxy_start --other-listen "127.0.0.2:$OTHER_PORT"
 # Bearer mode (the token endpoint gets the authfile's Basic credentials); base layers are copied, not
 # mounted, and their GETs are redirected to "storage" with a presigned query
-curl -sSf -o /dev/null -X POST "$PROXY_URL/__fault" --data-binary '{"bearer": true, "rules": [
+faults '{"bearer": true, "rules": [
     {"id": "m202", "method": "POST", "path": "mount=", "count": 0, "action": "mount202"},
-    {"id": "red", "listener": "main", "method": "GET", "path": "/blobs/sha256:", "count": 0, "action": "redirect"}]}' ||
-    fail "cannot set the proxy's rules"
+    {"id": "red", "listener": "main", "method": "GET", "path": "/blobs/sha256:", "count": 0, "action": "redirect"}]}'
 
 receiver_start cp 0
 TCP_PORT=$(free_port)
 FLAGS=(--registry "$PROXY_URL" --authfile "$AUTHFILE" --token-file "$M/etc/nbsnap/token" --exclude /opt/elsewhere
     --report-url "$RECEIVER_URL" --listen "tcp:127.0.0.1:$TCP_PORT"
     --tls-cert "$SCRATCH/tls.crt" --tls-key "$M/etc/nbsnap/tls.key")
-P=/v1/proj-1
-CREATE=$P/notebooks/nb-1/create-image
 
 # save NAME: one save; every answer seen while it runs is appended to $SCRATCH/statuses.jsonl
 save() {

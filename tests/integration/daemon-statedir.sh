@@ -14,76 +14,29 @@
 #
 # Run: ctest -R integration/daemon-statedir   (or: sudo NBSNAP=build/agent/nbsnap NBSNAPD=build/agent/nbsnapd bash ...)
 set -euo pipefail
-LIB=$(cd "$(dirname "${BASH_SOURCE[0]}")/../lib" && pwd)
-# shellcheck source=tests/lib/common.sh
-source "$LIB/common.sh"
-# shellcheck source=tests/lib/registry.sh
-source "$LIB/registry.sh"
-# shellcheck source=tests/lib/base-image.sh
-source "$LIB/base-image.sh"
-# shellcheck source=tests/lib/notebook.sh
-source "$LIB/notebook.sh"
 # shellcheck source=tests/integration/daemon-common.bash
 source "$(dirname "${BASH_SOURCE[0]}")/daemon-common.bash"
 
-need_root
-need_cmd umoci skopeo curl setfattr setcap timeout mount "$PYTHON"
-need_nbsnap
-need_nbsnapd
-scratch_init nbd-sd
+daemon_test_init nbd-sd mount
 
 step "registry, base image, notebook, baseline; a state dir on a tmpfs of its own"
 notebook_setup
 make_bulk "$NB_MERGED/opt/t/bulk" 600 4096 # ~2.4 MB incompressible: ~38 PATCHes of 64 KiB
 SD=$SCRATCH/sd
-mkdir -p "$SD"
-mount -t tmpfs -o "size=$(($(du -sk "$STATE/baseline" | cut -f1) + 2048))k,mode=0700" tmpfs "$SD"
-at_exit "umount -l $(printf '%q' "$SD") 2>/dev/null || true"
-cp "$STATE/baseline" "$SD/baseline"
+tmpfs_state "$SD" 2048
 
-PROXY_PORT=$(free_port)
-PROXY_URL=http://127.0.0.1:$PROXY_PORT
-"$PYTHON" "$LIB/faultproxy.py" --listen "127.0.0.1:$PROXY_PORT" --upstream "$REGISTRY_URL" \
-    --log "$SCRATCH/proxy.log" 2>>"$SCRATCH/proxy.err" &
-PROXY_PID=$!
-at_exit "kill $PROXY_PID 2>/dev/null || true"
-for ((i = 0; i < 100; i++)); do curl -s -o /dev/null -X POST "$PROXY_URL/__nothing" 2>/dev/null && break; sleep 0.05; done
-faults() {
-    curl -sSf -o /dev/null -X POST --data-binary "$1" "$PROXY_URL/__fault" || fail "cannot set the proxy's rules"
-}
+faultproxy_start
 SLOW='{"rules": [{"id": "slow", "method": "PATCH", "count": 0, "action": "delay", "seconds": 0.25}]}'
 
-P=/v1/proj-1
-CREATE=$P/notebooks/nb-1/create-image
 printf 'sd-token-%s\n' "$RANDOM$RANDOM" >"$SCRATCH/token"
 receiver_start cp 0
 FLAGS=(--registry "$PROXY_URL" --report-url "$RECEIVER_URL" --token-file "$SCRATCH/token" --report-retry-max 1
     --chunk-size 65536 --state-dir "$SD")
 
-wait_for() { # wait_for DESCRIPTION TIMEOUT CMD...: polls CMD every 50 ms
-    local what=$1 timeout=$2 i
-    shift 2
-    for ((i = 0; i < timeout * 20; i++)); do
-        "$@" && return 0
-        sleep 0.05
-    done
-    note "timed out waiting for: $what"
-    return 1
-}
 status_is() { # status_is ID REGEX: the image's "STATUS: status_message" matches REGEX
     HTTP_CODE=$(curl -s -m 10 -o "$SCRATCH/resp.json" -w '%{http_code}' --unix-socket "$SOCK" \
         "http://localhost$P/images/$1") || return 1
     [[ "$(jget 'j["status"] + ": " + j["status_message"]')" =~ $2 ]]
-}
-no_half_written() { # no_half_written DIR: no temporary file, every record and report is whole JSON
-    [[ -z $(find "$1" -name '*.tmp*') ]] &&
-        "$PYTHON" -c 'import glob,json,sys
-for f in glob.glob(sys.argv[1] + "/images/*.json") + glob.glob(sys.argv[1] + "/outbox/*.json"):
-    json.load(open(f))' "$1"
-}
-fill_up() { # fill_up DIR: writes DIR/fill until the file system is full
-    dd if=/dev/zero of="$1/fill" bs=4k 2>/dev/null || true
-    [[ $(df --output=avail "$1" | tail -1) -eq 0 ]]
 }
 log_lines() { grep -c -- "$1" "$SCRATCH/sd.log" || true; }
 health() { curl -s -o /dev/null -w '%{http_code}' --unix-socket "$SOCK" http://localhost/health; }

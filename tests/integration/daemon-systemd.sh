@@ -9,29 +9,14 @@
 #  - SIGTERM during a save: the save is cancelled, recorded CREATE_FAILED (never lost), the agent exits 0
 #    well within the unit's TimeoutStopSec.
 set -euo pipefail
-LIB=$(cd "$(dirname "${BASH_SOURCE[0]}")/../lib" && pwd)
-# shellcheck source=tests/lib/common.sh
-source "$LIB/common.sh"
-# shellcheck source=tests/lib/registry.sh
-source "$LIB/registry.sh"
-# shellcheck source=tests/lib/base-image.sh
-source "$LIB/base-image.sh"
-# shellcheck source=tests/lib/notebook.sh
-source "$LIB/notebook.sh"
 # shellcheck source=tests/integration/daemon-common.bash
 source "$(dirname "${BASH_SOURCE[0]}")/daemon-common.bash"
 
-need_root
-need_cmd umoci skopeo curl setfattr setcap timeout systemd-socket-activate "$PYTHON"
-need_nbsnap
-need_nbsnapd
-scratch_init nbd-sd
+daemon_test_init nbd-sd systemd-socket-activate
 
 step "registry, base image, notebook, baseline"
 notebook_setup
 make_bulk "$NB_MERGED/opt/t/bulk" 10240 2560 # a save of several seconds (64 KiB PATCHes)
-P=/v1/proj-1
-CREATE=$P/notebooks/nb-1/create-image
 
 step "socket activation"
 notify_listen "$SCRATCH/notify.log"

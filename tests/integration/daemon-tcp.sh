@@ -5,9 +5,6 @@
 # says nothing about the instance); with tls_cert/tls_key it speaks TLS (libmicrohttpd + GnuTLS) and plain
 # HTTP to that port fails. The unix socket works alongside. No registry needed: no save is run here.
 set -euo pipefail
-LIB=$(cd "$(dirname "${BASH_SOURCE[0]}")/../lib" && pwd)
-# shellcheck source=tests/lib/common.sh
-source "$LIB/common.sh"
 # shellcheck source=tests/integration/daemon-common.bash
 source "$(dirname "${BASH_SOURCE[0]}")/daemon-common.bash"
 

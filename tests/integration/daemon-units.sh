@@ -9,9 +9,6 @@
 #  - `cpack -G DEB` builds a .deb with its dependencies declared, the units, a postinst that enables them,
 #    the config as a conffile, and unit ExecStart= paths that exist in the package.
 set -euo pipefail
-LIB=$(cd "$(dirname "${BASH_SOURCE[0]}")/../lib" && pwd)
-# shellcheck source=tests/lib/common.sh
-source "$LIB/common.sh"
 # shellcheck source=tests/integration/daemon-common.bash
 source "$(dirname "${BASH_SOURCE[0]}")/daemon-common.bash"
 
