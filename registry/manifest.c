@@ -56,8 +56,8 @@ static int manifest_blob_unknown(RegClient *c, const char *repository, const voi
                 return nb_error_wrap(e, r, "%s: checking its blobs after MANIFEST_BLOB_UNKNOWN", what);
         if (r == 0)
                 return 0;
-        return nb_error_set(
-                e, -ENOLINK,
+        return nb_error_set_http(
+                e, -ENOLINK, 400,
                 "%s: HTTP 400 MANIFEST_BLOB_UNKNOWN: the registry does not have blob %s (%d of the "
                 "manifest's blobs missing)",
                 what, missing, r);
