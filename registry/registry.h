@@ -7,7 +7,8 @@
  * cached per scope and renewed on 401. Credentials come from the containers convention (authfile,
  * $REGISTRY_AUTH_FILE, $DOCKER_CONFIG/config.json,
  * ~/.docker/config.json). TLS is verified; a CA file can be given and /etc/containers/certs.d/<host>/ is
- * honoured.
+ * honoured. The OCI image model is here too: media types of both families and the mapping between them,
+ * descriptors, and building a new image's config and manifest on a base image (layers kept, dropped, added).
  *
  * Every function returns 0 (or a documented positive value) on success and a negative errno on failure, with
  * NbError filled with a message a person can act on. Nothing here logs or prints.
