@@ -218,11 +218,8 @@ static int config_edit(const RegImageBuild *b, cJSON *c, NbError *e)
 
 int reg_image_build_config(const RegImageBuild *b, RegBuilt *ret, NbError *e)
 {
-        int r = build_check(b, e);
-        if (r < 0)
-                return r;
         const char *type;
-        r = reg_image_build_type(b, &type, NULL, e);
+        int r = reg_image_build_type(b, &type, NULL, e); /* checks b */
         if (r < 0)
                 return r;
         bool to_oci = strcmp(type, b->base->manifest_media_type) != 0;
