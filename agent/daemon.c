@@ -599,41 +599,17 @@ static const char *machine_arch(void)
         return "X86_64";
 }
 
-static int strv_make(char ***ret, const char *a, const char *b)
-{
-        char **v = calloc(3, sizeof(char *));
-        if (!v || !(v[0] = strdup(a)) || (b && !(v[1] = strdup(b)))) {
-                if (v)
-                        free(v[0]);
-                free(v);
-                return -ENOMEM;
-        }
-        *ret = v;
-        return 0;
-}
-
 static int image_new(Manager *m, const NbCreateRequest *rq, int64_t now, NbImage **ret)
 {
-        NbImage *img = calloc(1, sizeof(*img));
+        const NbImageNames names = {rq->namespace, rq->name, rq->tag, rq->description, rq->workspace_id};
+        _cleanup_nb_image_ NbImage *img = NULL;
         _cleanup_free_ char *swr = NULL, *repo = NULL;
-        bool gpu = access("/dev/nvidiactl", F_OK) == 0;
-        if (!img || nb_uuid(img->id) < 0 ||
+        if (nb_image_new(&names, now, &img) < 0 ||
             asprintf(&swr, "%s/%s/%s:%s", m->registry_host, rq->namespace, rq->name, rq->tag) < 0 ||
-            asprintf(&repo, "%s/%s", rq->namespace, rq->name) < 0 ||
-            nb_image_set(&img->name, rq->name) < 0 || nb_image_set(&img->namespace, rq->namespace) < 0 ||
-            nb_image_set(&img->tag, rq->tag) < 0 || nb_image_set(&img->description, rq->description) < 0 ||
-            nb_image_set(&img->workspace_id, rq->workspace_id) < 0 ||
-            nb_image_set(&img->swr_path, swr) < 0 || nb_image_set(&img->repository, repo) < 0 ||
-            nb_image_set(&img->arch, machine_arch()) < 0 ||
-            nb_image_set(&img->service_type, "UNKNOWN") < 0 ||
-            strv_make(&img->dev_services, "NOTEBOOK", "SSH") < 0 ||
-            strv_make(&img->resource_categories, "CPU", gpu ? "GPU" : NULL) < 0) {
-                nb_image_free(img);
+            asprintf(&repo, "%s/%s", rq->namespace, rq->name) < 0 || nb_image_set(&img->swr_path, swr) < 0 ||
+            nb_image_set(&img->repository, repo) < 0 || nb_image_set(&img->arch, machine_arch()) < 0)
                 return -ENOMEM;
-        }
-        img->create_at = img->update_at = now;
-        img->status = NB_STATUS_INIT;
-        *ret = img;
+        *ret = TAKE_PTR(img);
         return 0;
 }
 

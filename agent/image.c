@@ -1,8 +1,13 @@
+/* image.c: the image record (NbImage): its one constructor, copy and free, its JSON forms (the API object,
+ * and the state dir's record that adds what the agent needs to find the image again), and the seed's rules
+ * for what a request may name. */
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "common/clock.h"
+#include "common/uuid.h"
 #include "agent/image.h"
 
 static const char *const status_names[_NB_STATUS_MAX] = {
@@ -31,6 +36,28 @@ static void strv_free(char **v)
         free(v);
 }
 
+/* The string fields of the record, for copying and reading it back. */
+typedef struct Field {
+        const char *name;
+        size_t offset; /* char * in NbImage */
+        size_t max;
+        bool required;
+} Field;
+
+static const Field string_fields[] = {
+        {"name", offsetof(NbImage, name), NB_NAME_MAX, true},
+        {"namespace", offsetof(NbImage, namespace), NB_NAMESPACE_MAX, true},
+        {"tag", offsetof(NbImage, tag), NB_TAG_MAX, true},
+        {"description", offsetof(NbImage, description), NB_DESCRIPTION_MAX * 4, false},
+        {"workspace_id", offsetof(NbImage, workspace_id), NB_WORKSPACE_ID_MAX, false},
+        {"arch", offsetof(NbImage, arch), 32, false},
+        {"swr_path", offsetof(NbImage, swr_path), 1024, false},
+        {"service_type", offsetof(NbImage, service_type), 32, false},
+        {"status_message", offsetof(NbImage, status_message), NB_STATUS_MESSAGE_MAX * 4, false},
+        {"manifest_digest", offsetof(NbImage, manifest_digest), 128, false},
+        {"repository", offsetof(NbImage, repository), 600, false},
+};
+
 void nb_image_done(NbImage *img)
 {
         free(img->name);
@@ -47,6 +74,63 @@ void nb_image_done(NbImage *img)
         strv_free(img->dev_services);
         strv_free(img->resource_categories);
         *img = (NbImage){0};
+}
+
+NbImage *nb_image_free(NbImage *img)
+{
+        if (img) {
+                nb_image_done(img);
+                free(img);
+        }
+        return NULL;
+}
+
+static int strv_copy(char *const *v, char ***ret)
+{
+        size_t n = 0;
+        while (v && v[n])
+                n++;
+        if (!v) {
+                *ret = NULL;
+                return 0;
+        }
+        char **c = calloc(n + 1, sizeof(char *));
+        if (!c)
+                return -ENOMEM;
+        for (size_t i = 0; i < n; i++)
+                if (!(c[i] = strdup(v[i]))) {
+                        for (size_t k = 0; k < i; k++)
+                                free(c[k]);
+                        free(c);
+                        return -ENOMEM;
+                }
+        *ret = c;
+        return 0;
+}
+
+int nb_image_copy(const NbImage *src, NbImage *ret)
+{
+        NbImage c = {0};
+        memcpy(c.id, src->id, sizeof(c.id));
+        c.status = src->status;
+        c.create_at = src->create_at;
+        c.update_at = src->update_at;
+        c.size_kb = src->size_kb;
+        int r = 0;
+        for (size_t i = 0; r >= 0 && i < ELEMENTSOF(string_fields); i++) {
+                size_t off = string_fields[i].offset;
+                r = nb_image_set((char **)((char *)&c + off), *(char *const *)((const char *)src + off));
+        }
+        if (r >= 0)
+                r = strv_copy(src->dev_services, &c.dev_services);
+        if (r >= 0)
+                r = strv_copy(src->resource_categories, &c.resource_categories);
+        if (r < 0) {
+                nb_image_done(&c);
+                return -ENOMEM;
+        }
+        *ret = c;
+        return 0;
 }
 
 int nb_image_set(char **field, const char *value)
@@ -72,6 +156,56 @@ int nb_image_set_status(NbImage *img, NbStatus status, const char *fmt, ...)
         img->status = status;
         img->update_at = nb_now_ms();
         return nb_image_set(&img->status_message, msg);
+}
+
+static int strv_new(char ***ret, const char *const *items)
+{
+        size_t n = 0;
+        while (items[n])
+                n++;
+        char **v = calloc(n + 1, sizeof(char *));
+        for (size_t i = 0; v && i < n; i++)
+                if (!(v[i] = strdup(items[i]))) {
+                        strv_free(v);
+                        return -ENOMEM;
+                }
+        if (!v)
+                return -ENOMEM;
+        *ret = v;
+        return 0;
+}
+
+int nb_image_new(const NbImageNames *names, int64_t now, NbImage **ret)
+{
+        static const char *const dev_services[] = {"NOTEBOOK", "SSH", NULL};
+        const char *categories[] = {"CPU", access("/dev/nvidiactl", F_OK) == 0 ? "GPU" : NULL, NULL};
+        _cleanup_nb_image_ NbImage *img = calloc(1, sizeof(*img));
+        if (!img)
+                return -ENOMEM;
+        int r = nb_uuid(img->id);
+        if (r < 0)
+                return r;
+        const struct {
+                char **field;
+                const char *value;
+        } set[] = {
+                {&img->name, names->name},
+                {&img->namespace, names->namespace},
+                {&img->tag, names->tag},
+                {&img->description, names->description ? names->description : ""},
+                {&img->workspace_id, names->workspace_id ? names->workspace_id : "0"},
+                {&img->service_type, "UNKNOWN"},
+        };
+        for (size_t i = 0; i < ELEMENTSOF(set); i++)
+                if (nb_image_set(set[i].field, set[i].value) < 0)
+                        return -ENOMEM;
+        if (strv_new(&img->dev_services, dev_services) < 0 ||
+            strv_new(&img->resource_categories, categories) < 0)
+                return -ENOMEM;
+        img->status = NB_STATUS_INIT;
+        img->create_at = img->update_at = now;
+        *ret = TAKE_PTR(img);
+        return 0;
 }
 
 static cJSON *strv_json(char *const *v)
@@ -120,6 +254,110 @@ char *nb_image_to_string(const NbImage *img, bool pretty)
         char *s = pretty ? cJSON_Print(o) : cJSON_PrintUnformatted(o);
         cJSON_Delete(o);
         return s;
+}
+
+/* ---- the record -----------------------------------------------------------------------------------------
+ */
+
+bool nb_image_id_valid(const char *id)
+{
+        if (strlen(id) != 36)
+                return false;
+        for (size_t i = 0; i < 36; i++) {
+                char c = id[i];
+                bool dash = i == 8 || i == 13 || i == 18 || i == 23;
+                if (dash ? c != '-' : !((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f')))
+                        return false;
+        }
+        return true;
+}
+
+cJSON *nb_image_record_json(const NbImage *img)
+{
+        cJSON *j = nb_image_to_json(img);
+        if (!j)
+                return NULL;
+        if (!cJSON_AddStringToObject(j, "manifest_digest",
+                                     img->manifest_digest ? img->manifest_digest : "") ||
+            !cJSON_AddStringToObject(j, "repository", img->repository ? img->repository : "")) {
+                cJSON_Delete(j);
+                return NULL;
+        }
+        return j;
+}
+
+static int strv_from_json(const cJSON *a, char ***ret)
+{
+        if (!a) {
+                *ret = NULL;
+                return 0;
+        }
+        int n = cJSON_GetArraySize(a);
+        if (!cJSON_IsArray(a) || n > 16)
+                return -EBADMSG;
+        char **v = calloc((size_t)n + 1, sizeof(char *));
+        if (!v)
+                return -ENOMEM;
+        int i = 0;
+        for (const cJSON *x = a->child; x; x = x->next, i++)
+                if (!cJSON_IsString(x) || strlen(x->valuestring) > 32 || !(v[i] = strdup(x->valuestring))) {
+                        for (int k = 0; k < i; k++)
+                                free(v[k]);
+                        free(v);
+                        return -EBADMSG;
+                }
+        *ret = v;
+        return 0;
+}
+
+static int number_field(const cJSON *j, const char *name, int64_t *ret)
+{
+        const cJSON *x = cJSON_GetObjectItemCaseSensitive(j, name);
+        if (!x) {
+                *ret = 0;
+                return 0;
+        }
+        if (!cJSON_IsNumber(x) || x->valuedouble < 0 || x->valuedouble > 9.0e15)
+                return -EBADMSG;
+        *ret = (int64_t)x->valuedouble;
+        return 0;
+}
+
+int nb_image_from_json(const cJSON *j, NbImage *ret, NbError *e)
+{
+        NbImage img = {0};
+        int r = 0;
+        const cJSON *x = cJSON_GetObjectItemCaseSensitive(j, "id");
+        if (!cJSON_IsObject(j) || !cJSON_IsString(x) || !nb_image_id_valid(x->valuestring))
+                return nb_error_set(e, -EBADMSG, "image record without a valid id");
+        memcpy(img.id, x->valuestring, 37);
+        for (size_t i = 0; r >= 0 && i < ELEMENTSOF(string_fields); i++) {
+                const Field *f = &string_fields[i];
+                x = cJSON_GetObjectItemCaseSensitive(j, f->name);
+                if (!x && !f->required)
+                        continue;
+                if (!cJSON_IsString(x) || strlen(x->valuestring) > f->max)
+                        r = nb_error_set(e, -EBADMSG, "image record %s: bad field %s", img.id, f->name);
+                else if (x->valuestring[0] || f->required)
+                        r = nb_image_set((char **)((char *)&img + f->offset), x->valuestring);
+        }
+        x = cJSON_GetObjectItemCaseSensitive(j, "status");
+        if (r >= 0 &&
+            (!cJSON_IsString(x) || (img.status = nb_status_from_string(x->valuestring)) == _NB_STATUS_MAX))
+                r = nb_error_set(e, -EBADMSG, "image record %s: bad status", img.id);
+        if (r >= 0 &&
+            (number_field(j, "create_at", &img.create_at) < 0 ||
+             number_field(j, "update_at", &img.update_at) < 0 || number_field(j, "size", &img.size_kb) < 0 ||
+             strv_from_json(cJSON_GetObjectItemCaseSensitive(j, "dev_services"), &img.dev_services) < 0 ||
+             strv_from_json(cJSON_GetObjectItemCaseSensitive(j, "resource_categories"),
+                            &img.resource_categories) < 0))
+                r = nb_error_set(e, -EBADMSG, "image record %s: bad number or list", img.id);
+        if (r < 0) {
+                nb_image_done(&img);
+                return r;
+        }
+        *ret = img;
+        return 0;
 }
 
 static bool all_in(const char *s, const char *extra, bool upper)

@@ -1,5 +1,8 @@
-/* image.h: the image object of the CreateImage API (shared/seed/CreateImage.rst), its JSON form, and the
- * seed's rules for what a request may name. */
+/* image.h: the image object of the CreateImage API (shared/seed/CreateImage.rst): its one owner. The CLI and
+ * the daemon make it with nb_image_new(), copy it with nb_image_copy() and free it with nb_image_free(); its
+ * JSON forms are the API object and the state dir's record (the API object plus what the agent needs to find
+ * the image again), read back with nb_image_from_json(). Also the seed's rules for what a request may name.
+ */
 #pragma once
 
 #include <stdbool.h>
@@ -46,7 +49,23 @@ typedef struct NbImage {
 const char *nb_status_to_string(NbStatus s);
 NbStatus nb_status_from_string(const char *s);
 
+/* What a save request names. */
+typedef struct NbImageNames {
+        const char *namespace, *name, *tag;
+        const char *description;  /* NULL: "" */
+        const char *workspace_id; /* NULL: "0" */
+} NbImageNames;
+
+/* A new image in INIT: a fresh id, the names, service type UNKNOWN, dev services NOTEBOOK and SSH, resource
+ * categories CPU (and GPU when /dev/nvidiactl exists), created and updated at now (UTC ms). swr_path,
+ * repository and arch are the caller's to set. Names are not checked here (nb_save_validate() does). */
+int nb_image_new(const NbImageNames *names, int64_t now, NbImage **ret);
+/* A deep copy into *ret (an NbImage the caller owns; nb_image_done() it). */
+int nb_image_copy(const NbImage *src, NbImage *ret);
+/* Frees the fields of an NbImage the caller holds by value. */
 void nb_image_done(NbImage *img);
+/* Frees an image from nb_image_new() or nb_store_load_images(); NULL is fine. Returns NULL. */
+NbImage *nb_image_free(NbImage *img);
 /* Sets a string field, replacing the old value. */
 int nb_image_set(char **field, const char *value);
 int nb_image_set_status(NbImage *img, NbStatus status, const char *fmt, ...) _printf_(3, 4);
@@ -55,9 +74,21 @@ int nb_image_set_status(NbImage *img, NbStatus status, const char *fmt, ...) _pr
 cJSON *nb_image_to_json(const NbImage *img);
 char *nb_image_to_string(const NbImage *img, bool pretty);
 
+/* The record form (API object + manifest_digest + repository) and back. */
+cJSON *nb_image_record_json(const NbImage *img);
+int nb_image_from_json(const cJSON *j, NbImage *ret, NbError *e);
+/* An image id: 36 characters, lowercase hex in 8-4-4-4-12 groups (a UUID). */
+bool nb_image_id_valid(const char *id);
+
 /* The seed's rules, plus what a registry path needs; false with a message for people in e. */
 bool nb_name_valid(const char *name, NbError *e);
 bool nb_tag_valid(const char *tag, NbError *e);
 bool nb_namespace_valid(const char *ns, NbError *e);
 bool nb_description_valid(const char *description, NbError *e);
 bool nb_workspace_id_valid(const char *id, NbError *e);
+
+static inline void nb_image_freep(NbImage **img)
+{
+        nb_image_free(*img);
+}
+#define _cleanup_nb_image_ _cleanup_(nb_image_freep)

@@ -394,34 +394,22 @@ static int cmd_save(int argc, char **argv)
         a.save.progress = on_progress;
         a.save.note = on_note;
         a.save.userdata = &pr;
-        NbImage img = {.status = NB_STATUS_INIT};
+        const NbImageNames names = {a.save.namespace, a.save.name, a.save.tag, a.save.description,
+                                    a.save.workspace_id};
+        _cleanup_nb_image_ NbImage *img = NULL;
         NbError e = {0};
-        img.create_at = img.update_at = nb_now_ms();
-        static const char *const dev_services[] = {"NOTEBOOK", "SSH", NULL};
-        static const char *const categories[] = {"CPU", NULL};
-        if (nb_uuid(img.id) < 0 || nb_image_set(&img.name, a.save.name) < 0 ||
-            nb_image_set(&img.namespace, a.save.namespace) < 0 || nb_image_set(&img.tag, a.save.tag) < 0 ||
-            nb_image_set(&img.description, a.save.description ? a.save.description : "") < 0 ||
-            nb_image_set(&img.workspace_id, a.save.workspace_id ? a.save.workspace_id : "0") < 0 ||
-            nb_image_set(&img.service_type, "UNKNOWN") < 0 || nb_image_set(&img.arch, "") < 0) {
+        if (nb_image_new(&names, nb_now_ms(), &img) < 0) {
                 fprintf(stderr, "nbsnap: out of memory\n");
                 return 1;
         }
-        img.dev_services = calloc(3, sizeof(char *));
-        img.resource_categories = calloc(2, sizeof(char *));
-        for (size_t i = 0; img.dev_services && dev_services[i]; i++)
-                img.dev_services[i] = strdup(dev_services[i]);
-        for (size_t i = 0; img.resource_categories && categories[i]; i++)
-                img.resource_categories[i] = strdup(categories[i]);
-        r = nb_save(&a.save, &img, &e);
+        r = nb_save(&a.save, img, &e);
         if (pr.tty)
                 fputs("\r\033[K", stderr);
         if (r < 0)
                 fprintf(stderr, "nbsnap: save failed: %s\n", e.msg);
         else
-                fprintf(stderr, "nbsnap: saved %s (%s)\n", img.swr_path, img.manifest_digest);
-        int w = print_image(&img);
-        nb_image_done(&img);
+                fprintf(stderr, "nbsnap: saved %s (%s)\n", img->swr_path, img->manifest_digest);
+        int w = print_image(img);
         return r < 0 || w < 0 ? 1 : 0;
 }
 

@@ -77,10 +77,8 @@ typedef struct Save {
         _Atomic uint64_t sent;
         NbProgress progress;
         PGzipResult result; /* filled from PZstdResult too: the same fields */
-        bool to_oci;        /* a Docker schema2 base written out as an OCI image (zstd layer) */
-        char config_digest[NB_DIGEST_STR_MAX];
-        char *config_json;
-        size_t config_size;
+        char created[32];   /* RFC 3339, the config's and the history entry's */
+        RegBuilt config;
 } Save;
 
 static void save_done(Save *s)
@@ -97,7 +95,7 @@ static void save_done(Save *s)
         reg_client_free(s->src_owned);
         reg_client_free(s->dst);
         free(s->dst_repo);
-        free(s->config_json);
+        reg_built_done(&s->config);
 }
 
 static void report(Save *s, NbPhase phase)
@@ -296,25 +294,25 @@ static int resolve_base(Save *s, NbError *e)
         return set_arch(s->img, s->base->config_json);
 }
 
-/* Docker schema2 layer types and their OCI equivalents (containers/image's manifest conversion). */
-static const struct {
-        const char *docker, *oci;
-} docker_to_oci_layer[] = {
-        {REG_MEDIA_DOCKER_LAYER_GZIP, REG_MEDIA_OCI_LAYER_GZIP},
-        {"application/vnd.docker.image.rootfs.diff.tar", "application/vnd.oci.image.layer.v1.tar"},
-        {"application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
-         "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip"},
-};
-
-/* NULL when there is no OCI equivalent; OCI layer types (seen in mixed manifests) stay as they are. */
-static const char *oci_layer_type(const char *media_type)
+/* The new image as the OCI model builds it: the base's layers kept, the packed layer on top (its digest,
+ * size and diff_id are known once it is packed). */
+static void image_build(const Save *s, RegLayerAdd *layer, RegImageBuild *ret)
 {
-        if (strncmp(media_type, "application/vnd.oci.image.layer.", 32) == 0)
-                return media_type;
-        for (size_t i = 0; i < ELEMENTSOF(docker_to_oci_layer); i++)
-                if (strcmp(media_type, docker_to_oci_layer[i].docker) == 0)
-                        return docker_to_oci_layer[i].oci;
-        return NULL;
+        *layer = (RegLayerAdd){
+                .media_type = s->o->compression == NB_COMPRESSION_ZSTD ? REG_MEDIA_OCI_LAYER_ZSTD
+                                                                       : REG_MEDIA_OCI_LAYER_GZIP,
+                .digest = s->result.digest,
+                .size = (int64_t)s->result.size_out,
+                .diff_id = s->result.diff_id,
+                .created_by = "nbsnap save",
+                .comment = s->o->description,
+        };
+        *ret = (RegImageBuild){.base = s->base,
+                               .keep_layers = s->base->n_layers,
+                               .layers = layer,
+                               .n_layers = 1,
+                               .created = s->created,
+                               .base_name = s->o->base_image};
 }
 
 /* Docker schema2 has no zstd layer type: a zstd layer on a schema2 base makes the new image an OCI image
@@ -324,23 +322,28 @@ static const char *oci_layer_type(const char *media_type)
  * manifests. Decided here, before any layer is touched, so a base that cannot be converted fails at once. */
 static int plan_manifest(Save *s, NbError *e)
 {
-        if (s->o->compression != NB_COMPRESSION_ZSTD ||
-            strcmp(s->base->manifest_media_type, REG_MEDIA_DOCKER_MANIFEST) != 0)
-                return 0;
-        for (size_t i = 0; i < s->base->n_layers; i++) {
-                const char *t = s->base->layers[i].media_type;
-                if (!t || !oci_layer_type(t))
-                        return nb_error_set(
-                                e, -EOPNOTSUPP,
-                                "--compression zstd needs an OCI manifest, and base layer %zu has "
-                                "media type %s, which has no OCI equivalent: save with "
-                                "--compression gzip",
-                                i, t ? t : "(none)");
+        RegLayerAdd layer;
+        RegImageBuild b;
+        image_build(s, &layer, &b);
+        const char *type;
+        size_t bad = 0;
+        NbError ignored = {0};
+        int r = reg_image_build_type(&b, &type, &bad, &ignored);
+        if (r == -EOPNOTSUPP) {
+                const char *t = s->base->layers[bad].media_type;
+                return nb_error_set(e, -EOPNOTSUPP,
+                                    "--compression zstd needs an OCI manifest, and base layer %zu has "
+                                    "media type %s, which has no OCI equivalent: save with "
+                                    "--compression gzip",
+                                    bad, t ? t : "(none)");
         }
-        s->to_oci = true;
-        note(s,
-             "the base image is a Docker schema2 image, which cannot carry zstd layers: the new image is an "
-             "OCI image");
+        if (r < 0) {
+                *e = ignored;
+                return r;
+        }
+        if (strcmp(type, s->base->manifest_media_type) != 0)
+                note(s, "the base image is a Docker schema2 image, which cannot carry zstd layers: the new "
+                        "image is an OCI image");
         return 0;
 }
 
@@ -515,140 +518,34 @@ out:
         return r;
 }
 
-static cJSON *history_entry(const char *created, const char *description)
-{
-        cJSON *h = cJSON_CreateObject();
-        cJSON_AddStringToObject(h, "created", created);
-        cJSON_AddStringToObject(h, "created_by", "nbsnap save");
-        if (description && description[0])
-                cJSON_AddStringToObject(h, "comment", description);
-        return h;
-}
-
-static cJSON *object_member(cJSON *parent, const char *key)
-{
-        cJSON *o = cJSON_GetObjectItemCaseSensitive(parent, key);
-        if (cJSON_IsObject(o))
-                return o;
-        cJSON_DeleteItemFromObjectCaseSensitive(parent, key);
-        return cJSON_AddObjectToObject(parent, key);
-}
-
-static cJSON *array_member(cJSON *parent, const char *key)
-{
-        cJSON *a = cJSON_GetObjectItemCaseSensitive(parent, key);
-        if (cJSON_IsArray(a))
-                return a;
-        cJSON_DeleteItemFromObjectCaseSensitive(parent, key);
-        return cJSON_AddArrayToObject(parent, key);
-}
-
 static int upload_config(Save *s, NbError *e)
 {
-        int r = reg_blob_upload_buffer(s->dst, s->dst_repo, s->config_digest, s->config_json, s->config_size,
+        int r = reg_blob_upload_buffer(s->dst, s->dst_repo, s->config.digest, s->config.json, s->config.size,
                                        e);
         return r < 0 ? nb_error_wrap(e, r, "cannot upload the image config") : 0;
 }
 
-/* The base config, kept whole (Env, Cmd, Entrypoint, WorkingDir, User, Labels, ExposedPorts, Volumes,
- * architecture ...), with the new diff_id and one history entry appended. */
+/* The base config, kept whole, with the new diff_id and one history entry appended (reg_image_build_config).
+ */
 static int push_config(Save *s, NbError *e)
 {
         report(s, NB_PHASE_CONFIG);
-        cJSON *c = cJSON_ParseWithLength(s->base->config_json, s->base->config_size);
-        if (!cJSON_IsObject(c)) {
-                cJSON_Delete(c);
-                return nb_error_set(e, -EBADMSG, "the base image's config is not a JSON object");
-        }
-        char created[32];
-        nb_rfc3339(nb_now_ms(), created);
-        cJSON *rootfs = object_member(c, "rootfs");
-        cJSON *diff_ids = rootfs ? array_member(rootfs, "diff_ids") : NULL;
-        cJSON *history = array_member(c, "history");
-        cJSON_DeleteItemFromObjectCaseSensitive(c, "created");
-        if (!diff_ids || !history || !cJSON_AddStringToObject(c, "created", created)) {
-                cJSON_Delete(c);
-                return nb_error_oom(e);
-        }
-        if (!cJSON_GetObjectItemCaseSensitive(rootfs, "type"))
-                cJSON_AddStringToObject(rootfs, "type", "layers");
-        cJSON_AddItemToArray(diff_ids, cJSON_CreateString(s->result.diff_id));
-        cJSON_AddItemToArray(history, history_entry(created, s->o->description));
-        s->config_json = cJSON_PrintUnformatted(c);
-        cJSON_Delete(c);
-        if (!s->config_json)
-                return nb_error_oom(e);
-        s->config_size = strlen(s->config_json);
-        int r = nb_sha256_digest(s->config_json, s->config_size, s->config_digest);
-        return r < 0 ? nb_error_set(e, r, "SHA-256 failed") : upload_config(s, e);
+        nb_rfc3339(nb_now_ms(), s->created);
+        RegLayerAdd layer;
+        RegImageBuild b;
+        image_build(s, &layer, &b);
+        int r = reg_image_build_config(&b, &s->config, e);
+        return r < 0 ? r : upload_config(s, e);
 }
 
-static cJSON *descriptor(const char *media_type, const char *digest, uint64_t size)
+/* The base manifest with our config and one more layer, in the base's media-type family (or OCI, as
+ * plan_manifest() said). */
+static int build_manifest(Save *s, RegBuilt *ret, NbError *e)
 {
-        cJSON *d = cJSON_CreateObject();
-        cJSON_AddStringToObject(d, "mediaType", media_type);
-        cJSON_AddStringToObject(d, "digest", digest);
-        cJSON_AddNumberToObject(d, "size", (double)size);
-        return d;
-}
-
-/* The base manifest with our config and one more layer, in the base's media-type family. Base layer
- * descriptors are kept as they are (urls, annotations). */
-static const char *new_layer_type(const Save *s, bool oci)
-{
-        if (s->o->compression == NB_COMPRESSION_ZSTD)
-                return REG_MEDIA_OCI_LAYER_ZSTD; /* plan_manifest() made sure the manifest is OCI */
-        return oci ? REG_MEDIA_OCI_LAYER_GZIP : REG_MEDIA_DOCKER_LAYER_GZIP;
-}
-
-/* A Docker schema2 base written as OCI: the base layers' media types (plan_manifest() checked them). */
-static int layers_to_oci(cJSON *layers, NbError *e)
-{
-        cJSON *l;
-        cJSON_ArrayForEach(l, layers)
-        {
-                const cJSON *t = cJSON_GetObjectItemCaseSensitive(l, "mediaType");
-                const char *oci = cJSON_IsString(t) ? oci_layer_type(t->valuestring) : NULL;
-                if (!oci)
-                        return nb_error_set(e, -EOPNOTSUPP, "a base layer has no OCI media type");
-                if (!cJSON_ReplaceItemInObjectCaseSensitive(l, "mediaType", cJSON_CreateString(oci)))
-                        return nb_error_oom(e);
-        }
-        return 0;
-}
-
-static int build_manifest(Save *s, char **ret, const char **ret_type, NbError *e)
-{
-        bool oci = s->to_oci || strcmp(s->base->manifest_media_type, REG_MEDIA_OCI_MANIFEST) == 0;
-        const char *type = s->to_oci ? REG_MEDIA_OCI_MANIFEST : s->base->manifest_media_type;
-        const char *config_type = s->to_oci ? REG_MEDIA_OCI_CONFIG : s->base->config.media_type;
-        cJSON *m = cJSON_ParseWithLength(s->base->manifest, s->base->manifest_size);
-        cJSON *layers = m ? cJSON_GetObjectItemCaseSensitive(m, "layers") : NULL;
-        if (!cJSON_IsArray(layers)) {
-                cJSON_Delete(m);
-                return nb_error_set(e, -EBADMSG, "the base image's manifest has no layer list");
-        }
-        cJSON_DeleteItemFromObjectCaseSensitive(m, "mediaType");
-        cJSON_DeleteItemFromObjectCaseSensitive(m, "config");
-        cJSON_DeleteItemFromObjectCaseSensitive(m, "annotations");
-        cJSON_DeleteItemFromObjectCaseSensitive(m, "subject");
-        if (s->to_oci && layers_to_oci(layers, e) < 0) {
-                cJSON_Delete(m);
-                return e->code;
-        }
-        cJSON_AddStringToObject(m, "mediaType", type);
-        cJSON_AddItemToObject(m, "config", descriptor(config_type, s->config_digest, s->config_size));
-        cJSON_AddItemToArray(layers,
-                             descriptor(new_layer_type(s, oci), s->result.digest, s->result.size_out));
-        if (oci) {
-                cJSON *a = cJSON_AddObjectToObject(m, "annotations");
-                cJSON_AddStringToObject(a, "org.opencontainers.image.base.digest", s->base->manifest_digest);
-                cJSON_AddStringToObject(a, "org.opencontainers.image.base.name", s->o->base_image);
-        }
-        *ret = cJSON_PrintUnformatted(m);
-        cJSON_Delete(m);
-        *ret_type = type;
-        return *ret ? 0 : nb_error_oom(e);
+        RegLayerAdd layer;
+        RegImageBuild b;
+        image_build(s, &layer, &b);
+        return reg_image_build_manifest(&b, &s->config, ret, e);
 }
 
 static int push_manifest(Save *s, NbError *e)
@@ -659,15 +556,15 @@ static int push_manifest(Save *s, NbError *e)
         if (cancelled(s))
                 return nb_error_set(e, -ECANCELED,
                                     "the save was cancelled before the manifest was pushed; save again");
-        _cleanup_free_ char *json = NULL, *digest = NULL;
-        const char *type = NULL;
-        int r = build_manifest(s, &json, &type, e);
+        _cleanup_free_ char *digest = NULL;
+        _cleanup_(reg_built_donep) RegBuilt m = {0};
+        int r = build_manifest(s, &m, e);
         if (r < 0)
                 return r;
-        r = reg_manifest_put(s->dst, s->dst_repo, s->o->tag, type, json, strlen(json), &digest, e);
+        r = reg_manifest_put(s->dst, s->dst_repo, s->o->tag, m.media_type, m.json, m.size, &digest, e);
         if (r < 0)
                 return nb_error_wrap(e, r, "cannot push the manifest");
-        uint64_t total = s->result.size_out + s->config_size;
+        uint64_t total = s->result.size_out + s->config.size;
         for (size_t i = 0; i < s->base->n_layers; i++)
                 total += (uint64_t)s->base->layers[i].size;
         s->img->size_kb = (int64_t)((total + 1023) / 1024);

@@ -214,37 +214,10 @@ static int read_small(int dfd, const char *name, char **ret)
         return nb_read_file_at(dfd, name, NB_STORE_RECORD_MAX, /* nofollow= */ 1, ret, NULL);
 }
 
-cJSON *nb_image_record_json(const NbImage *img)
-{
-        cJSON *j = nb_image_to_json(img);
-        if (!j)
-                return NULL;
-        if (!cJSON_AddStringToObject(j, "manifest_digest",
-                                     img->manifest_digest ? img->manifest_digest : "") ||
-            !cJSON_AddStringToObject(j, "repository", img->repository ? img->repository : "")) {
-                cJSON_Delete(j);
-                return NULL;
-        }
-        return j;
-}
-
-static bool id_valid(const char *id)
-{
-        if (strlen(id) != 36)
-                return false;
-        for (size_t i = 0; i < 36; i++) {
-                char c = id[i];
-                bool dash = i == 8 || i == 13 || i == 18 || i == 23;
-                if (dash ? c != '-' : !((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f')))
-                        return false;
-        }
-        return true;
-}
-
 int nb_store_put_image(NbStore *s, const NbImage *img, NbError *e)
 {
         char name[64];
-        if (!id_valid(img->id))
+        if (!nb_image_id_valid(img->id))
                 return nb_error_set(e, -EINVAL, "image id '%s' is not a UUID", img->id);
         snprintf(name, sizeof(name), "%s.json", img->id);
         _cleanup_cjson_ cJSON *j = nb_image_record_json(img);
@@ -264,21 +237,12 @@ int nb_store_put_image(NbStore *s, const NbImage *img, NbError *e)
 int nb_store_remove_image(NbStore *s, const char *id)
 {
         char name[64];
-        if (!id_valid(id))
+        if (!nb_image_id_valid(id))
                 return -EINVAL;
         snprintf(name, sizeof(name), "%s.json", id);
         if (unlinkat(s->images_fd, name, 0) < 0 && errno != ENOENT)
                 return -errno;
         return fsync(s->images_fd) < 0 ? -errno : 0;
-}
-
-NbImage *nb_image_free(NbImage *img)
-{
-        if (img) {
-                nb_image_done(img);
-                free(img);
-        }
-        return NULL;
 }
 
 static int load_one(NbStore *s, const char *name, NbImage **ret)
@@ -456,149 +420,4 @@ int nb_outbox_ack(NbStore *s, uint64_t seq)
                 r = -errno;
         pthread_mutex_unlock(&s->lock);
         return r;
-}
-
-/* ---- the record, back from JSON ---------------------------------------------------------------------- */
-
-typedef struct Field {
-        const char *name;
-        size_t offset; /* char * in NbImage */
-        size_t max;
-        bool required;
-} Field;
-
-static const Field string_fields[] = {
-        {"name", offsetof(NbImage, name), NB_NAME_MAX, true},
-        {"namespace", offsetof(NbImage, namespace), NB_NAMESPACE_MAX, true},
-        {"tag", offsetof(NbImage, tag), NB_TAG_MAX, true},
-        {"description", offsetof(NbImage, description), NB_DESCRIPTION_MAX * 4, false},
-        {"workspace_id", offsetof(NbImage, workspace_id), NB_WORKSPACE_ID_MAX, false},
-        {"arch", offsetof(NbImage, arch), 32, false},
-        {"swr_path", offsetof(NbImage, swr_path), 1024, false},
-        {"service_type", offsetof(NbImage, service_type), 32, false},
-        {"status_message", offsetof(NbImage, status_message), NB_STATUS_MESSAGE_MAX * 4, false},
-        {"manifest_digest", offsetof(NbImage, manifest_digest), 128, false},
-        {"repository", offsetof(NbImage, repository), 600, false},
-};
-
-static int strv_from_json(const cJSON *a, char ***ret)
-{
-        if (!a) {
-                *ret = NULL;
-                return 0;
-        }
-        int n = cJSON_GetArraySize(a);
-        if (!cJSON_IsArray(a) || n > 16)
-                return -EBADMSG;
-        char **v = calloc((size_t)n + 1, sizeof(char *));
-        if (!v)
-                return -ENOMEM;
-        int i = 0;
-        for (const cJSON *x = a->child; x; x = x->next, i++)
-                if (!cJSON_IsString(x) || strlen(x->valuestring) > 32 || !(v[i] = strdup(x->valuestring))) {
-                        for (int k = 0; k < i; k++)
-                                free(v[k]);
-                        free(v);
-                        return -EBADMSG;
-                }
-        *ret = v;
-        return 0;
-}
-
-static int number_field(const cJSON *j, const char *name, int64_t *ret)
-{
-        const cJSON *x = cJSON_GetObjectItemCaseSensitive(j, name);
-        if (!x) {
-                *ret = 0;
-                return 0;
-        }
-        if (!cJSON_IsNumber(x) || x->valuedouble < 0 || x->valuedouble > 9.0e15)
-                return -EBADMSG;
-        *ret = (int64_t)x->valuedouble;
-        return 0;
-}
-
-int nb_image_from_json(const cJSON *j, NbImage *ret, NbError *e)
-{
-        NbImage img = {0};
-        int r = 0;
-        const cJSON *x = cJSON_GetObjectItemCaseSensitive(j, "id");
-        if (!cJSON_IsObject(j) || !cJSON_IsString(x) || !id_valid(x->valuestring))
-                return nb_error_set(e, -EBADMSG, "image record without a valid id");
-        memcpy(img.id, x->valuestring, 37);
-        for (size_t i = 0; r >= 0 && i < ELEMENTSOF(string_fields); i++) {
-                const Field *f = &string_fields[i];
-                x = cJSON_GetObjectItemCaseSensitive(j, f->name);
-                if (!x && !f->required)
-                        continue;
-                if (!cJSON_IsString(x) || strlen(x->valuestring) > f->max)
-                        r = nb_error_set(e, -EBADMSG, "image record %s: bad field %s", img.id, f->name);
-                else if (x->valuestring[0] || f->required)
-                        r = nb_image_set((char **)((char *)&img + f->offset), x->valuestring);
-        }
-        x = cJSON_GetObjectItemCaseSensitive(j, "status");
-        if (r >= 0 &&
-            (!cJSON_IsString(x) || (img.status = nb_status_from_string(x->valuestring)) == _NB_STATUS_MAX))
-                r = nb_error_set(e, -EBADMSG, "image record %s: bad status", img.id);
-        if (r >= 0 &&
-            (number_field(j, "create_at", &img.create_at) < 0 ||
-             number_field(j, "update_at", &img.update_at) < 0 || number_field(j, "size", &img.size_kb) < 0 ||
-             strv_from_json(cJSON_GetObjectItemCaseSensitive(j, "dev_services"), &img.dev_services) < 0 ||
-             strv_from_json(cJSON_GetObjectItemCaseSensitive(j, "resource_categories"),
-                            &img.resource_categories) < 0))
-                r = nb_error_set(e, -EBADMSG, "image record %s: bad number or list", img.id);
-        if (r < 0) {
-                nb_image_done(&img);
-                return r;
-        }
-        *ret = img;
-        return 0;
-}
-
-static int strv_copy(char *const *v, char ***ret)
-{
-        size_t n = 0;
-        while (v && v[n])
-                n++;
-        if (!v) {
-                *ret = NULL;
-                return 0;
-        }
-        char **c = calloc(n + 1, sizeof(char *));
-        if (!c)
-                return -ENOMEM;
-        for (size_t i = 0; i < n; i++)
-                if (!(c[i] = strdup(v[i]))) {
-                        for (size_t k = 0; k < i; k++)
-                                free(c[k]);
-                        free(c);
-                        return -ENOMEM;
-                }
-        *ret = c;
-        return 0;
-}
-
-int nb_image_copy(const NbImage *src, NbImage *ret)
-{
-        NbImage c = {0};
-        memcpy(c.id, src->id, sizeof(c.id));
-        c.status = src->status;
-        c.create_at = src->create_at;
-        c.update_at = src->update_at;
-        c.size_kb = src->size_kb;
-        int r = 0;
-        for (size_t i = 0; r >= 0 && i < ELEMENTSOF(string_fields); i++) {
-                size_t off = string_fields[i].offset;
-                r = nb_image_set((char **)((char *)&c + off), *(char *const *)((const char *)src + off));
-        }
-        if (r >= 0)
-                r = strv_copy(src->dev_services, &c.dev_services);
-        if (r >= 0)
-                r = strv_copy(src->resource_categories, &c.resource_categories);
-        if (r < 0) {
-                nb_image_done(&c);
-                return -ENOMEM;
-        }
-        *ret = c;
-        return 0;
 }

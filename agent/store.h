@@ -51,9 +51,3 @@ int nb_outbox_peek(NbStore *s, uint64_t *ret_seq, char **ret_json, NbError *e);
  * it is sent again after a restart (at least once). */
 int nb_outbox_ack(NbStore *s, uint64_t seq);
 size_t nb_outbox_count(NbStore *s);
-
-/* The record form (API object + manifest_digest + repository) and back. */
-cJSON *nb_image_record_json(const NbImage *img);
-int nb_image_from_json(const cJSON *j, NbImage *ret, NbError *e);
-NbImage *nb_image_free(NbImage *img);
-int nb_image_copy(const NbImage *src, NbImage *ret);

@@ -267,7 +267,7 @@ int reg_client_v2_url(RegClient *c, const char *repository, const char *kind, co
 /* "repository:<repository>:<actions>" */
 int reg_scope(const char *repository, const char *actions, char **ret);
 
-/* ---- manifests (image.c) -------------------------------------------------------------------------------
+/* ---- manifests and indexes (oci.c) ---------------------------------------------------------------------
  */
 
 /* Tells an index from a manifest: 1 for an index / manifest list, 0 for an image manifest, -EMEDIUMTYPE
@@ -279,4 +279,3 @@ int reg_manifest_parse(const char *body, size_t size, const char *content_type, 
 /* Chooses the manifest for os/arch/variant from an index or manifest list. */
 int reg_index_select(const char *body, size_t size, const char *os, const char *arch, const char *variant,
                      RegDescriptor *ret, NbError *e);
-void reg_descriptor_done(RegDescriptor *d);

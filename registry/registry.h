@@ -7,7 +7,8 @@
  * cached per scope and renewed on 401. Credentials come from the containers convention (authfile,
  * $REGISTRY_AUTH_FILE, $DOCKER_CONFIG/config.json,
  * ~/.docker/config.json). TLS is verified; a CA file can be given and /etc/containers/certs.d/<host>/ is
- * honoured.
+ * honoured. The OCI image model is here too: media types of both families and the mapping between them,
+ * descriptors, and building a new image's config and manifest on a base image (layers kept, dropped, added).
  *
  * Every function returns 0 (or a documented positive value) on success and a negative errno on failure, with
  * NbError filled with a message a person can act on. Nothing here logs or prints.
@@ -18,17 +19,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "common/digest.h"
 #include "common/error.h"
-
-#define REG_MEDIA_OCI_INDEX         "application/vnd.oci.image.index.v1+json"
-#define REG_MEDIA_OCI_MANIFEST      "application/vnd.oci.image.manifest.v1+json"
-#define REG_MEDIA_OCI_CONFIG        "application/vnd.oci.image.config.v1+json"
-#define REG_MEDIA_OCI_LAYER_GZIP    "application/vnd.oci.image.layer.v1.tar+gzip"
-#define REG_MEDIA_OCI_LAYER_ZSTD    "application/vnd.oci.image.layer.v1.tar+zstd"
-#define REG_MEDIA_DOCKER_LIST       "application/vnd.docker.distribution.manifest.list.v2+json"
-#define REG_MEDIA_DOCKER_MANIFEST   "application/vnd.docker.distribution.manifest.v2+json"
-#define REG_MEDIA_DOCKER_CONFIG     "application/vnd.docker.container.image.v1+json"
-#define REG_MEDIA_DOCKER_LAYER_GZIP "application/vnd.docker.image.rootfs.diff.tar.gzip"
 
 /* Named limits: what a server controls is bounded. */
 #define REG_MANIFEST_MAX     (4u * 1024 * 1024) /* manifests and indexes; registries must accept 4 MB */
@@ -91,14 +83,39 @@ RegClient *reg_client_free(RegClient *c);
 /* "host[:port]" of the registry, as used in image names (swr_path). */
 const char *reg_client_host(RegClient *c);
 
-/* ---- images --------------------------------------------------------------------------------------------
+/* ---- the OCI image model (oci.c, oci-build.c) ----------------------------------------------------------
  */
+
+/* Media types of both families. Docker schema2 has no zstd layer and no nondistributable tar. */
+#define REG_MEDIA_OCI_INDEX                 "application/vnd.oci.image.index.v1+json"
+#define REG_MEDIA_OCI_MANIFEST              "application/vnd.oci.image.manifest.v1+json"
+#define REG_MEDIA_OCI_CONFIG                "application/vnd.oci.image.config.v1+json"
+#define REG_MEDIA_OCI_LAYER_TAR             "application/vnd.oci.image.layer.v1.tar"
+#define REG_MEDIA_OCI_LAYER_GZIP            "application/vnd.oci.image.layer.v1.tar+gzip"
+#define REG_MEDIA_OCI_LAYER_ZSTD            "application/vnd.oci.image.layer.v1.tar+zstd"
+#define REG_MEDIA_OCI_LAYER_NONDIST_TAR     "application/vnd.oci.image.layer.nondistributable.v1.tar"
+#define REG_MEDIA_OCI_LAYER_NONDIST_GZIP    "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip"
+#define REG_MEDIA_OCI_LAYER_NONDIST_ZSTD    "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd"
+#define REG_MEDIA_DOCKER_LIST               "application/vnd.docker.distribution.manifest.list.v2+json"
+#define REG_MEDIA_DOCKER_MANIFEST           "application/vnd.docker.distribution.manifest.v2+json"
+#define REG_MEDIA_DOCKER_CONFIG             "application/vnd.docker.container.image.v1+json"
+#define REG_MEDIA_DOCKER_LAYER_TAR          "application/vnd.docker.image.rootfs.diff.tar"
+#define REG_MEDIA_DOCKER_LAYER_GZIP         "application/vnd.docker.image.rootfs.diff.tar.gzip"
+#define REG_MEDIA_DOCKER_LAYER_FOREIGN_GZIP "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip"
+
+/* The same media type in the other family (containers/image's manifest conversion): a type already in the
+ * family asked for comes back as it is; NULL when the family has no equivalent (zstd layers in Docker
+ * schema2) or the type is unknown. */
+const char *reg_media_type_to_oci(const char *media_type);
+const char *reg_media_type_to_docker(const char *media_type);
 
 typedef struct RegDescriptor {
         char *media_type;
         char *digest;
         int64_t size;
 } RegDescriptor;
+
+void reg_descriptor_done(RegDescriptor *d);
 
 typedef struct RegImage {
         char *manifest_media_type; /* REG_MEDIA_OCI_MANIFEST or REG_MEDIA_DOCKER_MANIFEST */
@@ -112,11 +129,65 @@ typedef struct RegImage {
         size_t n_layers;
 } RegImage;
 
+RegImage *reg_image_free(RegImage *img);
+
+/* A layer put on top of a base image's kept layers. */
+typedef struct RegLayerAdd {
+        const char *media_type; /* either family's name: written in the new manifest's family */
+        const char *digest;     /* of the blob */
+        int64_t size;           /* of the blob */
+        const char *diff_id;    /* sha256 of the uncompressed tar */
+        const char *created_by; /* its history entry's; NULL or "": none */
+        const char *comment;    /* NULL or "": none */
+} RegLayerAdd;
+
+/* A new image on a base: the bottom keep_layers layers of the base, then the added layers. The base config
+ * is kept whole (Env, Cmd, Entrypoint, WorkingDir, User, Labels, ExposedPorts, Volumes, architecture ...)
+ * but for "created", rootfs.diff_ids and history: the dropped layers' diff_ids and history entries go (the
+ * top ones without "empty_layer": true; empty_layer entries record config changes the config still holds,
+ * so they stay), and each added layer appends its diff_id and one history entry. The manifest is the base's
+ * (base layer descriptors kept as they are: urls, annotations) in the base's family, or OCI when an added
+ * layer's type has no Docker schema2 equivalent (zstd): then the config and base layers keep their bytes
+ * and digests and only their media types change, as `skopeo copy --dest-compress-format zstd` does. */
+typedef struct RegImageBuild {
+        const RegImage *base;
+        size_t keep_layers;        /* base->n_layers: all; fewer drops the top ones (squash) */
+        const RegLayerAdd *layers; /* added, bottom first */
+        size_t n_layers;
+        const char *created;   /* RFC 3339: the config's "created" and the new history entries' */
+        const char *base_name; /* the name the base was resolved by: an OCI manifest gets the
+                                  org.opencontainers.image.base.{name,digest} annotations; NULL: none */
+} RegImageBuild;
+
+/* A JSON document built here: its bytes, digest and media type. */
+typedef struct RegBuilt {
+        char *json; /* NUL-terminated */
+        size_t size;
+        char digest[NB_DIGEST_STR_MAX];
+        const char *media_type; /* a REG_MEDIA_* constant or the base's string; not owned */
+} RegBuilt;
+
+void reg_built_done(RegBuilt *b);
+
+/* The new manifest's media type, reading only the added layers' media types (known before their bytes):
+ * the base's, or REG_MEDIA_OCI_MANIFEST when an added layer has no Docker type. -EOPNOTSUPP when the image
+ * must become OCI and a kept base layer has no OCI type (its index in *ret_layer when not NULL); -EINVAL for
+ * an added layer of unknown type or a keep_layers above the base's. */
+int reg_image_build_type(const RegImageBuild *b, const char **ret_type, size_t *ret_layer, NbError *e);
+/* The new config. -EBADMSG when the base config is not an object, has no rootfs.diff_ids (a base without
+ * layers may have none) or a count of them other than the manifest's layers, or when layers are dropped and
+ * its history's layer entries do not match the layers one to one. */
+int reg_image_build_config(const RegImageBuild *b, RegBuilt *ret, NbError *e);
+/* The new manifest, referencing config (as reg_image_build_config() built it). */
+int reg_image_build_manifest(const RegImageBuild *b, const RegBuilt *config, RegBuilt *ret, NbError *e);
+
+/* ---- fetching images (image.c) -------------------------------------------------------------------------
+ */
+
 /* Fetches repository:reference (a tag or a digest). An index / manifest list is resolved to the entry for
  * os/arch(/variant; NULL matches any). Verifies the digests of what it fetched by digest. */
 int reg_image_fetch(RegClient *c, const char *repository, const char *reference, const char *os,
                     const char *arch, const char *variant, RegImage **ret, NbError *e);
-RegImage *reg_image_free(RegImage *img);
 
 /* ---- blobs ---------------------------------------------------------------------------------------------
  */
@@ -180,3 +251,20 @@ int reg_manifest_blobs_missing(RegClient *c, const char *repository, const void 
                                char **ret_first_missing, NbError *e);
 /* DELETE /v2/<repository>/manifests/<digest>. -EPERM with the registry's words when deletion is disabled. */
 int reg_manifest_delete(RegClient *c, const char *repository, const char *digest, NbError *e);
+
+/* ---- cleanup helpers -------------------------------------------------------------------------------------
+ */
+
+static inline void reg_image_freep(RegImage **img)
+{
+        reg_image_free(*img);
+}
+static inline void reg_descriptor_donep(RegDescriptor *d)
+{
+        reg_descriptor_done(d);
+}
+static inline void reg_built_donep(RegBuilt *b)
+{
+        reg_built_done(b);
+}
+#define _cleanup_reg_image_ _cleanup_(reg_image_freep)

@@ -1,6 +1,6 @@
 /* test-registry.c: unit tests of the registry library's parsers, without network: references,
- * WWW-Authenticate, auth files, token answers, Location resolution, Retry-After, error bodies, manifests and
- * indexes, digests, client options. */
+ * WWW-Authenticate, auth files, token answers, Location resolution, Retry-After, error bodies, digests,
+ * client options. Manifests and indexes are test-oci.c. */
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <netinet/in.h>
@@ -557,110 +557,7 @@ static void test_error_bodies(void)
         free(big);
 }
 
-/* ---- manifests -------------------------------------------------------------------------------------------
- */
-
 #define DA "sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
-#define DB "sha256:bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb"
-#define DC "sha256:cccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccc"
-
-static const char oci_index[] =
-        "{\"schemaVersion\":2,\"mediaType\":\"application/vnd.oci.image.index.v1+json\",\"manifests\":["
-        "{\"mediaType\":\"application/vnd.oci.image.manifest.v1+json\",\"digest\":\"" DA "\",\"size\":500,"
-        "\"platform\":{\"architecture\":\"amd64\",\"os\":\"linux\"}},"
-        "{\"mediaType\":\"application/vnd.oci.image.manifest.v1+json\",\"digest\":\"" DB "\",\"size\":501,"
-        "\"platform\":{\"architecture\":\"arm64\",\"os\":\"linux\",\"variant\":\"v8\"}},"
-        "{\"mediaType\":\"application/vnd.oci.image.manifest.v1+json\",\"digest\":\"" DC "\",\"size\":502,"
-        "\"platform\":{\"architecture\":\"unknown\",\"os\":\"unknown\"}}]}";
-
-static const char docker_manifest[] =
-        "{\"schemaVersion\":2,\"mediaType\":\"application/vnd.docker.distribution.manifest.v2+json\","
-        "\"config\":{\"mediaType\":\"application/vnd.docker.container.image.v1+json\",\"digest\":\"" DA
-        "\",\"size\":1234},"
-        "\"layers\":[{\"mediaType\":\"application/vnd.docker.image.rootfs.diff.tar.gzip\",\"digest\":\"" DB
-        "\",\"size\":99},"
-        "{\"mediaType\":\"application/vnd.docker.image.rootfs.diff.tar.gzip\",\"digest\":\"" DC
-        "\",\"size\":5000000000}]}";
-
-static void test_manifests(void)
-{
-        NbError e = {0};
-        const char *mt = NULL;
-        ASSERT_EQ(reg_manifest_kind(oci_index, strlen(oci_index), NULL, &mt, &e), 1);
-        ASSERT_STREQ(mt, REG_MEDIA_OCI_INDEX);
-        ASSERT_EQ(reg_manifest_kind(docker_manifest, strlen(docker_manifest), NULL, &mt, &e), 0);
-        ASSERT_STREQ(mt, REG_MEDIA_DOCKER_MANIFEST);
-
-        RegDescriptor d = {0};
-        ASSERT_OK(reg_index_select(oci_index, strlen(oci_index), "linux", "amd64", NULL, &d, &e));
-        ASSERT_STREQ(d.digest, DA);
-        ASSERT_EQ(d.size, 500);
-        reg_descriptor_done(&d);
-        ASSERT_OK(reg_index_select(oci_index, strlen(oci_index), "linux", "arm64", NULL, &d, &e));
-        ASSERT_STREQ(d.digest, DB);
-        reg_descriptor_done(&d);
-        ASSERT_OK(reg_index_select(oci_index, strlen(oci_index), "linux", "arm64", "v8", &d, &e));
-        ASSERT_STREQ(d.digest, DB);
-        reg_descriptor_done(&d);
-        ASSERT_EQ(reg_index_select(oci_index, strlen(oci_index), "linux", "arm64", "v7", &d, &e), -ENOENT);
-        ASSERT_EQ(reg_index_select(oci_index, strlen(oci_index), "linux", "s390x", NULL, &d, &e), -ENOENT);
-        ASSERT_TRUE(strstr(e.msg, "linux/s390x") != NULL);
-        ASSERT_EQ(reg_index_select(docker_manifest, strlen(docker_manifest), "linux", "amd64", NULL, &d, &e),
-                  -EMEDIUMTYPE);
-
-        RegImage img = {0};
-        ASSERT_OK(reg_manifest_parse(docker_manifest, strlen(docker_manifest), NULL, &img, &e));
-        ASSERT_STREQ(img.manifest_media_type, REG_MEDIA_DOCKER_MANIFEST);
-        ASSERT_STREQ(img.config.digest, DA);
-        ASSERT_EQ(img.config.size, 1234);
-        ASSERT_EQ(img.n_layers, 2);
-        ASSERT_EQ(img.layers[1].size, 5000000000LL);
-        ASSERT_STREQ(img.layers[0].media_type, REG_MEDIA_DOCKER_LAYER_GZIP);
-        reg_image_free(memcpy(calloc(1, sizeof(img)), &img, sizeof(img)));
-
-        /* OCI without mediaType: told by shape, or by Content-Type */
-        const char *oci = "{\"schemaVersion\":2,\"config\":{\"mediaType\":\"application/"
-                          "vnd.oci.image.config.v1+json\","
-                          "\"digest\":\"" DA "\",\"size\":2},\"layers\":[]}";
-        img = (RegImage){0};
-        ASSERT_OK(reg_manifest_parse(oci, strlen(oci), NULL, &img, &e));
-        ASSERT_STREQ(img.manifest_media_type, REG_MEDIA_OCI_MANIFEST);
-        ASSERT_EQ(img.n_layers, 0);
-        reg_image_free(memcpy(calloc(1, sizeof(img)), &img, sizeof(img)));
-        ASSERT_EQ(reg_manifest_kind(oci, strlen(oci), REG_MEDIA_DOCKER_MANIFEST "; charset=utf-8", &mt, &e),
-                  0);
-        ASSERT_STREQ(mt, REG_MEDIA_DOCKER_MANIFEST);
-
-        const char *bad[] = {
-                "{\"schemaVersion\":1,\"name\":\"x\",\"fsLayers\":[]}",
-                "{\"schemaVersion\":2,\"mediaType\":\"text/plain\"}",
-                "{\"schemaVersion\":2}",
-                "[]",
-                "",
-                "{\"schemaVersion\":2,\"config\":{\"mediaType\":\"x\",\"digest\":\"sha256:zz\",\"size\":2},"
-                "\"layers\":[]}",
-                "{\"schemaVersion\":2,\"config\":{\"mediaType\":\"x\",\"digest\":\"" DA
-                "\",\"size\":-1},\"layers\":[]}",
-                "{\"schemaVersion\":2,\"config\":{\"mediaType\":\"x\",\"digest\":\"" DA
-                "\",\"size\":1.5},\"layers\":[]}",
-                "{\"schemaVersion\":2,\"config\":{\"mediaType\":\"x\",\"digest\":\"" DA
-                "\",\"size\":99999999999},"
-                "\"layers\":[]}",
-                "{\"schemaVersion\":2,\"config\":{\"mediaType\":\"x\",\"digest\":\"" DA
-                "\",\"size\":1},\"layers\":{}}",
-                "{\"schemaVersion\":2,\"config\":{\"mediaType\":\"x\",\"digest\":\"" DA "\",\"size\":1},"
-                "\"layers\":[{\"mediaType\":\"x\",\"size\":1}]}",
-                oci_index,
-        };
-        for (size_t i = 0; i < ELEMENTSOF(bad); i++) {
-                img = (RegImage){0};
-                int r = reg_manifest_parse(bad[i], strlen(bad[i]), NULL, &img, &e);
-                if (r >= 0)
-                        fprintf(stderr, "accepted bad manifest %zu\n", i);
-                ASSERT_INT(r, <, 0);
-                reg_image_free(memcpy(calloc(1, sizeof(img)), &img, sizeof(img)));
-        }
-}
 
 static void test_digests(void)
 {
@@ -1111,7 +1008,6 @@ int main(void)
         test_ranges();
         test_retry_deadline();
         test_error_bodies();
-        test_manifests();
         test_digests();
         test_client_options();
         test_redirect_drops_auth();

@@ -1,4 +1,5 @@
-/* fuzz-registry-manifest.c: manifests, indexes (platform choice) and registry error bodies. */
+/* fuzz-registry-manifest.c: manifests, indexes (platform choice), registry error bodies, and a new image
+ * built on a base whose config is the input. */
 #include <stdint.h>
 #include <string.h>
 
@@ -35,6 +36,50 @@ static void one_manifest(const char *s, size_t n)
                 reg_descriptor_done(&d);
 }
 
+#define FUZZ_D1 "sha256:1111111111111111111111111111111111111111111111111111111111111111"
+#define FUZZ_D2 "sha256:2222222222222222222222222222222222222222222222222222222222222222"
+
+/* The input as the config of a two-layer base: the builder fails cleanly or writes JSON with its digest. */
+static void one_build(const char *s, size_t n)
+{
+        static const char manifest[] =
+                "{\"schemaVersion\":2,\"mediaType\":\"" REG_MEDIA_DOCKER_MANIFEST
+                "\",\"config\":{\"mediaType\":\"" REG_MEDIA_DOCKER_CONFIG "\",\"digest\":\"" FUZZ_D1
+                "\",\"size\":1},\"layers\":[{\"mediaType\":\"" REG_MEDIA_DOCKER_LAYER_GZIP
+                "\",\"digest\":\"" FUZZ_D1 "\",\"size\":1},{\"mediaType\":\"" REG_MEDIA_DOCKER_LAYER_GZIP
+                "\",\"digest\":\"" FUZZ_D2 "\",\"size\":2}]}";
+        NbError e = {0};
+        RegImage base = {.manifest = (char *)manifest,
+                         .manifest_size = sizeof(manifest) - 1,
+                         .manifest_digest = (char *)FUZZ_D2,
+                         .config_json = (char *)s,
+                         .config_size = n};
+        if (reg_manifest_parse(manifest, sizeof(manifest) - 1, NULL, &base, &e) < 0)
+                abort();
+        const RegLayerAdd l = {REG_MEDIA_OCI_LAYER_ZSTD, FUZZ_D2, 3, FUZZ_D1, "fuzz", "comment"};
+        for (size_t keep = 0; keep <= base.n_layers; keep++) {
+                RegImageBuild b = {.base = &base,
+                                   .keep_layers = keep,
+                                   .layers = &l,
+                                   .n_layers = 1,
+                                   .created = "2026-01-01T00:00:00Z",
+                                   .base_name = "base"};
+                RegBuilt c = {0}, m = {0};
+                if (reg_image_build_config(&b, &c, &e) >= 0 &&
+                    (nb_digest_check(c.digest, c.json, c.size) < 0 ||
+                     reg_image_build_manifest(&b, &c, &m, &e) < 0 ||
+                     nb_digest_check(m.digest, m.json, m.size) < 0))
+                        abort();
+                reg_built_done(&c);
+                reg_built_done(&m);
+        }
+        reg_descriptor_done(&base.config);
+        for (size_t i = 0; i < base.n_layers; i++)
+                reg_descriptor_done(&base.layers[i]);
+        free(base.layers);
+        free(base.manifest_media_type);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
         if (size > 256 * 1024)
@@ -45,6 +90,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         memcpy(s, data, size);
         s[size] = 0;
         one_manifest(s, size);
+        one_build(s, size);
         char code[64], msg[REG_MESSAGE_MAX + 1];
         reg_error_body_parse(s, size, NULL, code, sizeof(code), msg, sizeof(msg));
         if (strlen(msg) > REG_MESSAGE_MAX)
