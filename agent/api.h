@@ -4,7 +4,7 @@
  * wider permissions) admit root, this process's user and the configured group (SO_PEERCRED,
  * SO_PEERGROUPS); TCP listeners require "Authorization: Bearer <token>" (compared in constant time) and
  * speak TLS when a certificate is configured. Routing, limits and the ModelArts error bodies live here;
- * the answers come from daemon.h. Against hostile clients: header memory per connection, a deadline per
+ * the answers come from manager.h. Against hostile clients: header memory per connection, a deadline per
  * request (a client sending a byte at a time is cut off), a connection limit derived from RLIMIT_NOFILE, and
  * paths taken as sent (no percent-decoding, no "." or ".." segments). */
 #pragma once
@@ -12,7 +12,7 @@
 #include <systemd/sd-event.h>
 
 #include "agent/config.h"
-#include "agent/daemon.h"
+#include "agent/manager.h"
 
 #define NB_API_CONNECTIONS_MAX 64 /* connections served at once per listener; more wait in the backlog */
 #define NB_API_CONNECTIONS_MIN 4  /* ... however low RLIMIT_NOFILE is */

@@ -14,7 +14,7 @@
 
 #include "agent/api.h"
 #include "agent/config.h"
-#include "agent/daemon.h"
+#include "agent/manager.h"
 #include "agent/log.h"
 
 static void event_unrefp(sd_event **e)

@@ -1,4 +1,4 @@
-/* daemon.h: nbsnapd's manager: the images this instance saved (in memory, mirrored by the state store), the
+/* manager.h: nbsnapd's manager: the images this instance saved (in memory, mirrored by the state store), the
  * one save that may run (a worker thread calling nb_save, which posts its progress back to the event loop
  * through an eventfd), registry deletions (worker threads too), crash recovery, the reporter, metrics and
  * sd_notify. Everything here runs on the sd-event loop except the workers' bodies. The HTTP side (api.c)

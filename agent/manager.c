@@ -17,7 +17,7 @@
 #include "common/uuid.h"
 #include "common/clock.h"
 #include "snapshot/snapshot.h"
-#include "agent/daemon.h"
+#include "agent/manager.h"
 #include "agent/log.h"
 #include "registry/registry.h"
 #include "agent/reporter.h"
