@@ -45,13 +45,6 @@ struct Job {
         int64_t started_ms;
 };
 
-static uint64_t now_ns(void)
-{
-        struct timespec ts;
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
-
 static void job_post(Job *j)
 {
         (void)eventfd_write(j->wake_fd, 1);
@@ -83,7 +76,7 @@ static void job_wait_recorded(Job *j, NbPhase phase)
 static void on_save_progress(void *userdata, const NbProgress *p)
 {
         Job *j = userdata;
-        uint64_t now = now_ns();
+        uint64_t now = nb_now_usec() * 1000ull;
         pthread_mutex_lock(&j->lock);
         bool post = !j->have_progress || p->phase != j->progress.phase ||
                     now - j->posted_ns >= NB_PROGRESS_POST_NS;
