@@ -1,4 +1,6 @@
+#include <errno.h>
 #include <fcntl.h>
+#include <stdarg.h>
 #include <grp.h>
 #include <netdb.h>
 #include <stdio.h>
@@ -14,6 +16,7 @@
 #include <systemd/sd-daemon.h>
 
 #include "agent/api.h"
+#include "agent/metrics.h"
 #include "agent/log.h"
 #include "agent/request.h"
 
@@ -67,6 +70,85 @@ typedef struct Request {
         bool too_large, limited, replied, pending, ready;
         NbReply reply;
 } Request;
+
+/* ---- errors: the one table ------------------------------------------------------------------------------
+ */
+
+static const NbApiError errors[] = {
+        {EINVAL, 400, "ModelArts.6101", "bad request"},  /* body, field, rule, ?status=, framing */
+        {EACCES, 401, "ModelArts.6201", "unauthorized"}, /* TCP: no or wrong bearer token */
+        {EPERM, 403, "ModelArts.6203", "forbidden"},     /* peer not allowed; the registry refused */
+        {ENOENT, 404, "ModelArts.6404", "not found"},    /* path, project, notebook or image */
+        {EOPNOTSUPP, 405, "ModelArts.6405", "method not allowed"},
+        {EBUSY, 409, "ModelArts.6409", "conflict"},  /* a save is running; the image is being saved */
+        {E2BIG, 413, "ModelArts.6413", "too large"}, /* body over NB_REQUEST_BODY_MAX */
+        {EREMOTEIO, 502, "ModelArts.6502", "registry failed"},
+        {ESHUTDOWN, 503, "ModelArts.6503", "stopping"},
+        {EAGAIN, 503, "ModelArts.6503", "too many deletions"},
+        {ENOSPC, 507, "ModelArts.6507", "state dir full"},
+        {EDQUOT, 507, "ModelArts.6507", "state dir over quota"},
+        {0, 500, "ModelArts.6500", "internal"}, /* last: everything else */
+};
+
+const NbApiError *nb_api_error_table(size_t *ret_n)
+{
+        *ret_n = ELEMENTSOF(errors);
+        return errors;
+}
+
+const NbApiError *nb_api_error(int err)
+{
+        if (err < 0)
+                err = -err;
+        for (size_t i = 0; i + 1 < ELEMENTSOF(errors); i++)
+                if (errors[i].errno_ == err)
+                        return &errors[i];
+        return &errors[ELEMENTSOF(errors) - 1];
+}
+
+void nb_reply_done(NbReply *r)
+{
+        free(r->body);
+        *r = (NbReply){0};
+}
+
+void nb_reply_error(NbReply *r, int err, const char *fmt, ...)
+{
+        const NbApiError *row = nb_api_error(err);
+        char msg[NB_ERROR_MSG_MAX];
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(msg, sizeof(msg), fmt, ap);
+        va_end(ap);
+        cJSON *j = cJSON_CreateObject();
+        cJSON_AddStringToObject(j, "error_code", row->code);
+        cJSON_AddStringToObject(j, "error_msg", msg);
+        char *s = cJSON_Print(j);
+        cJSON_Delete(j);
+        nb_reply_done(r);
+        r->status = s ? row->status : 500;
+        r->body = s;
+        r->content_type = "application/json";
+}
+
+static void reply_json(NbReply *r, unsigned status, cJSON *j)
+{
+        char *s = j ? cJSON_Print(j) : NULL;
+        cJSON_Delete(j);
+        if (!s) {
+                nb_reply_error(r, ENOMEM, "out of memory");
+                return;
+        }
+        nb_reply_done(r);
+        r->status = status;
+        r->body = s;
+        r->content_type = "application/json";
+}
+
+static void reply_failure(NbReply *r, int err, const NbError *e)
+{
+        nb_reply_error(r, err, "%s", e->msg[0] ? e->msg : strerror(err < 0 ? -err : err));
+}
 
 /* ---- responses ------------------------------------------------------------------------------------------
  */
@@ -150,7 +232,7 @@ static bool check_access(Listener *l, Request *rq, struct MHD_Connection *c, con
                         MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
                 if (ci && peer_allowed(a, ci->connect_fd))
                         return true;
-                nb_reply_error(&rq->reply, 403, NB_ERROR_FORBIDDEN, "only root%s%s may use this socket",
+                nb_reply_error(&rq->reply, EPERM, "only root%s%s may use this socket",
                                a->have_group ? " and members of group " : "",
                                a->have_group && a->cfg->socket_group ? a->cfg->socket_group : "");
                 return false;
@@ -161,7 +243,7 @@ static bool check_access(Listener *l, Request *rq, struct MHD_Connection *c, con
                 rq->limited = true;
                 return true;
         }
-        nb_reply_error(&rq->reply, 401, NB_ERROR_UNAUTHORIZED,
+        nb_reply_error(&rq->reply, EACCES,
                        "this listener requires \"Authorization: Bearer <token>\" with the configured token");
         rq->reply.challenge = true;
         return false;
@@ -316,9 +398,107 @@ static bool method_is(const char *method, const char *want)
 
 static void method_not_allowed(NbReply *r, const char *method, const char *allow)
 {
-        nb_reply_error(r, 405, NB_ERROR_METHOD, "method %.16s is not allowed here (allowed: %s)", method,
-                       allow);
+        nb_reply_error(r, EOPNOTSUPP, "method %.16s is not allowed here (allowed: %s)", method, allow);
         r->allow = allow;
+}
+
+static void handle_health(Manager *m, bool full, NbReply *r)
+{
+        ManagerHealth h;
+        manager_health(m, &h);
+        bool ok = h.ready && !h.stopping;
+        cJSON *j = cJSON_CreateObject();
+        cJSON_AddStringToObject(j, "status", ok ? "ok" : h.stopping ? "stopping" : "starting");
+        if (full) {
+                cJSON_AddStringToObject(j, "project_id", manager_project_id(m));
+                cJSON_AddStringToObject(j, "notebook_id", manager_notebook_id(m));
+                cJSON_AddBoolToObject(j, "saving", h.image_id != NULL);
+                if (h.image_id)
+                        cJSON_AddStringToObject(j, "image_id", h.image_id);
+                cJSON_AddNumberToObject(j, "outbox", (double)h.outbox);
+        }
+        reply_json(r, ok ? 200 : 503, j);
+}
+
+static void handle_metrics(Manager *m, NbReply *r)
+{
+        NbError e = {0};
+        char *text = NULL;
+        int k = manager_metrics(m, &text, &e);
+        if (k < 0) {
+                reply_failure(r, k, &e);
+                return;
+        }
+        nb_reply_done(r);
+        r->status = 200;
+        r->body = text;
+        r->content_type = NB_METRICS_CONTENT_TYPE;
+}
+
+static void handle_create(Manager *m, Request *rq, NbReply *r)
+{
+        NbError e = {0};
+        const NbImage *img = NULL;
+        if (rq->too_large) {
+                nb_reply_error(r, E2BIG, "the request body is over %u bytes", NB_REQUEST_BODY_MAX);
+                return;
+        }
+        int k = manager_create_image(m, rq->body ? rq->body : "", rq->size, &img, &e);
+        if (k < 0)
+                reply_failure(r, k, &e);
+        else
+                reply_json(r, 200, nb_image_to_json(img));
+}
+
+static void handle_get(Manager *m, const char *id, NbReply *r)
+{
+        NbError e = {0};
+        const NbImage *img = NULL;
+        int k = manager_get_image(m, id, &img, &e);
+        if (k < 0)
+                reply_failure(r, k, &e);
+        else
+                reply_json(r, 200, nb_image_to_json(img));
+}
+
+static void handle_list(Manager *m, const char *status, NbReply *r)
+{
+        NbError e = {0};
+        _cleanup_free_ const NbImage **v = NULL;
+        size_t n = 0;
+        int k = manager_list_images(m, status, &v, &n, &e);
+        if (k < 0) {
+                reply_failure(r, k, &e);
+                return;
+        }
+        cJSON *j = cJSON_CreateObject(), *a = cJSON_AddArrayToObject(j, "images");
+        for (size_t i = 0; a && i < n; i++)
+                cJSON_AddItemToArray(a, nb_image_to_json(v[i]));
+        cJSON_AddNumberToObject(j, "total", (double)n);
+        reply_json(r, 200, j);
+}
+
+static void on_deleted(void *userdata, int k, const NbImage *img, const NbError *e)
+{
+        NbReply reply = {0};
+        if (k < 0)
+                reply_failure(&reply, k, e);
+        else
+                reply_json(&reply, 200, nb_image_to_json(img));
+        on_delete_done(userdata, &reply);
+}
+
+static void handle_delete(Manager *m, Request *rq, const char *id, NbReply *r)
+{
+        NbError e = {0};
+        const NbImage *img = NULL;
+        int k = manager_delete_image(m, id, on_deleted, rq, &img, &e);
+        if (k < 0)
+                reply_failure(r, k, &e);
+        else if (k > 0)
+                rq->pending = true;
+        else
+                reply_json(r, 200, nb_image_to_json(img));
 }
 
 static void route(Listener *l, Request *rq, struct MHD_Connection *c, const char *url, const char *method)
@@ -332,16 +512,16 @@ static void route(Listener *l, Request *rq, struct MHD_Connection *c, const char
                 if (!method_is(method, "GET"))
                         method_not_allowed(r, method, "GET, HEAD");
                 else if (parts[0][0] == 'h')
-                        manager_health(m, !rq->limited, r);
+                        handle_health(m, !rq->limited, r);
                 else
-                        manager_metrics(m, r);
+                        handle_metrics(m, r);
                 return;
         }
         bool create = n == 5 && strcmp(parts[2], "notebooks") == 0 && strcmp(parts[4], "create-image") == 0;
         bool list = n == 3 && strcmp(parts[2], "images") == 0;
         bool one = n == 4 && strcmp(parts[2], "images") == 0;
         if (bad || n < 3 || strcmp(parts[0], "v1") != 0 || !(create || list || one)) {
-                nb_reply_error(r, 404, NB_ERROR_NOT_FOUND, "no such resource: %.256s", url);
+                nb_reply_error(r, ENOENT, "no such resource: %.256s", url);
                 return;
         }
         if ((create && !method_is(method, "POST")) || (list && !method_is(method, "GET")) ||
@@ -350,22 +530,21 @@ static void route(Listener *l, Request *rq, struct MHD_Connection *c, const char
                 return;
         }
         if (strcmp(parts[1], manager_project_id(m)) != 0) {
-                nb_reply_error(r, 404, NB_ERROR_NOT_FOUND, "project %.128s is not this instance's project",
-                               parts[1]);
+                nb_reply_error(r, ENOENT, "project %.128s is not this instance's project", parts[1]);
                 return;
         }
         if (create && strcmp(parts[3], manager_notebook_id(m)) != 0) {
-                nb_reply_error(r, 404, NB_ERROR_NOT_FOUND, "notebook %.128s is not this instance", parts[3]);
+                nb_reply_error(r, ENOENT, "notebook %.128s is not this instance", parts[3]);
                 return;
         }
         if (create)
-                manager_create_image(m, rq->body ? rq->body : "", rq->size, rq->too_large, r);
+                handle_create(m, rq, r);
         else if (list)
-                manager_list_images(m, MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "status"), r);
+                handle_list(m, MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "status"), r);
         else if (method_is(method, "GET"))
-                manager_get_image(m, parts[3], r);
-        else if (manager_delete_image(m, parts[3], on_delete_done, rq, r) > 0)
-                rq->pending = true;
+                handle_get(m, parts[3], r);
+        else
+                handle_delete(m, rq, parts[3], r);
 }
 
 static bool content_length_too_large(struct MHD_Connection *c)
@@ -433,14 +612,14 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
                         return queue(c, rq);
                 if (framing_ambiguous(c)) {
                         nb_reply_error(
-                                &rq->reply, 400, NB_ERROR_BAD_REQUEST,
+                                &rq->reply, EINVAL,
                                 "the request has more than one Content-Length or Transfer-Encoding, or "
                                 "both");
                         return queue(c, rq);
                 }
                 if (content_length_too_large(c)) {
-                        nb_reply_error(&rq->reply, 413, NB_ERROR_TOO_LARGE,
-                                       "the request body is over %u bytes", NB_REQUEST_BODY_MAX);
+                        nb_reply_error(&rq->reply, E2BIG, "the request body is over %u bytes",
+                                       NB_REQUEST_BODY_MAX);
                         return queue(c, rq);
                 }
                 return MHD_YES;

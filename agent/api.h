@@ -4,15 +4,19 @@
  * wider permissions) admit root, this process's user and the configured group (SO_PEERCRED,
  * SO_PEERGROUPS); TCP listeners require "Authorization: Bearer <token>" (compared in constant time) and
  * speak TLS when a certificate is configured. Routing, limits and the ModelArts error bodies live here;
- * the answers come from daemon.h. Against hostile clients: header memory per connection, a deadline per
+ * the answers come from agent/manager.h, and one table (nb_api_error()) turns every failure into its HTTP
+ * status and ModelArts error code. Against hostile clients: header memory per connection, a deadline per
  * request (a client sending a byte at a time is cut off), a connection limit derived from RLIMIT_NOFILE, and
  * paths taken as sent (no percent-decoding, no "." or ".." segments). */
 #pragma once
 
+#include <stdbool.h>
+#include <stddef.h>
+
 #include <systemd/sd-event.h>
 
 #include "agent/config.h"
-#include "agent/daemon.h"
+#include "agent/manager.h"
 
 #define NB_API_CONNECTIONS_MAX 64 /* connections served at once per listener; more wait in the backlog */
 #define NB_API_CONNECTIONS_MIN 4  /* ... however low RLIMIT_NOFILE is */
@@ -24,6 +28,34 @@
 #define NB_API_REQUEST_TIMEOUT    10 /* seconds for a whole request, first byte to answer (slow clients) */
 #define NB_API_URL_MAX            1024
 #define NB_API_LISTENERS_MAX      (NB_LISTEN_MAX + 8)
+
+/* An answer: status, body, and the headers some statuses need. */
+typedef struct NbReply {
+        unsigned status;
+        char *body; /* malloc'ed */
+        const char *content_type;
+        const char *allow; /* 405 */
+        bool challenge;    /* 401: WWW-Authenticate: Bearer */
+} NbReply;
+
+void nb_reply_done(NbReply *r);
+
+/* The conditions the agent answers with an error, each an errno: the manager's (agent/manager.h) and the
+ * API's own (-EACCES: no or wrong bearer token, -EPERM: a peer not allowed on the socket, -ENOENT: an
+ * unknown path, -EOPNOTSUPP: a method not allowed). */
+typedef struct NbApiError {
+        int errno_;        /* positive */
+        unsigned status;   /* HTTP */
+        const char *code;  /* "ModelArts.6404" */
+        const char *label; /* for people and tests */
+} NbApiError;
+
+/* The row for -err (or err), the internal error's (500) for anything not in the table. */
+const NbApiError *nb_api_error(int err);
+/* The whole table, for tests: *ret_n rows. */
+const NbApiError *nb_api_error_table(size_t *ret_n);
+/* {"error_code": code, "error_msg": ...} with the status of err's row. */
+void nb_reply_error(NbReply *r, int err, const char *fmt, ...) _printf_(3, 4);
 
 typedef struct NbApi NbApi;
 

@@ -2,6 +2,7 @@
 
 #include <curl/curl.h>
 
+#include "agent/agent-version.h"
 #include "agent/client.h"
 
 void nb_response_done(NbResponse *r)
@@ -57,7 +58,7 @@ int nb_client_request(const char *socket_path, const char *method, const char *p
         curl_easy_setopt(c, CURLOPT_TIMEOUT, (long)NB_CLIENT_TIMEOUT_S);
         curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
         curl_easy_setopt(c, CURLOPT_ERRORBUFFER, err);
-        curl_easy_setopt(c, CURLOPT_USERAGENT, "nbsnap");
+        curl_easy_setopt(c, CURLOPT_USERAGENT, nbsnap_user_agent());
         if (body) {
                 curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
                 curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)strlen(body));

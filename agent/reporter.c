@@ -7,6 +7,7 @@
 
 #include <curl/curl.h>
 
+#include "agent/agent-version.h"
 #include "agent/log.h"
 #include "agent/reporter.h"
 
@@ -81,7 +82,7 @@ static int post_one(NbReporter *r, uint64_t seq, const char *json, char *err, si
         curl_easy_setopt(c, CURLOPT_XFERINFOFUNCTION, abort_on_stop);
         curl_easy_setopt(c, CURLOPT_XFERINFODATA, r);
         curl_easy_setopt(c, CURLOPT_ERRORBUFFER, curl_err);
-        curl_easy_setopt(c, CURLOPT_USERAGENT, "nbsnapd");
+        curl_easy_setopt(c, CURLOPT_USERAGENT, nbsnap_user_agent());
         curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "http,https");
         if (r->ca_file)
                 curl_easy_setopt(c, CURLOPT_CAINFO, r->ca_file);

@@ -5,7 +5,6 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <sys/utsname.h>
 
 #include "common/digest.h"
 #include "common/clock.h"
@@ -14,6 +13,8 @@
 #include "snapshot/snapshot.h"
 #include "registry/registry.h"
 #include "agent/save.h"
+#include "agent/swr.h"
+#include "common/sysinfo.h"
 
 static const char *const phase_names[_NB_PHASE_MAX] = {
         [NB_PHASE_RESOLVING] = "resolving base image",      [NB_PHASE_BASE_LAYERS] = "checking base layers",
@@ -216,30 +217,12 @@ int nb_save_validate(const NbSaveOptions *o, NbError *e)
         return 0;
 }
 
-static const char *machine_arch(void)
-{
-        struct utsname u;
-        if (uname(&u) == 0 && (strcmp(u.machine, "aarch64") == 0 || strcmp(u.machine, "arm64") == 0))
-                return "arm64";
-        return "amd64";
-}
-
 static int set_arch(NbImage *img, const char *config_json)
 {
         cJSON *c = cJSON_Parse(config_json);
         const cJSON *a = cJSON_GetObjectItemCaseSensitive(c, "architecture");
-        const char *arch = cJSON_IsString(a) ? a->valuestring : machine_arch();
-        char up[32];
-        if (strcmp(arch, "amd64") == 0)
-                snprintf(up, sizeof(up), "X86_64");
-        else if (strcmp(arch, "arm64") == 0)
-                snprintf(up, sizeof(up), "AARCH64");
-        else {
-                size_t i = 0;
-                for (; arch[i] && i < sizeof(up) - 1; i++)
-                        up[i] = (char)(arch[i] >= 'a' && arch[i] <= 'z' ? arch[i] - 32 : arch[i]);
-                up[i] = '\0';
-        }
+        char up[NB_ARCH_MAX];
+        nb_arch_to_modelarts(cJSON_IsString(a) ? a->valuestring : nb_machine_arch(), up);
         cJSON_Delete(c);
         return nb_image_set(&img->arch, up);
 }
@@ -247,12 +230,9 @@ static int set_arch(NbImage *img, const char *config_json)
 static int connect_registries(Save *s, NbError *e)
 {
         const NbSaveOptions *o = s->o;
-        RegClientOptions co = {.url = o->registry_url,
-                               .authfile = o->authfile,
-                               .ca_file = o->ca_file,
-                               .user_agent = "nbsnap",
-                               .chunk_size = o->chunk_size,
-                               .cancel = o->cancel};
+        RegClientOptions co = nb_reg_client_options(o->registry_url, o->authfile, o->ca_file);
+        co.chunk_size = o->chunk_size;
+        co.cancel = o->cancel;
         int r = reg_client_new(&co, &s->dst, e);
         if (r < 0)
                 return nb_error_wrap(e, r, "cannot use registry");
@@ -281,7 +261,7 @@ static int resolve_base(Save *s, NbError *e)
 {
         report(s, NB_PHASE_RESOLVING);
         const char *reference = s->ref->digest ? s->ref->digest : s->ref->tag ? s->ref->tag : "latest";
-        int r = reg_image_fetch(s->src, s->ref->repository, reference, "linux", machine_arch(), NULL,
+        int r = reg_image_fetch(s->src, s->ref->repository, reference, "linux", nb_machine_arch(), NULL,
                                 &s->base, e);
         if (r < 0)
                 return nb_error_wrap(e, r, "cannot resolve the base image");
@@ -576,8 +556,7 @@ static int fill_request_fields(Save *s)
         const NbSaveOptions *o = s->o;
         NbImage *img = s->img;
         _cleanup_free_ char *swr = NULL;
-        const char *host = reg_client_host(s->dst);
-        if (asprintf(&swr, "%s/%s/%s:%s", host, o->namespace, o->name, o->tag) < 0)
+        if (nb_swr_path(reg_client_host(s->dst), o->namespace, o->name, o->tag, &swr) < 0)
                 return -ENOMEM;
         if (nb_image_set(&img->swr_path, swr) < 0 || nb_image_set(&img->repository, s->dst_repo) < 0)
                 return -ENOMEM;
