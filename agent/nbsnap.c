@@ -175,7 +175,7 @@ static int parse_level(const char *s, int *ret)
         unsigned long v = strtoul(s, &end, 10);
         if (errno || end == s || *end || s[0] == '-' || v > 1000) {
                 fprintf(stderr, "nbsnap: --level takes a number (gzip 0-%d, zstd 1-%d), not '%s'\n",
-                        NB_GZIP_LEVEL_MAX, NB_ZSTD_LEVEL_MAX, s);
+                        SNAP_GZIP_LEVEL_MAX, SNAP_ZSTD_LEVEL_MAX, s);
                 return -EINVAL;
         }
         *ret = (int)v;
@@ -250,7 +250,7 @@ static int parse_args(int argc, char **argv, const char *usage, Args *a)
                                 return -EINVAL;
                         break;
                 case OPT_COMPRESSION:
-                        if (nb_compression_from_string(optarg, &o->compression) < 0) {
+                        if (snap_compression_from_string(optarg, &o->compression) < 0) {
                                 fprintf(stderr, "nbsnap: --compression takes gzip or zstd, not '%s'\n",
                                         optarg);
                                 return -EINVAL;
@@ -271,7 +271,7 @@ static int parse_args(int argc, char **argv, const char *usage, Args *a)
                 return -EINVAL;
         }
         NbError e = {0};
-        if (nb_compression_level_check(o->compression, o->level, &e) < 0) {
+        if (snap_compression_level_check(o->compression, o->level, &e) < 0) {
                 fprintf(stderr, "nbsnap: --level: %s\n", e.msg);
                 return -EINVAL;
         }
@@ -757,8 +757,9 @@ int main(int argc, char **argv)
                 return 0;
         }
         if (strcmp(cmd, "--version") == 0) {
-                printf("nbsnap %s (deflate: %s, zstd: %s)\n", nbsnap_version(), pgzip_engine(),
-                       pzstd_version());
+                printf("nbsnap %s (gzip: %s, zstd: %s)\n", nbsnap_version(),
+                       snap_compression_engine(SNAP_COMPRESSION_GZIP),
+                       snap_compression_engine(SNAP_COMPRESSION_ZSTD));
                 return 0;
         }
         if (strcmp(cmd, "baseline") == 0)
