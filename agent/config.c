@@ -14,7 +14,7 @@ typedef enum KeyType {
         KEY_STRING,
         KEY_LIST,
         KEY_UINT,
-        KEY_COMPRESSION, /* gzip|zstd into an NbCompression */
+        KEY_COMPRESSION, /* gzip|zstd into a SnapCompression */
 } KeyType;
 
 typedef struct Key {
@@ -64,7 +64,7 @@ static const Key keys[] = {
         UINT("threads", threads, 256, "N", "compression threads (0: all CPUs)"),
         {"compression", KEY_COMPRESSION, offsetof(NbConfig, compression), 0, 0, 0, false, "gzip|zstd",
          "the new layer's compression (default gzip; zstd needs a runtime that pulls zstd layers)"},
-        UINT("level", level, NB_ZSTD_LEVEL_MAX, "N",
+        UINT("level", level, SNAP_ZSTD_LEVEL_MAX, "N",
              "level of that compressor: gzip 1-9 (default 1), zstd 1-19 (default 3); 0: the default"),
         UINT("stop_timeout", stop_timeout_sec, 3600, "SEC",
              "on SIGTERM, how long a cancelled save may take to stop (default 30)"),
@@ -127,7 +127,7 @@ int nb_config_set(NbConfig *c, const char *key, const char *value, NbError *e)
                 return nb_error_set(e, -E2BIG, "%s: value over %d bytes", k->name, NB_CONFIG_VALUE_MAX);
         char *base = (char *)c + k->offset;
         if (k->type == KEY_COMPRESSION) {
-                if (nb_compression_from_string(value, (NbCompression *)base) < 0)
+                if (snap_compression_from_string(value, (SnapCompression *)base) < 0)
                         return nb_error_set(e, -EINVAL, "%s takes gzip or zstd, not '%.64s'", k->name,
                                             value);
                 return 0;
@@ -364,11 +364,11 @@ int nb_config_check(const NbConfig *c, NbError *e)
                                 NB_ID_MAX);
         if (c->namespace && !nb_namespace_valid(c->namespace, e))
                 return e->code;
-        if (c->level_set && nb_compression_level_check(c->compression, (int)c->level, e) < 0) {
+        if (c->level_set && snap_compression_level_check(c->compression, (int)c->level, e) < 0) {
                 char msg[sizeof(e->msg)];
                 snprintf(msg, sizeof(msg), "%s", e->msg);
                 return nb_error_set(e, -EINVAL, "level = %u with compression = %s: %s", c->level,
-                                    nb_compression_to_string(c->compression), msg);
+                                    snap_compression_to_string(c->compression), msg);
         }
         if (!!c->tls_cert != !!c->tls_key)
                 return nb_error_set(e, -EINVAL, "tls_cert and tls_key go together");

@@ -35,7 +35,7 @@ typedef struct NbConfig {
         unsigned threads, level, stop_timeout_sec, report_retry_max_sec;
         unsigned long chunk_size;
         bool level_set;
-        NbCompression compression; /* of the layer a save makes; 0: gzip */
+        SnapCompression compression; /* of the layer a save makes; 0: gzip */
 } NbConfig;
 
 /* Defaults; config_done() frees what config_parse_*() set. */

@@ -53,8 +53,9 @@ int main(int argc, char **argv)
                 return 0;
         }
         if (strcmp(cmd, "--version") == 0) {
-                printf("nbsnap %s (deflate: %s, zstd: %s)\n", nbsnap_version(), pgzip_engine(),
-                       pzstd_version());
+                printf("nbsnap %s (gzip: %s, zstd: %s)\n", nbsnap_version(),
+                       snap_compression_engine(SNAP_COMPRESSION_GZIP),
+                       snap_compression_engine(SNAP_COMPRESSION_ZSTD));
                 return 0;
         }
         if (strcmp(cmd, "baseline") == 0)

@@ -27,41 +27,6 @@ const char *nb_phase_to_string(NbPhase p)
         return p < _NB_PHASE_MAX ? phase_names[p] : "unknown";
 }
 
-static const char *const compression_names[_NB_COMPRESSION_MAX] = {
-        [NB_COMPRESSION_GZIP] = "gzip",
-        [NB_COMPRESSION_ZSTD] = "zstd",
-};
-
-const char *nb_compression_to_string(NbCompression c)
-{
-        return c < _NB_COMPRESSION_MAX ? compression_names[c] : "unknown";
-}
-
-int nb_compression_from_string(const char *s, NbCompression *ret)
-{
-        for (NbCompression c = 0; s && c < _NB_COMPRESSION_MAX; c++)
-                if (strcmp(s, compression_names[c]) == 0) {
-                        *ret = c;
-                        return 0;
-                }
-        return -EINVAL;
-}
-
-int nb_compression_level_check(NbCompression c, int level, NbError *e)
-{
-        if (c >= _NB_COMPRESSION_MAX)
-                return nb_error_set(e, -EINVAL, "unknown compression %d", (int)c);
-        if (level == -1)
-                return 0;
-        int min = c == NB_COMPRESSION_ZSTD ? 1 : 0,
-            max = c == NB_COMPRESSION_ZSTD ? NB_ZSTD_LEVEL_MAX : NB_GZIP_LEVEL_MAX;
-        if (level < min || level > max)
-                return nb_error_set(e, -EINVAL, "level %d is not a %s level: %s takes %d to %d (default %d)",
-                                    level, compression_names[c], compression_names[c], min, max,
-                                    c == NB_COMPRESSION_ZSTD ? PZSTD_LEVEL_DEFAULT : 1);
-        return 0;
-}
-
 typedef struct Save {
         const NbSaveOptions *o;
         NbImage *img;
@@ -71,14 +36,13 @@ typedef struct Save {
         RegImage *base;
         RegUpload *upload;
         NbError upload_error;   /* written by the compressor's output thread, read after it was joined */
-        NbError compress_error; /* what pgzip_write()/pzstd_write() said, on the packing thread */
-        PGzip *gzip;            /* one of the two compressors, as o->compression says */
-        PZstd *zstd;
+        NbError compress_error; /* what snap_compressor_write() said, on the packing thread */
+        SnapCompressor *compressor;
         SnapLayer *layer;
         _Atomic uint64_t sent;
         NbProgress progress;
-        PGzipResult result; /* filled from PZstdResult too: the same fields */
-        char created[32];   /* RFC 3339, the config's and the history entry's */
+        SnapCompressResult result;
+        char created[32]; /* RFC 3339, the config's and the history entry's */
         RegBuilt config;
 } Save;
 
@@ -88,8 +52,7 @@ static void save_done(Save *s)
          * nothing more once freed), the compressor (its writer thread may be inside reg_upload_write()), the
          * upload */
         snap_layer_free(s->layer);
-        pgzip_free(s->gzip);
-        pzstd_free(s->zstd);
+        snap_compressor_free(s->compressor);
         reg_upload_abort(s->upload);
         reg_image_free(s->base);
         reg_ref_free(s->ref);
@@ -202,9 +165,9 @@ int nb_save_validate(const NbSaveOptions *o, NbError *e)
                         "namespace/name is %zu characters; registries take repository names of at "
                         "most 255",
                         strlen(o->namespace) + 1 + strlen(o->name));
-        if (o->compression >= _NB_COMPRESSION_MAX)
+        if (o->compression >= _SNAP_COMPRESSION_MAX)
                 return nb_error_set(e, -EINVAL, "--compression takes gzip or zstd");
-        if (nb_compression_level_check(o->compression, o->level, e) < 0)
+        if (snap_compression_level_check(o->compression, o->level, e) < 0)
                 return e->code;
         if (strncmp(o->registry_url, "https://", 8) != 0 && strncmp(o->registry_url, "http://", 7) != 0)
                 return nb_error_set(e, -EINVAL,
@@ -279,8 +242,8 @@ static int resolve_base(Save *s, NbError *e)
 static void image_build(const Save *s, RegLayerAdd *layer, RegImageBuild *ret)
 {
         *layer = (RegLayerAdd){
-                .media_type = s->o->compression == NB_COMPRESSION_ZSTD ? REG_MEDIA_OCI_LAYER_ZSTD
-                                                                       : REG_MEDIA_OCI_LAYER_GZIP,
+                .media_type = s->o->compression == SNAP_COMPRESSION_ZSTD ? REG_MEDIA_OCI_LAYER_ZSTD
+                                                                         : REG_MEDIA_OCI_LAYER_GZIP,
                 .digest = s->result.digest,
                 .size = (int64_t)s->result.size_out,
                 .diff_id = s->result.diff_id,
@@ -373,9 +336,7 @@ static int on_tar_output(void *userdata, const void *data, size_t size)
         Save *s = userdata;
         if (cancelled(s))
                 return -ECANCELED;
-        if (s->zstd)
-                return pzstd_write(s->zstd, data, size, &s->compress_error);
-        return pgzip_write(s->gzip, data, size, &s->compress_error);
+        return snap_compressor_write(s->compressor, data, size, &s->compress_error);
 }
 
 static void on_layer_note(void *userdata, const char *path, const char *message)
@@ -410,32 +371,17 @@ static int pack_error(Save *s, NbError *e, int r)
 
 static int compressor_new(Save *s, NbError *se)
 {
-        const NbSaveOptions *o = s->o;
-        if (o->compression == NB_COMPRESSION_ZSTD) {
-                PZstdOptions zo = {.threads = o->threads,
-                                   .level = o->level,
-                                   .output = on_compressed_output,
-                                   .userdata = s};
-                return pzstd_new(&zo, &s->zstd, se);
-        }
-        PGzipOptions go = {
-                .threads = o->threads, .level = o->level, .output = on_compressed_output, .userdata = s};
-        return pgzip_new(&go, &s->gzip, se);
+        SnapCompressorOptions co = {.format = s->o->compression,
+                                    .threads = s->o->threads,
+                                    .level = s->o->level,
+                                    .output = on_compressed_output,
+                                    .userdata = s};
+        return snap_compressor_new(&co, &s->compressor, se);
 }
 
 static int compressor_finish(Save *s, NbError *se)
 {
-        if (!s->zstd)
-                return pgzip_finish(s->gzip, &s->result, se);
-        PZstdResult zr;
-        int r = pzstd_finish(s->zstd, &zr, se);
-        if (r < 0)
-                return r;
-        memcpy(s->result.diff_id, zr.diff_id, sizeof(s->result.diff_id));
-        memcpy(s->result.digest, zr.digest, sizeof(s->result.digest));
-        s->result.size_in = zr.size_in;
-        s->result.size_out = zr.size_out;
-        return 0;
+        return snap_compressor_finish(s->compressor, &s->result, se);
 }
 
 static int pack_and_upload(Save *s, NbError *e)
@@ -490,7 +436,7 @@ static int pack_and_upload(Save *s, NbError *e)
              "layer %.19s: %" PRIu64 " added, %" PRIu64 " modified, %" PRIu64 " recreated, %" PRIu64
              " deleted, %" PRIu64 " unchanged; %" PRIu64 " bytes of tar, %" PRIu64 " compressed (%s)",
              s->result.digest, st.added, st.modified, st.recreated, st.deleted, st.same, s->result.size_in,
-             s->result.size_out, nb_compression_to_string(o->compression));
+             s->result.size_out, snap_compression_to_string(o->compression));
 out:
         snap_walk_free(walk);
         snap_baseline_free(base);

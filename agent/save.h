@@ -10,6 +10,7 @@
 
 #include "agent/image.h"
 #include "common/error.h"
+#include "snapshot/snapshot.h"
 
 #define NB_LAYERS_MAX   125 /* docker's layer depth limit (overlay takes 128) */
 #define NB_EXCLUDES_MAX 1024
@@ -32,24 +33,6 @@ typedef enum NbPhase {
 
 const char *nb_phase_to_string(NbPhase p);
 
-/* The new layer's compression. gzip is the default: every runtime reads it. zstd
- * (application/vnd.oci.image.layer.v1.tar+zstd) needs containerd >= 1.5, podman/CRI-O, or Docker >= 23 to
- * pull, and an OCI manifest: a Docker schema2 base is written out as an OCI image (see save.c). */
-typedef enum NbCompression {
-        NB_COMPRESSION_GZIP, /* 0: the default */
-        NB_COMPRESSION_ZSTD,
-        _NB_COMPRESSION_MAX,
-} NbCompression;
-
-#define NB_GZIP_LEVEL_MAX 9
-#define NB_ZSTD_LEVEL_MAX 19
-
-const char *nb_compression_to_string(NbCompression c);
-/* "gzip" or "zstd"; -EINVAL for anything else. */
-int nb_compression_from_string(const char *s, NbCompression *ret);
-/* Whether level (-1: the compressor's default) is one of c's levels: gzip 0-9, zstd 1-19. e says so. */
-int nb_compression_level_check(NbCompression c, int level, NbError *e);
-
 typedef struct NbProgress {
         NbPhase phase;
         uint64_t entries;  /* entries walked */
@@ -68,9 +51,13 @@ typedef struct NbSaveOptions {
         const char *ca_file;
         const char *const *excludes; /* container paths */
         size_t n_excludes;
-        const char *mountinfo;      /* NULL: /proc/self/mountinfo */
-        unsigned threads;           /* 0: all CPUs */
-        NbCompression compression;  /* of the new layer; 0: gzip */
+        const char *mountinfo; /* NULL: /proc/self/mountinfo */
+        unsigned threads;      /* 0: all CPUs */
+        /* The new layer's compression (snapshot.h: its names, levels and checks). gzip is the default: every
+         * runtime reads it. zstd (application/vnd.oci.image.layer.v1.tar+zstd) needs containerd >= 1.5,
+         * podman/CRI-O, or Docker >= 23 to pull, and an OCI manifest: a Docker schema2 base is written out
+         * as an OCI image (see save.c). */
+        SnapCompression compression;
         int level;                  /* of that compressor (gzip 0-9, zstd 1-19), -1: its default */
         size_t chunk_size;          /* upload PATCH size, 0: default */
         const _Atomic bool *cancel; /* set from another thread: the save stops soon with -ECANCELED */

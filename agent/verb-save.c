@@ -150,7 +150,7 @@ static int parse_level(const char *s, int *ret)
         unsigned long v = strtoul(s, &end, 10);
         if (errno || end == s || *end || s[0] == '-' || v > 1000) {
                 fprintf(stderr, "nbsnap: --level takes a number (gzip 0-%d, zstd 1-%d), not '%s'\n",
-                        NB_GZIP_LEVEL_MAX, NB_ZSTD_LEVEL_MAX, s);
+                        SNAP_GZIP_LEVEL_MAX, SNAP_ZSTD_LEVEL_MAX, s);
                 return -EINVAL;
         }
         *ret = (int)v;
@@ -225,7 +225,7 @@ static int parse_args(int argc, char **argv, const char *usage, Args *a)
                                 return -EINVAL;
                         break;
                 case OPT_COMPRESSION:
-                        if (nb_compression_from_string(optarg, &o->compression) < 0) {
+                        if (snap_compression_from_string(optarg, &o->compression) < 0) {
                                 fprintf(stderr, "nbsnap: --compression takes gzip or zstd, not '%s'\n",
                                         optarg);
                                 return -EINVAL;
@@ -246,7 +246,7 @@ static int parse_args(int argc, char **argv, const char *usage, Args *a)
                 return -EINVAL;
         }
         NbError e = {0};
-        if (nb_compression_level_check(o->compression, o->level, &e) < 0) {
+        if (snap_compression_level_check(o->compression, o->level, &e) < 0) {
                 fprintf(stderr, "nbsnap: --level: %s\n", e.msg);
                 return -EINVAL;
         }

@@ -20,7 +20,6 @@
 #include <assert.h>
 #include <inttypes.h>
 #include <pthread.h>
-#include <signal.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <string.h>
@@ -35,6 +34,7 @@
 
 #include "common/digest.h"
 #include "common/sysinfo.h"
+#include "snapshot/compress.h"
 #include "snapshot/pgzip.h"
 
 #define PGZIP_LEVEL_DEFAULT 1
@@ -45,6 +45,8 @@
 #define INPUT_PAD 64
 /* isal_deflate()/deflate() calls per block before we call it a bug rather than a full output buffer. */
 #define COMPRESS_CALLS_MAX 64
+
+typedef struct PGzip PGzip;
 
 typedef struct Block {
         struct Block *next_work; /* free list or work queue */
@@ -78,7 +80,7 @@ typedef struct BlockQueue {
 } BlockQueue;
 
 struct PGzip {
-        pgzip_output_fn output;
+        snap_output_fn output;
         void *userdata;
         int level;
         size_t block_size;
@@ -142,19 +144,12 @@ static void broadcast_all_locked(PGzip *z)
 /* Records the first failure and wakes everyone: every wait also waits for an error. */
 _printf_(3, 4) static int fail_locked(PGzip *z, int code, const char *fmt, ...)
 {
-        if (code > 0)
-                code = -code;
-        if (code == 0)
-                code = -EIO;
-        if (z->error.code == 0) {
-                va_list ap;
-                va_start(ap, fmt);
-                vsnprintf(z->error.msg, sizeof(z->error.msg), fmt, ap);
-                va_end(ap);
-                z->error.code = code;
+        va_list ap;
+        va_start(ap, fmt);
+        if (snap_error_record(&z->error, code, fmt, ap))
                 broadcast_all_locked(z);
-        }
-        return code;
+        va_end(ap);
+        return z->error.code;
 }
 
 static bool halted_locked(PGzip *z)
@@ -164,11 +159,7 @@ static bool halted_locked(PGzip *z)
 
 static int error_copy(PGzip *z, NbError *e)
 {
-        if (z->error.code == 0) /* stopped by pgzip_free() rather than failed */
-                return nb_error_set(e, -ECANCELED, "The gzip stream was abandoned");
-        if (e)
-                *e = z->error;
-        return z->error.code;
+        return snap_error_copy(&z->error, "gzip", e);
 }
 
 static void block_unref_locked(PGzip *z, Block *b)
@@ -539,15 +530,9 @@ static void *writer_main(void *p)
 
 /* ---- setup and teardown ---- */
 
-static int options_check(const PGzipOptions *o, NbError *e)
+/* compress.c checked the format, the output callback, the thread count and the level. */
+static int options_check(const SnapCompressorOptions *o, NbError *e)
 {
-        if (!o || !o->output)
-                return nb_error_set(e, -EINVAL, "No output callback given for the gzip stream");
-        if (o->level < -1 || o->level > 9)
-                return nb_error_set(e, -EINVAL, "Invalid gzip level %d, expected 0..9 or -1", o->level);
-        if (o->threads > PGZIP_THREADS_MAX)
-                return nb_error_set(e, -EINVAL, "Too many compression threads: %u > %u", o->threads,
-                                    PGZIP_THREADS_MAX);
         if (o->block_size != 0 && (o->block_size < PGZIP_BLOCK_MIN || o->block_size > PGZIP_BLOCK_MAX))
                 return nb_error_set(e, -EINVAL, "Invalid gzip block size %zu, expected %u..%u",
                                     o->block_size, PGZIP_BLOCK_MIN, PGZIP_BLOCK_MAX);
@@ -597,35 +582,30 @@ static int sync_init(PGzip *z)
         return 0;
 }
 
-/* Threads start with every signal blocked: signals belong to the caller's threads. */
 static int threads_start(PGzip *z, NbError *e)
 {
-        sigset_t all, saved;
         int r = 0;
 
-        sigfillset(&all);
-        pthread_sigmask(SIG_SETMASK, &all, &saved);
         for (; z->n_workers_started < z->n_workers && r == 0; z->n_workers_started++) {
                 Worker *w = &z->workers[z->n_workers_started];
-                r = -pthread_create(&w->thread, NULL, worker_main, w);
+                r = snap_thread_start(&w->thread, worker_main, w);
                 if (r < 0)
                         break;
         }
         if (r == 0) {
-                r = -pthread_create(&z->hasher, NULL, hasher_main, z);
+                r = snap_thread_start(&z->hasher, hasher_main, z);
                 z->hasher_started = r == 0;
         }
         if (r == 0) {
-                r = -pthread_create(&z->writer, NULL, writer_main, z);
+                r = snap_thread_start(&z->writer, writer_main, z);
                 z->writer_started = r == 0;
         }
-        pthread_sigmask(SIG_SETMASK, &saved, NULL);
         if (r < 0)
                 return nb_error_set(e, r, "cannot start gzip threads: %s", strerror(-r));
         return 0;
 }
 
-static int pgzip_alloc(const PGzipOptions *o, PGzip **ret)
+static int pgzip_alloc(const SnapCompressorOptions *o, PGzip **ret)
 {
         PGzip *z = calloc(1, sizeof(PGzip));
         if (!z)
@@ -641,42 +621,41 @@ static int pgzip_alloc(const PGzipOptions *o, PGzip **ret)
         z->all = calloc(z->n_blocks, sizeof(Block *));
         z->ready = calloc(z->n_blocks, sizeof(Block *));
         z->workers = calloc(z->n_workers, sizeof(Worker));
-        z->sha_in = EVP_MD_CTX_new();
-        z->sha_out = EVP_MD_CTX_new();
-        if (!z->all || !z->ready || !z->workers || !z->sha_in || !z->sha_out)
+        if (!z->all || !z->ready || !z->workers)
                 return -ENOMEM;
-        if (!EVP_DigestInit_ex(z->sha_in, EVP_sha256(), NULL) ||
-            !EVP_DigestInit_ex(z->sha_out, EVP_sha256(), NULL))
-                return -EIO;
+        int r = snap_digests_new(&z->sha_in, &z->sha_out);
+        if (r < 0)
+                return r;
         for (unsigned i = 0; i < z->n_workers; i++)
                 if (worker_init(z, &z->workers[i]) < 0)
                         return -ENOMEM;
         return sync_init(z);
 }
 
-int pgzip_new(const PGzipOptions *o, PGzip **ret, NbError *e)
-{
-        _cleanup_(pgzip_freep) PGzip *z = NULL;
-        int r;
+static void pgzip_free(void *p);
 
-        assert(ret);
-        r = options_check(o, e);
-        if (r < 0)
+/* The verbs below are the gzip backend of compress.h (snap_backend_gzip). */
+static int pgzip_new(const SnapCompressorOptions *o, void **ret, NbError *e)
+{
+        PGzip *z = NULL;
+        int r = options_check(o, e);
+        if (r >= 0 && (r = pgzip_alloc(o, &z)) < 0)
+                r = nb_error_set(e, r, "cannot set up the gzip compressor: %s", strerror(-r));
+        if (r >= 0)
+                r = threads_start(z, e);
+        if (r < 0) {
+                pgzip_free(z);
                 return r;
-        r = pgzip_alloc(o, &z);
-        if (r < 0)
-                return nb_error_set(e, r, "cannot set up the gzip compressor: %s", strerror(-r));
-        r = threads_start(z, e);
-        if (r < 0)
-                return r;
-        *ret = TAKE_PTR(z);
+        }
+        *ret = z;
         return 0;
 }
 
-PGzip *pgzip_free(PGzip *z)
+static void pgzip_free(void *p)
 {
+        PGzip *z = p;
         if (!z)
-                return NULL;
+                return;
         if (z->lock_initialized) {
                 pthread_mutex_lock(&z->lock);
                 z->stopping = true;
@@ -707,7 +686,6 @@ PGzip *pgzip_free(PGzip *z)
         EVP_MD_CTX_free(z->sha_in);
         EVP_MD_CTX_free(z->sha_out);
         free(z);
-        return NULL;
 }
 
 /* ---- producer ---- */
@@ -775,21 +753,17 @@ static int block_submit(PGzip *z, Block *b, bool last, NbError *e)
 /* After pgzip_finish(): its failure again, if it failed. */
 static int finished_error(PGzip *z, NbError *e)
 {
-        int r;
-
         pthread_mutex_lock(&z->lock);
-        if (z->error.code != 0)
-                r = error_copy(z, e);
-        else
-                r = nb_error_set(e, -EINVAL, "The gzip stream is already finished");
+        int r = snap_error_finished(&z->error, "gzip", e);
         pthread_mutex_unlock(&z->lock);
         return r;
 }
 
 /* A full block is queued only when more input arrives, so that the last block, compressed with BFINAL, is
  * never an empty one after a full one: block boundaries depend on input offsets only. */
-int pgzip_write(PGzip *z, const void *data, size_t size, NbError *e)
+static int pgzip_write(void *state, const void *data, size_t size, NbError *e)
 {
+        PGzip *z = state;
         const uint8_t *p = data;
         int r;
 
@@ -819,8 +793,9 @@ int pgzip_write(PGzip *z, const void *data, size_t size, NbError *e)
         return 0;
 }
 
-int pgzip_finish(PGzip *z, PGzipResult *ret, NbError *e)
+static int pgzip_finish(void *state, SnapCompressResult *ret, NbError *e)
 {
+        PGzip *z = state;
         int r;
 
         assert(z);
@@ -845,10 +820,18 @@ int pgzip_finish(PGzip *z, PGzipResult *ret, NbError *e)
                 return r;
 
         /* Both threads are done with their digests: the lock above ordered their last updates before us. */
-        PGzipResult result = {.size_in = z->size_in, .size_out = z->size_out};
-        nb_digest_ctx_final(z->sha_in, result.diff_id);
-        nb_digest_ctx_final(z->sha_out, result.digest);
-        if (ret)
-                *ret = result;
+        snap_digests_result(z->sha_in, z->sha_out, z->size_in, z->size_out, ret);
         return 0;
 }
+
+const SnapCompressorBackend snap_backend_gzip = {
+        .name = "gzip",
+        .level_min = 0,
+        .level_max = SNAP_GZIP_LEVEL_MAX,
+        .level_default = PGZIP_LEVEL_DEFAULT,
+        .engine = pgzip_engine,
+        .new = pgzip_new,
+        .write = pgzip_write,
+        .finish = pgzip_finish,
+        .free = pgzip_free,
+};

@@ -26,7 +26,6 @@
 #include <assert.h>
 #include <inttypes.h>
 #include <pthread.h>
-#include <signal.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <string.h>
@@ -36,11 +35,14 @@
 
 #include "common/digest.h"
 #include "common/sysinfo.h"
+#include "snapshot/compress.h"
 #include "snapshot/pzstd.h"
 
 #define PZSTD_BUF_SIZE (1024u * 1024)
 #define PZSTD_IN_BUFS  4 /* one being filled, two queued, one in the driver */
 #define PZSTD_OUT_BUFS 4 /* one being filled by the driver, the rest queued for or in the writer */
+
+typedef struct PZstd PZstd;
 
 typedef struct Buf {
         struct Buf *next;     /* free list or queue */
@@ -62,7 +64,7 @@ typedef struct Queue {
 } Queue;
 
 struct PZstd {
-        pzstd_output_fn output;
+        snap_output_fn output;
         void *userdata;
         ZSTD_CCtx *cctx;
 
@@ -91,11 +93,6 @@ struct PZstd {
         bool driver_started, writer_started;
 };
 
-const char *pzstd_version(void)
-{
-        return ZSTD_versionString();
-}
-
 static void broadcast_all_locked(PZstd *z)
 {
         pthread_cond_broadcast(&z->in_pool.cond);
@@ -113,30 +110,20 @@ static bool halted_locked(PZstd *z)
 /* Records the first failure and wakes everyone: every wait also waits for an error. */
 _printf_(3, 4) static int fail(PZstd *z, int code, const char *fmt, ...)
 {
-        if (code > 0)
-                code = -code;
-        if (code == 0)
-                code = -EIO;
+        va_list ap;
+        va_start(ap, fmt);
         pthread_mutex_lock(&z->lock);
-        if (z->error.code == 0) {
-                va_list ap;
-                va_start(ap, fmt);
-                vsnprintf(z->error.msg, sizeof(z->error.msg), fmt, ap);
-                va_end(ap);
-                z->error.code = code;
+        if (snap_error_record(&z->error, code, fmt, ap))
                 broadcast_all_locked(z);
-        }
+        int r = z->error.code;
         pthread_mutex_unlock(&z->lock);
-        return code;
+        va_end(ap);
+        return r;
 }
 
 static int error_copy_locked(PZstd *z, NbError *e)
 {
-        if (z->error.code == 0) /* stopped by pzstd_free() rather than failed */
-                return nb_error_set(e, -ECANCELED, "The zstd stream was abandoned");
-        if (e)
-                *e = z->error;
-        return z->error.code;
+        return snap_error_copy(&z->error, "zstd", e);
 }
 
 static int error_copy(PZstd *z, NbError *e)
@@ -319,20 +306,15 @@ static void *writer_main(void *arg)
 
 /* ---- setup and teardown ---- */
 
-static int options_check(const PZstdOptions *o, NbError *e)
+/* compress.c checked the format, the output callback, the thread count and the level. */
+static int options_check(const SnapCompressorOptions *o, NbError *e)
 {
-        if (!o || !o->output)
-                return nb_error_set(e, -EINVAL, "No output callback given for the zstd stream");
-        if (o->level != 0 && o->level != -1 && (o->level < PZSTD_LEVEL_MIN || o->level > PZSTD_LEVEL_MAX))
-                return nb_error_set(e, -EINVAL, "Invalid zstd level %d, expected %d..%d (0 or -1: %d)",
-                                    o->level, PZSTD_LEVEL_MIN, PZSTD_LEVEL_MAX, PZSTD_LEVEL_DEFAULT);
-        if (o->threads > PZSTD_THREADS_MAX)
-                return nb_error_set(e, -EINVAL, "Too many compression threads: %u > %u", o->threads,
-                                    PZSTD_THREADS_MAX);
+        if (o->block_size != 0)
+                return nb_error_set(e, -EINVAL, "zstd takes no block size (libzstd sizes its jobs itself)");
         return 0;
 }
 
-static int cctx_setup(PZstd *z, const PZstdOptions *o, NbError *e)
+static int cctx_setup(PZstd *z, const SnapCompressorOptions *o, NbError *e)
 {
         int level = o->level <= 0 ? PZSTD_LEVEL_DEFAULT : o->level;
         unsigned workers =
@@ -354,7 +336,7 @@ static int cctx_setup(PZstd *z, const PZstdOptions *o, NbError *e)
         return 0;
 }
 
-static int pzstd_alloc(const PZstdOptions *o, PZstd **ret)
+static int pzstd_alloc(const SnapCompressorOptions *o, PZstd **ret)
 {
         PZstd *z = calloc(1, sizeof(PZstd));
         if (!z)
@@ -364,13 +346,9 @@ static int pzstd_alloc(const PZstdOptions *o, PZstd **ret)
         z->userdata = o->userdata;
         z->in_pool.max = PZSTD_IN_BUFS;
         z->out_pool.max = PZSTD_OUT_BUFS;
-        z->sha_in = EVP_MD_CTX_new();
-        z->sha_out = EVP_MD_CTX_new();
-        if (!z->sha_in || !z->sha_out)
-                return -ENOMEM;
-        if (!EVP_DigestInit_ex(z->sha_in, EVP_sha256(), NULL) ||
-            !EVP_DigestInit_ex(z->sha_out, EVP_sha256(), NULL))
-                return -EIO;
+        int r = snap_digests_new(&z->sha_in, &z->sha_out);
+        if (r < 0)
+                return r;
         if (pthread_mutex_init(&z->lock, NULL) != 0)
                 return -ENOMEM;
         pthread_cond_init(&z->cond_end, NULL);
@@ -382,49 +360,46 @@ static int pzstd_alloc(const PZstdOptions *o, PZstd **ret)
         return 0;
 }
 
-/* Threads start with every signal blocked: signals belong to the caller's threads. libzstd starts its
- * workers from the driver thread, so they inherit the same mask. */
+/* libzstd starts its workers from the driver thread, so they inherit its mask: every signal blocked. */
 static int threads_start(PZstd *z, NbError *e)
 {
-        sigset_t all, saved;
-        sigfillset(&all);
-        pthread_sigmask(SIG_SETMASK, &all, &saved);
-        int r = -pthread_create(&z->driver, NULL, driver_main, z);
+        int r = snap_thread_start(&z->driver, driver_main, z);
         z->driver_started = r == 0;
         if (r == 0) {
-                r = -pthread_create(&z->writer, NULL, writer_main, z);
+                r = snap_thread_start(&z->writer, writer_main, z);
                 z->writer_started = r == 0;
         }
-        pthread_sigmask(SIG_SETMASK, &saved, NULL);
         if (r < 0)
                 return nb_error_set(e, r, "cannot start zstd threads: %s", strerror(-r));
         return 0;
 }
 
-int pzstd_new(const PZstdOptions *o, PZstd **ret, NbError *e)
+static void pzstd_free(void *p);
+
+/* The verbs below are the zstd backend of compress.h (snap_backend_zstd). */
+static int pzstd_new(const SnapCompressorOptions *o, void **ret, NbError *e)
 {
-        _cleanup_pzstd_ PZstd *z = NULL;
-        assert(ret);
+        PZstd *z = NULL;
         int r = options_check(o, e);
-        if (r < 0)
+        if (r >= 0 && (r = pzstd_alloc(o, &z)) < 0)
+                r = nb_error_set(e, r, "cannot set up the zstd compressor: %s", strerror(-r));
+        if (r >= 0)
+                r = cctx_setup(z, o, e);
+        if (r >= 0)
+                r = threads_start(z, e);
+        if (r < 0) {
+                pzstd_free(z);
                 return r;
-        r = pzstd_alloc(o, &z);
-        if (r < 0)
-                return nb_error_set(e, r, "cannot set up the zstd compressor: %s", strerror(-r));
-        r = cctx_setup(z, o, e);
-        if (r < 0)
-                return r;
-        r = threads_start(z, e);
-        if (r < 0)
-                return r;
-        *ret = TAKE_PTR(z);
+        }
+        *ret = z;
         return 0;
 }
 
-PZstd *pzstd_free(PZstd *z)
+static void pzstd_free(void *p)
 {
+        PZstd *z = p;
         if (!z)
-                return NULL;
+                return;
         if (z->lock_initialized) {
                 pthread_mutex_lock(&z->lock);
                 z->stopping = true;
@@ -452,7 +427,6 @@ PZstd *pzstd_free(PZstd *z)
         EVP_MD_CTX_free(z->sha_in);
         EVP_MD_CTX_free(z->sha_out);
         free(z);
-        return NULL;
 }
 
 /* ---- producer ---- */
@@ -473,16 +447,16 @@ static int current_submit(PZstd *z, bool last, NbError *e)
 static int finished_error(PZstd *z, NbError *e)
 {
         pthread_mutex_lock(&z->lock);
-        int r = z->error.code != 0 ? error_copy_locked(z, e)
-                                   : nb_error_set(e, -EINVAL, "The zstd stream is already finished");
+        int r = snap_error_finished(&z->error, "zstd", e);
         pthread_mutex_unlock(&z->lock);
         return r;
 }
 
 /* A full buffer is queued only when more input arrives, so the last one (ZSTD_e_end) is never empty after
  * a full one: the calls into libzstd depend on the input alone. */
-int pzstd_write(PZstd *z, const void *data, size_t size, NbError *e)
+static int pzstd_write(void *state, const void *data, size_t size, NbError *e)
 {
+        PZstd *z = state;
         const uint8_t *p = data;
         assert(z);
         if (z->finished)
@@ -509,8 +483,9 @@ int pzstd_write(PZstd *z, const void *data, size_t size, NbError *e)
         return 0;
 }
 
-int pzstd_finish(PZstd *z, PZstdResult *ret, NbError *e)
+static int pzstd_finish(void *state, SnapCompressResult *ret, NbError *e)
 {
+        PZstd *z = state;
         assert(z);
         if (z->finished)
                 return finished_error(z, e);
@@ -531,10 +506,35 @@ int pzstd_finish(PZstd *z, PZstdResult *ret, NbError *e)
 
         /* The driver hashed its last input before queueing the last output, which the writer took and
          * hashed before writer_done: the lock above orders both digests before us. */
-        PZstdResult result = {.size_in = z->size_in, .size_out = z->size_out};
-        nb_digest_ctx_final(z->sha_in, result.diff_id);
-        nb_digest_ctx_final(z->sha_out, result.digest);
-        if (ret)
-                *ret = result;
+        snap_digests_result(z->sha_in, z->sha_out, z->size_in, z->size_out, ret);
         return 0;
 }
+
+/* ---- the zstd backend of compress.h ---- */
+
+static char engine_name[32];
+
+static void engine_name_fill(void)
+{
+        snprintf(engine_name, sizeof(engine_name), "libzstd %s", ZSTD_versionString());
+}
+
+/* "libzstd 1.5.4": the library this process runs with, not the headers it was built against. */
+static const char *backend_engine(void)
+{
+        static pthread_once_t once = PTHREAD_ONCE_INIT;
+        pthread_once(&once, engine_name_fill);
+        return engine_name;
+}
+
+const SnapCompressorBackend snap_backend_zstd = {
+        .name = "zstd",
+        .level_min = PZSTD_LEVEL_MIN,
+        .level_max = PZSTD_LEVEL_MAX,
+        .level_default = PZSTD_LEVEL_DEFAULT,
+        .engine = backend_engine,
+        .new = pzstd_new,
+        .write = pzstd_write,
+        .finish = pzstd_finish,
+        .free = pzstd_free,
+};

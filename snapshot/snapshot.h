@@ -3,9 +3,9 @@
  *
  * A save composes it: snap_excludes_*() say what is never saved; snap_baseline_write() records the tree at
  * container start; snap_diff_layer() merge-joins that baseline with a live snap_walk_new() and writes what
- * changed to a SnapLayer (a libarchive PAX stream to a callback); the layer's bytes go into a compressor
- * (pgzip or pzstd) whose output callback uploads them. Nothing here logs above debug or knows about the
- * registry or the agent: errors come back as an NbError, progress through callbacks.
+ * changed to a SnapLayer (a libarchive PAX stream to a callback); the layer's bytes go into a SnapCompressor
+ * (gzip or zstd, one interface) whose output callback uploads them. Nothing here logs above debug or knows
+ * about the registry or the agent: errors come back as an NbError, progress through callbacks.
  */
 #pragma once
 
@@ -13,6 +13,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "common/digest.h"
 #include "common/error.h"
 #include "common/macro.h"
 
@@ -101,8 +102,62 @@ typedef void (*snap_diff_progress_fn)(void *userdata, const SnapDiffStats *stats
 int snap_diff_layer(SnapBaseline *base, SnapWalk *live, const SnapExcludes *excludes, SnapLayer *layer,
                     snap_diff_progress_fn progress, void *userdata, SnapDiffStats *ret, NbError *e);
 
-#include "snapshot/pgzip.h"
-#include "snapshot/pzstd.h"
+/* ---- the compressor ------------------------------------------------------------------------------ */
+
+/* One compressed byte stream with both layer digests computed on the way: SHA-256 of the input (the layer's
+ * diff_id) and of the output (the blob digest). The formats are backends behind one interface, as
+ * libarchive's write filters are: gzip (parallel deflate on ISA-L, one standard gzip member) and zstd
+ * (libzstd's multithreaded compressor, one standard frame). The output callback is called from one writer
+ * thread, in stream order; it may block (an upload), which stalls the pipeline through bounded buffers. A
+ * non-zero return from it fails the stream: snap_compressor_write()/snap_compressor_finish() then return
+ * it, with a message naming the offset. */
+
+typedef enum SnapCompression {
+        SNAP_COMPRESSION_GZIP, /* 0: the default, every runtime pulls it */
+        SNAP_COMPRESSION_ZSTD, /* application/vnd.oci.image.layer.v1.tar+zstd */
+        _SNAP_COMPRESSION_MAX,
+} SnapCompression;
+
+#define SNAP_GZIP_LEVEL_MAX         9
+#define SNAP_ZSTD_LEVEL_MAX         19 /* 20..22 ("ultra") need hundreds of MiB per worker: not offered */
+#define SNAP_COMPRESSOR_THREADS_MAX 256
+
+typedef int (*snap_output_fn)(void *userdata, const void *data, size_t size);
+
+typedef struct SnapCompressorOptions {
+        SnapCompression format;
+        unsigned threads;  /* 0: number of online CPUs */
+        int level;         /* -1: the format's default; else snap_compression_level_check() says */
+        size_t block_size; /* gzip: bytes deflated independently, 0: 1 MiB; zstd: must be 0 */
+        snap_output_fn output;
+        void *userdata;
+} SnapCompressorOptions;
+
+typedef struct SnapCompressResult {
+        char diff_id[NB_DIGEST_STR_MAX]; /* "sha256:<hex>" of the uncompressed stream */
+        char digest[NB_DIGEST_STR_MAX];  /* "sha256:<hex>" of the compressed stream */
+        uint64_t size_in;                /* bytes of uncompressed input */
+        uint64_t size_out;               /* bytes of compressed output */
+} SnapCompressResult;
+
+typedef struct SnapCompressor SnapCompressor;
+int snap_compressor_new(const SnapCompressorOptions *o, SnapCompressor **ret, NbError *e);
+/* Feeds input. Copies data; may block while the buffers are full. */
+int snap_compressor_write(SnapCompressor *c, const void *data, size_t size, NbError *e);
+/* Ends the stream, waits for the output callback to have seen every byte. Once only. */
+int snap_compressor_finish(SnapCompressor *c, SnapCompressResult *ret, NbError *e);
+/* Stops the threads (an unfinished stream is abandoned) and frees; NULL is fine. */
+SnapCompressor *snap_compressor_free(SnapCompressor *c);
+
+/* "gzip", "zstd": the word of the CLI, the config and the media type suffix ("unknown" out of range). */
+const char *snap_compression_to_string(SnapCompression c);
+/* The reverse, case-sensitive; -EINVAL for anything else. */
+int snap_compression_from_string(const char *s, SnapCompression *ret);
+/* Whether level (-1: the format's default) is one of c's levels: gzip 0-9 (default 1), zstd 1-19 (default
+ * 3). e says which are when not. */
+int snap_compression_level_check(SnapCompression c, int level, NbError *e);
+/* What does the work in this build: "isa-l" or "zlib" for gzip, "libzstd 1.5.4" for zstd. */
+const char *snap_compression_engine(SnapCompression c);
 
 /* ---- cleanup helpers -------------------------------------------------------------------------------- */
 
@@ -122,7 +177,12 @@ static inline void snap_layer_freep(SnapLayer **p)
 {
         snap_layer_free(*p);
 }
-#define _cleanup_snap_excludes_ _cleanup_(snap_excludes_freep)
-#define _cleanup_snap_baseline_ _cleanup_(snap_baseline_freep)
-#define _cleanup_snap_walk_     _cleanup_(snap_walk_freep)
-#define _cleanup_snap_layer_    _cleanup_(snap_layer_freep)
+static inline void snap_compressor_freep(SnapCompressor **p)
+{
+        snap_compressor_free(*p);
+}
+#define _cleanup_snap_excludes_   _cleanup_(snap_excludes_freep)
+#define _cleanup_snap_baseline_   _cleanup_(snap_baseline_freep)
+#define _cleanup_snap_walk_       _cleanup_(snap_walk_freep)
+#define _cleanup_snap_layer_      _cleanup_(snap_layer_freep)
+#define _cleanup_snap_compressor_ _cleanup_(snap_compressor_freep)

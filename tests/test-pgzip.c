@@ -1,6 +1,6 @@
 /* test-pgzip: the parallel gzip stream is one valid gzip member whatever the input, the write pattern and
  * the thread count; the digests are those of the bytes; failures of the output callback come back and never
- * hang. */
+ * hang. Driven through snap_compressor_*() with SNAP_COMPRESSION_GZIP, as every caller does. */
 #include <dirent.h>
 #include <fcntl.h>
 #include <pthread.h>
@@ -161,21 +161,22 @@ typedef struct Run {
 static Sink compress_checked(const uint8_t *data, size_t size, Run run)
 {
         Sink sink = {};
-        PGzipOptions o = {.threads = run.threads,
-                          .level = run.level,
-                          .block_size = run.block_size,
-                          .output = sink_write,
-                          .userdata = &sink};
-        _cleanup_pgzip_ PGzip *z = NULL;
-        PGzipResult res;
+        SnapCompressorOptions o = {.format = SNAP_COMPRESSION_GZIP,
+                                   .threads = run.threads,
+                                   .level = run.level,
+                                   .block_size = run.block_size,
+                                   .output = sink_write,
+                                   .userdata = &sink};
+        _cleanup_snap_compressor_ SnapCompressor *z = NULL;
+        SnapCompressResult res;
         NbError e = {};
         char want[NB_DIGEST_STR_MAX];
 
-        ASSERT_OK(pgzip_new(&o, &z, &e));
+        ASSERT_OK(snap_compressor_new(&o, &z, &e));
         size_t step = run.write_size ? run.write_size : (size ? size : 1);
         for (size_t off = 0; off < size; off += step)
-                ASSERT_OK(pgzip_write(z, data + off, size - off < step ? size - off : step, &e));
-        ASSERT_OK(pgzip_finish(z, &res, &e));
+                ASSERT_OK(snap_compressor_write(z, data + off, size - off < step ? size - off : step, &e));
+        ASSERT_OK(snap_compressor_finish(z, &res, &e));
 
         ASSERT_EQ(res.size_in, size);
         ASSERT_EQ(res.size_out, sink.size);
@@ -281,29 +282,30 @@ static Sink compress_scrambled(const uint8_t *data, size_t size, unsigned thread
                                size_t block_size, uint64_t seed)
 {
         Sink sink = {.stall_every = seed % 3 == 0 ? 0 : 3 + (unsigned)(seed % 40), .stall_rng = seed};
-        PGzipOptions o = {.threads = threads,
-                          .level = level,
-                          .block_size = block_size,
-                          .output = sink_write,
-                          .userdata = &sink};
-        _cleanup_pgzip_ PGzip *z = NULL;
-        PGzipResult res;
+        SnapCompressorOptions o = {.format = SNAP_COMPRESSION_GZIP,
+                                   .threads = threads,
+                                   .level = level,
+                                   .block_size = block_size,
+                                   .output = sink_write,
+                                   .userdata = &sink};
+        _cleanup_snap_compressor_ SnapCompressor *z = NULL;
+        SnapCompressResult res;
         NbError e = {};
         uint64_t r = seed * 0x9e3779b97f4a7c15ull | 1;
 
-        ASSERT_OK(pgzip_new(&o, &z, &e));
+        ASSERT_OK(snap_compressor_new(&o, &z, &e));
         for (size_t off = 0; off < size;) {
                 r ^= r << 13, r ^= r >> 7, r ^= r << 17;
                 static const size_t caps[] = {64, 10 * 1024, MIB, 3 * MIB};
                 size_t n = 1 + (size_t)(r >> 8) % caps[r & 3];
                 if (n > size - off)
                         n = size - off;
-                ASSERT_OK(pgzip_write(z, data + off, n, &e));
+                ASSERT_OK(snap_compressor_write(z, data + off, n, &e));
                 off += n;
                 if ((r >> 40) % 64 == 0)
                         usleep((useconds_t)((r >> 20) % 300));
         }
-        ASSERT_OK(pgzip_finish(z, &res, &e));
+        ASSERT_OK(snap_compressor_finish(z, &res, &e));
         ASSERT_EQ(res.size_out, sink.size);
         return sink;
 }
@@ -356,33 +358,34 @@ static void test_deterministic_stress(void)
 }
 
 /* The callback fails at byte fail_after of the output: the failure comes back from write or finish, the
- * callback is not called again, and pgzip_free() returns. */
+ * callback is not called again, and snap_compressor_free() returns. */
 static void fail_at(size_t fail_after, size_t n, const uint8_t *data, bool finish)
 {
         Sink sink = {.fail_after = fail_after, .fail_code = -EPIPE};
-        PGzipOptions o = {.threads = 2,
-                          .level = -1,
-                          .block_size = PGZIP_BLOCK_MIN,
-                          .output = sink_write,
-                          .userdata = &sink};
-        PGzip *z = NULL;
+        SnapCompressorOptions o = {.format = SNAP_COMPRESSION_GZIP,
+                                   .threads = 2,
+                                   .level = -1,
+                                   .block_size = PGZIP_BLOCK_MIN,
+                                   .output = sink_write,
+                                   .userdata = &sink};
+        SnapCompressor *z = NULL;
         NbError e = {};
         int r = 0;
 
-        ASSERT_OK(pgzip_new(&o, &z, &e));
+        ASSERT_OK(snap_compressor_new(&o, &z, &e));
         for (size_t off = 0; off < n && r == 0; off += 100000)
-                r = pgzip_write(z, data + off, n - off < 100000 ? n - off : 100000, &e);
+                r = snap_compressor_write(z, data + off, n - off < 100000 ? n - off : 100000, &e);
         if (r == 0 && finish) {
-                PGzipResult res;
-                r = pgzip_finish(z, &res, &e);
+                SnapCompressResult res;
+                r = snap_compressor_finish(z, &res, &e);
         }
         if (finish || r != 0) {
                 ASSERT_EQ(r, -EPIPE);
                 ASSERT_EQ(e.code, -EPIPE);
                 ASSERT_TRUE(strstr(e.msg, "Broken pipe"));
-                ASSERT_EQ(pgzip_write(z, data, 1, NULL), -EPIPE); /* and it stays failed */
+                ASSERT_EQ(snap_compressor_write(z, data, 1, NULL), -EPIPE); /* and it stays failed */
         }
-        ASSERT_TRUE(pgzip_free(z) == NULL);
+        ASSERT_TRUE(snap_compressor_free(z) == NULL);
         ASSERT_EQ(sink.calls_after_failure, 0);
         free(sink.data);
 }
@@ -404,15 +407,16 @@ static void test_output_failure(void)
         /* Abandoned mid-stream while the output is healthy, with blocks everywhere in the pipeline. */
         for (unsigned i = 0; i < 20; i++) {
                 Sink sink = {};
-                PGzipOptions o = {.threads = 1 + i % 4,
-                                  .level = -1,
-                                  .block_size = PGZIP_BLOCK_MIN,
-                                  .output = sink_write,
-                                  .userdata = &sink};
-                PGzip *z = NULL;
-                ASSERT_OK(pgzip_new(&o, &z, NULL));
-                ASSERT_OK(pgzip_write(z, data, (i + 1) * 100000, NULL));
-                ASSERT_TRUE(pgzip_free(z) == NULL);
+                SnapCompressorOptions o = {.format = SNAP_COMPRESSION_GZIP,
+                                           .threads = 1 + i % 4,
+                                           .level = -1,
+                                           .block_size = PGZIP_BLOCK_MIN,
+                                           .output = sink_write,
+                                           .userdata = &sink};
+                SnapCompressor *z = NULL;
+                ASSERT_OK(snap_compressor_new(&o, &z, NULL));
+                ASSERT_OK(snap_compressor_write(z, data, (i + 1) * 100000, NULL));
+                ASSERT_TRUE(snap_compressor_free(z) == NULL);
                 free(sink.data);
         }
         free(data);
@@ -422,31 +426,32 @@ static void test_output_failure(void)
 static void test_invalid(void)
 {
         Sink sink = {};
-        PGzip *z = NULL;
+        SnapCompressor *z = NULL;
         NbError e = {};
-        PGzipOptions o = {.level = 10, .output = sink_write, .userdata = &sink};
+        SnapCompressorOptions o = {
+                .format = SNAP_COMPRESSION_GZIP, .level = 10, .output = sink_write, .userdata = &sink};
 
-        ASSERT_EQ(pgzip_new(&o, &z, &e), -EINVAL);
+        ASSERT_EQ(snap_compressor_new(&o, &z, &e), -EINVAL);
         o.level = 1;
         o.block_size = 1000;
-        ASSERT_EQ(pgzip_new(&o, &z, &e), -EINVAL);
+        ASSERT_EQ(snap_compressor_new(&o, &z, &e), -EINVAL);
         o.block_size = 0;
         o.threads = PGZIP_THREADS_MAX + 1;
-        ASSERT_EQ(pgzip_new(&o, &z, &e), -EINVAL);
+        ASSERT_EQ(snap_compressor_new(&o, &z, &e), -EINVAL);
         o.threads = 0;
         o.output = NULL;
-        ASSERT_EQ(pgzip_new(&o, &z, &e), -EINVAL);
+        ASSERT_EQ(snap_compressor_new(&o, &z, &e), -EINVAL);
         ASSERT_TRUE(z == NULL);
-        ASSERT_TRUE(pgzip_free(NULL) == NULL);
+        ASSERT_TRUE(snap_compressor_free(NULL) == NULL);
 
         /* Finished streams take no more input. */
         o.output = sink_write;
-        ASSERT_OK(pgzip_new(&o, &z, &e));
-        PGzipResult res;
-        ASSERT_OK(pgzip_finish(z, &res, &e));
-        ASSERT_EQ(pgzip_write(z, "x", 1, &e), -EINVAL);
-        ASSERT_EQ(pgzip_finish(z, &res, &e), -EINVAL);
-        pgzip_free(z);
+        ASSERT_OK(snap_compressor_new(&o, &z, &e));
+        SnapCompressResult res;
+        ASSERT_OK(snap_compressor_finish(z, &res, &e));
+        ASSERT_EQ(snap_compressor_write(z, "x", 1, &e), -EINVAL);
+        ASSERT_EQ(snap_compressor_finish(z, &res, &e), -EINVAL);
+        snap_compressor_free(z);
         check_gunzip(sink.data, sink.size, NULL, 0);
         free(sink.data);
         printf("invalid use: ok (engine %s)\n", pgzip_engine());

@@ -1,7 +1,8 @@
-/* test-snapshot-zstd: the multithreaded zstd stream (snapshot/pzstd.c) is one valid zstd frame that
+/* test-pzstd: the multithreaded zstd stream (snapshot/pzstd.c) is one valid zstd frame that
  * libzstd decompresses back to the input, whatever the size and the write pattern; the digests are those
  * of the bytes (checked against a one-shot SHA-256); the bytes are the same for 1, 2 and 4 threads; a
- * failing output callback comes back as the error and never hangs; bad options are refused. */
+ * failing output callback comes back as the error and never hangs; bad options are refused. Driven
+ * through snap_compressor_*() with SNAP_COMPRESSION_ZSTD, as every caller does. */
 #include <stdbool.h>
 #include <stdint.h>
 
@@ -75,25 +76,29 @@ static void sha256_string(const void *data, size_t n, char out[NB_DIGEST_STR_MAX
 
 /* Compresses data in writes of `chunk` bytes (0: one write). */
 static void compress(const uint8_t *data, size_t n, unsigned threads, int level, size_t chunk, Sink *sink,
-                     PZstdResult *res)
+                     SnapCompressResult *res)
 {
-        PZstdOptions o = {.threads = threads, .level = level, .output = sink_write, .userdata = sink};
-        PZstd *z = NULL;
+        SnapCompressorOptions o = {.format = SNAP_COMPRESSION_ZSTD,
+                                   .threads = threads,
+                                   .level = level,
+                                   .output = sink_write,
+                                   .userdata = sink};
+        SnapCompressor *z = NULL;
         NbError e = {0};
-        ASSERT_OK(pzstd_new(&o, &z, &e));
+        ASSERT_OK(snap_compressor_new(&o, &z, &e));
         size_t off = 0;
         while (off < n) {
                 size_t k = chunk && chunk < n - off ? chunk : n - off;
-                ASSERT_OK(pzstd_write(z, data + off, k, &e));
+                ASSERT_OK(snap_compressor_write(z, data + off, k, &e));
                 off += k;
         }
-        ASSERT_OK(pzstd_finish(z, res, &e));
-        ASSERT_TRUE(pzstd_finish(z, NULL, &e) < 0); /* only once */
-        pzstd_free(z);
+        ASSERT_OK(snap_compressor_finish(z, res, &e));
+        ASSERT_TRUE(snap_compressor_finish(z, NULL, &e) < 0); /* only once */
+        snap_compressor_free(z);
 }
 
 /* Streaming decompression: a multithreaded frame has no content size in its header. */
-static void check_roundtrip(const uint8_t *data, size_t n, const Sink *sink, const PZstdResult *res)
+static void check_roundtrip(const uint8_t *data, size_t n, const Sink *sink, const SnapCompressResult *res)
 {
         ZSTD_DCtx *d = ZSTD_createDCtx();
         ASSERT_TRUE(d);
@@ -129,7 +134,7 @@ static void test_sizes(void)
         uint8_t *data = make_mix(20 * MIB);
         for (size_t i = 0; i < ELEMENTSOF(sizes); i++) {
                 Sink sink = {0};
-                PZstdResult res;
+                SnapCompressResult res;
                 compress(data, sizes[i], 2, -1, 0, &sink, &res);
                 check_roundtrip(data, sizes[i], &sink, &res);
                 printf("size %zu: %zu compressed\n", sizes[i], sink.size);
@@ -148,10 +153,10 @@ static void test_deterministic(void)
         static const size_t chunks[] = {0, 1000, 3 * MIB + 1};
         for (size_t l = 0; l < ELEMENTSOF(levels); l++) {
                 Sink first = {0};
-                PZstdResult first_res;
+                SnapCompressResult first_res;
                 for (size_t t = 0; t < ELEMENTSOF(threads); t++) {
                         Sink sink = {0};
-                        PZstdResult res;
+                        SnapCompressResult res;
                         compress(data, n, threads[t], levels[l], chunks[t], &sink, &res);
                         if (t == 0) {
                                 check_roundtrip(data, n, &sink, &res);
@@ -177,19 +182,23 @@ static void test_output_failure(void)
         size_t n = 30 * MIB;
         uint8_t *data = make_mix(n);
         Sink sink = {.fail_after = 2 * MIB, .fail_code = -EPIPE};
-        PZstdOptions o = {.threads = 2, .level = 1, .output = sink_write, .userdata = &sink};
-        PZstd *z = NULL;
+        SnapCompressorOptions o = {.format = SNAP_COMPRESSION_ZSTD,
+                                   .threads = 2,
+                                   .level = 1,
+                                   .output = sink_write,
+                                   .userdata = &sink};
+        SnapCompressor *z = NULL;
         NbError e = {0};
-        ASSERT_OK(pzstd_new(&o, &z, &e));
+        ASSERT_OK(snap_compressor_new(&o, &z, &e));
         int r = 0;
         for (size_t off = 0; off < n && r >= 0; off += MIB)
-                r = pzstd_write(z, data + off, MIB, &e);
+                r = snap_compressor_write(z, data + off, MIB, &e);
         if (r >= 0)
-                r = pzstd_finish(z, NULL, &e);
+                r = snap_compressor_finish(z, NULL, &e);
         ASSERT_EQ(r, -EPIPE);
         ASSERT_TRUE(strstr(e.msg, "cannot write compressed output") != NULL);
-        ASSERT_TRUE(pzstd_write(z, data, 10, &e) < 0);
-        pzstd_free(z);
+        ASSERT_TRUE(snap_compressor_write(z, data, 10, &e) < 0);
+        snap_compressor_free(z);
         ASSERT_EQ(sink.calls_after_failure, 0);
         free(sink.data);
         free(data);
@@ -201,13 +210,17 @@ static void test_abandon(void)
         size_t n = 12 * MIB;
         uint8_t *data = make_mix(n);
         Sink sink = {0};
-        PZstdOptions o = {.threads = 3, .level = 3, .output = sink_write, .userdata = &sink};
-        PZstd *z = NULL;
+        SnapCompressorOptions o = {.format = SNAP_COMPRESSION_ZSTD,
+                                   .threads = 3,
+                                   .level = 3,
+                                   .output = sink_write,
+                                   .userdata = &sink};
+        SnapCompressor *z = NULL;
         NbError e = {0};
-        ASSERT_OK(pzstd_new(&o, &z, &e));
-        ASSERT_OK(pzstd_write(z, data, n, &e));
-        ASSERT_TRUE(pzstd_free(z) == NULL);
-        ASSERT_TRUE(pzstd_free(NULL) == NULL);
+        ASSERT_OK(snap_compressor_new(&o, &z, &e));
+        ASSERT_OK(snap_compressor_write(z, data, n, &e));
+        ASSERT_TRUE(snap_compressor_free(z) == NULL);
+        ASSERT_TRUE(snap_compressor_free(NULL) == NULL);
         free(sink.data);
         free(data);
 }
@@ -215,29 +228,38 @@ static void test_abandon(void)
 static void test_invalid(void)
 {
         Sink sink = {0};
-        PZstd *z = NULL;
+        SnapCompressor *z = NULL;
         NbError e = {0};
-        PZstdOptions none = {.level = 3};
-        ASSERT_EQ(pzstd_new(&none, &z, &e), -EINVAL);
-        static const int bad_levels[] = {-2, 20, 22, 1000};
+        SnapCompressorOptions none = {.format = SNAP_COMPRESSION_ZSTD, .level = 3};
+        ASSERT_EQ(snap_compressor_new(&none, &z, &e), -EINVAL);
+        static const int bad_levels[] = {-2, 0, 20, 22, 1000};
         for (size_t i = 0; i < ELEMENTSOF(bad_levels); i++) {
-                PZstdOptions o = {.level = bad_levels[i], .output = sink_write, .userdata = &sink};
-                ASSERT_EQ(pzstd_new(&o, &z, &e), -EINVAL);
+                SnapCompressorOptions o = {.format = SNAP_COMPRESSION_ZSTD,
+                                           .level = bad_levels[i],
+                                           .output = sink_write,
+                                           .userdata = &sink};
+                ASSERT_EQ(snap_compressor_new(&o, &z, &e), -EINVAL);
                 ASSERT_TRUE(strstr(e.msg, "zstd level") != NULL);
         }
-        PZstdOptions many = {.threads = PZSTD_THREADS_MAX + 1, .output = sink_write, .userdata = &sink};
-        ASSERT_EQ(pzstd_new(&many, &z, &e), -EINVAL);
+        SnapCompressorOptions many = {.format = SNAP_COMPRESSION_ZSTD,
+                                      .threads = PZSTD_THREADS_MAX + 1,
+                                      .output = sink_write,
+                                      .userdata = &sink};
+        ASSERT_EQ(snap_compressor_new(&many, &z, &e), -EINVAL);
         ASSERT_TRUE(z == NULL);
-        /* the level bounds themselves are fine; 0 and -1 mean the default */
-        static const int good_levels[] = {-1, 0, PZSTD_LEVEL_MIN, PZSTD_LEVEL_MAX};
+        /* the level bounds themselves are fine; -1 means the default */
+        static const int good_levels[] = {-1, PZSTD_LEVEL_MIN, PZSTD_LEVEL_MAX};
         for (size_t i = 0; i < ELEMENTSOF(good_levels); i++) {
-                PZstdOptions o = {
-                        .threads = 1, .level = good_levels[i], .output = sink_write, .userdata = &sink};
-                PZstdResult res;
-                ASSERT_OK(pzstd_new(&o, &z, &e));
-                ASSERT_OK(pzstd_write(z, "hello", 5, &e));
-                ASSERT_OK(pzstd_finish(z, &res, &e));
-                z = pzstd_free(z);
+                SnapCompressorOptions o = {.format = SNAP_COMPRESSION_ZSTD,
+                                           .threads = 1,
+                                           .level = good_levels[i],
+                                           .output = sink_write,
+                                           .userdata = &sink};
+                SnapCompressResult res;
+                ASSERT_OK(snap_compressor_new(&o, &z, &e));
+                ASSERT_OK(snap_compressor_write(z, "hello", 5, &e));
+                ASSERT_OK(snap_compressor_finish(z, &res, &e));
+                z = snap_compressor_free(z);
         }
         free(sink.data);
 }
@@ -245,7 +267,7 @@ static void test_invalid(void)
 int main(void)
 {
         setvbuf(stdout, NULL, _IOLBF, 0);
-        printf("libzstd %s\n", pzstd_version());
+        printf("%s\n", snap_compression_engine(SNAP_COMPRESSION_ZSTD));
         test_invalid();
         test_sizes();
         test_deterministic();
