@@ -16,9 +16,10 @@
 #include <systemd/sd-daemon.h>
 
 #include "agent/api.h"
-#include "agent/metrics.h"
 #include "agent/log.h"
+#include "agent/metrics.h"
 #include "agent/request.h"
+#include "common/fileio.h"
 
 #define NB_TLS_FILE_MAX    (64u * 1024) /* bytes of a PEM certificate or key */
 #define NB_PATH_PARTS_MAX  6
@@ -914,22 +915,15 @@ static int bind_tcp(NbApi *a, const char *spec, NbError *e)
 
 static int read_pem(const char *path, char **ret, NbError *e)
 {
-        _cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
-        struct stat st;
-        if (fd < 0 || fstat(fd, &st) < 0)
-                return nb_error_set(e, -errno, "cannot read %s: %m", path);
-        if (!S_ISREG(st.st_mode) || st.st_size <= 0 || st.st_size > (off_t)NB_TLS_FILE_MAX)
-                return nb_error_set(e, -EFBIG, "%s must be a PEM file of at most %u bytes", path,
-                                    NB_TLS_FILE_MAX);
-        char *buf = calloc(1, (size_t)st.st_size + 1);
-        if (!buf)
-                return nb_error_oom(e);
-        ssize_t n = read(fd, buf, (size_t)st.st_size);
-        if (n != st.st_size) {
-                free(buf);
-                return nb_error_set(e, -EIO, "cannot read %s", path);
-        }
-        *ret = buf;
+        _cleanup_free_ char *buf = NULL;
+        size_t size = 0;
+        int r = nb_read_file_at(AT_FDCWD, path, NB_TLS_FILE_MAX, NB_READ_REGULAR, &buf, &size);
+        if (r == -EFBIG || r == -EINVAL || r == -EISDIR || (r >= 0 && size == 0))
+                return nb_error_set(e, r < 0 ? r : -EINVAL, "%s must be a PEM file of at most %u bytes",
+                                    path, NB_TLS_FILE_MAX);
+        if (r < 0)
+                return nb_error_set(e, r, "cannot read %s: %s", path, strerror(-r));
+        *ret = TAKE_PTR(buf);
         return 0;
 }
 

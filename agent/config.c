@@ -7,8 +7,8 @@
 
 #include "agent/agent-version.h"
 #include "agent/config.h"
-#include "common/fileio.h"
 #include "agent/image.h"
+#include "common/fileio.h"
 
 typedef enum KeyType {
         KEY_STRING,

@@ -6,9 +6,9 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "agent/image.h"
 #include "common/clock.h"
 #include "common/uuid.h"
-#include "agent/image.h"
 
 static const char *const status_names[_NB_STATUS_MAX] = {
         [NB_STATUS_INIT] = "INIT",     [NB_STATUS_CREATING] = "CREATING",

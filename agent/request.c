@@ -5,8 +5,8 @@
 #include <cjson/cJSON.h>
 
 #include "agent/image.h"
-#include "registry/registry.h"
 #include "agent/request.h"
+#include "registry/registry.h"
 
 void nb_create_request_done(NbCreateRequest *r)
 {

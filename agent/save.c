@@ -6,15 +6,13 @@
 #include <string.h>
 #include <sys/stat.h>
 
-#include "common/digest.h"
-#include "common/clock.h"
-#include "snapshot/snapshot.h"
-#include "snapshot/snapshot.h"
-#include "snapshot/snapshot.h"
-#include "registry/registry.h"
 #include "agent/save.h"
 #include "agent/swr.h"
+#include "common/clock.h"
+#include "common/digest.h"
 #include "common/sysinfo.h"
+#include "registry/registry.h"
+#include "snapshot/snapshot.h"
 
 static const char *const phase_names[_NB_PHASE_MAX] = {
         [NB_PHASE_RESOLVING] = "resolving base image",      [NB_PHASE_BASE_LAYERS] = "checking base layers",

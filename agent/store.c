@@ -211,7 +211,8 @@ int nb_store_room(NbStore *s, NbError *e)
 
 static int read_small(int dfd, const char *name, char **ret)
 {
-        return nb_read_file_at(dfd, name, NB_STORE_RECORD_MAX, /* nofollow= */ 1, ret, NULL);
+        return nb_read_file_at(dfd, name, NB_STORE_RECORD_MAX, NB_READ_NOFOLLOW | NB_READ_REGULAR, ret,
+                               NULL);
 }
 
 int nb_store_put_image(NbStore *s, const NbImage *img, NbError *e)

@@ -8,10 +8,10 @@
 #include "common/fileio.h"
 #include "common/macro.h"
 
-int nb_read_file_at(int dir_fd, const char *path, size_t max, int nofollow, char **ret, size_t *ret_size)
+int nb_read_file_at(int dir_fd, const char *path, size_t max, unsigned flags, char **ret, size_t *ret_size)
 {
-        _cleanup_close_ int fd =
-                openat(dir_fd, path, O_RDONLY | O_CLOEXEC | O_NOCTTY | (nofollow ? O_NOFOLLOW : 0));
+        _cleanup_close_ int fd = openat(
+                dir_fd, path, O_RDONLY | O_CLOEXEC | O_NOCTTY | (flags & NB_READ_NOFOLLOW ? O_NOFOLLOW : 0));
         if (fd < 0)
                 return -errno;
         struct stat st;
@@ -19,20 +19,23 @@ int nb_read_file_at(int dir_fd, const char *path, size_t max, int nofollow, char
                 return -errno;
         if (S_ISDIR(st.st_mode))
                 return -EISDIR;
-        if (!S_ISREG(st.st_mode))
+        if ((flags & NB_READ_REGULAR) && !S_ISREG(st.st_mode))
                 return -EINVAL;
-        if ((uint64_t)st.st_size > max)
+        if (S_ISREG(st.st_mode) && (uint64_t)st.st_size > max)
                 return -EFBIG;
-        /* read to the end of what is there, up to max: a file may grow between fstat() and read() */
-        size_t cap = (size_t)st.st_size + 1, len = 0;
+        /* Read to the end, whatever fstat() said: a file may grow meanwhile, and a device or pipe (a config
+         * given as /dev/null or <(...)) has no size. One byte more than max tells that it is too big. */
+        size_t cap = (S_ISREG(st.st_mode) ? (size_t)st.st_size : 4096) + 2, len = 0;
+        if (cap > max + 2)
+                cap = max + 2;
         _cleanup_free_ char *buf = malloc(cap);
         if (!buf)
                 return -ENOMEM;
         for (;;) {
                 if (len + 1 == cap) {
-                        if (len >= max)
-                                break;
-                        size_t ncap = cap * 2 > max + 1 ? max + 1 : cap * 2;
+                        if (len > max)
+                                return -EFBIG;
+                        size_t ncap = cap * 2 > max + 2 ? max + 2 : cap * 2;
                         char *p = realloc(buf, ncap);
                         if (!p)
                                 return -ENOMEM;
@@ -48,6 +51,8 @@ int nb_read_file_at(int dir_fd, const char *path, size_t max, int nofollow, char
                         break;
                 len += (size_t)n;
         }
+        if (len > max)
+                return -EFBIG;
         buf[len] = 0;
         if (ret_size)
                 *ret_size = len;

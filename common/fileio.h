@@ -4,17 +4,23 @@
  * the new one, never half of either. */
 #pragma once
 
+#include <fcntl.h>
 #include <stddef.h>
 #include <sys/types.h>
 
-/* Reads the regular file path (relative to dir_fd, or AT_FDCWD) of at most max bytes into a NUL-terminated
- * buffer. -EFBIG when larger, -EISDIR for a directory, -EINVAL for another non-regular file, -ELOOP for a
- * symlink with nofollow. */
-int nb_read_file_at(int dir_fd, const char *path, size_t max, int nofollow, char **ret, size_t *ret_size);
+enum {
+        NB_READ_NOFOLLOW = 1 << 0, /* a symlink is refused (-ELOOP) */
+        NB_READ_REGULAR = 1 << 1,  /* anything but a regular file is refused (-EINVAL) */
+};
+
+/* Reads the file path (relative to dir_fd, or AT_FDCWD) of at most max bytes into a NUL-terminated buffer:
+ * a regular file, or (without NB_READ_REGULAR) a device or pipe read to its end, such as a config given as
+ * /dev/null. -EFBIG when larger, -EISDIR for a directory. */
+int nb_read_file_at(int dir_fd, const char *path, size_t max, unsigned flags, char **ret, size_t *ret_size);
 
 static inline int nb_read_file(const char *path, size_t max, char **ret, size_t *ret_size)
 {
-        return nb_read_file_at(-100 /* AT_FDCWD */, path, max, 0, ret, ret_size);
+        return nb_read_file_at(AT_FDCWD, path, max, 0, ret, ret_size);
 }
 
 /* Writes data to dir_fd/name atomically (".name.tmp", write, fsync, rename, fsync dir_fd) with mode. A

@@ -298,7 +298,7 @@ static int auth_try_file(const char *path, const char *host, bool must_exist, Re
 {
         _cleanup_secret_ char *buf = NULL;
         size_t size;
-        int r = nb_read_file(path, REG_AUTHFILE_MAX, &buf, &size);
+        int r = nb_read_file_at(AT_FDCWD, path, REG_AUTHFILE_MAX, NB_READ_REGULAR, &buf, &size);
         if (r == -ENOENT && !must_exist)
                 return 0;
         if (r < 0)

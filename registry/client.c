@@ -95,7 +95,7 @@ static int bundle_append(RegClient *c, const char *path, NbError *e)
 {
         _cleanup_free_ char *data = NULL;
         size_t size;
-        int r = nb_read_file(path, REG_CA_BUNDLE_MAX, &data, &size);
+        int r = nb_read_file_at(AT_FDCWD, path, REG_CA_BUNDLE_MAX, NB_READ_REGULAR, &data, &size);
         if (r < 0)
                 return nb_error_set(e, r, "cannot read CA certificates %s: %s", path, strerror(-r));
         if (c->ca_bundle_size + size + 2 > REG_CA_BUNDLE_MAX)

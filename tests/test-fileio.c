@@ -27,10 +27,14 @@ static void test_read(int dfd)
         ASSERT_OK(mkdirat(dfd, "d", 0700));
         ASSERT_EQ(nb_read_file_at(dfd, "d", 4, 0, &p, NULL), -EISDIR);
         ASSERT_OK(symlinkat("a", dfd, "link"));
-        ASSERT_EQ(nb_read_file_at(dfd, "link", 5, 1, &p, NULL), -ELOOP);
+        ASSERT_EQ(nb_read_file_at(dfd, "link", 5, NB_READ_NOFOLLOW, &p, NULL), -ELOOP);
         _cleanup_free_ char *via = NULL;
         ASSERT_OK(nb_read_file_at(dfd, "link", 5, 0, &via, NULL));
-        ASSERT_EQ(nb_read_file("/dev/null", 5, &p, NULL), -EINVAL); /* not a regular file */
+        _cleanup_free_ char *devnull = NULL; /* a device is read to its end */
+        ASSERT_OK(nb_read_file("/dev/null", 5, &devnull, &size));
+        ASSERT_EQ(size, 0);
+        ASSERT_EQ(nb_read_file("/dev/zero", 5000, &p, NULL), -EFBIG); /* the limit holds without a size */
+        ASSERT_EQ(nb_read_file_at(dfd, "/dev/null", 5, NB_READ_REGULAR, &p, NULL), -EINVAL);
         _cleanup_free_ char *empty = NULL;
         ASSERT_OK(nb_write_file_atomic_at(dfd, "empty", "", 0, 0600));
         ASSERT_OK(nb_read_file_at(dfd, "empty", 0, 0, &empty, &size));

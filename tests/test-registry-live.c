@@ -16,8 +16,8 @@
 #include <sys/stat.h>
 #include <sys/wait.h>
 
-#include "common/digest.h"
 #include "common/clock.h"
+#include "common/digest.h"
 #include "registry/registry-internal.h"
 #include "tests.h"
 

@@ -9,8 +9,8 @@
 #include <sys/stat.h>
 #include <time.h>
 
-#include "common/digest.h"
 #include "common/clock.h"
+#include "common/digest.h"
 #include "registry/registry-internal.h"
 #include "tests.h"
 

@@ -12,12 +12,12 @@
 #include <unistd.h>
 
 #include "snapshot/baseline.h"
-#include "snapshot/snapshot.h"
 #include "snapshot/entry.h"
 #include "snapshot/excludes.h"
 #include "snapshot/layer.h"
-#include "tests.h"
+#include "snapshot/snapshot.h"
 #include "snapshot/walk.h"
+#include "tests.h"
 
 static char scratch[] = "/tmp/test-snapshot.XXXXXX";
 

@@ -2,8 +2,8 @@
 #include <fcntl.h>
 #include <sys/stat.h>
 
-#include "common/uuid.h"
 #include "agent/store.h"
+#include "common/uuid.h"
 #include "tests.h"
 
 static void make_image(NbImage *img, const char *name)
