@@ -12,61 +12,8 @@
 #include <zstd.h>
 
 #include "snapshot/snapshot.h"
+#include "compress-fixtures.h"
 #include "tests.h"
-
-#define MIB (1024u * 1024)
-
-typedef struct Sink {
-        uint8_t *data;
-        size_t size, cap;
-        size_t fail_after; /* fail once this many bytes were accepted; 0: never */
-        int fail_code;
-} Sink;
-
-static int sink_write(void *userdata, const void *data, size_t size)
-{
-        Sink *s = userdata;
-        if (s->fail_after && s->size + size > s->fail_after)
-                return s->fail_code;
-        if (s->size + size > s->cap) {
-                size_t cap = s->cap ? s->cap : 64 * 1024;
-                while (cap < s->size + size)
-                        cap *= 2;
-                s->data = realloc(s->data, cap);
-                ASSERT_TRUE(s->data);
-                s->cap = cap;
-        }
-        memcpy(s->data + s->size, data, size);
-        s->size += size;
-        return 0;
-}
-
-/* Text-like runs and xorshift noise, 64 KiB each. */
-static uint8_t *make_mix(size_t n)
-{
-        static const char words[] = "layer diff tar whiteout opaque registry manifest config blob digest ";
-        uint8_t *p = malloc(n ? n : 1);
-        uint64_t x = 0x9e3779b97f4a7c15ull;
-        ASSERT_TRUE(p);
-        for (size_t i = 0; i < n; i++) {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                p[i] = (i >> 16) & 1 ? (uint8_t)x
-                                     : (uint8_t)words[(i * 7 + (i >> 12)) % (sizeof(words) - 1)];
-        }
-        return p;
-}
-
-static void sha256_string(const void *data, size_t n, char out[NB_DIGEST_STR_MAX])
-{
-        unsigned char md[EVP_MAX_MD_SIZE];
-        unsigned len = 0;
-        ASSERT_TRUE(EVP_Digest(data, n, md, &len, EVP_sha256(), NULL));
-        int o = snprintf(out, NB_DIGEST_STR_MAX, "sha256:");
-        for (unsigned i = 0; i < len; i++)
-                o += snprintf(out + o, NB_DIGEST_STR_MAX - (size_t)o, "%02x", md[i]);
-}
 
 static size_t gunzip(const Sink *sink, uint8_t *out, size_t cap)
 {
