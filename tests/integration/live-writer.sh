@@ -98,7 +98,10 @@ d = sys.argv[1]
 n = bad = 0
 for name in sorted(os.listdir(d)):
     p = os.path.join(d, name)
-    if not os.path.isfile(p):
+    # bigN.tmpNNN is replace()'s file in flight: created empty, written, renamed. The walk may meet it at
+    # any point of that (empty, or part-written), and an image of that moment rightly holds it as it was;
+    # only the names the writer promises whole (small*, big*, tmp*) are checked.
+    if not os.path.isfile(p) or ".tmp" in name:
         continue
     data = open(p, "rb").read()
     payload, _, rest = data.rpartition(b"\n")[0].rpartition(b"\n")
