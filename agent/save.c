@@ -10,6 +10,7 @@
 #include "agent/swr.h"
 #include "common/clock.h"
 #include "common/digest.h"
+#include "common/size.h"
 #include "common/sysinfo.h"
 #include "registry/registry.h"
 #include "snapshot/snapshot.h"
@@ -382,6 +383,69 @@ static int compressor_finish(Save *s, NbError *se)
         return snap_compressor_finish(s->compressor, &s->result, se);
 }
 
+/* The directories of the plan as "/a/b 1.2 GiB (1288490188 bytes), ..." into buf. */
+static void format_top_dirs(const SnapPlanStats *st, char *buf, size_t size)
+{
+        size_t used = 0;
+        buf[0] = '\0';
+        for (size_t i = 0; i < st->n_top && used < size; i++) {
+                char h[NB_SIZE_STR_MAX];
+                int n = snprintf(buf + used, size - used, "%s/%.200s %s (%" PRIu64 " bytes)", i ? ", " : "",
+                                 st->top[i].path, nb_size_format(st->top[i].bytes, h), st->top[i].bytes);
+                if (n < 0)
+                        break;
+                used += (size_t)n;
+        }
+}
+
+/* The limits that depend on what changed, checked on the counting pass: nothing is uploaded before they
+ * pass. */
+static int check_plan(Save *s, const SnapPlanStats *st, NbError *e)
+{
+        const NbSaveOptions *o = s->o;
+        if (o->max_image_size == 0 || st->bytes <= o->max_image_size)
+                return 0;
+        char dirs[1280], have[NB_SIZE_STR_MAX], limit[NB_SIZE_STR_MAX];
+        format_top_dirs(st, dirs, sizeof(dirs));
+        return nb_error_set(e, -EFBIG,
+                            "cannot save: the files that changed come to %s (%" PRIu64
+                            " bytes), over the image size limit of %s (%" PRIu64
+                            " bytes, max_image_size); largest directories: %s; delete or --exclude what "
+                            "need not be saved, or raise the limit",
+                            nb_size_format(st->bytes, have), st->bytes,
+                            nb_size_format(o->max_image_size, limit), o->max_image_size,
+                            dirs[0] ? dirs : "(none)");
+}
+
+/* The counting pass (walk and merge-join, stat data only), before any blob is uploaded or mounted. */
+static int plan_changes(Save *s, NbError *e)
+{
+        const NbSaveOptions *o = s->o;
+        _cleanup_free_ char *bpath = NULL, *root = NULL;
+        _cleanup_snap_baseline_ SnapBaseline *base = NULL;
+        _cleanup_snap_walk_ SnapWalk *walk = NULL;
+        _cleanup_snap_excludes_ SnapExcludes *ex = NULL;
+        _cleanup_snap_plan_ SnapPlan *plan = NULL;
+        int r = nb_baseline_path(o->state_dir, &bpath);
+        if (r < 0 || !(root = realpath(o->root, NULL)))
+                return nb_error_set(e, r < 0 ? r : -errno, "root %s: %m", o->root);
+        r = snap_baseline_open(bpath, &base, e);
+        if (r >= 0)
+                r = nb_excludes_build(root, o->state_dir, o->authfile, o->excludes, o->n_excludes,
+                                      o->mountinfo, &ex, e);
+        if (r >= 0)
+                r = snap_walk_new(root, ex, &walk, e);
+        if (r >= 0)
+                r = snap_diff_plan(base, walk, ex, &plan, e);
+        if (r < 0)
+                return r;
+        const SnapPlanStats *st = snap_plan_stats(plan);
+        char h[NB_SIZE_STR_MAX];
+        note(s, "changes: %" PRIu64 " entries, %" PRIu64 " files of %s, %" PRIu64 " deleted", st->entries,
+             st->files, nb_size_format(st->bytes, h), st->deleted);
+        return check_plan(s, st, e);
+}
+
 static int pack_and_upload(Save *s, NbError *e)
 {
         const NbSaveOptions *o = s->o;
@@ -522,6 +586,8 @@ int nb_save(const NbSaveOptions *o, NbImage *img, NbError *e)
                 r = resolve_base(&s, e);
         if (r >= 0)
                 r = plan_manifest(&s, e);
+        if (r >= 0)
+                r = plan_changes(&s, e);
         if (r >= 0)
                 r = ensure_base_layers(&s, e);
         if (r >= 0)

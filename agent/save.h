@@ -58,8 +58,11 @@ typedef struct NbSaveOptions {
          * podman/CRI-O, or Docker >= 23 to pull, and an OCI manifest: a Docker schema2 base is written out
          * as an OCI image (see save.c). */
         SnapCompression compression;
-        int level;                  /* of that compressor (gzip 0-9, zstd 1-19), -1: its default */
-        size_t chunk_size;          /* upload PATCH size, 0: default */
+        int level;         /* of that compressor (gzip 0-9, zstd 1-19), -1: its default */
+        size_t chunk_size; /* upload PATCH size, 0: default */
+        /* Refuse the save, before any upload, when the files that changed come to more than this many
+         * bytes (uncompressed, snap_diff_plan()); 0: no limit. */
+        uint64_t max_image_size;
         const _Atomic bool *cancel; /* set from another thread: the save stops soon with -ECANCELED */
         void (*progress)(void *userdata, const NbProgress *p);
         void (*note)(void *userdata, const char *message);

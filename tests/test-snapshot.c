@@ -329,6 +329,50 @@ static void test_excludes_mountinfo(const char *state)
         snap_excludes_free(x);
 }
 
+/* The counting pass: bytes of what changed (a hard-linked inode once), the largest file, and each file's
+ * bytes gathered in one directory at most SNAP_PLAN_DIR_DEPTH levels down, even when the walk leaves a
+ * directory and comes back to it (a/0, then a/b/..., then a/z). */
+static void test_plan(void)
+{
+        char root[512], state[512], path[600];
+        snprintf(root, sizeof(root), "%s/plan-root", scratch);
+        snprintf(state, sizeof(state), "%s/plan-state", scratch);
+        sh("mkdir -p %s/a %s/p %s && echo gone > %s/a/gone", root, root, state, root);
+        snprintf(path, sizeof(path), "%s/baseline", state);
+        NbError e = {0};
+        SnapBaselineStats bst;
+        ASSERT_OK(snap_baseline_write(root, NULL, path, &bst, &e));
+        sleep(1);
+        sh("cd %s && mkdir -p a/b/c/d && head -c 5000 /dev/zero > a/b/c/d/big && head -c 1000 /dev/zero > "
+           "a/b/c/x && head -c 100 /dev/zero > a/0 && head -c 50 /dev/zero > a/z && head -c 700 /dev/zero > "
+           "top && head -c 2000 /dev/zero > p/l1 && ln p/l1 p/l2 && rm a/gone",
+           root);
+        SnapBaseline *b = NULL;
+        SnapWalk *w = NULL;
+        SnapPlan *plan = NULL;
+        ASSERT_OK(snap_baseline_open(path, &b, &e));
+        ASSERT_OK(snap_walk_new(root, NULL, &w, &e));
+        ASSERT_OK(snap_diff_plan(b, w, NULL, &plan, &e));
+        const SnapPlanStats *st = snap_plan_stats(plan);
+        ASSERT_EQ(st->bytes, 5000 + 1000 + 100 + 50 + 700 + 2000);
+        ASSERT_EQ(st->files, 6);
+        ASSERT_EQ(st->deleted, 1);
+        ASSERT_STREQ(st->largest, "a/b/c/d/big");
+        ASSERT_EQ(st->largest_size, 5000);
+        ASSERT_EQ(st->n_top, 4);
+        static const struct {
+                const char *path;
+                uint64_t bytes;
+        } want[] = {{"a/b/c", 6000}, {"p", 2000}, {"", 700}, {"a", 150}};
+        for (size_t i = 0; i < ELEMENTSOF(want); i++) {
+                ASSERT_STREQ(st->top[i].path, want[i].path);
+                ASSERT_EQ(st->top[i].bytes, want[i].bytes);
+        }
+        snap_plan_free(plan);
+        snap_walk_free(w);
+        snap_baseline_free(b);
+}
+
 int main(void)
 {
         if (getuid() != 0) {
@@ -353,6 +397,7 @@ int main(void)
         test_baseline_corrupt(state);
         test_diff(root, state);
         test_excludes_mountinfo(state);
+        test_plan();
         sh("rm -rf %s", scratch);
         printf("test-snapshot: all passed\n");
         return 0;
