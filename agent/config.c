@@ -1,6 +1,7 @@
 #include <fcntl.h>
 #include <getopt.h>
 #include <ini.h>
+#include <inttypes.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -28,6 +29,7 @@ typedef struct Key {
         unsigned long max;   /* KEY_UINT */
         bool is_ulong;
         const char *arg, *help;
+        uint64_t size_min; /* KEY_SIZE: the least value taken */
 } Key;
 
 #define STR(n, f, a, h)                                                                                     \
@@ -76,11 +78,16 @@ static const Key keys[] = {
          "registry upload PATCH size (0: default)"},
         {"max_image_size", KEY_SIZE, offsetof(NbConfig, max_image_size), 0, 0, 0, false, "SIZE",
          "refuse a save whose changed files exceed SIZE (K, M, G, T: powers of 1024; default 0: no limit)"},
+        {"max_layer_size", KEY_SIZE, offsetof(NbConfig, max_layer_size), 0, 0, 0, false, "SIZE",
+         "no pushed layer blob is larger: bigger changes are split into layers (default 10G, at least 1M)",
+         NB_LAYER_SIZE_MIN},
 };
 
 void nb_config_init(NbConfig *c)
 {
-        *c = (NbConfig){.stop_timeout_sec = 30, .report_retry_max_sec = 300};
+        *c = (NbConfig){.stop_timeout_sec = 30,
+                        .report_retry_max_sec = 300,
+                        .max_layer_size = NB_LAYER_SIZE_DEFAULT};
 }
 
 void nb_config_done(NbConfig *c)
@@ -144,6 +151,9 @@ int nb_config_set(NbConfig *c, const char *key, const char *value, NbError *e)
                                             "%s takes a size (a number of bytes, or with K, M, G or T), "
                                             "not '%.64s'%s",
                                             k->name, value, r == -ERANGE ? " (too large)" : "");
+                if (v < k->size_min)
+                        return nb_error_set(e, -EINVAL, "%s must be at least %" PRIu64 " bytes, not '%.64s'",
+                                            k->name, k->size_min, value);
                 *(uint64_t *)base = v;
                 return 0;
         }

@@ -41,6 +41,7 @@ static const char *const usage_save =
         "                   --namespace NS --name NAME --tag TAG [--description TEXT] [--exclude PATH]...\n"
         "                   [--workspace-id ID] [--authfile FILE] [--ca-file FILE] [--threads N]\n"
         "                   [--compression gzip|zstd] [--level N] [--max-image-size SIZE]\n"
+        "                   [--max-layer-size SIZE]\n"
         "\n"
         "Packs what changed under --root since the baseline into one OCI layer and pushes the image\n"
         "<registry host>/NS/NAME:TAG = the base image's layers (reused, never uploaded again) + that "
@@ -75,6 +76,9 @@ static const char *const usage_save =
         "  --max-image-size SIZE fail, before anything is uploaded, when the files that changed come to\n"
         "                        more than SIZE bytes (uncompressed; K, M, G, T are powers of 1024;\n"
         "                        default 0: no limit); the message names the largest directories\n"
+        "  --max-layer-size SIZE no layer blob pushed is larger (default 10G, at least 1M): a bigger\n"
+        "                        change is cut into several layers; a file that cannot fit in one\n"
+        "                        fails the save before anything is uploaded\n"
         "\n"
         "Never saved: /proc /sys /dev /run, every mount point below the root, the state dir, the "
         "credentials\n"
@@ -102,6 +106,7 @@ enum {
         OPT_CHUNK_SIZE,
         OPT_MOUNTINFO,
         OPT_MAX_IMAGE_SIZE,
+        OPT_MAX_LAYER_SIZE,
         OPT_VERSION,
 };
 
@@ -126,6 +131,7 @@ static const struct option long_options[] = {
         {"compression", required_argument, NULL, OPT_COMPRESSION},
         {"chunk-size", required_argument, NULL, OPT_CHUNK_SIZE},
         {"max-image-size", required_argument, NULL, OPT_MAX_IMAGE_SIZE},
+        {"max-layer-size", required_argument, NULL, OPT_MAX_LAYER_SIZE},
         {"mountinfo", required_argument, NULL, OPT_MOUNTINFO}, /* tests: another mount table */
         {},
 };
@@ -250,6 +256,15 @@ static int parse_args(int argc, char **argv, const char *usage, Args *a)
                 case OPT_MAX_IMAGE_SIZE:
                         if (parse_size(optarg, "--max-image-size", &o->max_image_size) < 0)
                                 return -EINVAL;
+                        break;
+                case OPT_MAX_LAYER_SIZE:
+                        if (parse_size(optarg, "--max-layer-size", &o->max_layer_size) < 0)
+                                return -EINVAL;
+                        if (o->max_layer_size < NB_LAYER_SIZE_MIN) {
+                                fprintf(stderr, "nbsnap: --max-layer-size must be at least 1M, not '%s'\n",
+                                        optarg);
+                                return -EINVAL;
+                        }
                         break;
                 case OPT_CHUNK_SIZE:
                         if (parse_uint(optarg, "--chunk-size", 1ul << 30, &v) < 0)

@@ -1,3 +1,4 @@
+#include <assert.h>
 #include <string.h>
 #include <sys/stat.h>
 
@@ -165,9 +166,37 @@ static int layer_opaque(void *u, const char *dir, NbError *e)
         return snap_layer_opaque(u, dir, e);
 }
 
+static int skeleton_add(void *u, const SnapEntry *en, int dirfd, const char *name, NbError *e)
+{
+        return S_ISDIR(en->mode) ? snap_layer_add(u, en, dirfd, name, e) : 0;
+}
+
+static int content_add(void *u, const SnapEntry *en, int dirfd, const char *name, NbError *e)
+{
+        return S_ISDIR(en->mode) ? 0 : snap_layer_add(u, en, dirfd, name, e);
+}
+
+static int no_marker(void *u, const char *path, NbError *e)
+{
+        (void)u, (void)path, (void)e;
+        return 0;
+}
+
+int snap_diff_layer_part(SnapBaseline *base, SnapWalk *live, const SnapExcludes *ex, SnapLayer *layer,
+                         SnapDiffPart part, snap_diff_progress_fn progress, void *userdata,
+                         SnapDiffStats *ret, NbError *e)
+{
+        const SnapDiffSink sinks[] = {
+                [SNAP_DIFF_ALL] = {layer_add, layer_whiteout, layer_opaque, layer},
+                [SNAP_DIFF_SKELETON] = {skeleton_add, layer_whiteout, layer_opaque, layer},
+                [SNAP_DIFF_CONTENT] = {content_add, no_marker, no_marker, layer},
+        };
+        assert(part < ELEMENTSOF(sinks));
+        return snap_diff_run(base, live, ex, &sinks[part], progress, userdata, ret, e);
+}
+
 int snap_diff_layer(SnapBaseline *base, SnapWalk *live, const SnapExcludes *ex, SnapLayer *layer,
                     snap_diff_progress_fn progress, void *userdata, SnapDiffStats *ret, NbError *e)
 {
-        const SnapDiffSink sink = {layer_add, layer_whiteout, layer_opaque, layer};
-        return snap_diff_run(base, live, ex, &sink, progress, userdata, ret, e);
+        return snap_diff_layer_part(base, live, ex, layer, SNAP_DIFF_ALL, progress, userdata, ret, e);
 }

@@ -72,6 +72,15 @@ static void test_size_keys(void)
         ASSERT_TRUE(strstr(e.msg, "too large") != NULL);
         ASSERT_OK(nb_config_set(&c, "max_image_size", "512K", &e));
         ASSERT_EQ(c.max_image_size, 512 * 1024);
+        ASSERT_EQ(c.max_layer_size, 10ull << 30); /* the default: SWR's cap */
+        ASSERT_OK(nb_config_set(&c, "max-layer-size", "1M", &e));
+        ASSERT_EQ(c.max_layer_size, 1 << 20);
+        static const char *const bad_layer[] = {"5Q", "-1", "0", "1048575", "512K", ""};
+        for (size_t i = 0; i < ELEMENTSOF(bad_layer); i++) {
+                ASSERT_TRUE(nb_config_set(&c, "max_layer_size", bad_layer[i], &e) < 0);
+                ASSERT_TRUE(strstr(e.msg, "max_layer_size") != NULL);
+                ASSERT_EQ(c.max_layer_size, 1 << 20); /* unchanged */
+        }
         nb_config_done(&c);
 }
 

@@ -1,5 +1,5 @@
 #!/bin/bash
-# shellcheck disable=SC2016 # check "..." eval '...' assertions expand when they run
+# shellcheck disable=SC2016,SC2034 # check "..." eval '...' assertions expand when they run (MARK is read there)
 # nbsnap save --max-image-size (issue #11, part 4): a change bigger than the limit fails within seconds of the
 # walk and before any upload (the registry log shows no upload session, no tag), with a message that gives
 # both sizes and the five largest directories of the change with their bytes; a limit above the change saves;
