@@ -1,6 +1,7 @@
 #include <fcntl.h>
 #include <getopt.h>
 #include <ini.h>
+#include <inttypes.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -9,23 +10,26 @@
 #include "agent/config.h"
 #include "agent/image.h"
 #include "common/fileio.h"
+#include "common/size.h"
 
 typedef enum KeyType {
         KEY_STRING,
         KEY_LIST,
         KEY_UINT,
         KEY_COMPRESSION, /* gzip|zstd into a SnapCompression */
+        KEY_SIZE,        /* a common/size.h size ("10G") into a uint64_t */
 } KeyType;
 
 typedef struct Key {
         const char *name; /* file spelling; the flag is the same with '-' for '_' */
         KeyType type;
-        size_t offset;       /* char * / char *[] / unsigned / unsigned long */
+        size_t offset;       /* char * / char *[] / unsigned / unsigned long / uint64_t */
         size_t count_offset; /* KEY_LIST: the size_t count */
         size_t max_items;    /* KEY_LIST */
         unsigned long max;   /* KEY_UINT */
         bool is_ulong;
         const char *arg, *help;
+        uint64_t size_min; /* KEY_SIZE: the least value taken */
 } Key;
 
 #define STR(n, f, a, h)                                                                                     \
@@ -72,11 +76,18 @@ static const Key keys[] = {
              "longest wait between two report attempts (default 300)"),
         {"chunk_size", KEY_UINT, offsetof(NbConfig, chunk_size), 0, 0, 1ul << 30, true, "BYTES",
          "registry upload PATCH size (0: default)"},
+        {"max_image_size", KEY_SIZE, offsetof(NbConfig, max_image_size), 0, 0, 0, false, "SIZE",
+         "refuse a save whose changed files exceed SIZE (K, M, G, T: powers of 1024; default 0: no limit)"},
+        {"max_layer_size", KEY_SIZE, offsetof(NbConfig, max_layer_size), 0, 0, 0, false, "SIZE",
+         "no pushed layer blob is larger: bigger changes are split into layers (default 10G, at least 1M)",
+         NB_LAYER_SIZE_MIN},
 };
 
 void nb_config_init(NbConfig *c)
 {
-        *c = (NbConfig){.stop_timeout_sec = 30, .report_retry_max_sec = 300};
+        *c = (NbConfig){.stop_timeout_sec = 30,
+                        .report_retry_max_sec = 300,
+                        .max_layer_size = NB_LAYER_SIZE_DEFAULT};
 }
 
 void nb_config_done(NbConfig *c)
@@ -130,6 +141,20 @@ int nb_config_set(NbConfig *c, const char *key, const char *value, NbError *e)
                 if (snap_compression_from_string(value, (SnapCompression *)base) < 0)
                         return nb_error_set(e, -EINVAL, "%s takes gzip or zstd, not '%.64s'", k->name,
                                             value);
+                return 0;
+        }
+        if (k->type == KEY_SIZE) {
+                uint64_t v;
+                int r = nb_size_parse(value, &v);
+                if (r < 0)
+                        return nb_error_set(e, -EINVAL,
+                                            "%s takes a size (a number of bytes, or with K, M, G or T), "
+                                            "not '%.64s'%s",
+                                            k->name, value, r == -ERANGE ? " (too large)" : "");
+                if (v < k->size_min)
+                        return nb_error_set(e, -EINVAL, "%s must be at least %" PRIu64 " bytes, not '%.64s'",
+                                            k->name, k->size_min, value);
+                *(uint64_t *)base = v;
                 return 0;
         }
         if (k->type == KEY_UINT) {

@@ -6,6 +6,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include "agent/save.h"
 #include "common/error.h"
@@ -34,6 +35,8 @@ typedef struct NbConfig {
         size_t n_exclude;
         unsigned threads, level, stop_timeout_sec, report_retry_max_sec;
         unsigned long chunk_size;
+        uint64_t max_image_size; /* bytes of changed files a save may pack, 0: no limit */
+        uint64_t max_layer_size; /* bytes of one pushed layer blob (NB_LAYER_SIZE_DEFAULT) */
         bool level_set;
         SnapCompression compression; /* of the layer a save makes; 0: gzip */
 } NbConfig;

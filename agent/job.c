@@ -290,6 +290,8 @@ static void save_options(Job *j, const NbConfig *c)
                 .level = c->level_set ? (int)c->level : -1,
                 .compression = c->compression,
                 .chunk_size = c->chunk_size,
+                .max_image_size = c->max_image_size,
+                .max_layer_size = c->max_layer_size,
                 .cancel = &j->cancel,
                 .progress = on_save_progress,
                 .note = on_save_note,

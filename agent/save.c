@@ -10,6 +10,7 @@
 #include "agent/swr.h"
 #include "common/clock.h"
 #include "common/digest.h"
+#include "common/size.h"
 #include "common/sysinfo.h"
 #include "registry/registry.h"
 #include "snapshot/snapshot.h"
@@ -37,9 +38,15 @@ typedef struct Save {
         NbError compress_error; /* what snap_compressor_write() said, on the packing thread */
         SnapCompressor *compressor;
         SnapLayer *layer;
+        SnapPlan *plan; /* the counting pass, kept for the hard links of a split */
         _Atomic uint64_t sent;
+        uint64_t blob_sent; /* compressed bytes of the current layer, on the output thread */
+        uint64_t blob_max;  /* max_layer_size */
+        bool in_skeleton;   /* writing the first layer's directories and deletions: no cut allowed */
+        bool error_final;   /* e holds the words the save fails with: pack_error() must not add to them */
         NbProgress progress;
-        SnapCompressResult result;
+        SnapCompressResult parts[NB_LAYERS_MAX]; /* the new layers, bottom first */
+        size_t n_parts;
         char created[32]; /* RFC 3339, the config's and the history entry's */
         RegBuilt config;
 } Save;
@@ -52,6 +59,7 @@ static void save_done(Save *s)
         snap_layer_free(s->layer);
         snap_compressor_free(s->compressor);
         reg_upload_abort(s->upload);
+        snap_plan_free(s->plan);
         reg_image_free(s->base);
         reg_ref_free(s->ref);
         reg_client_free(s->src_owned);
@@ -163,6 +171,9 @@ int nb_save_validate(const NbSaveOptions *o, NbError *e)
                         "namespace/name is %zu characters; registries take repository names of at "
                         "most 255",
                         strlen(o->namespace) + 1 + strlen(o->name));
+        if (o->max_layer_size != 0 && o->max_layer_size < NB_LAYER_SIZE_MIN)
+                return nb_error_set(e, -EINVAL, "--max-layer-size must be at least %u bytes (1M)",
+                                    NB_LAYER_SIZE_MIN);
         if (o->compression >= _SNAP_COMPRESSION_MAX)
                 return nb_error_set(e, -EINVAL, "--compression takes gzip or zstd");
         if (snap_compression_level_check(o->compression, o->level, e) < 0)
@@ -235,25 +246,41 @@ static int resolve_base(Save *s, NbError *e)
         return set_arch(s->img, s->base->config_json);
 }
 
-/* The new image as the OCI model builds it: the base's layers kept, the packed layer on top (its digest,
- * size and diff_id are known once it is packed). */
-static void image_build(const Save *s, RegLayerAdd *layer, RegImageBuild *ret)
+/* The new image as the OCI model builds it: the base's layers kept, the packed layers on top (their digests,
+ * sizes and diff_ids are known once they are packed; before that, one layer without them). One history entry
+ * per layer: "nbsnap save", then "nbsnap save (part 2 of 3)" and so on, the description on the first. */
+typedef struct Build {
+        RegLayerAdd layers[NB_LAYERS_MAX];
+        char created_by[NB_LAYERS_MAX][64]; /* "nbsnap save (part N of N)" with 20-digit N */
+        RegImageBuild b;
+} Build;
+
+static void image_build(const Save *s, Build *ret)
 {
-        *layer = (RegLayerAdd){
-                .media_type = s->o->compression == SNAP_COMPRESSION_ZSTD ? REG_MEDIA_OCI_LAYER_ZSTD
-                                                                         : REG_MEDIA_OCI_LAYER_GZIP,
-                .digest = s->result.digest,
-                .size = (int64_t)s->result.size_out,
-                .diff_id = s->result.diff_id,
-                .created_by = "nbsnap save",
-                .comment = s->o->description,
-        };
-        *ret = (RegImageBuild){.base = s->base,
-                               .keep_layers = s->base->n_layers,
-                               .layers = layer,
-                               .n_layers = 1,
-                               .created = s->created,
-                               .base_name = s->o->base_image};
+        size_t n = s->n_parts ? s->n_parts : 1;
+        for (size_t i = 0; i < n; i++) {
+                const SnapCompressResult *p = &s->parts[i];
+                if (i == 0)
+                        snprintf(ret->created_by[i], sizeof(ret->created_by[i]), "nbsnap save");
+                else
+                        snprintf(ret->created_by[i], sizeof(ret->created_by[i]),
+                                 "nbsnap save (part %zu of %zu)", i + 1, n);
+                ret->layers[i] = (RegLayerAdd){
+                        .media_type = s->o->compression == SNAP_COMPRESSION_ZSTD ? REG_MEDIA_OCI_LAYER_ZSTD
+                                                                                 : REG_MEDIA_OCI_LAYER_GZIP,
+                        .digest = p->digest,
+                        .size = (int64_t)p->size_out,
+                        .diff_id = p->diff_id,
+                        .created_by = ret->created_by[i],
+                        .comment = i == 0 ? s->o->description : NULL,
+                };
+        }
+        ret->b = (RegImageBuild){.base = s->base,
+                                 .keep_layers = s->base->n_layers,
+                                 .layers = ret->layers,
+                                 .n_layers = n,
+                                 .created = s->created,
+                                 .base_name = s->o->base_image};
 }
 
 /* Docker schema2 has no zstd layer type: a zstd layer on a schema2 base makes the new image an OCI image
@@ -263,13 +290,14 @@ static void image_build(const Save *s, RegLayerAdd *layer, RegImageBuild *ret)
  * manifests. Decided here, before any layer is touched, so a base that cannot be converted fails at once. */
 static int plan_manifest(Save *s, NbError *e)
 {
-        RegLayerAdd layer;
-        RegImageBuild b;
-        image_build(s, &layer, &b);
+        _cleanup_free_ Build *b = calloc(1, sizeof(Build));
+        if (!b)
+                return nb_error_oom(e);
+        image_build(s, b);
         const char *type;
         size_t bad = 0;
         NbError ignored = {0};
-        int r = reg_image_build_type(&b, &type, &bad, &ignored);
+        int r = reg_image_build_type(&b->b, &type, &bad, &ignored);
         if (r == -EOPNOTSUPP) {
                 const char *t = s->base->layers[bad].media_type;
                 return nb_error_set(e, -EOPNOTSUPP,
@@ -317,6 +345,15 @@ static int ensure_base_layers(Save *s, NbError *e)
 static int on_compressed_output(void *userdata, const void *data, size_t size)
 {
         Save *s = userdata;
+        /* the split's bound (snapshot.h) keeps every blob within the limit; this makes sure of it */
+        if (s->blob_sent + size > s->blob_max) {
+                char h[NB_SIZE_STR_MAX];
+                return nb_error_set(&s->upload_error, -EFBIG,
+                                    "layer %zu grew past the layer size limit of %s (%" PRIu64
+                                    " bytes, max_layer_size) compressed; nothing was tagged",
+                                    s->n_parts + 1, nb_size_format(s->blob_max, h), s->blob_max);
+        }
+        s->blob_sent += size;
         int r = reg_upload_write(s->upload, data, size, &s->upload_error);
         if (r < 0)
                 return r;
@@ -377,69 +414,225 @@ static int compressor_new(Save *s, NbError *se)
         return snap_compressor_new(&co, &s->compressor, se);
 }
 
-static int compressor_finish(Save *s, NbError *se)
+/* The directories of the plan as "/a/b 1.2 GiB (1288490188 bytes), ..." into buf. */
+static void format_top_dirs(const SnapPlanStats *st, char *buf, size_t size)
 {
-        return snap_compressor_finish(s->compressor, &s->result, se);
+        size_t used = 0;
+        buf[0] = '\0';
+        for (size_t i = 0; i < st->n_top && used < size; i++) {
+                char h[NB_SIZE_STR_MAX];
+                int n = snprintf(buf + used, size - used, "%s/%.200s %s (%" PRIu64 " bytes)", i ? ", " : "",
+                                 st->top[i].path, nb_size_format(st->top[i].bytes, h), st->top[i].bytes);
+                if (n < 0)
+                        break;
+                used += (size_t)n;
+        }
+}
+
+/* The limits that depend on what changed, checked on the counting pass: nothing is uploaded before they
+ * pass. */
+static int check_layer_size(Save *s, const SnapPlanStats *st, NbError *e)
+{
+        uint64_t budget = snap_layer_split_budget(s->blob_max);
+        char h[NB_SIZE_STR_MAX], limit[NB_SIZE_STR_MAX];
+        if (st->largest && st->largest_tar > budget)
+                return nb_error_set(
+                        e, -EFBIG,
+                        "cannot save: /%.512s is %s (%" PRIu64
+                        " bytes), which does not fit in one layer of at most %s (%" PRIu64
+                        " bytes, max_layer_size) with its tar headers and the room compression may "
+                        "need; delete or --exclude it, or raise the limit",
+                        st->largest, nb_size_format(st->largest_size, h), st->largest_size,
+                        nb_size_format(s->blob_max, limit), s->blob_max);
+        if (st->tar_bytes <= budget)
+                return 0;
+        if (st->skeleton_tar > budget)
+                return nb_error_set(
+                        e, -EFBIG,
+                        "cannot save: the changed directories and the deletions, which must all go in "
+                        "the first layer, take about %" PRIu64
+                        " bytes, more than fits in one layer of at most %s (max_layer_size)",
+                        st->skeleton_tar, nb_size_format(s->blob_max, limit));
+        uint64_t least = (st->tar_bytes + budget - 1) / budget;
+        if (s->base->n_layers + least > NB_LAYERS_MAX)
+                return nb_error_set(e, -E2BIG,
+                                    "cannot save: the changes need at least %" PRIu64
+                                    " layers of at most %s (max_layer_size) on the base image's %zu, and an "
+                                    "image may have at most %d",
+                                    least, nb_size_format(s->blob_max, limit), s->base->n_layers,
+                                    NB_LAYERS_MAX);
+        note(s, "the changes take up to %s of tar: they are split into layers of at most %s",
+             nb_size_format(st->tar_bytes, h), nb_size_format(s->blob_max, limit));
+        return 0;
+}
+
+static int check_plan(Save *s, const SnapPlanStats *st, NbError *e)
+{
+        const NbSaveOptions *o = s->o;
+        if (o->max_image_size == 0 || st->bytes <= o->max_image_size)
+                return check_layer_size(s, st, e);
+        char dirs[1280], have[NB_SIZE_STR_MAX], limit[NB_SIZE_STR_MAX];
+        format_top_dirs(st, dirs, sizeof(dirs));
+        return nb_error_set(e, -EFBIG,
+                            "cannot save: the files that changed come to %s (%" PRIu64
+                            " bytes), over the image size limit of %s (%" PRIu64
+                            " bytes, max_image_size); largest directories: %s; delete or --exclude what "
+                            "need not be saved, or raise the limit",
+                            nb_size_format(st->bytes, have), st->bytes,
+                            nb_size_format(o->max_image_size, limit), o->max_image_size,
+                            dirs[0] ? dirs : "(none)");
+}
+
+/* The counting pass (walk and merge-join, stat data only), before any blob is uploaded or mounted. */
+static int plan_changes(Save *s, NbError *e)
+{
+        const NbSaveOptions *o = s->o;
+        _cleanup_free_ char *bpath = NULL, *root = NULL;
+        _cleanup_snap_baseline_ SnapBaseline *base = NULL;
+        _cleanup_snap_walk_ SnapWalk *walk = NULL;
+        _cleanup_snap_excludes_ SnapExcludes *ex = NULL;
+        int r = nb_baseline_path(o->state_dir, &bpath);
+        if (r < 0 || !(root = realpath(o->root, NULL)))
+                return nb_error_set(e, r < 0 ? r : -errno, "root %s: %m", o->root);
+        r = snap_baseline_open(bpath, &base, e);
+        if (r >= 0)
+                r = nb_excludes_build(root, o->state_dir, o->authfile, o->excludes, o->n_excludes,
+                                      o->mountinfo, &ex, e);
+        if (r >= 0)
+                r = snap_walk_new(root, ex, &walk, e);
+        if (r >= 0)
+                r = snap_diff_plan(base, walk, ex, &s->plan, e);
+        if (r < 0)
+                return r;
+        const SnapPlanStats *st = snap_plan_stats(s->plan);
+        char h[NB_SIZE_STR_MAX];
+        note(s, "changes: %" PRIu64 " entries, %" PRIu64 " files of %s, %" PRIu64 " deleted", st->entries,
+             st->files, nb_size_format(st->bytes, h), st->deleted);
+        return check_plan(s, st, e);
+}
+
+/* A layer of the save: its upload session and compressor, ended by part_end(). */
+static int part_begin(Save *s, NbError *e)
+{
+        s->error_final = true; /* until the session is open */
+        if (s->base->n_layers + s->n_parts + 1 > NB_LAYERS_MAX)
+                return nb_error_set(
+                        e, -E2BIG,
+                        "cannot split the changes into more layers: the base image has %zu and an "
+                        "image may have at most %d; raise max_layer_size or save less",
+                        s->base->n_layers, NB_LAYERS_MAX);
+        int r = reg_upload_begin(s->dst, s->dst_repo, NULL, NULL, &s->upload, e);
+        if (r < 0)
+                return nb_error_wrap(e, r, "cannot start the layer upload");
+        s->error_final = false;
+        s->blob_sent = 0;
+        return compressor_new(s, e);
+}
+
+/* Ends the compressed stream of the current layer and commits its blob. */
+static int part_end(Save *s, NbError *e)
+{
+        SnapCompressResult *res = &s->parts[s->n_parts];
+        int r = snap_compressor_finish(s->compressor, res, e);
+        if (r < 0) {
+                r = pack_error(s, e, r);
+                s->error_final = true;
+                return r;
+        }
+        s->compressor = snap_compressor_free(s->compressor);
+        r = reg_upload_commit(s->upload, res->digest, e);
+        s->error_final = r < 0;
+        if (r < 0)
+                return nb_error_wrap(e, r, "cannot commit the layer");
+        s->upload = reg_upload_abort(s->upload); /* committed: frees, cancels nothing */
+        s->n_parts++;
+        return 0;
+}
+
+/* The layer writer finished a tar: commit it, start the next. */
+static int on_layer_cut(void *userdata, NbError *e)
+{
+        Save *s = userdata;
+        s->error_final = s->in_skeleton;
+        if (s->in_skeleton)
+                return nb_error_set(e, -EFBIG,
+                                    "cannot split the changes: the changed directories and the deletions, "
+                                    "which must all go in the first layer, take more than max_layer_size");
+        int r = part_end(s, e);
+        return r < 0 ? r : part_begin(s, e);
+}
+
+/* One pass of the diff over a fresh baseline reader and walk. */
+static int diff_pass(Save *s, const char *bpath, const char *root, const SnapExcludes *ex, SnapDiffPart part,
+                     SnapDiffStats *st, NbError *e)
+{
+        _cleanup_snap_baseline_ SnapBaseline *base = NULL;
+        _cleanup_snap_walk_ SnapWalk *walk = NULL;
+        int r = snap_baseline_open(bpath, &base, e);
+        if (r >= 0)
+                r = snap_walk_new(root, ex, &walk, e);
+        if (r < 0)
+                return r;
+        /* the skeleton pass is short (no content): progress counts the content pass's walk alone */
+        return snap_diff_layer_part(base, walk, ex, s->layer, part,
+                                    part == SNAP_DIFF_SKELETON ? NULL : on_diff_progress, s, st, e);
+}
+
+/* The changes as one layer, or as several (snapshot.h, split layers) when they do not fit in one. */
+static int pack_layers(Save *s, const char *bpath, const char *root, const SnapExcludes *ex,
+                       SnapDiffStats *st, NbError *e)
+{
+        uint64_t budget = snap_layer_split_budget(s->blob_max);
+        bool split = snap_plan_stats(s->plan)->tar_bytes > budget;
+        int r = part_begin(s, e);
+        if (r >= 0)
+                r = snap_layer_new(on_tar_output, on_layer_note, s, &s->layer, e);
+        if (r >= 0 && split)
+                r = snap_layer_split(s->layer, budget, s->plan, on_layer_cut, e);
+        if (r >= 0 && split) {
+                s->in_skeleton = true;
+                r = diff_pass(s, bpath, root, ex, SNAP_DIFF_SKELETON, NULL, e);
+                s->in_skeleton = false;
+        }
+        if (r >= 0)
+                r = diff_pass(s, bpath, root, ex, split ? SNAP_DIFF_CONTENT : SNAP_DIFF_ALL, st, e);
+        if (r >= 0)
+                r = snap_layer_finish(s->layer, e);
+        if (r >= 0)
+                r = part_end(s, e);
+        return r < 0 && !s->error_final ? pack_error(s, e, r) : r;
 }
 
 static int pack_and_upload(Save *s, NbError *e)
 {
         const NbSaveOptions *o = s->o;
         _cleanup_free_ char *bpath = NULL, *root = NULL;
-        SnapBaseline *base = NULL;
-        SnapWalk *walk = NULL;
-        SnapExcludes *ex = NULL;
+        _cleanup_snap_excludes_ SnapExcludes *ex = NULL;
         SnapDiffStats st = {0};
         report(s, NB_PHASE_PACKING);
         int r = nb_baseline_path(o->state_dir, &bpath);
         if (r < 0 || !(root = realpath(o->root, NULL)))
                 return nb_error_set(e, r < 0 ? r : -errno, "root %s: %m", o->root);
-        r = snap_baseline_open(bpath, &base, e);
-        if (r < 0)
-                return r;
         r = nb_excludes_build(root, o->state_dir, o->authfile, o->excludes, o->n_excludes, o->mountinfo, &ex,
                               e);
+        if (r >= 0)
+                r = pack_layers(s, bpath, root, ex, &st, e);
         if (r < 0)
-                goto out;
-        r = snap_walk_new(root, ex, &walk, e);
-        if (r < 0) {
-                r = r;
-                goto out;
+                return r;
+        uint64_t tar = 0, compressed = 0;
+        for (size_t i = 0; i < s->n_parts; i++) {
+                tar += s->parts[i].size_in, compressed += s->parts[i].size_out;
+                if (s->n_parts > 1)
+                        note(s, "layer %zu of %zu: %.19s, %" PRIu64 " bytes of tar, %" PRIu64 " compressed",
+                             i + 1, s->n_parts, s->parts[i].digest, s->parts[i].size_in,
+                             s->parts[i].size_out);
         }
-        r = reg_upload_begin(s->dst, s->dst_repo, NULL, NULL, &s->upload, e);
-        if (r < 0) {
-                r = nb_error_wrap(e, r, "cannot start the layer upload");
-                goto out;
-        }
-        r = compressor_new(s, e);
-        if (r >= 0)
-                r = snap_layer_new(on_tar_output, on_layer_note, s, &s->layer, e);
-        if (r >= 0)
-                r = snap_diff_layer(base, walk, ex, s->layer, on_diff_progress, s, &st, e);
-        if (r >= 0)
-                r = snap_layer_finish(s->layer, e);
-        if (r >= 0)
-                r = compressor_finish(s, e);
-        if (r < 0) {
-                r = pack_error(s, e, r);
-                goto out;
-        }
-        r = reg_upload_commit(s->upload, s->result.digest, e);
-        if (r < 0) {
-                r = nb_error_wrap(e, r, "cannot commit the layer");
-                goto out;
-        }
-        s->upload = reg_upload_abort(s->upload); /* committed: frees, cancels nothing */
         note(s,
              "layer %.19s: %" PRIu64 " added, %" PRIu64 " modified, %" PRIu64 " recreated, %" PRIu64
              " deleted, %" PRIu64 " unchanged; %" PRIu64 " bytes of tar, %" PRIu64 " compressed (%s)",
-             s->result.digest, st.added, st.modified, st.recreated, st.deleted, st.same, s->result.size_in,
-             s->result.size_out, snap_compression_to_string(o->compression));
-out:
-        snap_walk_free(walk);
-        snap_baseline_free(base);
-        snap_excludes_free(ex);
-        return r;
+             s->parts[0].digest, st.added, st.modified, st.recreated, st.deleted, st.same, tar, compressed,
+             snap_compression_to_string(o->compression));
+        return 0;
 }
 
 static int upload_config(Save *s, NbError *e)
@@ -455,10 +648,11 @@ static int push_config(Save *s, NbError *e)
 {
         report(s, NB_PHASE_CONFIG);
         nb_rfc3339(nb_now_ms(), s->created);
-        RegLayerAdd layer;
-        RegImageBuild b;
-        image_build(s, &layer, &b);
-        int r = reg_image_build_config(&b, &s->config, e);
+        _cleanup_free_ Build *b = calloc(1, sizeof(Build));
+        if (!b)
+                return nb_error_oom(e);
+        image_build(s, b);
+        int r = reg_image_build_config(&b->b, &s->config, e);
         return r < 0 ? r : upload_config(s, e);
 }
 
@@ -466,10 +660,11 @@ static int push_config(Save *s, NbError *e)
  * plan_manifest() said). */
 static int build_manifest(Save *s, RegBuilt *ret, NbError *e)
 {
-        RegLayerAdd layer;
-        RegImageBuild b;
-        image_build(s, &layer, &b);
-        return reg_image_build_manifest(&b, &s->config, ret, e);
+        _cleanup_free_ Build *b = calloc(1, sizeof(Build));
+        if (!b)
+                return nb_error_oom(e);
+        image_build(s, b);
+        return reg_image_build_manifest(&b->b, &s->config, ret, e);
 }
 
 static int push_manifest(Save *s, NbError *e)
@@ -488,7 +683,9 @@ static int push_manifest(Save *s, NbError *e)
         r = reg_manifest_put(s->dst, s->dst_repo, s->o->tag, m.media_type, m.json, m.size, &digest, e);
         if (r < 0)
                 return nb_error_wrap(e, r, "cannot push the manifest");
-        uint64_t total = s->result.size_out + s->config.size;
+        uint64_t total = s->config.size;
+        for (size_t i = 0; i < s->n_parts; i++)
+                total += s->parts[i].size_out;
         for (size_t i = 0; i < s->base->n_layers; i++)
                 total += (uint64_t)s->base->layers[i].size;
         s->img->size_kb = (int64_t)((total + 1023) / 1024);
@@ -509,7 +706,9 @@ static int fill_request_fields(Save *s)
 
 int nb_save(const NbSaveOptions *o, NbImage *img, NbError *e)
 {
-        Save s = {.o = o, .img = img};
+        Save s = {.o = o,
+                  .img = img,
+                  .blob_max = o->max_layer_size ? o->max_layer_size : NB_LAYER_SIZE_DEFAULT};
         int r = nb_save_validate(o, e);
         if (r >= 0)
                 r = connect_registries(&s, e);
@@ -522,6 +721,8 @@ int nb_save(const NbSaveOptions *o, NbImage *img, NbError *e)
                 r = resolve_base(&s, e);
         if (r >= 0)
                 r = plan_manifest(&s, e);
+        if (r >= 0)
+                r = plan_changes(&s, e);
         if (r >= 0)
                 r = ensure_base_layers(&s, e);
         if (r >= 0)

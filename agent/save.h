@@ -1,6 +1,7 @@
 /* save.h: one save, start to end: validate, resolve the base image, ensure its layers are in the target
  * repository (HEAD, cross-repository mount, copy), pack what changed since the baseline into one layer while
- * it uploads (diff -> tar -> parallel gzip, or zstd when asked -> chunked PATCH), push the config, push the
+ * it uploads (diff -> tar -> parallel gzip, or zstd when asked -> chunked PATCH; several layers when the
+ * change is bigger than max_layer_size), push the config, push the
  * manifest last (so the tag never points at a half-pushed image), and fill the image object. */
 #pragma once
 
@@ -14,6 +15,9 @@
 
 #define NB_LAYERS_MAX   125 /* docker's layer depth limit (overlay takes 128) */
 #define NB_EXCLUDES_MAX 1024
+/* One pushed layer blob at most (SWR takes 10 GB): bigger changes are split into several layers. */
+#define NB_LAYER_SIZE_DEFAULT (10ull << 30)
+#define NB_LAYER_SIZE_MIN     SNAP_SPLIT_BLOB_MIN /* room for headers and the compression slack */
 
 /* Paths never saved, besides mount points (read from /proc/self/mountinfo), the state dir and credentials.
  */
@@ -58,8 +62,15 @@ typedef struct NbSaveOptions {
          * podman/CRI-O, or Docker >= 23 to pull, and an OCI manifest: a Docker schema2 base is written out
          * as an OCI image (see save.c). */
         SnapCompression compression;
-        int level;                  /* of that compressor (gzip 0-9, zstd 1-19), -1: its default */
-        size_t chunk_size;          /* upload PATCH size, 0: default */
+        int level;         /* of that compressor (gzip 0-9, zstd 1-19), -1: its default */
+        size_t chunk_size; /* upload PATCH size, 0: default */
+        /* Refuse the save, before any upload, when the files that changed come to more than this many
+         * bytes (uncompressed, snap_diff_plan()); 0: no limit. */
+        uint64_t max_image_size;
+        /* No layer blob pushed is bigger than this: a bigger change is cut into several layers
+         * (snapshot.h, split layers); a single file that cannot fit fails before any upload. 0:
+         * NB_LAYER_SIZE_DEFAULT; else at least NB_LAYER_SIZE_MIN. */
+        uint64_t max_layer_size;
         const _Atomic bool *cancel; /* set from another thread: the save stops soon with -ECANCELED */
         void (*progress)(void *userdata, const NbProgress *p);
         void (*note)(void *userdata, const char *message);

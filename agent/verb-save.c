@@ -13,6 +13,7 @@
 #include "agent/save.h"
 #include "agent/verb.h"
 #include "common/clock.h"
+#include "common/size.h"
 #include "common/uuid.h"
 #include "snapshot/snapshot.h"
 
@@ -39,7 +40,8 @@ static const char *const usage_save =
         "Usage: nbsnap save --root DIR --state-dir DIR --registry URL --base-image REPO[:TAG|@DIGEST]\n"
         "                   --namespace NS --name NAME --tag TAG [--description TEXT] [--exclude PATH]...\n"
         "                   [--workspace-id ID] [--authfile FILE] [--ca-file FILE] [--threads N]\n"
-        "                   [--compression gzip|zstd] [--level N]\n"
+        "                   [--compression gzip|zstd] [--level N] [--max-image-size SIZE]\n"
+        "                   [--max-layer-size SIZE]\n"
         "\n"
         "Packs what changed under --root since the baseline into one OCI layer and pushes the image\n"
         "<registry host>/NS/NAME:TAG = the base image's layers (reused, never uploaded again) + that "
@@ -71,6 +73,12 @@ static const char *const usage_save =
         "                        written as an OCI image)\n"
         "  --level N             level of that compressor: gzip 0-9 (default 1: ISA-L's fastest, within a\n"
         "                        few % of gzip -6), zstd 1-19 (default 3)\n"
+        "  --max-image-size SIZE fail, before anything is uploaded, when the files that changed come to\n"
+        "                        more than SIZE bytes (uncompressed; K, M, G, T are powers of 1024;\n"
+        "                        default 0: no limit); the message names the largest directories\n"
+        "  --max-layer-size SIZE no layer blob pushed is larger (default 10G, at least 1M): a bigger\n"
+        "                        change is cut into several layers; a file that cannot fit in one\n"
+        "                        fails the save before anything is uploaded\n"
         "\n"
         "Never saved: /proc /sys /dev /run, every mount point below the root, the state dir, the "
         "credentials\n"
@@ -97,6 +105,8 @@ enum {
         OPT_COMPRESSION,
         OPT_CHUNK_SIZE,
         OPT_MOUNTINFO,
+        OPT_MAX_IMAGE_SIZE,
+        OPT_MAX_LAYER_SIZE,
         OPT_VERSION,
 };
 
@@ -120,6 +130,8 @@ static const struct option long_options[] = {
         {"level", required_argument, NULL, OPT_LEVEL},
         {"compression", required_argument, NULL, OPT_COMPRESSION},
         {"chunk-size", required_argument, NULL, OPT_CHUNK_SIZE},
+        {"max-image-size", required_argument, NULL, OPT_MAX_IMAGE_SIZE},
+        {"max-layer-size", required_argument, NULL, OPT_MAX_LAYER_SIZE},
         {"mountinfo", required_argument, NULL, OPT_MOUNTINFO}, /* tests: another mount table */
         {},
 };
@@ -141,6 +153,16 @@ static int parse_uint(const char *s, const char *flag, unsigned long max, unsign
         }
         *ret = v;
         return 0;
+}
+
+static int parse_size(const char *s, const char *flag, uint64_t *ret)
+{
+        int r = nb_size_parse(s, ret);
+        if (r < 0)
+                fprintf(stderr,
+                        "nbsnap: %s takes a size (a number of bytes, or with K, M, G or T), not '%s'%s\n",
+                        flag, s, r == -ERANGE ? " (too large)" : "");
+        return r;
 }
 
 static int parse_level(const char *s, int *ret)
@@ -227,6 +249,19 @@ static int parse_args(int argc, char **argv, const char *usage, Args *a)
                 case OPT_COMPRESSION:
                         if (snap_compression_from_string(optarg, &o->compression) < 0) {
                                 fprintf(stderr, "nbsnap: --compression takes gzip or zstd, not '%s'\n",
+                                        optarg);
+                                return -EINVAL;
+                        }
+                        break;
+                case OPT_MAX_IMAGE_SIZE:
+                        if (parse_size(optarg, "--max-image-size", &o->max_image_size) < 0)
+                                return -EINVAL;
+                        break;
+                case OPT_MAX_LAYER_SIZE:
+                        if (parse_size(optarg, "--max-layer-size", &o->max_layer_size) < 0)
+                                return -EINVAL;
+                        if (o->max_layer_size < NB_LAYER_SIZE_MIN) {
+                                fprintf(stderr, "nbsnap: --max-layer-size must be at least 1M, not '%s'\n",
                                         optarg);
                                 return -EINVAL;
                         }

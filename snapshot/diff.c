@@ -1,7 +1,9 @@
+#include <assert.h>
 #include <string.h>
 #include <sys/stat.h>
 
 #include "snapshot/baseline.h"
+#include "snapshot/diff.h"
 #include "snapshot/layer.h"
 #include "snapshot/walk.h"
 
@@ -10,7 +12,7 @@
 typedef struct Diff {
         SnapBaseline *base;
         SnapWalk *live;
-        SnapLayer *layer;
+        const SnapDiffSink *sink;
         const SnapEntry *b, *l;
         char *skip; /* baseline entries under this path are gone with it (deleted, replaced, excluded,
                        opaque) */
@@ -56,14 +58,14 @@ static int skip_below(Diff *d, const SnapEntry *en, NbError *e)
 
 static int add_live(Diff *d, NbError *e)
 {
-        return snap_layer_add(d->layer, d->l, snap_walk_dirfd(d->live), snap_walk_name(d->live), e);
+        return d->sink->add(d->sink->userdata, d->l, snap_walk_dirfd(d->live), snap_walk_name(d->live), e);
 }
 
 /* Entry only in the baseline. */
 static int gone(Diff *d, const SnapExcludes *ex, NbError *e)
 {
         if (!snap_excludes_covers(ex, d->b->path, d->b->path_len)) {
-                int r = snap_layer_whiteout(d->layer, d->b->path, e);
+                int r = d->sink->whiteout(d->sink->userdata, d->b->path, e);
                 if (r < 0)
                         return r;
                 d->stats.deleted++;
@@ -87,7 +89,7 @@ static int both(Diff *d, NbError *e)
                 d->stats.recreated++;
                 r = add_live(d, e);
                 if (r >= 0)
-                        r = snap_layer_opaque(d->layer, l->path, e);
+                        r = d->sink->opaque(d->sink->userdata, l->path, e);
                 if (r >= 0)
                         r = skip_below(d, b, e);
                 return r;
@@ -126,10 +128,10 @@ static int step(Diff *d, const SnapExcludes *ex, NbError *e)
         return r < 0 ? r : next_live(d, e);
 }
 
-int snap_diff_layer(SnapBaseline *base, SnapWalk *live, const SnapExcludes *ex, SnapLayer *layer,
-                    snap_diff_progress_fn progress, void *userdata, SnapDiffStats *ret, NbError *e)
+int snap_diff_run(SnapBaseline *base, SnapWalk *live, const SnapExcludes *ex, const SnapDiffSink *sink,
+                  snap_diff_progress_fn progress, void *userdata, SnapDiffStats *ret, NbError *e)
 {
-        Diff d = {.base = base, .live = live, .layer = layer};
+        Diff d = {.base = base, .live = live, .sink = sink};
         int r = next_base(&d, e);
         if (r >= 0)
                 r = next_live(&d, e);
@@ -147,4 +149,54 @@ int snap_diff_layer(SnapBaseline *base, SnapWalk *live, const SnapExcludes *ex, 
         if (ret)
                 *ret = d.stats;
         return 0;
+}
+
+static int layer_add(void *u, const SnapEntry *en, int dirfd, const char *name, NbError *e)
+{
+        return snap_layer_add(u, en, dirfd, name, e);
+}
+
+static int layer_whiteout(void *u, const char *path, NbError *e)
+{
+        return snap_layer_whiteout(u, path, e);
+}
+
+static int layer_opaque(void *u, const char *dir, NbError *e)
+{
+        return snap_layer_opaque(u, dir, e);
+}
+
+static int skeleton_add(void *u, const SnapEntry *en, int dirfd, const char *name, NbError *e)
+{
+        return S_ISDIR(en->mode) ? snap_layer_add(u, en, dirfd, name, e) : 0;
+}
+
+static int content_add(void *u, const SnapEntry *en, int dirfd, const char *name, NbError *e)
+{
+        return S_ISDIR(en->mode) ? 0 : snap_layer_add(u, en, dirfd, name, e);
+}
+
+static int no_marker(void *u, const char *path, NbError *e)
+{
+        (void)u, (void)path, (void)e;
+        return 0;
+}
+
+int snap_diff_layer_part(SnapBaseline *base, SnapWalk *live, const SnapExcludes *ex, SnapLayer *layer,
+                         SnapDiffPart part, snap_diff_progress_fn progress, void *userdata,
+                         SnapDiffStats *ret, NbError *e)
+{
+        const SnapDiffSink sinks[] = {
+                [SNAP_DIFF_ALL] = {layer_add, layer_whiteout, layer_opaque, layer},
+                [SNAP_DIFF_SKELETON] = {skeleton_add, layer_whiteout, layer_opaque, layer},
+                [SNAP_DIFF_CONTENT] = {content_add, no_marker, no_marker, layer},
+        };
+        assert(part < ELEMENTSOF(sinks));
+        return snap_diff_run(base, live, ex, &sinks[part], progress, userdata, ret, e);
+}
+
+int snap_diff_layer(SnapBaseline *base, SnapWalk *live, const SnapExcludes *ex, SnapLayer *layer,
+                    snap_diff_progress_fn progress, void *userdata, SnapDiffStats *ret, NbError *e)
+{
+        return snap_diff_layer_part(base, live, ex, layer, SNAP_DIFF_ALL, progress, userdata, ret, e);
 }

@@ -1,5 +1,6 @@
 #include <archive.h>
 #include <archive_entry.h>
+#include <assert.h>
 #include <fcntl.h>
 #include <inttypes.h>
 #include <linux/capability.h>
@@ -9,6 +10,7 @@
 #include <sys/xattr.h>
 
 #include "snapshot/layer.h"
+#include "snapshot/plan.h"
 
 #define READ_BUFFER     (SNAP_BUFFERED_MAX + 1)
 #define WHITEOUT_PREFIX ".wh."
@@ -24,6 +26,13 @@ struct SnapLayer {
         SnapLayerStats stats;
         int write_error; /* what the write callback returned, to report instead of libarchive's words */
         bool discard;    /* set when freed: libarchive's implicit close must not write to the callback */
+        /* split layers (snap_layer_split): budget 0 writes one tar */
+        uint64_t budget;
+        uint64_t part_bytes;   /* snap_tar_entry_bound() of the entries of the current tar */
+        uint64_t part_entries; /* entries of the current tar */
+        unsigned parts;
+        SnapPlan *plan;
+        snap_layer_cut_fn cut;
 };
 
 static la_ssize_t on_write(struct archive *a, void *userdata, const void *data, size_t size)
@@ -71,30 +80,87 @@ static int archive_fail(SnapLayer *l, NbError *e, const char *what)
                             archive_error_string(l->a) ?: "libarchive");
 }
 
-int snap_layer_new(snap_layer_write_fn write, snap_layer_note_fn note, void *userdata, SnapLayer **ret,
-                   NbError *e)
+/* A new tar on the write callback. */
+static int archive_open(SnapLayer *l, NbError *e)
 {
-        SnapLayer *l = calloc(1, sizeof(*l));
-        if (!l || !(l->buf = malloc(READ_BUFFER)) || !(l->a = archive_write_new()) ||
-            !(l->links = archive_entry_linkresolver_new())) {
-                snap_layer_free(l);
+        if (!(l->a = archive_write_new()))
                 return nb_error_oom(e);
-        }
-        l->write = write, l->note = note, l->userdata = userdata;
         /* pax restricted: plain ustar headers unless a field needs PAX (long names, big sizes and ids,
          * xattrs) */
         if (archive_write_set_format_pax_restricted(l->a) != ARCHIVE_OK ||
             archive_write_set_format_option(l->a, "pax", "xattrheader", "SCHILY") != ARCHIVE_OK ||
             archive_write_add_filter_none(l->a) != ARCHIVE_OK ||
             archive_write_set_bytes_in_last_block(l->a, 1) != ARCHIVE_OK ||
-            archive_write_open2(l->a, l, NULL, on_write, NULL, NULL) != ARCHIVE_OK) {
-                int r = archive_fail(l, e, "cannot set up the layer writer");
+            archive_write_open2(l->a, l, NULL, on_write, NULL, NULL) != ARCHIVE_OK)
+                return archive_fail(l, e, "cannot set up the layer writer");
+        return 0;
+}
+
+int snap_layer_new(snap_layer_write_fn write, snap_layer_note_fn note, void *userdata, SnapLayer **ret,
+                   NbError *e)
+{
+        SnapLayer *l = calloc(1, sizeof(*l));
+        if (!l || !(l->buf = malloc(READ_BUFFER)) || !(l->links = archive_entry_linkresolver_new())) {
+                snap_layer_free(l);
+                return nb_error_oom(e);
+        }
+        l->write = write, l->note = note, l->userdata = userdata, l->parts = 1;
+        int r = archive_open(l, e);
+        if (r < 0) {
                 snap_layer_free(l);
                 return r;
         }
         archive_entry_linkresolver_set_strategy(l->links, archive_format(l->a));
         *ret = l;
         return 0;
+}
+
+uint64_t snap_layer_split_budget(uint64_t max)
+{
+        assert(max >= SNAP_SPLIT_BLOB_MIN);
+        return max - max / 256 - SNAP_SPLIT_SLACK - SNAP_TAR_END;
+}
+
+int snap_layer_split(SnapLayer *l, uint64_t budget, SnapPlan *plan, snap_layer_cut_fn cut, NbError *e)
+{
+        if (l->stats.entries > 0 || budget == 0 || !cut)
+                return nb_error_set(e, -EINVAL, "cannot split a layer already written to");
+        l->budget = budget, l->plan = plan, l->cut = cut;
+        return 0;
+}
+
+unsigned snap_layer_parts(const SnapLayer *l)
+{
+        return l->parts;
+}
+
+/* Ends the current tar and starts the next one (snap_layer_split). */
+static int cut(SnapLayer *l, NbError *e)
+{
+        if (archive_write_close(l->a) != ARCHIVE_OK || l->write_error < 0)
+                return archive_fail(l, e, "cannot finish the layer");
+        archive_write_free(l->a);
+        l->a = NULL;
+        int r = l->cut(l->userdata, e);
+        if (r < 0)
+                return r;
+        l->part_bytes = 0, l->part_entries = 0;
+        l->parts++;
+        return archive_open(l, e);
+}
+
+/* Room for `need` more tar bytes in the current tar: cuts it when they would not fit there. */
+static int make_room(SnapLayer *l, uint64_t need, const char *path, uint64_t size, NbError *e)
+{
+        if (l->part_bytes + need <= l->budget)
+                return 0;
+        if (l->part_entries == 0)
+                return nb_error_set(
+                        e, -EFBIG,
+                        "cannot save /%s: %" PRIu64 " bytes of data take %" PRIu64
+                        " bytes of tar with their headers, more than one layer may hold (%" PRIu64 ")",
+                        path, size, need, l->budget);
+        return cut(l, e);
 }
 
 static bool xattr_kept(const char *name)
@@ -372,6 +438,70 @@ static int write_regular(SnapLayer *l, struct archive_entry *ae, int fd, struct 
         return r;
 }
 
+static uint64_t xattr_bytes(struct archive_entry *ae)
+{
+        uint64_t n = 0;
+        const char *name;
+        const void *value;
+        size_t size;
+        archive_entry_xattr_reset(ae);
+        while (archive_entry_xattr_next(ae, &name, &value, &size) == ARCHIVE_OK)
+                n += strlen(name) + size + 32;
+        return n;
+}
+
+/* Another name of a hard-linked entry just written: a link entry to it, with its metadata. */
+static int write_link(SnapLayer *l, struct archive_entry *ae, const char *name, const char *target,
+                      NbError *e)
+{
+        _cleanup_entry_ struct archive_entry *link = archive_entry_clone(ae);
+        if (!link)
+                return nb_error_oom(e);
+        archive_entry_copy_pathname(link, name);
+        archive_entry_copy_hardlink(link, target);
+        archive_entry_set_size(link, 0);
+        return write_entry(l, link, name, e);
+}
+
+/* An entry of a split layer: in the current tar when it fits, else at the start of the next. A hard-linked
+ * entry comes with every name the plan counted (snapshot.h); a later name, met by the walk, was written
+ * then. */
+static int add_split(SnapLayer *l, struct archive_entry *ae, int fd, struct stat *st, const SnapEntry *en,
+                     NbError *e)
+{
+        char *const *names = NULL;
+        size_t n = 0;
+        if (!S_ISDIR(st->st_mode) && st->st_nlink > 1) {
+                int t = snap_plan_take_links(l->plan, en->dev, en->ino, &names, &n);
+                if (t == 0)
+                        return 0;
+                if (t < 0)
+                        n = 0; /* one name among the changes, or linked since the count: a file of its own */
+        }
+        bool reg = S_ISREG(st->st_mode);
+        uint64_t size = reg ? (uint64_t)st->st_size : 0, xattrs = xattr_bytes(ae);
+        const char *target = archive_entry_symlink(ae);
+        uint64_t need = snap_tar_entry_bound(en->path_len, target ? strlen(target) : 0, xattrs, size);
+        for (size_t i = 0; i < n; i++)
+                if (strcmp(names[i], en->path) != 0)
+                        need += snap_tar_entry_bound(strlen(names[i]), en->path_len, xattrs, 0);
+        int r = make_room(l, need, en->path, size, e);
+        if (r < 0)
+                return r;
+        r = reg ? write_regular(l, ae, fd, st, en->path, e) : write_entry(l, ae, en->path, e);
+        for (size_t i = 0; r >= 0 && i < n; i++)
+                if (strcmp(names[i], en->path) != 0)
+                        r = write_link(l, ae, names[i], en->path, e);
+        if (r < 0)
+                return r;
+        /* a small file read again (the notebook wrote it meanwhile) is written with its new size */
+        if (reg)
+                need = need - snap_tar_pad(size) + snap_tar_pad((uint64_t)st->st_size);
+        l->part_bytes += need;
+        l->part_entries++;
+        return 1;
+}
+
 int snap_layer_add(SnapLayer *l, const SnapEntry *en, int dirfd, const char *name, NbError *e)
 {
         if (S_ISSOCK(en->mode)) {
@@ -414,6 +544,8 @@ int snap_layer_add(SnapLayer *l, const SnapEntry *en, int dirfd, const char *nam
                 r = add_xattrs(ae, fd, en->path, e);
         if (r < 0)
                 return r;
+        if (l->budget)
+                return add_split(l, ae, fd, &st, en, e);
         struct archive_entry *spare = NULL;
         if (!S_ISDIR(st.st_mode))
                 archive_entry_linkify(l->links, &ae, &spare);
@@ -440,10 +572,16 @@ static int write_marker(SnapLayer *l, const char *dir, size_t dir_len, const cha
         archive_entry_set_mode(ae, S_IFREG | 0644);
         archive_entry_set_size(ae, 0);
         archive_entry_set_mtime(ae, 0, 0);
-        int r = write_entry(l, ae, p, e);
-        if (r == 0)
-                l->stats.whiteouts++;
-        return r;
+        uint64_t need = snap_tar_entry_bound(strlen(p), 0, 0, 0);
+        int r = l->budget ? make_room(l, need, p, 0, e) : 0;
+        if (r >= 0)
+                r = write_entry(l, ae, p, e);
+        if (r < 0)
+                return r;
+        l->stats.whiteouts++;
+        l->part_bytes += need;
+        l->part_entries++;
+        return 0;
 }
 
 int snap_layer_whiteout(SnapLayer *l, const char *path, NbError *e)

@@ -20,6 +20,25 @@
 #define SNAP_HOLES_MAX      (64ull << 30) /* hole bytes of one sparse file, written out as zeros */
 #define SNAP_BUFFERED_MAX   (1u << 20)    /* files up to this size are read whole, then written */
 #define SNAP_READ_RETRIES   3             /* re-reads of a small file the notebook writes meanwhile */
+#define SNAP_TAR_BLOCK      512u
+#define SNAP_TAR_END        (2 * SNAP_TAR_BLOCK) /* the end-of-archive blocks (no padding after them) */
+
+/* An upper bound of the tar bytes of one entry, which split layers are cut by. libarchive's pax writer puts
+ * a ustar header (512) after, when a field needs it, a pax header (a 512 header of its own, then the records
+ * padded to 512). The records hold the path and link target (each "LEN key=value\n"),
+ * SCHILY.xattr.NAME=VALUE per extended attribute, and a few numbers (uid, gid, size, mtime: under 400 bytes
+ * with their keys). The bound takes three times the path and link, twice the attributes, 1 KiB for the rest
+ * and a spare block, so it holds with room to spare; the data is padded to 512. */
+static inline uint64_t snap_tar_pad(uint64_t n)
+{
+        return (n + SNAP_TAR_BLOCK - 1) / SNAP_TAR_BLOCK * SNAP_TAR_BLOCK;
+}
+static inline uint64_t snap_tar_entry_bound(uint64_t path_len, uint64_t link_len, uint64_t xattr_bytes,
+                                            uint64_t data)
+{
+        return 3 * SNAP_TAR_BLOCK + snap_tar_pad(3 * (path_len + link_len) + 2 * xattr_bytes + 1024) +
+               snap_tar_pad(data);
+}
 
 /* Adds a live entry: its name `name` in directory dirfd is opened for content and xattrs (without following
  * symlinks) and checked against the walk's stat. Returns 1 when written, 0 when skipped. */
@@ -28,3 +47,4 @@ int snap_layer_add(SnapLayer *l, const SnapEntry *entry, int dirfd, const char *
 int snap_layer_whiteout(SnapLayer *l, const char *path, NbError *e);
 /* `<dir>/.wh..wh..opq`. */
 int snap_layer_opaque(SnapLayer *l, const char *dir, NbError *e);
+#define SNAP_MARKER_NAME_MAX 12 /* ".wh..wh..opq"; ".wh." + a name is as long as the name plus 4 */

@@ -1,8 +1,10 @@
 /* snapshot.h: the snapshot library: what changed in a root filesystem since a recorded baseline, written as
- * one OCI layer and compressed with both layer digests computed on the way. This is its one public header.
+ * one OCI layer (or several, cut at entry boundaries, when one would be too big) and compressed with both
+ * layer digests computed on the way. This is its one public header.
  *
  * A save composes it: snap_excludes_*() say what is never saved; snap_baseline_write() records the tree at
- * container start; snap_diff_layer() merge-joins that baseline with a live snap_walk_new() and writes what
+ * container start; snap_diff_plan() counts what changed (stat data only) so limits fail before any upload;
+ * snap_diff_layer() merge-joins that baseline with a live snap_walk_new() and writes what
  * changed to a SnapLayer (a libarchive PAX stream to a callback); the layer's bytes go into a SnapCompressor
  * (gzip or zstd, one interface) whose output callback uploads them. Nothing here logs above debug or knows
  * about the registry or the agent: errors come back as an NbError, progress through callbacks.
@@ -102,6 +104,89 @@ typedef void (*snap_diff_progress_fn)(void *userdata, const SnapDiffStats *stats
 int snap_diff_layer(SnapBaseline *base, SnapWalk *live, const SnapExcludes *excludes, SnapLayer *layer,
                     snap_diff_progress_fn progress, void *userdata, SnapDiffStats *ret, NbError *e);
 
+typedef struct SnapPlan SnapPlan;
+
+/* ---- split layers -------------------------------------------------------------------------------- */
+
+/* A change set can be written as several layers, each a valid layer on its own and together the same tree as
+ * one: the first holds every changed directory and every whiteout and opaque marker (a pass of the diff that
+ * writes nothing else: SNAP_DIFF_SKELETON, in tree order, so a directory comes before its children), then
+ * every other entry follows in tree order (SNAP_DIFF_CONTENT), the layer being cut at an entry boundary when
+ * the next entry would not fit. A hard-linked entry goes in one piece: its data under the first name and the
+ * other names as link entries right after it (the names the plan counted), so no link ever points into
+ * another layer.
+ *
+ * A blob must stay within max bytes compressed, and the cut is made on tar bytes before compression. Deflate
+ * never needs more than stored blocks, 5 bytes per 65535 (76 ppm), plus per 1 MiB gzip block one flush
+ * marker and a Huffman header (under 400 ppm together) and 18 bytes of gzip header and trailer; libzstd
+ * bounds its output by ZSTD_COMPRESSBOUND, n + n/256 plus under 64 KiB (block headers, the frame header,
+ * the checksum). Measured on random data: gzip +87 ppm, zstd +23 ppm. So a layer's tar is cut at
+ * snap_layer_split_budget(max) = max - max/256 - SNAP_SPLIT_SLACK - the end blocks, and a save also checks
+ * each blob's compressed bytes as they are uploaded. */
+#define SNAP_SPLIT_SLACK    (64u * 1024) /* bytes a compressed stream may add besides n/256 */
+#define SNAP_SPLIT_BLOB_MIN (1u << 20)   /* the smallest blob size a split accepts */
+
+/* Tar bytes of entries per layer for blobs of at most max bytes; max >= SNAP_SPLIT_BLOB_MIN. */
+uint64_t snap_layer_split_budget(uint64_t max);
+
+/* Called when a layer's tar was finished (its end blocks written to the write callback), before the next
+ * one starts on the same callback: the place to finish a compressed stream and start the next. */
+typedef int (*snap_layer_cut_fn)(void *userdata, NbError *e);
+/* Cuts the layer's stream into tars of at most budget + SNAP_TAR_END bytes. plan: the counting pass of
+ * the same changes (for hard links). Before the first entry. */
+int snap_layer_split(SnapLayer *l, uint64_t budget, SnapPlan *plan, snap_layer_cut_fn cut, NbError *e);
+/* Tars finished and started so far: 1 before any cut. */
+unsigned snap_layer_parts(const SnapLayer *l);
+
+typedef enum SnapDiffPart {
+        SNAP_DIFF_ALL,      /* everything, in tree order: one layer */
+        SNAP_DIFF_SKELETON, /* changed directories, whiteouts, opaque markers */
+        SNAP_DIFF_CONTENT,  /* everything else */
+} SnapDiffPart;
+int snap_diff_layer_part(SnapBaseline *base, SnapWalk *live, const SnapExcludes *excludes, SnapLayer *layer,
+                         SnapDiffPart part, snap_diff_progress_fn progress, void *userdata,
+                         SnapDiffStats *ret, NbError *e);
+
+/* ---- the plan: what a save would write, counted before anything is written ------------------------ */
+
+/* The same merge-join as snap_diff_layer(), with nothing read but stat data: it costs about one walk. A
+ * save runs it first, so limits on the size of what changed fail before any upload.
+ *
+ * bytes: the uncompressed sizes of the regular files that changed (a hard-linked inode counted once).
+ * Directories: each changed file's bytes go to one directory, its ancestor SNAP_PLAN_DIR_DEPTH levels below
+ * the root ("/opt/conda/pkgs", "/home/ma-user/.cache"), or its own directory when it lies higher up; those
+ * directories never overlap, so the largest of them say where the bytes are. */
+
+#define SNAP_PLAN_TOP_DIRS  5 /* directories reported, largest first */
+#define SNAP_PLAN_DIR_DEPTH 3 /* levels below the root where bytes are gathered */
+
+typedef struct SnapPlanDir {
+        const char *path; /* relative, without a leading '/'; "" for the root */
+        uint64_t bytes;
+} SnapPlanDir;
+
+typedef struct SnapPlanStats {
+        uint64_t bytes;   /* see above */
+        uint64_t files;   /* regular files that changed, hard-linked inodes once */
+        uint64_t entries; /* live entries that changed, every kind */
+        uint64_t deleted; /* whiteouts, opaque markers included */
+        /* The changed file that takes the most tar bytes, a hard-linked one with all its names (relative
+         * path of its first name, NULL when none): what must fit in one layer. */
+        const char *largest;
+        uint64_t largest_size; /* its size */
+        uint64_t largest_tar;  /* its tar bytes (snap_layer_split's bound: headers included) */
+        uint64_t tar_bytes;    /* the same bound for every entry: the one tar of the changes, end blocks left
+                                  out */
+        uint64_t skeleton_tar; /* the same for the directories, whiteouts and opaque markers alone */
+        size_t n_top;
+        SnapPlanDir top[SNAP_PLAN_TOP_DIRS];
+} SnapPlanStats;
+
+int snap_diff_plan(SnapBaseline *base, SnapWalk *live, const SnapExcludes *excludes, SnapPlan **ret,
+                   NbError *e);
+SnapPlan *snap_plan_free(SnapPlan *p);
+const SnapPlanStats *snap_plan_stats(const SnapPlan *p);
+
 /* ---- the compressor ------------------------------------------------------------------------------ */
 
 /* One compressed byte stream with both layer digests computed on the way: SHA-256 of the input (the layer's
@@ -177,6 +262,10 @@ static inline void snap_layer_freep(SnapLayer **p)
 {
         snap_layer_free(*p);
 }
+static inline void snap_plan_freep(SnapPlan **p)
+{
+        snap_plan_free(*p);
+}
 static inline void snap_compressor_freep(SnapCompressor **p)
 {
         snap_compressor_free(*p);
@@ -186,3 +275,4 @@ static inline void snap_compressor_freep(SnapCompressor **p)
 #define _cleanup_snap_walk_       _cleanup_(snap_walk_freep)
 #define _cleanup_snap_layer_      _cleanup_(snap_layer_freep)
 #define _cleanup_snap_compressor_ _cleanup_(snap_compressor_freep)
+#define _cleanup_snap_plan_       _cleanup_(snap_plan_freep)

@@ -19,6 +19,7 @@ static void test_file(void)
                                          "token_file = /etc/token\n"
                                          "threads = 4\n"
                                          "chunk_size = 1048576\n"
+                                         "max_image_size = 20G\n"
                                          "exclude = /a\n",
                                          &e));
         ASSERT_STREQ(c.registry, "http://127.0.0.1:5000");
@@ -27,6 +28,7 @@ static void test_file(void)
         ASSERT_STREQ(c.listen[1], "tcp:127.0.0.1:8443");
         ASSERT_EQ(c.threads, 4);
         ASSERT_EQ(c.chunk_size, 1048576);
+        ASSERT_EQ(c.max_image_size, 20ull << 30);
         ASSERT_EQ(c.n_exclude, 1);
         ASSERT_EQ(c.stop_timeout_sec, 30);
         ASSERT_OK(nb_config_check(&c, &e));
@@ -36,8 +38,16 @@ static void test_file(void)
 static void test_errors(void)
 {
         static const char *const bad[] = {
-                "bogus = 1\n", "[other]\nroot = /\n", "threads = -1\n", "threads = 257\n",
-                "level = x\n", "just words\n",        "[nbsnapd\n",
+                "bogus = 1\n",
+                "[other]\nroot = /\n",
+                "threads = -1\n",
+                "threads = 257\n",
+                "level = x\n",
+                "just words\n",
+                "[nbsnapd\n",
+                "max_image_size = 5Q\n",
+                "max_image_size = -1\n",
+                "max-image-size = garbage\n",
         };
         for (size_t i = 0; i < ELEMENTSOF(bad); i++) {
                 NbConfig c;
@@ -47,6 +57,31 @@ static void test_errors(void)
                 ASSERT_TRUE(strstr(e.msg, "line ") != NULL);
                 nb_config_done(&c);
         }
+}
+
+/* A bad size names its key and says what a size is. */
+static void test_size_keys(void)
+{
+        NbConfig c;
+        NbError e = {0};
+        nb_config_init(&c);
+        ASSERT_EQ(c.max_image_size, 0);
+        ASSERT_TRUE(nb_config_set(&c, "max-image-size", "5Q", &e) < 0);
+        ASSERT_TRUE(strstr(e.msg, "max_image_size takes a size") != NULL);
+        ASSERT_TRUE(nb_config_set(&c, "max_image_size", "2000000T", &e) < 0);
+        ASSERT_TRUE(strstr(e.msg, "too large") != NULL);
+        ASSERT_OK(nb_config_set(&c, "max_image_size", "512K", &e));
+        ASSERT_EQ(c.max_image_size, 512 * 1024);
+        ASSERT_EQ(c.max_layer_size, 10ull << 30); /* the default: SWR's cap */
+        ASSERT_OK(nb_config_set(&c, "max-layer-size", "1M", &e));
+        ASSERT_EQ(c.max_layer_size, 1 << 20);
+        static const char *const bad_layer[] = {"5Q", "-1", "0", "1048575", "512K", ""};
+        for (size_t i = 0; i < ELEMENTSOF(bad_layer); i++) {
+                ASSERT_TRUE(nb_config_set(&c, "max_layer_size", bad_layer[i], &e) < 0);
+                ASSERT_TRUE(strstr(e.msg, "max_layer_size") != NULL);
+                ASSERT_EQ(c.max_layer_size, 1 << 20); /* unchanged */
+        }
+        nb_config_done(&c);
 }
 
 static void test_check(void)
@@ -109,6 +144,7 @@ int main(void)
 {
         test_file();
         test_errors();
+        test_size_keys();
         test_check();
         test_flags();
         return 0;

@@ -329,6 +329,185 @@ static void test_excludes_mountinfo(const char *state)
         snap_excludes_free(x);
 }
 
+/* The counting pass: bytes of what changed (a hard-linked inode once), the largest file, and each file's
+ * bytes gathered in one directory at most SNAP_PLAN_DIR_DEPTH levels down, even when the walk leaves a
+ * directory and comes back to it (a/0, then a/b/..., then a/z). */
+static void test_plan(void)
+{
+        char root[512], state[512], path[600];
+        snprintf(root, sizeof(root), "%s/plan-root", scratch);
+        snprintf(state, sizeof(state), "%s/plan-state", scratch);
+        sh("mkdir -p %s/a %s/p %s && echo gone > %s/a/gone", root, root, state, root);
+        snprintf(path, sizeof(path), "%s/baseline", state);
+        NbError e = {0};
+        SnapBaselineStats bst;
+        ASSERT_OK(snap_baseline_write(root, NULL, path, &bst, &e));
+        sleep(1);
+        sh("cd %s && mkdir -p a/b/c/d && head -c 5000 /dev/zero > a/b/c/d/big && head -c 1000 /dev/zero > "
+           "a/b/c/x && head -c 100 /dev/zero > a/0 && head -c 50 /dev/zero > a/z && head -c 700 /dev/zero > "
+           "top && head -c 2000 /dev/zero > p/l1 && ln p/l1 p/l2 && rm a/gone",
+           root);
+        SnapBaseline *b = NULL;
+        SnapWalk *w = NULL;
+        SnapPlan *plan = NULL;
+        ASSERT_OK(snap_baseline_open(path, &b, &e));
+        ASSERT_OK(snap_walk_new(root, NULL, &w, &e));
+        ASSERT_OK(snap_diff_plan(b, w, NULL, &plan, &e));
+        const SnapPlanStats *st = snap_plan_stats(plan);
+        ASSERT_EQ(st->bytes, 5000 + 1000 + 100 + 50 + 700 + 2000);
+        ASSERT_EQ(st->files, 6);
+        ASSERT_EQ(st->deleted, 1);
+        ASSERT_STREQ(st->largest, "a/b/c/d/big");
+        ASSERT_EQ(st->largest_size, 5000);
+        ASSERT_EQ(st->n_top, 4);
+        static const struct {
+                const char *path;
+                uint64_t bytes;
+        } want[] = {{"a/b/c", 6000}, {"p", 2000}, {"", 700}, {"a", 150}};
+        for (size_t i = 0; i < ELEMENTSOF(want); i++) {
+                ASSERT_STREQ(st->top[i].path, want[i].path);
+                ASSERT_EQ(st->top[i].bytes, want[i].bytes);
+        }
+        snap_plan_free(plan);
+        snap_walk_free(w);
+        snap_baseline_free(b);
+}
+
+/* Split layers: the parts of one stream, cut where the cut callback was called. */
+typedef struct Parts {
+        Buf buf;
+        size_t cuts[16];
+        size_t n_cuts;
+} Parts;
+
+static int parts_cut(void *userdata, NbError *e)
+{
+        Parts *p = userdata;
+        (void)e;
+        ASSERT_INT(p->n_cuts, <, ELEMENTSOF(p->cuts));
+        p->cuts[p->n_cuts++] = p->buf.size;
+        return 0;
+}
+
+/* "part kind path" lines of one tar of the stream; kind: d, f, h (a link to an entry of the same tar), w. */
+static void list_part(FILE *f, unsigned part, const uint8_t *data, size_t size, uint64_t budget)
+{
+        ASSERT_INT(size, <=, budget + 1024);
+        struct archive *a = archive_read_new();
+        archive_read_support_format_tar(a);
+        ASSERT_EQ(archive_read_open_memory(a, data, size), ARCHIVE_OK);
+        struct archive_entry *ae;
+        char seen[4096] = "\n";
+        while (archive_read_next_header(a, &ae) == ARCHIVE_OK) {
+                const char *name = archive_entry_pathname(ae), *hl = archive_entry_hardlink(ae);
+                const char *base = strrchr(name, '/') ? strrchr(name, '/') + 1 : name;
+                char kind = strncmp(base, ".wh.", 4) == 0            ? 'w'
+                            : hl                                     ? 'h'
+                            : archive_entry_filetype(ae) == AE_IFDIR ? 'd'
+                                                                     : 'f';
+                if (hl) { /* the target is an earlier entry of this tar */
+                        char key[512];
+                        snprintf(key, sizeof(key), "\n%s\n", hl);
+                        ASSERT_TRUE(strstr(seen, key) != NULL);
+                }
+                snprintf(seen + strlen(seen), sizeof(seen) - strlen(seen), "%s\n", name);
+                fprintf(f, "%u %c %s\n", part, kind, name);
+        }
+        ASSERT_EQ(archive_read_free(a), ARCHIVE_OK);
+}
+
+__attribute__((noinline)) static char *split_listing(const char *root, const char *state, uint64_t budget,
+                                                     SnapPlan *plan, size_t *ret_parts)
+{
+        char path[600];
+        snprintf(path, sizeof(path), "%s/baseline", state);
+        NbError e = {0};
+        Parts parts = {0};
+        SnapLayer *l = NULL;
+        ASSERT_OK(snap_layer_new(buf_write, NULL, &parts.buf, &l, &e));
+        ASSERT_OK(snap_layer_split(l, budget, plan, parts_cut, &e));
+        /* the cut callback gets the stream's userdata in a save; here the Buf is first in Parts */
+        for (SnapDiffPart part = SNAP_DIFF_SKELETON; part <= SNAP_DIFF_CONTENT; part++) {
+                SnapBaseline *b = NULL;
+                SnapWalk *w = NULL;
+                ASSERT_OK(snap_baseline_open(path, &b, &e));
+                ASSERT_OK(snap_walk_new(root, NULL, &w, &e));
+                int r = snap_diff_layer_part(b, w, NULL, l, part, NULL, NULL, NULL, &e);
+                if (r < 0)
+                        fprintf(stderr, "split: %s\n", e.msg);
+                ASSERT_OK(r);
+                snap_walk_free(w);
+                snap_baseline_free(b);
+        }
+        ASSERT_OK(snap_layer_finish(l, &e));
+        ASSERT_EQ(snap_layer_parts(l), parts.n_cuts + 1);
+        snap_layer_free(l);
+        char *out = NULL;
+        size_t outlen = 0, start = 0;
+        FILE *f = open_memstream(&out, &outlen);
+        for (size_t i = 0; i <= parts.n_cuts; i++) {
+                size_t end = i < parts.n_cuts ? parts.cuts[i] : parts.buf.size;
+                list_part(f, (unsigned)i + 1, parts.buf.data + start, end - start, budget);
+                start = end;
+        }
+        fclose(f);
+        free(parts.buf.data);
+        *ret_parts = parts.n_cuts + 1;
+        return out;
+}
+
+/* A change cut into tars of at most budget + the end blocks: the directories and the whiteouts in the first,
+ * then the files in tree order, a hard-linked pair whose names lie far apart in one tar, data once. */
+static void test_split(void)
+{
+        char root[512], state[512], path[600];
+        snprintf(root, sizeof(root), "%s/split-root", scratch);
+        snprintf(state, sizeof(state), "%s/split-state", scratch);
+        sh("mkdir -p %s/a %s/z %s && echo gone > %s/z/gone", root, root, state, root);
+        snprintf(path, sizeof(path), "%s/baseline", state);
+        NbError e = {0};
+        SnapBaselineStats bst;
+        ASSERT_OK(snap_baseline_write(root, NULL, path, &bst, &e));
+        sleep(1);
+        sh("cd %s && for i in 1 2 3 4 5 6; do head -c 6000 /dev/urandom > a/f$i; done && head -c 3000 "
+           "/dev/urandom > "
+           "a/linked && mkdir m && for i in 7 8 9; do head -c 6000 /dev/urandom > m/f$i; done && ln "
+           "a/linked "
+           "z/linked-too && rm z/gone",
+           root);
+        SnapBaseline *b = NULL;
+        SnapWalk *w = NULL;
+        SnapPlan *plan = NULL;
+        ASSERT_OK(snap_baseline_open(path, &b, &e));
+        ASSERT_OK(snap_walk_new(root, NULL, &w, &e));
+        ASSERT_OK(snap_diff_plan(b, w, NULL, &plan, &e));
+        snap_walk_free(w);
+        snap_baseline_free(b);
+        const SnapPlanStats *st = snap_plan_stats(plan);
+        ASSERT_STREQ(st->largest, "a/f1");
+        ASSERT_INT(st->skeleton_tar, >, 0);
+        ASSERT_INT(st->tar_bytes, >, 9 * 6000 + 3000);
+        size_t n = 0;
+        char *listing = split_listing(root, state, 24 * 1024, plan, &n);
+        ASSERT_INT(n, >=, 4);
+        ASSERT_TRUE(has_line(listing, "1 d a/"));
+        ASSERT_TRUE(has_line(listing, "1 d m/"));
+        ASSERT_TRUE(has_line(listing, "1 d z/"));
+        ASSERT_TRUE(has_line(listing, "1 w z/.wh.gone"));
+        /* the pair: the first name with the data, the other right after it, in its tar */
+        const char *data = strstr(listing, " f a/linked\n");
+        ASSERT_TRUE(data != NULL && data > listing);
+        size_t at = (size_t)(data - listing);
+        char want[64];
+        snprintf(want, sizeof(want), "%c h z/linked-too", listing[at - 1]);
+        ASSERT_TRUE(has_line(listing, want));
+        ASSERT_TRUE(strstr(listing, " f z/linked-too") == NULL);
+        for (const char *p = listing; (p = strstr(p, " w ")); p++)
+                ASSERT_EQ(listing[(size_t)(p - listing) - 1], '1'); /* whiteouts in the first tar only */
+        free(listing);
+        snap_plan_free(plan);
+}
+
 int main(void)
 {
         if (getuid() != 0) {
@@ -353,6 +532,8 @@ int main(void)
         test_baseline_corrupt(state);
         test_diff(root, state);
         test_excludes_mountinfo(state);
+        test_plan();
+        test_split();
         sh("rm -rf %s", scratch);
         printf("test-snapshot: all passed\n");
         return 0;

@@ -1,0 +1,19 @@
+/* diff.h: the merge-join of the baseline and the live walk (snapshot.h says what it decides), with what it
+ * decides handed to a sink: the layer writer (snap_diff_layer) or the counting pass (snap_diff_plan). */
+#pragma once
+
+#include "snapshot/entry.h"
+#include "snapshot/snapshot.h"
+
+typedef struct SnapDiffSink {
+        /* a live entry to save; its name `name` is in directory dirfd. Returns >= 0 or a negative errno. */
+        int (*add)(void *userdata, const SnapEntry *entry, int dirfd, const char *name, NbError *e);
+        /* the top-most deleted path */
+        int (*whiteout)(void *userdata, const char *path, NbError *e);
+        /* a directory whose old content is gone */
+        int (*opaque)(void *userdata, const char *dir, NbError *e);
+        void *userdata;
+} SnapDiffSink;
+
+int snap_diff_run(SnapBaseline *base, SnapWalk *live, const SnapExcludes *excludes, const SnapDiffSink *sink,
+                  snap_diff_progress_fn progress, void *userdata, SnapDiffStats *ret, NbError *e);
