@@ -22,6 +22,8 @@ typedef struct Sink {
         int fail_code;
         bool failed;
         unsigned calls_after_failure; /* the callback must not be called again after it failed */
+        unsigned stall_every;         /* test-pgzip's slow consumer: yield or sleep on 1 call in this many */
+        uint64_t stall_rng;
 } Sink;
 
 /* Appends, or fails as the sink was told to. For output callbacks, directly or after a test's own

@@ -14,6 +14,7 @@
 #include <zlib.h>
 
 #include "snapshot/pgzip.h"
+#include "compress-fixtures.h"
 #include "tests.h"
 
 #define MIB           (1024u * 1024)
@@ -29,22 +30,9 @@
 
 /* ---- helpers ---- */
 
-typedef struct Sink {
-        uint8_t *data;
-        size_t size, cap;
-        size_t fail_after; /* fail once this many bytes were accepted; 0: never */
-        int fail_code;
-        unsigned stall_every; /* yield or sleep on about 1 call in this many; 0: never */
-        uint64_t stall_rng;
-        unsigned calls_after_failure;
-        bool failed;
-} Sink;
-
-static int sink_write(void *userdata, const void *data, size_t size)
+static int stalling_sink_write(void *userdata, const void *data, size_t size)
 {
         Sink *s = userdata;
-        if (s->failed)
-                s->calls_after_failure++;
         if (s->stall_every) { /* a slow consumer (an upload): blocks pile up in the pipeline meanwhile */
                 s->stall_rng = s->stall_rng * 6364136223846793005ull + 1442695040888963407ull;
                 uint64_t x = s->stall_rng >> 33;
@@ -55,21 +43,7 @@ static int sink_write(void *userdata, const void *data, size_t size)
                                 sched_yield();
                 }
         }
-        if (s->fail_after && s->size + size > s->fail_after) {
-                s->failed = true;
-                return s->fail_code;
-        }
-        if (s->size + size > s->cap) {
-                size_t cap = s->cap ? s->cap : 64 * 1024;
-                while (cap < s->size + size)
-                        cap *= 2;
-                s->data = realloc(s->data, cap);
-                ASSERT_TRUE(s->data);
-                s->cap = cap;
-        }
-        memcpy(s->data + s->size, data, size);
-        s->size += size;
-        return 0;
+        return sink_append(s, data, size);
 }
 
 static uint64_t rng_state = 0x9e3779b97f4a7c15ull;
@@ -101,7 +75,7 @@ static void fill_text(uint8_t *p, size_t n)
 }
 
 /* 40 MiB of alternating random and text-like stretches of odd lengths, so block boundaries fall anywhere. */
-static uint8_t *make_mix(size_t n)
+static uint8_t *make_odd_mix(size_t n)
 {
         uint8_t *p = malloc(n);
         ASSERT_TRUE(p);
@@ -116,17 +90,6 @@ static uint8_t *make_mix(size_t n)
                 o += len;
         }
         return p;
-}
-
-static void sha256_str(const void *data, size_t size, char out[NB_DIGEST_STR_MAX])
-{
-        unsigned char md[32];
-        unsigned len = 0;
-        ASSERT_TRUE(EVP_Digest(data, size, md, &len, EVP_sha256(), NULL));
-        ASSERT_EQ(len, 32);
-        int o = snprintf(out, 72, "sha256:");
-        for (unsigned i = 0; i < len; i++)
-                o += snprintf(out + o, 72 - (size_t)o, "%02x", md[i]);
 }
 
 /* Inflates one gzip member (zlib checks the CRC-32 and ISIZE of the trailer) and asserts nothing follows it.
@@ -165,7 +128,7 @@ static Sink compress_checked(const uint8_t *data, size_t size, Run run)
                                    .threads = run.threads,
                                    .level = run.level,
                                    .block_size = run.block_size,
-                                   .output = sink_write,
+                                   .output = stalling_sink_write,
                                    .userdata = &sink};
         _cleanup_snap_compressor_ SnapCompressor *z = NULL;
         SnapCompressResult res;
@@ -180,9 +143,9 @@ static Sink compress_checked(const uint8_t *data, size_t size, Run run)
 
         ASSERT_EQ(res.size_in, size);
         ASSERT_EQ(res.size_out, sink.size);
-        sha256_str(data, size, want);
+        sha256_string(data, size, want);
         ASSERT_STREQ(res.diff_id, want);
-        sha256_str(sink.data, sink.size, want);
+        sha256_string(sink.data, sink.size, want);
         ASSERT_STREQ(res.digest, want);
         /* The fixed header: deflate, no flags, mtime 0, OS unknown. */
         ASSERT_TRUE(sink.size >= 18);
@@ -204,7 +167,7 @@ static void compress_and_drop(const uint8_t *data, size_t size, Run run)
 static void test_sizes(void)
 {
         size_t n = 3 * MIB + 17;
-        uint8_t *data = make_mix(n);
+        uint8_t *data = make_odd_mix(n);
 
         compress_and_drop(data, 0, (Run){.threads = 2, .level = -1});
         compress_and_drop(data, 1, (Run){.threads = 2, .level = -1});
@@ -230,7 +193,7 @@ static void test_sizes(void)
 static void test_write_patterns(void)
 {
         size_t n = 40 * MIB;
-        uint8_t *data = make_mix(n);
+        uint8_t *data = make_odd_mix(n);
 
         compress_and_drop(data, n, (Run){.threads = 2, .level = -1});
         compress_and_drop(data, n, (Run){.threads = 2, .level = -1, .write_size = 3 * MIB});
@@ -246,7 +209,7 @@ static void test_write_patterns(void)
 static void test_deterministic(void)
 {
         size_t n = 12 * MIB + 12345;
-        uint8_t *data = make_mix(n);
+        uint8_t *data = make_odd_mix(n);
         static const int levels[] = {-1, 0, 1, 4, 6, 9};
 
         for (size_t l = 0; l < ELEMENTSOF(levels); l++) {
@@ -336,7 +299,7 @@ static Sink compress_scrambled(const uint8_t *data, size_t size, unsigned thread
                                    .threads = threads,
                                    .level = level,
                                    .block_size = block_size,
-                                   .output = sink_write,
+                                   .output = stalling_sink_write,
                                    .userdata = &sink};
         _cleanup_snap_compressor_ SnapCompressor *z = NULL;
         SnapCompressResult res;
@@ -368,7 +331,7 @@ static Sink compress_scrambled(const uint8_t *data, size_t size, unsigned thread
 static void test_deterministic_stress(void)
 {
         size_t n = 5 * MIB + 4321;
-        uint8_t *data = make_mix(n);
+        uint8_t *data = make_odd_mix(n);
         /* a stretch of 2-bit symbols: long matches and many near-equal choices for the match finder */
         for (size_t i = MIB; i < MIB + 700 * 1024; i++)
                 data[i] = (uint8_t)(rng() & 3);
@@ -416,7 +379,7 @@ static void fail_at(size_t fail_after, size_t n, const uint8_t *data, bool finis
                                    .threads = 2,
                                    .level = -1,
                                    .block_size = PGZIP_BLOCK_MIN,
-                                   .output = sink_write,
+                                   .output = stalling_sink_write,
                                    .userdata = &sink};
         SnapCompressor *z = NULL;
         NbError e = {};
@@ -443,7 +406,7 @@ static void fail_at(size_t fail_after, size_t n, const uint8_t *data, bool finis
 static void test_output_failure(void)
 {
         size_t n = 20 * MIB;
-        uint8_t *data = make_mix(n);
+        uint8_t *data = make_odd_mix(n);
 
         fail_at(1, n, data, true);        /* the header */
         fail_at(3 * MIB, n, data, true);  /* midway */
@@ -461,7 +424,7 @@ static void test_output_failure(void)
                                            .threads = 1 + i % 4,
                                            .level = -1,
                                            .block_size = PGZIP_BLOCK_MIN,
-                                           .output = sink_write,
+                                           .output = stalling_sink_write,
                                            .userdata = &sink};
                 SnapCompressor *z = NULL;
                 ASSERT_OK(snap_compressor_new(&o, &z, NULL));
@@ -478,8 +441,10 @@ static void test_invalid(void)
         Sink sink = {};
         SnapCompressor *z = NULL;
         NbError e = {};
-        SnapCompressorOptions o = {
-                .format = SNAP_COMPRESSION_GZIP, .level = 10, .output = sink_write, .userdata = &sink};
+        SnapCompressorOptions o = {.format = SNAP_COMPRESSION_GZIP,
+                                   .level = 10,
+                                   .output = stalling_sink_write,
+                                   .userdata = &sink};
 
         ASSERT_EQ(snap_compressor_new(&o, &z, &e), -EINVAL);
         o.level = 1;
@@ -495,7 +460,7 @@ static void test_invalid(void)
         ASSERT_TRUE(snap_compressor_free(NULL) == NULL);
 
         /* Finished streams take no more input. */
-        o.output = sink_write;
+        o.output = stalling_sink_write;
         ASSERT_OK(snap_compressor_new(&o, &z, &e));
         SnapCompressResult res;
         ASSERT_OK(snap_compressor_finish(z, &res, &e));
@@ -536,7 +501,7 @@ static void test_gzip_t(void)
                 return;
         }
         size_t n = 40 * MIB;
-        uint8_t *data = make_mix(n);
+        uint8_t *data = make_odd_mix(n);
         Sink s = compress_checked(data, n, (Run){.threads = 2, .level = -1, .write_size = 3 * MIB});
         char path[64], cmd[128];
         snprintf(path, sizeof(path), "%s/big.gz", scratch);
