@@ -594,7 +594,11 @@ static int pack_layers(Save *s, const char *bpath, const char *root, const SnapE
                 r = diff_pass(s, bpath, root, ex, SNAP_DIFF_SKELETON, NULL, e);
                 s->in_skeleton = false;
         }
-        if (r >= 0)
+        /* Nothing changed at the counting pass (a re-save of an unchanged notebook): the layer is the empty
+         * tar, and a second walk of the whole tree would only find that again. */
+        const SnapPlanStats *ps = snap_plan_stats(s->plan);
+        bool unchanged = ps->entries == 0 && ps->deleted == 0;
+        if (r >= 0 && !unchanged)
                 r = diff_pass(s, bpath, root, ex, split ? SNAP_DIFF_CONTENT : SNAP_DIFF_ALL, st, e);
         if (r >= 0)
                 r = snap_layer_finish(s->layer, e);

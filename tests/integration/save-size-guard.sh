@@ -120,4 +120,19 @@ check "status ACTIVE" test "$(json_get "$SCRATCH/fits.out" 'j["status"]')" = ACT
 check "this save did open upload sessions (the log check above can see them)" eval '[[ $(uploads_since "$MARK") -gt 0 ]]'
 check "manifest $NS/guard:fits exists" test "$(manifest_status "$NS/guard" fits)" = 200
 
+step "an unchanged notebook: one empty layer, found by the counting pass alone"
+run_nbsnap "$SCRATCH/rebase" baseline --root "$M" --state-dir "$STATE" --force
+check "a new baseline of the changed tree (exit $NBSNAP_RC)" test "$NBSNAP_RC" = 0
+save_args same
+run_nbsnap "$SCRATCH/same" save "${ARGS[@]}" --max-image-size 1K
+check "the save succeeds under a 1K limit, nothing changed (exit $NBSNAP_RC)" test "$NBSNAP_RC" = 0
+check "stderr says no entry changed" grep -q 'changes: 0 entries' "$SCRATCH/same.err"
+curl -sSf -H 'Accept: application/vnd.oci.image.manifest.v1+json' \
+    -H 'Accept: application/vnd.docker.distribution.manifest.v2+json' \
+    "$REGISTRY_URL/v2/$NS/guard/manifests/same" >"$SCRATCH/same.manifest" || fail "GET manifest $NS/guard:same"
+LAYER=$(json_get "$SCRATCH/same.manifest" 'j["layers"][-1]["digest"]')
+fetch_blob "$NS/guard" "$LAYER" "$SCRATCH/same.tgz" || fail "cannot fetch $LAYER"
+check "the layer is a clean gzip stream" gzip -t "$SCRATCH/same.tgz"
+check "the layer is a tar with no entry" eval '[[ -z $(gzip -dc "$SCRATCH/same.tgz" | tar -t) ]]'
+
 finish_checks
