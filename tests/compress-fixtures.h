@@ -11,6 +11,7 @@
 #include <openssl/evp.h>
 
 #include "common/digest.h"
+#include "snapshot/snapshot.h"
 #include "tests.h"
 
 #define MIB (1024u * 1024)
@@ -84,4 +85,17 @@ static inline void sha256_string(const void *data, size_t n, char out[NB_DIGEST_
                 out[8 + 2 * i] = hex[md[i] & 15];
         }
         out[7 + 2 * len] = 0;
+}
+
+/* The result a compressor gave for input data of n bytes and the output the sink holds: sizes, and both
+ * digests against the one-shot SHA-256. */
+static inline void check_result(const SnapCompressResult *res, const void *data, size_t n, const Sink *sink)
+{
+        char want[NB_DIGEST_STR_MAX];
+        ASSERT_EQ(res->size_in, n);
+        ASSERT_EQ(res->size_out, sink->size);
+        sha256_string(data, n, want);
+        ASSERT_STREQ(res->diff_id, want);
+        sha256_string(sink->data, sink->size, want);
+        ASSERT_STREQ(res->digest, want);
 }
