@@ -329,30 +329,43 @@ static void test_excludes_mountinfo(const char *state)
         snap_excludes_free(x);
 }
 
-/* The counting pass: bytes of what changed (a hard-linked inode once), the largest file, and each file's
- * bytes gathered in one directory at most SNAP_PLAN_DIR_DEPTH levels down, even when the walk leaves a
- * directory and comes back to it (a/0, then a/b/..., then a/z). */
-static void test_plan(void)
+/* A root made by `before`, its baseline, then `change` run in it a second later: the counting pass of what
+ * changed. root and state are filled with the paths used (scratch/NAME-root, scratch/NAME-state). */
+static SnapPlan *plan_change(const char *name, const char *before, const char *change, char root[512],
+                             char state[512])
 {
-        char root[512], state[512], path[600];
-        snprintf(root, sizeof(root), "%s/plan-root", scratch);
-        snprintf(state, sizeof(state), "%s/plan-state", scratch);
-        sh("mkdir -p %s/a %s/p %s && echo gone > %s/a/gone", root, root, state, root);
+        char path[600];
+        snprintf(root, 512, "%s/%s-root", scratch, name);
+        snprintf(state, 512, "%s/%s-state", scratch, name);
+        sh("mkdir -p %s %s && cd %s && %s", root, state, root, before);
         snprintf(path, sizeof(path), "%s/baseline", state);
         NbError e = {0};
         SnapBaselineStats bst;
         ASSERT_OK(snap_baseline_write(root, NULL, path, &bst, &e));
         sleep(1);
-        sh("cd %s && mkdir -p a/b/c/d && head -c 5000 /dev/zero > a/b/c/d/big && head -c 1000 /dev/zero > "
-           "a/b/c/x && head -c 100 /dev/zero > a/0 && head -c 50 /dev/zero > a/z && head -c 700 /dev/zero > "
-           "top && head -c 2000 /dev/zero > p/l1 && ln p/l1 p/l2 && rm a/gone",
-           root);
-        SnapBaseline *b = NULL;
-        SnapWalk *w = NULL;
+        sh("cd %s && %s", root, change);
+        _cleanup_snap_baseline_ SnapBaseline *b = NULL;
+        _cleanup_snap_walk_ SnapWalk *w = NULL;
         SnapPlan *plan = NULL;
         ASSERT_OK(snap_baseline_open(path, &b, &e));
         ASSERT_OK(snap_walk_new(root, NULL, &w, &e));
         ASSERT_OK(snap_diff_plan(b, w, NULL, &plan, &e));
+        return plan;
+}
+
+/* The counting pass: bytes of what changed (a hard-linked inode once), the largest file, and each file's
+ * bytes gathered in one directory at most SNAP_PLAN_DIR_DEPTH levels down, even when the walk leaves a
+ * directory and comes back to it (a/0, then a/b/..., then a/z). */
+static void test_plan(void)
+{
+        char root[512], state[512];
+        SnapPlan *plan = plan_change("plan", "mkdir -p a p && echo gone > a/gone",
+                                     "mkdir -p a/b/c/d && head -c 5000 /dev/zero > a/b/c/d/big && head -c "
+                                     "1000 /dev/zero > a/b/c/x && "
+                                     "head -c 100 /dev/zero > a/0 && head -c 50 /dev/zero > a/z && head -c "
+                                     "700 /dev/zero > top && "
+                                     "head -c 2000 /dev/zero > p/l1 && ln p/l1 p/l2 && rm a/gone",
+                                     root, state);
         const SnapPlanStats *st = snap_plan_stats(plan);
         ASSERT_EQ(st->bytes, 5000 + 1000 + 100 + 50 + 700 + 2000);
         ASSERT_EQ(st->files, 6);
@@ -369,8 +382,6 @@ static void test_plan(void)
                 ASSERT_EQ(st->top[i].bytes, want[i].bytes);
         }
         snap_plan_free(plan);
-        snap_walk_free(w);
-        snap_baseline_free(b);
 }
 
 /* Split layers: the parts of one stream, cut where the cut callback was called. */
@@ -460,29 +471,14 @@ __attribute__((noinline)) static char *split_listing(const char *root, const cha
  * then the files in tree order, a hard-linked pair whose names lie far apart in one tar, data once. */
 static void test_split(void)
 {
-        char root[512], state[512], path[600];
-        snprintf(root, sizeof(root), "%s/split-root", scratch);
-        snprintf(state, sizeof(state), "%s/split-state", scratch);
-        sh("mkdir -p %s/a %s/z %s && echo gone > %s/z/gone", root, root, state, root);
-        snprintf(path, sizeof(path), "%s/baseline", state);
-        NbError e = {0};
-        SnapBaselineStats bst;
-        ASSERT_OK(snap_baseline_write(root, NULL, path, &bst, &e));
-        sleep(1);
-        sh("cd %s && for i in 1 2 3 4 5 6; do head -c 6000 /dev/urandom > a/f$i; done && head -c 3000 "
-           "/dev/urandom > "
-           "a/linked && mkdir m && for i in 7 8 9; do head -c 6000 /dev/urandom > m/f$i; done && ln "
-           "a/linked "
-           "z/linked-too && rm z/gone",
-           root);
-        SnapBaseline *b = NULL;
-        SnapWalk *w = NULL;
-        SnapPlan *plan = NULL;
-        ASSERT_OK(snap_baseline_open(path, &b, &e));
-        ASSERT_OK(snap_walk_new(root, NULL, &w, &e));
-        ASSERT_OK(snap_diff_plan(b, w, NULL, &plan, &e));
-        snap_walk_free(w);
-        snap_baseline_free(b);
+        char root[512], state[512];
+        SnapPlan *plan = plan_change(
+                "split", "mkdir -p a z && echo gone > z/gone",
+                "for i in 1 2 3 4 5 6; do head -c 6000 /dev/urandom > a/f$i; done && "
+                "head -c 3000 /dev/urandom > a/linked && mkdir m && "
+                "for i in 7 8 9; do head -c 6000 /dev/urandom > m/f$i; done && ln a/linked z/linked-too && "
+                "rm z/gone",
+                root, state);
         const SnapPlanStats *st = snap_plan_stats(plan);
         ASSERT_STREQ(st->largest, "a/f1");
         ASSERT_INT(st->skeleton_tar, >, 0);
