@@ -7,6 +7,7 @@
 #include <sys/stat.h>
 
 #include "agent/agent-version.h"
+#include "agent/chain.h"
 #include "agent/config.h"
 #include "agent/image.h"
 #include "common/fileio.h"
@@ -18,6 +19,7 @@ typedef enum KeyType {
         KEY_UINT,
         KEY_COMPRESSION, /* gzip|zstd into a SnapCompression */
         KEY_SIZE,        /* a common/size.h size ("10G") into a uint64_t */
+        KEY_BOOL,        /* true|false|yes|no|on|off|1|0 into a bool */
 } KeyType;
 
 typedef struct Key {
@@ -29,7 +31,7 @@ typedef struct Key {
         unsigned long max;   /* KEY_UINT */
         bool is_ulong;
         const char *arg, *help;
-        uint64_t size_min; /* KEY_SIZE: the least value taken */
+        uint64_t min; /* KEY_SIZE, KEY_UINT: the least value taken */
 } Key;
 
 #define STR(n, f, a, h)                                                                                     \
@@ -81,13 +83,22 @@ static const Key keys[] = {
         {"max_layer_size", KEY_SIZE, offsetof(NbConfig, max_layer_size), 0, 0, 0, false, "SIZE",
          "no pushed layer blob is larger: bigger changes are split into layers (default 10G, at least 1M)",
          NB_LAYER_SIZE_MIN},
+        {"incremental", KEY_BOOL, offsetof(NbConfig, incremental), 0, 0, 0, false, "BOOL",
+         "build on the last save's image: one layer of what changed since (default true)"},
+        {"max_layers", KEY_UINT, offsetof(NbConfig, max_layers), 0, 0, NB_LAYERS_MAX, false, "N",
+         "the saved image never has more layers (2-1000, default 125)", NB_LAYERS_MIN},
+        UINT("chain_waste_max", chain_waste_max, NB_CHAIN_WASTE_MAX, "PERCENT",
+             "a full save when the chain's dead bytes would pass this share of its layers (default 25)"),
 };
 
 void nb_config_init(NbConfig *c)
 {
         *c = (NbConfig){.stop_timeout_sec = 30,
                         .report_retry_max_sec = 300,
-                        .max_layer_size = NB_LAYER_SIZE_DEFAULT};
+                        .max_layer_size = NB_LAYER_SIZE_DEFAULT,
+                        .incremental = true,
+                        .max_layers = NB_LAYERS_DEFAULT,
+                        .chain_waste_max = NB_CHAIN_WASTE_DEFAULT};
 }
 
 void nb_config_done(NbConfig *c)
@@ -151,17 +162,28 @@ int nb_config_set(NbConfig *c, const char *key, const char *value, NbError *e)
                                             "%s takes a size (a number of bytes, or with K, M, G or T), "
                                             "not '%.64s'%s",
                                             k->name, value, r == -ERANGE ? " (too large)" : "");
-                if (v < k->size_min)
+                if (v < k->min)
                         return nb_error_set(e, -EINVAL, "%s must be at least %" PRIu64 " bytes, not '%.64s'",
-                                            k->name, k->size_min, value);
+                                            k->name, k->min, value);
                 *(uint64_t *)base = v;
                 return 0;
         }
+        if (k->type == KEY_BOOL) {
+                static const char *const yes[] = {"true", "yes", "on", "1"}, *const no[] = {"false", "no",
+                                                                                            "off", "0"};
+                for (size_t i = 0; i < ELEMENTSOF(yes); i++)
+                        if (strcmp(value, yes[i]) == 0 || strcmp(value, no[i]) == 0) {
+                                *(bool *)base = strcmp(value, yes[i]) == 0;
+                                return 0;
+                        }
+                return nb_error_set(e, -EINVAL, "%s takes true or false, not '%.64s'", k->name, value);
+        }
         if (k->type == KEY_UINT) {
                 unsigned long v;
-                if (parse_ulong(value, k->max, &v) < 0)
-                        return nb_error_set(e, -EINVAL, "%s takes a number from 0 to %lu, not '%.64s'",
-                                            k->name, k->max, value);
+                if (parse_ulong(value, k->max, &v) < 0 || v < k->min)
+                        return nb_error_set(e, -EINVAL,
+                                            "%s takes a number from %" PRIu64 " to %lu, not '%.64s'",
+                                            k->name, k->min, k->max, value);
                 if (k->is_ulong)
                         *(unsigned long *)base = v;
                 else

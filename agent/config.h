@@ -35,8 +35,11 @@ typedef struct NbConfig {
         size_t n_exclude;
         unsigned threads, level, stop_timeout_sec, report_retry_max_sec;
         unsigned long chunk_size;
-        uint64_t max_image_size; /* bytes of changed files a save may pack, 0: no limit */
-        uint64_t max_layer_size; /* bytes of one pushed layer blob (NB_LAYER_SIZE_DEFAULT) */
+        uint64_t max_image_size;  /* bytes of changed files a save may pack, 0: no limit */
+        uint64_t max_layer_size;  /* bytes of one pushed layer blob (NB_LAYER_SIZE_DEFAULT) */
+        bool incremental;         /* build on the last save (default true) */
+        unsigned max_layers;      /* NB_LAYERS_MIN..NB_LAYERS_MAX (NB_LAYERS_DEFAULT) */
+        unsigned chain_waste_max; /* percent (NB_CHAIN_WASTE_DEFAULT) */
         bool level_set;
         SnapCompression compression; /* of the layer a save makes; 0: gzip */
 } NbConfig;

@@ -5,7 +5,9 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
+#include "agent/chain.h"
 #include "agent/save.h"
 #include "agent/swr.h"
 #include "common/clock.h"
@@ -32,7 +34,20 @@ typedef struct Save {
         RegClient *dst, *src_owned, *src; /* src == dst unless the base lives on another registry */
         RegRef *ref;
         char *dst_repo;
-        RegImage *base;
+        RegImage *base;        /* the image the new layers go on: the base image, or the last save's image */
+        RegImage *orig;        /* incremental: the configured base image (base is then the last save's) */
+        const char *base_repo; /* the repository holding base's layers, on src */
+        unsigned max_layers;
+        NbChain chain;    /* the last save, when the state dir has one */
+        bool incremental; /* base is the last save's image, diff_base its record */
+        char *root;       /* realpath of o->root */
+        SnapExcludes *ex; /* built once */
+        char excludes_digest[NB_DIGEST_STR_MAX];
+        char *baseline;        /* the container-start baseline */
+        const char *diff_base; /* what the diff runs against: baseline, or the last save's record */
+        char *chain_record;    /* the last save's record, STATE_DIR/saved-... */
+        char *record_name, *record_path; /* this save's record */
+        bool record_done;
         RegUpload *upload;
         NbError upload_error;   /* written by the compressor's output thread, read after it was joined */
         NbError compress_error; /* what snap_compressor_write() said, on the packing thread */
@@ -45,7 +60,7 @@ typedef struct Save {
         bool in_skeleton;   /* writing the first layer's directories and deletions: no cut allowed */
         bool error_final;   /* e holds the words the save fails with: pack_error() must not add to them */
         NbProgress progress;
-        SnapCompressResult parts[NB_LAYERS_MAX]; /* the new layers, bottom first */
+        SnapCompressResult *parts; /* the new layers, bottom first: max_layers of them at most */
         size_t n_parts;
         char created[32]; /* RFC 3339, the config's and the history entry's */
         RegBuilt config;
@@ -61,6 +76,17 @@ static void save_done(Save *s)
         reg_upload_abort(s->upload);
         snap_plan_free(s->plan);
         reg_image_free(s->base);
+        reg_image_free(s->orig);
+        nb_chain_done(&s->chain);
+        snap_excludes_free(s->ex);
+        free(s->root);
+        free(s->baseline);
+        free(s->chain_record);
+        if (s->record_path && !s->record_done)
+                (void)unlink(s->record_path); /* the save failed: its record describes no image */
+        free(s->record_name);
+        free(s->record_path);
+        free(s->parts);
         reg_ref_free(s->ref);
         reg_client_free(s->src_owned);
         reg_client_free(s->dst);
@@ -174,6 +200,11 @@ int nb_save_validate(const NbSaveOptions *o, NbError *e)
         if (o->max_layer_size != 0 && o->max_layer_size < NB_LAYER_SIZE_MIN)
                 return nb_error_set(e, -EINVAL, "--max-layer-size must be at least %u bytes (1M)",
                                     NB_LAYER_SIZE_MIN);
+        if (nb_max_layers_check(o->max_layers, e) < 0)
+                return e->code;
+        if (o->chain_waste_max > NB_CHAIN_WASTE_MAX || o->chain_waste_max < -1)
+                return nb_error_set(e, -EINVAL, "chain_waste_max takes a percent from 0 to %d, not %d",
+                                    NB_CHAIN_WASTE_MAX, o->chain_waste_max);
         if (o->compression >= _SNAP_COMPRESSION_MAX)
                 return nb_error_set(e, -EINVAL, "--compression takes gzip or zstd");
         if (snap_compression_level_check(o->compression, o->level, e) < 0)
@@ -237,13 +268,154 @@ static int resolve_base(Save *s, NbError *e)
                                 &s->base, e);
         if (r < 0)
                 return nb_error_wrap(e, r, "cannot resolve the base image");
-        if (s->base->n_layers + 1 > NB_LAYERS_MAX)
+        s->base_repo = s->ref->repository;
+        if (s->base->n_layers + 1 > s->max_layers)
                 return nb_error_set(
                         e, -E2BIG,
-                        "the base image already has %zu layers; an image may have at most %d: save "
-                        "from a base image with fewer layers (e.g. one squashed with a build)",
-                        s->base->n_layers, NB_LAYERS_MAX);
+                        "the base image already has %zu layers, and the image saved may have at most %u "
+                        "(max_layers): save from a base image with fewer layers (e.g. one squashed with "
+                        "a build), or raise max_layers",
+                        s->base->n_layers, s->max_layers);
         return set_arch(s->img, s->base->config_json);
+}
+
+/* ---- the chain: an incremental save builds on the last save's image (chain.h) ---------------------- */
+
+static void full_save(Save *s, const char *fmt, ...) _printf_(2, 3);
+static void full_save(Save *s, const char *fmt, ...)
+{
+        char why[512];
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(why, sizeof(why), fmt, ap);
+        va_end(ap);
+        note(s, "full save: %s", why);
+}
+
+/* Whether the last save can be built on; a note says why not. Errors are those of the registry alone. */
+static int chain_usable(Save *s, RegImage **ret, NbError *e)
+{
+        const NbChain *c = &s->chain;
+        NbError ignored = {0};
+        int r = nb_chain_load(s->o->state_dir, &s->chain, &ignored);
+        if (r < 0) {
+                full_save(s, "%s", ignored.msg);
+                return 0;
+        }
+        if (r == 0) {
+                full_save(s, "no earlier save in %s", s->o->state_dir);
+                return 0;
+        }
+        if (strcmp(c->registry, reg_client_host(s->dst)) != 0) {
+                full_save(s, "the last save went to another registry (%s)", c->registry);
+                return 0;
+        }
+        if (strcmp(c->base_image, s->o->base_image) != 0 ||
+            strcmp(c->base_digest, s->base->manifest_digest) != 0) {
+                full_save(s, "the last save was made on another base image (%s, %.19s)", c->base_image,
+                          c->base_digest);
+                return 0;
+        }
+        if (strcmp(c->excludes, s->excludes_digest) != 0) {
+                full_save(s, "the excluded paths (or the mount points) changed since the last save");
+                return 0;
+        }
+        if (c->layers + 1 > s->max_layers) {
+                full_save(s,
+                          "the last save's image has %" PRIu64
+                          " layers: one more would exceed %u (max_layers)",
+                          c->layers, s->max_layers);
+                return 0;
+        }
+        if (nb_chain_path(s->o->state_dir, c->record, &s->chain_record) < 0)
+                return nb_error_oom(e);
+        if (access(s->chain_record, R_OK) < 0) {
+                full_save(s, "the record of the last save (%s) is missing", c->record);
+                return 0;
+        }
+        /* its manifest, by digest: a deleted image (or one the registry lost) cannot be built on */
+        r = reg_image_fetch(s->dst, c->repository, c->manifest_digest, "linux", nb_machine_arch(), NULL, ret,
+                            &ignored);
+        if (r == -ENOENT) {
+                full_save(s, "the last save's image %s@%.19s is no longer in the registry", c->repository,
+                          c->manifest_digest);
+                return 0;
+        }
+        if (r < 0) {
+                *e = ignored;
+                return nb_error_wrap(e, r, "cannot read the last save's image %s@%.19s", c->repository,
+                                     c->manifest_digest);
+        }
+        const RegImage *p = *ret;
+        bool on_base = p->n_layers == c->layers && p->n_layers >= s->base->n_layers;
+        for (size_t i = 0; on_base && i < s->base->n_layers; i++)
+                on_base = strcmp(p->layers[i].digest, s->base->layers[i].digest) == 0;
+        if (!on_base) {
+                full_save(s, "the last save's image %.19s is not built on the base image's layers",
+                          c->manifest_digest);
+                *ret = reg_image_free(*ret);
+                return 0;
+        }
+        return 1;
+}
+
+/* Decides between an incremental save and a full one, before the counting pass. */
+static int chain_decide(Save *s, NbError *e)
+{
+        s->diff_base = s->baseline;
+        if (!s->o->incremental)
+                return 0;
+        RegImage *parent = NULL;
+        int r = chain_usable(s, &parent, e);
+        if (r <= 0)
+                return r;
+        s->orig = s->base;
+        s->base = parent;
+        s->base_repo = s->chain.repository;
+        s->src = s->dst; /* the chain's layers are all on the target registry */
+        s->diff_base = s->chain_record;
+        s->incremental = true;
+        return 0;
+}
+
+/* Back to a full save on the base image, after the counting pass found stacking wasteful. */
+static void chain_abandon(Save *s)
+{
+        reg_image_free(s->base);
+        s->base = TAKE_PTR(s->orig);
+        s->base_repo = s->ref->repository;
+        s->src = s->src_owned ? s->src_owned : s->dst;
+        s->diff_base = s->baseline;
+        s->incremental = false;
+}
+
+/* After the manifest is pushed: what this save made, for the next one. A failure here fails nothing (the
+ * image is pushed; the next save is then full, or builds on an earlier save that is still there). */
+static void chain_store(Save *s)
+{
+        if (!s->record_done)
+                return;
+        const SnapPlanStats *st = snap_plan_stats(s->plan);
+        NbChain c = {
+                .registry = (char *)reg_client_host(s->dst),
+                .repository = s->dst_repo,
+                .manifest_digest = s->img->manifest_digest,
+                .base_image = (char *)s->o->base_image,
+                .base_digest = (s->incremental ? s->orig : s->base)->manifest_digest,
+                .excludes = s->excludes_digest,
+                .record = s->record_name,
+                .base_layers = (s->incremental ? s->orig : s->base)->n_layers,
+                .layers = s->base->n_layers + s->n_parts,
+                .saves = s->incremental ? s->chain.saves + 1 : 1,
+                .chain_bytes = (s->incremental ? s->chain.chain_bytes : 0) + st->bytes,
+                .dead_bytes = s->incremental ? s->chain.dead_bytes + st->dead_bytes : 0,
+        };
+        NbError e = {0};
+        if (nb_chain_store(s->o->state_dir, &c, &e) < 0) {
+                note(s, "the next save will be a full one: %s", e.msg);
+                return;
+        }
+        nb_chain_prune(s->o->state_dir, s->record_name);
 }
 
 /* The new image as the OCI model builds it: the base's layers kept, the packed layers on top (their digests,
@@ -251,7 +423,8 @@ static int resolve_base(Save *s, NbError *e)
  * per layer: "nbsnap save", then "nbsnap save (part 2 of 3)" and so on, the description on the first. */
 typedef struct Build {
         RegLayerAdd layers[NB_LAYERS_MAX];
-        char created_by[NB_LAYERS_MAX][64]; /* "nbsnap save (part N of N)" with 20-digit N */
+        char created_by[NB_LAYERS_MAX][128]; /* "nbsnap save (incremental on sha256:<64 hex>)" */
+        char base_name[1024];
         RegImageBuild b;
 } Build;
 
@@ -260,7 +433,10 @@ static void image_build(const Save *s, Build *ret)
         size_t n = s->n_parts ? s->n_parts : 1;
         for (size_t i = 0; i < n; i++) {
                 const SnapCompressResult *p = &s->parts[i];
-                if (i == 0)
+                if (i == 0 && s->incremental)
+                        snprintf(ret->created_by[i], sizeof(ret->created_by[i]),
+                                 "nbsnap save (incremental on %s)", s->base->manifest_digest);
+                else if (i == 0)
                         snprintf(ret->created_by[i], sizeof(ret->created_by[i]), "nbsnap save");
                 else
                         snprintf(ret->created_by[i], sizeof(ret->created_by[i]),
@@ -275,12 +451,16 @@ static void image_build(const Save *s, Build *ret)
                         .comment = i == 0 ? s->o->description : NULL,
                 };
         }
+        /* the image this one is built on: the last save's, by digest, for an incremental save */
+        if (s->incremental)
+                snprintf(ret->base_name, sizeof(ret->base_name), "%s/%s@%s", reg_client_host(s->dst),
+                         s->base_repo, s->base->manifest_digest);
         ret->b = (RegImageBuild){.base = s->base,
                                  .keep_layers = s->base->n_layers,
                                  .layers = ret->layers,
                                  .n_layers = n,
                                  .created = s->created,
-                                 .base_name = s->o->base_image};
+                                 .base_name = s->incremental ? ret->base_name : s->o->base_image};
 }
 
 /* Docker schema2 has no zstd layer type: a zstd layer on a schema2 base makes the new image an OCI image
@@ -324,17 +504,17 @@ static int ensure_base_layers(Save *s, NbError *e)
         bool same_registry = s->src == s->dst;
         for (size_t i = 0; i < s->base->n_layers; i++) {
                 const RegDescriptor *l = &s->base->layers[i];
-                if (same_registry && strcmp(s->ref->repository, s->dst_repo) == 0)
+                if (same_registry && strcmp(s->base_repo, s->dst_repo) == 0)
                         continue; /* the manifest we resolved references them in this repository */
                 int r = reg_blob_exists(s->dst, s->dst_repo, l->digest, NULL, e);
                 if (r == 0 && same_registry) {
-                        r = reg_blob_mount(s->dst, s->dst_repo, l->digest, s->ref->repository, e);
+                        r = reg_blob_mount(s->dst, s->dst_repo, l->digest, s->base_repo, e);
                         if (r > 0)
-                                note(s, "base layer %.19s mounted from %s", l->digest, s->ref->repository);
+                                note(s, "base layer %.19s mounted from %s", l->digest, s->base_repo);
                 }
                 if (r == 0) {
                         note(s, "base layer %.19s copied into %s", l->digest, s->dst_repo);
-                        r = reg_blob_copy(s->src, s->ref->repository, s->dst, s->dst_repo, l, e);
+                        r = reg_blob_copy(s->src, s->base_repo, s->dst, s->dst_repo, l, e);
                 }
                 if (r < 0)
                         return nb_error_wrap(e, r, "cannot make the base layers available");
@@ -454,13 +634,13 @@ static int check_layer_size(Save *s, const SnapPlanStats *st, NbError *e)
                         " bytes, more than fits in one layer of at most %s (max_layer_size)",
                         st->skeleton_tar, nb_size_format(s->blob_max, limit));
         uint64_t least = (st->tar_bytes + budget - 1) / budget;
-        if (s->base->n_layers + least > NB_LAYERS_MAX)
-                return nb_error_set(e, -E2BIG,
-                                    "cannot save: the changes need at least %" PRIu64
-                                    " layers of at most %s (max_layer_size) on the base image's %zu, and an "
-                                    "image may have at most %d",
-                                    least, nb_size_format(s->blob_max, limit), s->base->n_layers,
-                                    NB_LAYERS_MAX);
+        if (s->base->n_layers + least > s->max_layers)
+                return nb_error_set(
+                        e, -E2BIG,
+                        "cannot save: the changes need at least %" PRIu64
+                        " layers of at most %s (max_layer_size) on the base image's %zu, and the "
+                        "image may have at most %u (max_layers)",
+                        least, nb_size_format(s->blob_max, limit), s->base->n_layers, s->max_layers);
         note(s, "the changes take up to %s of tar: they are split into layers of at most %s",
              nb_size_format(st->tar_bytes, h), nb_size_format(s->blob_max, limit));
         return 0;
@@ -483,28 +663,65 @@ static int check_plan(Save *s, const SnapPlanStats *st, NbError *e)
                             dirs[0] ? dirs : "(none)");
 }
 
-/* The counting pass (walk and merge-join, stat data only), before any blob is uploaded or mounted. */
-static int plan_changes(Save *s, NbError *e)
+/* The tree, its excludes and the baseline, set up once for the counting pass and the write pass. */
+static int tree_setup(Save *s, NbError *e)
 {
         const NbSaveOptions *o = s->o;
-        _cleanup_free_ char *bpath = NULL, *root = NULL;
+        int r = nb_baseline_path(o->state_dir, &s->baseline);
+        if (r < 0 || !(s->root = realpath(o->root, NULL)))
+                return nb_error_set(e, r < 0 ? r : -errno, "root %s: %m", o->root);
+        r = nb_excludes_build(s->root, o->state_dir, o->authfile, o->excludes, o->n_excludes, o->mountinfo,
+                              &s->ex, e);
+        if (r >= 0 && nb_chain_excludes_digest(s->ex, s->excludes_digest) < 0)
+                r = nb_error_oom(e);
+        if (r >= 0 &&
+            access(s->baseline, F_OK) < 0) { /* every save needs it: snap_baseline_open() says so */
+                SnapBaseline *b = NULL;
+                r = snap_baseline_open(s->baseline, &b, e);
+                snap_baseline_free(b);
+        }
+        return r;
+}
+
+/* One counting pass against s->diff_base. */
+static int count_changes(Save *s, NbError *e)
+{
         _cleanup_snap_baseline_ SnapBaseline *base = NULL;
         _cleanup_snap_walk_ SnapWalk *walk = NULL;
-        _cleanup_snap_excludes_ SnapExcludes *ex = NULL;
-        int r = nb_baseline_path(o->state_dir, &bpath);
-        if (r < 0 || !(root = realpath(o->root, NULL)))
-                return nb_error_set(e, r < 0 ? r : -errno, "root %s: %m", o->root);
-        r = snap_baseline_open(bpath, &base, e);
+        s->plan = snap_plan_free(s->plan);
+        int r = snap_baseline_open(s->diff_base, &base, e);
         if (r >= 0)
-                r = nb_excludes_build(root, o->state_dir, o->authfile, o->excludes, o->n_excludes,
-                                      o->mountinfo, &ex, e);
-        if (r >= 0)
-                r = snap_walk_new(root, ex, &walk, e);
-        if (r >= 0)
-                r = snap_diff_plan(base, walk, ex, &s->plan, e);
+                r = snap_walk_new(s->root, s->ex, &walk, e);
+        return r < 0 ? r : snap_diff_plan(base, walk, s->ex, &s->plan, e);
+}
+
+/* The counting pass (walk and merge-join, stat data only), before any blob is uploaded or mounted. An
+ * incremental save whose changes would leave too much of the chain dead becomes a full one here. */
+static int plan_changes(Save *s, NbError *e)
+{
+        int r = count_changes(s, e);
         if (r < 0)
                 return r;
         const SnapPlanStats *st = snap_plan_stats(s->plan);
+        unsigned waste =
+                s->o->chain_waste_max < 0 ? NB_CHAIN_WASTE_DEFAULT : (unsigned)s->o->chain_waste_max;
+        if (s->incremental && nb_chain_wasteful(&s->chain, st->dead_bytes, waste)) {
+                char dead[NB_SIZE_STR_MAX], all[NB_SIZE_STR_MAX];
+                full_save(s,
+                          "stacking would leave %s of the %s in the chain's layers dead (deleted or "
+                          "replaced), over %u%% (chain_waste_max)",
+                          nb_size_format(s->chain.dead_bytes + st->dead_bytes, dead),
+                          nb_size_format(s->chain.chain_bytes, all), waste);
+                chain_abandon(s);
+                r = count_changes(s, e);
+                if (r < 0)
+                        return r;
+                st = snap_plan_stats(s->plan);
+        }
+        if (s->incremental)
+                note(s,
+                     "incremental save on %s (save %" PRIu64 " of the chain): only what changed since then",
+                     s->base->manifest_digest, s->chain.saves + 1);
         char h[NB_SIZE_STR_MAX];
         note(s, "changes: %" PRIu64 " entries, %" PRIu64 " files of %s, %" PRIu64 " deleted", st->entries,
              st->files, nb_size_format(st->bytes, h), st->deleted);
@@ -515,12 +732,12 @@ static int plan_changes(Save *s, NbError *e)
 static int part_begin(Save *s, NbError *e)
 {
         s->error_final = true; /* until the session is open */
-        if (s->base->n_layers + s->n_parts + 1 > NB_LAYERS_MAX)
+        if (s->base->n_layers + s->n_parts + 1 > s->max_layers)
                 return nb_error_set(
                         e, -E2BIG,
-                        "cannot split the changes into more layers: the base image has %zu and an "
-                        "image may have at most %d; raise max_layer_size or save less",
-                        s->base->n_layers, NB_LAYERS_MAX);
+                        "cannot split the changes into more layers: the base image has %zu and the "
+                        "image may have at most %u (max_layers); raise max_layer_size or save less",
+                        s->base->n_layers, s->max_layers);
         int r = reg_upload_begin(s->dst, s->dst_repo, NULL, NULL, &s->upload, e);
         if (r < 0)
                 return nb_error_wrap(e, r, "cannot start the layer upload");
@@ -563,43 +780,69 @@ static int on_layer_cut(void *userdata, NbError *e)
 }
 
 /* One pass of the diff over a fresh baseline reader and walk. */
-static int diff_pass(Save *s, const char *bpath, const char *root, const SnapExcludes *ex, SnapDiffPart part,
-                     SnapDiffStats *st, NbError *e)
+static int diff_pass(Save *s, SnapDiffPart part, SnapBaselineWriter *record, SnapDiffStats *st, NbError *e)
 {
         _cleanup_snap_baseline_ SnapBaseline *base = NULL;
         _cleanup_snap_walk_ SnapWalk *walk = NULL;
-        int r = snap_baseline_open(bpath, &base, e);
+        int r = snap_baseline_open(s->diff_base, &base, e);
         if (r >= 0)
-                r = snap_walk_new(root, ex, &walk, e);
+                r = snap_walk_new(s->root, s->ex, &walk, e);
         if (r < 0)
                 return r;
         /* the skeleton pass is short (no content): progress counts the content pass's walk alone */
-        return snap_diff_layer_part(base, walk, ex, s->layer, part,
+        return snap_diff_layer_part(base, walk, s->ex, s->layer, part, record,
                                     part == SNAP_DIFF_SKELETON ? NULL : on_diff_progress, s, st, e);
 }
 
-/* The changes as one layer, or as several (snapshot.h, split layers) when they do not fit in one. */
-static int pack_layers(Save *s, const char *bpath, const char *root, const SnapExcludes *ex,
-                       SnapDiffStats *st, NbError *e)
+/* This save's record (snapshot.h): written by the pass that meets every entry, committed with it. When
+ * nothing changed the tree is the one the diff's baseline describes, and the record is that file. */
+static int record_begin(Save *s, SnapBaselineWriter **ret, NbError *e)
 {
+        if (nb_chain_record_name(&s->record_name) < 0 ||
+            nb_chain_path(s->o->state_dir, s->record_name, &s->record_path) < 0)
+                return nb_error_oom(e);
+        int r = snap_baseline_writer_new(s->record_path, ret, e);
+        return r < 0 ? nb_error_wrap(e, r, "cannot record what the save packs") : 0;
+}
+
+static int record_unchanged(Save *s, NbError *e)
+{
+        if (nb_chain_record_name(&s->record_name) < 0 ||
+            nb_chain_path(s->o->state_dir, s->record_name, &s->record_path) < 0)
+                return nb_error_oom(e);
+        /* a second name for a file never written again (both are replaced by rename, never edited) */
+        if (link(s->diff_base, s->record_path) < 0)
+                return nb_error_set(e, -errno, "cannot record what the save packs: link %s: %m",
+                                    s->record_path);
+        return 0;
+}
+
+/* The changes as one layer, or as several (snapshot.h, split layers) when they do not fit in one. */
+static int pack_layers(Save *s, SnapDiffStats *st, NbError *e)
+{
+        _cleanup_snap_baseline_writer_ SnapBaselineWriter *record = NULL;
         uint64_t budget = snap_layer_split_budget(s->blob_max);
         bool split = snap_plan_stats(s->plan)->tar_bytes > budget;
-        int r = part_begin(s, e);
+        /* Nothing changed at the counting pass (a re-save of an unchanged notebook): the layer is the empty
+         * tar, and a second walk of the whole tree would only find that again. */
+        const SnapPlanStats *ps = snap_plan_stats(s->plan);
+        bool unchanged = ps->entries == 0 && ps->deleted == 0;
+        int r = unchanged ? record_unchanged(s, e) : record_begin(s, &record, e);
+        if (r >= 0)
+                r = part_begin(s, e);
         if (r >= 0)
                 r = snap_layer_new(on_tar_output, on_layer_note, s, &s->layer, e);
         if (r >= 0 && split)
                 r = snap_layer_split(s->layer, budget, s->plan, on_layer_cut, e);
         if (r >= 0 && split) {
                 s->in_skeleton = true;
-                r = diff_pass(s, bpath, root, ex, SNAP_DIFF_SKELETON, NULL, e);
+                r = diff_pass(s, SNAP_DIFF_SKELETON, NULL, NULL, e);
                 s->in_skeleton = false;
         }
-        /* Nothing changed at the counting pass (a re-save of an unchanged notebook): the layer is the empty
-         * tar, and a second walk of the whole tree would only find that again. */
-        const SnapPlanStats *ps = snap_plan_stats(s->plan);
-        bool unchanged = ps->entries == 0 && ps->deleted == 0;
         if (r >= 0 && !unchanged)
-                r = diff_pass(s, bpath, root, ex, split ? SNAP_DIFF_CONTENT : SNAP_DIFF_ALL, st, e);
+                r = diff_pass(s, split ? SNAP_DIFF_CONTENT : SNAP_DIFF_ALL, record, st, e);
+        if (r >= 0 && record)
+                r = snap_baseline_writer_commit(record, NULL, e);
         if (r >= 0)
                 r = snap_layer_finish(s->layer, e);
         if (r >= 0)
@@ -610,17 +853,9 @@ static int pack_layers(Save *s, const char *bpath, const char *root, const SnapE
 static int pack_and_upload(Save *s, NbError *e)
 {
         const NbSaveOptions *o = s->o;
-        _cleanup_free_ char *bpath = NULL, *root = NULL;
-        _cleanup_snap_excludes_ SnapExcludes *ex = NULL;
         SnapDiffStats st = {0};
         report(s, NB_PHASE_PACKING);
-        int r = nb_baseline_path(o->state_dir, &bpath);
-        if (r < 0 || !(root = realpath(o->root, NULL)))
-                return nb_error_set(e, r < 0 ? r : -errno, "root %s: %m", o->root);
-        r = nb_excludes_build(root, o->state_dir, o->authfile, o->excludes, o->n_excludes, o->mountinfo, &ex,
-                              e);
-        if (r >= 0)
-                r = pack_layers(s, bpath, root, ex, &st, e);
+        int r = pack_layers(s, &st, e);
         if (r < 0)
                 return r;
         uint64_t tar = 0, compressed = 0;
@@ -708,12 +943,24 @@ static int fill_request_fields(Save *s)
         return 0;
 }
 
+int nb_max_layers_check(unsigned long v, NbError *e)
+{
+        if (v != 0 && (v < NB_LAYERS_MIN || v > NB_LAYERS_MAX))
+                return nb_error_set(e, -EINVAL,
+                                    "max_layers takes a number from %d to %d (default %d), not %lu",
+                                    NB_LAYERS_MIN, NB_LAYERS_MAX, NB_LAYERS_DEFAULT, v);
+        return 0;
+}
+
 int nb_save(const NbSaveOptions *o, NbImage *img, NbError *e)
 {
         Save s = {.o = o,
                   .img = img,
-                  .blob_max = o->max_layer_size ? o->max_layer_size : NB_LAYER_SIZE_DEFAULT};
+                  .blob_max = o->max_layer_size ? o->max_layer_size : NB_LAYER_SIZE_DEFAULT,
+                  .max_layers = o->max_layers ? o->max_layers : NB_LAYERS_DEFAULT};
         int r = nb_save_validate(o, e);
+        if (r >= 0 && !(s.parts = calloc(s.max_layers, sizeof(*s.parts))))
+                r = nb_error_oom(e);
         if (r >= 0)
                 r = connect_registries(&s, e);
         if (r >= 0)
@@ -724,9 +971,13 @@ int nb_save(const NbSaveOptions *o, NbImage *img, NbError *e)
         if (r >= 0)
                 r = resolve_base(&s, e);
         if (r >= 0)
-                r = plan_manifest(&s, e);
+                r = tree_setup(&s, e);
+        if (r >= 0)
+                r = chain_decide(&s, e);
         if (r >= 0)
                 r = plan_changes(&s, e);
+        if (r >= 0)
+                r = plan_manifest(&s, e);
         if (r >= 0)
                 r = ensure_base_layers(&s, e);
         if (r >= 0)
@@ -738,11 +989,20 @@ int nb_save(const NbSaveOptions *o, NbImage *img, NbError *e)
                                  "the save was cancelled (the agent is stopping); save again");
         if (r >= 0)
                 r = push_manifest(&s, e);
+        if (r >= 0) {
+                s.record_done = true;
+                chain_store(&s);
+        }
+        char kind[160];
+        if (s.incremental)
+                snprintf(kind, sizeof(kind), "incremental on %s", s.base->manifest_digest);
+        else
+                snprintf(kind, sizeof(kind), "full save");
         save_done(&s);
         if (r < 0) {
                 nb_image_set_status(img, NB_STATUS_CREATE_FAILED, "%s", e->msg);
                 return r;
         }
-        return nb_image_set_status(img, NB_STATUS_ACTIVE, "saved as %s (%s)", img->swr_path,
-                                   img->manifest_digest ? img->manifest_digest : "");
+        return nb_image_set_status(img, NB_STATUS_ACTIVE, "saved as %s (%s; %s)", img->swr_path,
+                                   img->manifest_digest ? img->manifest_digest : "", kind);
 }

@@ -13,8 +13,12 @@
 #include "common/error.h"
 #include "snapshot/snapshot.h"
 
-#define NB_LAYERS_MAX   125 /* docker's layer depth limit (overlay takes 128) */
-#define NB_EXCLUDES_MAX 1024
+/* Layers of a pushed image (max_layers): docker refuses images deeper than 125 ("max depth exceeded"),
+ * overlay stops at 128. */
+#define NB_LAYERS_DEFAULT 125
+#define NB_LAYERS_MIN     2 /* a base layer and the new one */
+#define NB_LAYERS_MAX     1000
+#define NB_EXCLUDES_MAX   1024
 /* One pushed layer blob at most (SWR takes 10 GB): bigger changes are split into several layers. */
 #define NB_LAYER_SIZE_DEFAULT (10ull << 30)
 #define NB_LAYER_SIZE_MIN     SNAP_SPLIT_BLOB_MIN /* room for headers and the compression slack */
@@ -71,6 +75,15 @@ typedef struct NbSaveOptions {
          * (snapshot.h, split layers); a single file that cannot fit fails before any upload. 0:
          * NB_LAYER_SIZE_DEFAULT; else at least NB_LAYER_SIZE_MIN. */
         uint64_t max_layer_size;
+        /* Build on the last save's image when the state dir has one that is still in the registry (chain.h):
+         * one layer of what changed since it. Otherwise, or when the rules below say so, a full save. */
+        bool incremental;
+        /* The pushed image never has more layers: 0: NB_LAYERS_DEFAULT; else NB_LAYERS_MIN..NB_LAYERS_MAX. A
+         * chain that would exceed it is saved in full on the base image. */
+        unsigned max_layers;
+        /* Percent: an incremental save that would leave more than this share of the chain's own bytes
+         * dead (deleted or replaced by later layers) is a full save instead. -1: NB_CHAIN_WASTE_DEFAULT. */
+        int chain_waste_max;
         const _Atomic bool *cancel; /* set from another thread: the save stops soon with -ECANCELED */
         void (*progress)(void *userdata, const NbProgress *p);
         void (*note)(void *userdata, const char *message);
@@ -83,6 +96,9 @@ int nb_save_validate(const NbSaveOptions *o, NbError *e);
 /* Runs the save. img must come with id, create_at and the request fields set; on return its status is ACTIVE
  * (0) or CREATE_FAILED (negative errno, status_message and e say why). */
 int nb_save(const NbSaveOptions *o, NbImage *img, NbError *e);
+
+/* Checks a --max-layers / max_layers value: 0 (the default) or NB_LAYERS_MIN..NB_LAYERS_MAX. */
+int nb_max_layers_check(unsigned long v, NbError *e);
 
 /* Baseline file inside the state dir. */
 int nb_baseline_path(const char *state_dir, char **ret);

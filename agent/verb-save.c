@@ -10,6 +10,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "agent/chain.h"
 #include "agent/save.h"
 #include "agent/verb.h"
 #include "common/clock.h"
@@ -41,7 +42,8 @@ static const char *const usage_save =
         "                   --namespace NS --name NAME --tag TAG [--description TEXT] [--exclude PATH]...\n"
         "                   [--workspace-id ID] [--authfile FILE] [--ca-file FILE] [--threads N]\n"
         "                   [--compression gzip|zstd] [--level N] [--max-image-size SIZE]\n"
-        "                   [--max-layer-size SIZE]\n"
+        "                   [--max-layer-size SIZE] [--incremental] [--max-layers N]\n"
+        "                   [--chain-waste-max PERCENT]\n"
         "\n"
         "Packs what changed under --root since the baseline into one OCI layer and pushes the image\n"
         "<registry host>/NS/NAME:TAG = the base image's layers (reused, never uploaded again) + that "
@@ -79,6 +81,15 @@ static const char *const usage_save =
         "  --max-layer-size SIZE no layer blob pushed is larger (default 10G, at least 1M): a bigger\n"
         "                        change is cut into several layers; a file that cannot fit in one\n"
         "                        fails the save before anything is uploaded\n"
+        "  --incremental         build on this notebook's last save when its image is still in the\n"
+        "                        registry: one layer of what changed since then (STATE-DIR/last-save.json\n"
+        "                        says which); otherwise, or when a rule below says so, a full save\n"
+        "  --max-layers N        the image never has more layers (2-1000, default 125: docker's limit); a\n"
+        "                        chain that would exceed it is saved in full on the base image\n"
+        "  --chain-waste-max PERCENT\n"
+        "                        a full save instead of an incremental one when the files deleted or\n"
+        "                        replaced since the chain began would exceed PERCENT of the bytes in its\n"
+        "                        layers (0-100, default 25)\n"
         "\n"
         "Never saved: /proc /sys /dev /run, every mount point below the root, the state dir, the "
         "credentials\n"
@@ -107,6 +118,9 @@ enum {
         OPT_MOUNTINFO,
         OPT_MAX_IMAGE_SIZE,
         OPT_MAX_LAYER_SIZE,
+        OPT_INCREMENTAL,
+        OPT_MAX_LAYERS,
+        OPT_CHAIN_WASTE_MAX,
         OPT_VERSION,
 };
 
@@ -132,6 +146,9 @@ static const struct option long_options[] = {
         {"chunk-size", required_argument, NULL, OPT_CHUNK_SIZE},
         {"max-image-size", required_argument, NULL, OPT_MAX_IMAGE_SIZE},
         {"max-layer-size", required_argument, NULL, OPT_MAX_LAYER_SIZE},
+        {"incremental", no_argument, NULL, OPT_INCREMENTAL},
+        {"max-layers", required_argument, NULL, OPT_MAX_LAYERS},
+        {"chain-waste-max", required_argument, NULL, OPT_CHAIN_WASTE_MAX},
         {"mountinfo", required_argument, NULL, OPT_MOUNTINFO}, /* tests: another mount table */
         {},
 };
@@ -142,13 +159,14 @@ typedef struct Args {
         const char *excludes[NB_EXCLUDES_MAX];
 } Args;
 
-static int parse_uint(const char *s, const char *flag, unsigned long max, unsigned long *ret)
+static int parse_uint(const char *s, const char *flag, unsigned long min, unsigned long max,
+                      unsigned long *ret)
 {
         char *end;
         errno = 0;
         unsigned long v = strtoul(s, &end, 10);
-        if (errno || end == s || *end || v > max || s[0] == '-') {
-                fprintf(stderr, "nbsnap: %s takes a number from 0 to %lu, not '%s'\n", flag, max, s);
+        if (errno || end == s || *end || v < min || v > max || s[0] == '-') {
+                fprintf(stderr, "nbsnap: %s takes a number from %lu to %lu, not '%s'\n", flag, min, max, s);
                 return -EINVAL;
         }
         *ret = v;
@@ -186,6 +204,7 @@ static int parse_args(int argc, char **argv, const char *usage, Args *a)
         unsigned long v;
         int c;
         o->level = -1;
+        o->chain_waste_max = -1;
         while ((c = getopt_long(argc, argv, "h", long_options, NULL)) >= 0) {
                 switch (c) {
                 case 'h':
@@ -238,7 +257,7 @@ static int parse_args(int argc, char **argv, const char *usage, Args *a)
                         o->mountinfo = optarg;
                         break;
                 case OPT_THREADS:
-                        if (parse_uint(optarg, "--threads", 256, &v) < 0)
+                        if (parse_uint(optarg, "--threads", 0, 256, &v) < 0)
                                 return -EINVAL;
                         o->threads = (unsigned)v;
                         break;
@@ -266,8 +285,21 @@ static int parse_args(int argc, char **argv, const char *usage, Args *a)
                                 return -EINVAL;
                         }
                         break;
+                case OPT_INCREMENTAL:
+                        o->incremental = true;
+                        break;
+                case OPT_MAX_LAYERS:
+                        if (parse_uint(optarg, "--max-layers", NB_LAYERS_MIN, NB_LAYERS_MAX, &v) < 0)
+                                return -EINVAL;
+                        o->max_layers = (unsigned)v;
+                        break;
+                case OPT_CHAIN_WASTE_MAX:
+                        if (parse_uint(optarg, "--chain-waste-max", 0, NB_CHAIN_WASTE_MAX, &v) < 0)
+                                return -EINVAL;
+                        o->chain_waste_max = (int)v;
+                        break;
                 case OPT_CHUNK_SIZE:
-                        if (parse_uint(optarg, "--chunk-size", 1ul << 30, &v) < 0)
+                        if (parse_uint(optarg, "--chunk-size", 0, 1ul << 30, &v) < 0)
                                 return -EINVAL;
                         o->chunk_size = v;
                         break;

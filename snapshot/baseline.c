@@ -11,7 +11,7 @@
 
 #define HEADER_SIZE      16 /* magic + u32 version + u32 flags */
 #define TRAILER_SIZE     32
-#define BASELINE_VERSION 1
+#define BASELINE_VERSION 2 /* 2: a flags varint after rdev (SNAP_ENTRY_*); 1 is read with flags 0 */
 #define TAG_RECORD       'R'
 #define TAG_END          'E'
 
@@ -76,6 +76,7 @@ static int w_entry(Writer *w, const SnapEntry *en)
         w_varint(w, en->dev);
         w_varint(w, en->ino);
         w_varint(w, en->rdev);
+        w_varint(w, en->flags & SNAP_ENTRY_FLAGS);
         if (S_ISLNK(en->mode)) {
                 w_varint(w, en->link_len);
                 w_bytes(w, en->link, en->link_len);
@@ -93,25 +94,92 @@ static int w_entry(Writer *w, const SnapEntry *en)
         return w->failed ? -EIO : 0;
 }
 
-static int write_all(Writer *w, const char *root, const SnapExcludes *ex, NbError *e)
+struct SnapBaselineWriter {
+        Writer w;
+        char *path, *tmp;
+        int fd;
+        struct timespec racy_after;
+};
+
+SnapBaselineWriter *snap_baseline_writer_free(SnapBaselineWriter *bw)
 {
-        SnapWalk *walk = NULL;
-        int r = snap_walk_new(root, ex, &walk, e);
-        if (r < 0)
+        if (!bw)
+                return NULL;
+        if (bw->w.f)
+                fclose(bw->w.f); /* closes fd */
+        else if (bw->fd >= 0)
+                close(bw->fd);
+        if (bw->tmp)
+                unlink(bw->tmp);
+        EVP_MD_CTX_free(bw->w.md);
+        free(bw->w.prev);
+        free(bw->path);
+        free(bw->tmp);
+        free(bw);
+        return NULL;
+}
+
+int snap_baseline_writer_new(const char *path, SnapBaselineWriter **ret, NbError *e)
+{
+        _cleanup_(snap_baseline_writer_freep) SnapBaselineWriter *bw = calloc(1, sizeof(*bw));
+        if (!bw)
+                return nb_error_oom(e);
+        bw->fd = -1;
+        if (!(bw->path = strdup(path)) || asprintf(&bw->tmp, "%s.tmp.XXXXXX", path) < 0) {
+                bw->tmp = NULL;
+                return nb_error_oom(e);
+        }
+        bw->fd = mkostemp(bw->tmp, O_CLOEXEC);
+        if (bw->fd < 0) {
+                int r = nb_error_set(e, -errno, "cannot create %s: %m", bw->tmp);
+                free(bw->tmp);
+                bw->tmp = NULL;
                 return r;
+        }
+        bw->w.f = fdopen(bw->fd, "w");
+        bw->w.md = EVP_MD_CTX_new();
+        if (!bw->w.f || !bw->w.md || EVP_DigestInit_ex(bw->w.md, EVP_sha256(), NULL) != 1)
+                return nb_error_oom(e);
+        setvbuf(bw->w.f, NULL, _IOFBF, 1 << 20);
         uint8_t header[HEADER_SIZE] = {0};
         memcpy(header, SNAP_BASELINE_MAGIC, 8);
         header[8] = BASELINE_VERSION;
-        w_bytes(w, header, sizeof(header));
-        const SnapEntry *en;
-        while ((r = snap_walk_next(walk, &en, e)) > 0)
-                if (w_entry(w, en) < 0) {
-                        r = nb_error_set(e, -EIO, "cannot write the baseline: %m");
-                        break;
-                }
-        snap_walk_free(walk);
-        if (r < 0)
-                return r;
+        w_bytes(&bw->w, header, sizeof(header));
+        /* the kernel stamps ctime from a clock that runs up to a tick behind this one: a second covers it,
+         * and file systems of a coarser time granularity than a second are not where notebooks live */
+        clock_gettime(CLOCK_REALTIME, &bw->racy_after);
+        bw->racy_after.tv_sec -= SNAP_RECORD_RACY_SEC;
+        *ret = TAKE_PTR(bw);
+        return 0;
+}
+
+/* A live entry the save packed (SNAP_ENTRY_SAVED) whose ctime is not clearly older than the record could
+ * still change within the same clock tick
+ * after its stat was taken, and its stat data would then not tell (git's "racily clean" entries). It is
+ * written with a ctime of 0, which no live entry has, so the next diff against the record takes it as
+ * changed and reads it again. */
+static bool racy(const SnapBaselineWriter *bw, const SnapEntry *en)
+{
+        return en->ctime_sec > bw->racy_after.tv_sec ||
+               (en->ctime_sec == bw->racy_after.tv_sec && (long)en->ctime_nsec >= bw->racy_after.tv_nsec);
+}
+
+int snap_baseline_writer_add(SnapBaselineWriter *bw, const SnapEntry *en, NbError *e)
+{
+        SnapEntry copy;
+        if ((en->flags & SNAP_ENTRY_SAVED) && racy(bw, en)) {
+                copy = *en;
+                copy.ctime_sec = 0, copy.ctime_nsec = 0;
+                en = &copy;
+        }
+        if (w_entry(&bw->w, en) < 0)
+                return nb_error_set(e, -EIO, "cannot write %s: %m", bw->tmp);
+        return 0;
+}
+
+int snap_baseline_writer_commit(SnapBaselineWriter *bw, SnapBaselineStats *ret, NbError *e)
+{
+        Writer *w = &bw->w;
         uint8_t tag = TAG_END;
         w_bytes(w, &tag, 1);
         w_varint(w, w->count);
@@ -119,60 +187,42 @@ static int write_all(Writer *w, const char *root, const SnapExcludes *ex, NbErro
         unsigned sum_len = 0;
         if (EVP_DigestFinal_ex(w->md, sum, &sum_len) != 1 || sum_len != TRAILER_SIZE)
                 return nb_error_set(e, -EIO, "SHA-256 failed");
+        struct stat st;
         if (w->failed || fwrite(sum, 1, TRAILER_SIZE, w->f) != TRAILER_SIZE || fflush(w->f) != 0 ||
-            fsync(fileno(w->f)) < 0)
-                return nb_error_set(e, -errno ?: -EIO, "cannot write the baseline: %m");
+            fsync(fileno(w->f)) < 0 || fstat(fileno(w->f), &st) < 0)
+                return nb_error_set(e, -errno ?: -EIO, "cannot write %s: %m", bw->tmp);
+        FILE *f = TAKE_PTR(w->f);
+        bw->fd = -1;
+        if (fclose(f) != 0)
+                return nb_error_set(e, -errno, "cannot write %s: %m", bw->tmp);
+        if (rename(bw->tmp, bw->path) < 0)
+                return nb_error_set(e, -errno, "cannot rename %s to %s: %m", bw->tmp, bw->path);
+        free(bw->tmp);
+        bw->tmp = NULL;
+        (void)nb_fsync_parent(bw->path);
+        if (ret)
+                *ret = (SnapBaselineStats){.entries = w->count, .file_size = (uint64_t)st.st_size};
         return 0;
 }
 
 int snap_baseline_write(const char *root, const SnapExcludes *ex, const char *path, SnapBaselineStats *ret,
                         NbError *e)
 {
-        _cleanup_free_ char *tmp = NULL;
-        if (asprintf(&tmp, "%s.tmp.XXXXXX", path) < 0)
-                return nb_error_oom(e);
-        int fd = mkostemp(tmp, O_CLOEXEC);
-        if (fd < 0)
-                return nb_error_set(e, -errno, "cannot create %s: %m", tmp);
-        Writer w = {.f = fdopen(fd, "w"), .md = EVP_MD_CTX_new()};
-        bool closed = false;
-        int r;
-        if (!w.f || !w.md || EVP_DigestInit_ex(w.md, EVP_sha256(), NULL) != 1) {
-                r = nb_error_oom(e);
-                goto fail;
-        }
-        setvbuf(w.f, NULL, _IOFBF, 1 << 20);
-        r = write_all(&w, root, ex, e);
+        _cleanup_(snap_baseline_writer_freep) SnapBaselineWriter *bw = NULL;
+        _cleanup_snap_walk_ SnapWalk *walk = NULL;
+        int r = snap_baseline_writer_new(path, &bw, e);
+        if (r >= 0)
+                r = snap_walk_new(root, ex, &walk, e);
         if (r < 0)
-                goto fail;
-        struct stat st;
-        if (fstat(fileno(w.f), &st) < 0 || fclose(w.f) != 0) {
-                w.f = NULL;
-                closed = true;
-                r = nb_error_set(e, -errno, "cannot write %s: %m", tmp);
-                goto fail;
+                return r;
+        const SnapEntry *en;
+        while ((r = snap_walk_next(walk, &en, e)) > 0) {
+                /* the tree at container start, as it was: nothing racy in it is to be read again */
+                r = w_entry(&bw->w, en) < 0 ? nb_error_set(e, -EIO, "cannot write the baseline: %m") : 0;
+                if (r < 0)
+                        return r;
         }
-        w.f = NULL;
-        closed = true;
-        if (rename(tmp, path) < 0) {
-                r = nb_error_set(e, -errno, "cannot rename %s to %s: %m", tmp, path);
-                goto fail;
-        }
-        (void)nb_fsync_parent(path);
-        if (ret)
-                *ret = (SnapBaselineStats){.entries = w.count, .file_size = (uint64_t)st.st_size};
-        EVP_MD_CTX_free(w.md);
-        free(w.prev);
-        return 0;
-fail:
-        if (w.f)
-                fclose(w.f); /* closes fd */
-        else if (fd >= 0 && r != 0 && !closed)
-                close(fd);
-        unlink(tmp);
-        EVP_MD_CTX_free(w.md);
-        free(w.prev);
-        return r;
+        return r < 0 ? r : snap_baseline_writer_commit(bw, ret, e);
 }
 
 /* ---- reader --------------------------------------------------------------------------------------------
@@ -186,6 +236,7 @@ struct SnapBaseline {
         size_t path_len, allocated;
         char link[SNAP_LINK_MAX + 1];
         SnapEntry entry;
+        uint8_t version;
         bool done;
 };
 
@@ -261,7 +312,7 @@ int snap_baseline_open_fd(int fd, const char *what, SnapBaseline **ret, NbError 
         }
         uint8_t header[HEADER_SIZE];
         if (pread(fd, header, sizeof(header), 0) != (ssize_t)sizeof(header) ||
-            memcmp(header, SNAP_BASELINE_MAGIC, 8) != 0 || header[8] != BASELINE_VERSION) {
+            memcmp(header, SNAP_BASELINE_MAGIC, 8) != 0 || header[8] < 1 || header[8] > BASELINE_VERSION) {
                 r = corrupt(b, e, "not an nbsnap baseline of a known version");
                 goto fail;
         }
@@ -271,6 +322,7 @@ int snap_baseline_open_fd(int fd, const char *what, SnapBaseline **ret, NbError 
                                   : nb_error_set(e, r, "cannot read %s", what);
                 goto fail;
         }
+        b->version = header[8];
         if (lseek(fd, HEADER_SIZE, SEEK_SET) < 0 || !(b->f = fdopen(fd, "r"))) {
                 r = nb_error_set(e, -errno, "cannot read baseline %s: %m", what);
                 goto fail;
@@ -378,8 +430,11 @@ static int read_record(SnapBaseline *b, NbError *e)
             r_u32(b->f, &en->nlink) < 0 || r_varint(b->f, &en->size) < 0 ||
             r_time(b->f, &en->mtime_sec, &en->mtime_nsec) < 0 ||
             r_time(b->f, &en->ctime_sec, &en->ctime_nsec) < 0 || r_varint(b->f, &en->dev) < 0 ||
-            r_varint(b->f, &en->ino) < 0 || r_varint(b->f, &en->rdev) < 0)
+            r_varint(b->f, &en->ino) < 0 || r_varint(b->f, &en->rdev) < 0 ||
+            (b->version >= 2 && r_u32(b->f, &en->flags) < 0))
                 return corrupt(b, e, "truncated record");
+        if (en->flags & ~SNAP_ENTRY_FLAGS)
+                return corrupt(b, e, "unknown entry flags");
         if (S_ISLNK(en->mode)) {
                 uint64_t n;
                 if (r_varint(b->f, &n) < 0 || n > SNAP_LINK_MAX || fread(b->link, 1, (size_t)n, b->f) != n)

@@ -1,4 +1,7 @@
-/* baseline.h: the record of the root filesystem taken at container start, and its reader.
+/* baseline.h: the record of the root filesystem taken at container start, and its reader. The same format
+ * records, after each save, the tree as the saved image shows it (snapshot.h, the record of a save), with
+ * SNAP_ENTRY_SAVED on the entries whose bytes are in the chain's own layers (format version 2; version 1
+ * files, without flags, are still read).
  *
  * The file holds every entry of the tree (excludes applied) in tree order with its stat data and symlink
  * target: paths prefix-compressed against the previous one, numbers as LEB128 varints, a SHA-256 of the
@@ -15,7 +18,11 @@
 #include "snapshot/snapshot.h"
 
 #define SNAP_BASELINE_MAGIC    "NBSNAPB1"
+#define SNAP_RECORD_RACY_SEC   1 /* a packed entry changed this recently is read again by the next save */
 #define SNAP_BASELINE_FILE_MAX (16ull * 1024 * 1024 * 1024) /* 16 GiB: ~100 M entries */
+
+/* Adds the next entry, in tree order. */
+int snap_baseline_writer_add(SnapBaselineWriter *w, const SnapEntry *en, NbError *e);
 
 /* Takes over fd (e.g. a memfd in the fuzzer). */
 int snap_baseline_open_fd(int fd, const char *what, SnapBaseline **ret, NbError *e);

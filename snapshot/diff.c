@@ -14,10 +14,12 @@ typedef struct Diff {
         SnapWalk *live;
         const SnapDiffSink *sink;
         const SnapEntry *b, *l;
+        SnapBaselineWriter *record;
         char *skip; /* baseline entries under this path are gone with it (deleted, replaced, excluded,
                        opaque) */
         size_t skip_len, skip_allocated;
         bool skipping;
+        bool skip_drops; /* the skipped entries are dropped (not excluded) */
         SnapDiffStats stats;
 } Diff;
 
@@ -41,8 +43,14 @@ static int next_live(Diff *d, NbError *e)
         return r;
 }
 
-static int skip_below(Diff *d, const SnapEntry *en, NbError *e)
+static int drop(Diff *d, const SnapEntry *en, NbError *e)
 {
+        return d->sink->drop ? d->sink->drop(d->sink->userdata, en, e) : 0;
+}
+
+static int skip_below(Diff *d, const SnapEntry *en, bool drops, NbError *e)
+{
+        d->skip_drops = drops;
         if (en->path_len + 1 > d->skip_allocated) {
                 size_t n = (en->path_len + 1) * 2;
                 char *p = realloc(d->skip, n);
@@ -56,21 +64,31 @@ static int skip_below(Diff *d, const SnapEntry *en, NbError *e)
         return 0;
 }
 
+/* A live entry to save, and to record as saved: with the walk's stat data, taken before its content is read.
+ */
 static int add_live(Diff *d, NbError *e)
 {
-        return d->sink->add(d->sink->userdata, d->l, snap_walk_dirfd(d->live), snap_walk_name(d->live), e);
+        int r = d->sink->add(d->sink->userdata, d->l, snap_walk_dirfd(d->live), snap_walk_name(d->live), e);
+        if (r < 0 || !d->record)
+                return r;
+        SnapEntry en = *d->l;
+        en.flags = SNAP_ENTRY_SAVED;
+        return snap_baseline_writer_add(d->record, &en, e);
 }
 
 /* Entry only in the baseline. */
 static int gone(Diff *d, const SnapExcludes *ex, NbError *e)
 {
-        if (!snap_excludes_covers(ex, d->b->path, d->b->path_len)) {
+        bool excluded = snap_excludes_covers(ex, d->b->path, d->b->path_len);
+        if (!excluded) {
                 int r = d->sink->whiteout(d->sink->userdata, d->b->path, e);
+                if (r >= 0)
+                        r = drop(d, d->b, e);
                 if (r < 0)
                         return r;
                 d->stats.deleted++;
         }
-        return S_ISDIR(d->b->mode) ? skip_below(d, d->b, e) : 0;
+        return S_ISDIR(d->b->mode) ? skip_below(d, d->b, !excluded, e) : 0;
 }
 
 /* Entry on both sides. */
@@ -80,33 +98,41 @@ static int both(Diff *d, NbError *e)
         int r;
         if ((b->mode ^ l->mode) & S_IFMT) {
                 d->stats.modified++;
-                r = add_live(d, e);
+                r = drop(d, b, e);
+                if (r >= 0)
+                        r = add_live(d, e);
                 if (r >= 0 && S_ISDIR(b->mode))
-                        r = skip_below(d, b, e);
+                        r = skip_below(d, b, true, e);
                 return r;
         }
         if (S_ISDIR(l->mode) && b->ino != l->ino) {
                 d->stats.recreated++;
-                r = add_live(d, e);
+                r = drop(d, b, e);
+                if (r >= 0)
+                        r = add_live(d, e);
                 if (r >= 0)
                         r = d->sink->opaque(d->sink->userdata, l->path, e);
                 if (r >= 0)
-                        r = skip_below(d, b, e);
+                        r = skip_below(d, b, true, e);
                 return r;
         }
         if (!snap_entry_changed(b, l)) {
                 d->stats.same++;
-                return 0;
+                /* the image shows what the baseline recorded, as the baseline marked it */
+                return d->record ? snap_baseline_writer_add(d->record, b, e) : 0;
         }
         d->stats.modified++;
-        return add_live(d, e);
+        r = drop(d, b, e);
+        return r < 0 ? r : add_live(d, e);
 }
 
 static int step(Diff *d, const SnapExcludes *ex, NbError *e)
 {
         if (d->b && d->skipping) {
-                if (snap_path_within(d->b->path, d->b->path_len, d->skip, d->skip_len))
-                        return next_base(d, e);
+                if (snap_path_within(d->b->path, d->b->path_len, d->skip, d->skip_len)) {
+                        int r = d->skip_drops ? drop(d, d->b, e) : 0;
+                        return r < 0 ? r : next_base(d, e);
+                }
                 d->skipping = false;
         }
         int c = !d->b   ? 1
@@ -129,9 +155,10 @@ static int step(Diff *d, const SnapExcludes *ex, NbError *e)
 }
 
 int snap_diff_run(SnapBaseline *base, SnapWalk *live, const SnapExcludes *ex, const SnapDiffSink *sink,
-                  snap_diff_progress_fn progress, void *userdata, SnapDiffStats *ret, NbError *e)
+                  SnapBaselineWriter *record, snap_diff_progress_fn progress, void *userdata,
+                  SnapDiffStats *ret, NbError *e)
 {
-        Diff d = {.base = base, .live = live, .sink = sink};
+        Diff d = {.base = base, .live = live, .sink = sink, .record = record};
         int r = next_base(&d, e);
         if (r >= 0)
                 r = next_live(&d, e);
@@ -183,20 +210,21 @@ static int no_marker(void *u, const char *path, NbError *e)
 }
 
 int snap_diff_layer_part(SnapBaseline *base, SnapWalk *live, const SnapExcludes *ex, SnapLayer *layer,
-                         SnapDiffPart part, snap_diff_progress_fn progress, void *userdata,
-                         SnapDiffStats *ret, NbError *e)
+                         SnapDiffPart part, SnapBaselineWriter *record, snap_diff_progress_fn progress,
+                         void *userdata, SnapDiffStats *ret, NbError *e)
 {
         const SnapDiffSink sinks[] = {
-                [SNAP_DIFF_ALL] = {layer_add, layer_whiteout, layer_opaque, layer},
-                [SNAP_DIFF_SKELETON] = {skeleton_add, layer_whiteout, layer_opaque, layer},
-                [SNAP_DIFF_CONTENT] = {content_add, no_marker, no_marker, layer},
+                [SNAP_DIFF_ALL] = {layer_add, layer_whiteout, layer_opaque, NULL, layer},
+                [SNAP_DIFF_SKELETON] = {skeleton_add, layer_whiteout, layer_opaque, NULL, layer},
+                [SNAP_DIFF_CONTENT] = {content_add, no_marker, no_marker, NULL, layer},
         };
         assert(part < ELEMENTSOF(sinks));
-        return snap_diff_run(base, live, ex, &sinks[part], progress, userdata, ret, e);
+        assert(!record || part != SNAP_DIFF_SKELETON);
+        return snap_diff_run(base, live, ex, &sinks[part], record, progress, userdata, ret, e);
 }
 
 int snap_diff_layer(SnapBaseline *base, SnapWalk *live, const SnapExcludes *ex, SnapLayer *layer,
                     snap_diff_progress_fn progress, void *userdata, SnapDiffStats *ret, NbError *e)
 {
-        return snap_diff_layer_part(base, live, ex, layer, SNAP_DIFF_ALL, progress, userdata, ret, e);
+        return snap_diff_layer_part(base, live, ex, layer, SNAP_DIFF_ALL, NULL, progress, userdata, ret, e);
 }

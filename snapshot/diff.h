@@ -12,8 +12,13 @@ typedef struct SnapDiffSink {
         int (*whiteout)(void *userdata, const char *path, NbError *e);
         /* a directory whose old content is gone */
         int (*opaque)(void *userdata, const char *dir, NbError *e);
+        /* NULL, or: a baseline entry whose content the changes delete or replace (each one, below a deleted
+         * or replaced directory too; excluded entries never) */
+        int (*drop)(void *userdata, const SnapEntry *entry, NbError *e);
         void *userdata;
 } SnapDiffSink;
 
+/* record: NULL, or the record of the save to write as the join goes (snapshot.h). */
 int snap_diff_run(SnapBaseline *base, SnapWalk *live, const SnapExcludes *excludes, const SnapDiffSink *sink,
-                  snap_diff_progress_fn progress, void *userdata, SnapDiffStats *ret, NbError *e);
+                  SnapBaselineWriter *record, snap_diff_progress_fn progress, void *userdata,
+                  SnapDiffStats *ret, NbError *e);

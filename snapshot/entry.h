@@ -31,7 +31,13 @@ typedef struct SnapEntry {
         uint64_t dev, ino, rdev;
         const char *link; /* symlink target (NUL-terminated) or NULL */
         size_t link_len;
+        uint32_t flags; /* SNAP_ENTRY_*: what a record says of the entry besides its stat data */
 } SnapEntry;
+
+/* Flags of a recorded entry. */
+#define SNAP_ENTRY_SAVED                                                                                    \
+        1u /* packed by a save of the chain: its bytes are in one of the chain's own layers */
+#define SNAP_ENTRY_FLAGS SNAP_ENTRY_SAVED
 
 /* <0, 0, >0 like strcmp, in tree order. */
 int snap_path_cmp(const char *a, size_t a_len, const char *b, size_t b_len);

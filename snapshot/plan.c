@@ -287,13 +287,22 @@ static int plan_marker(void *u, const char *path, NbError *e)
         return 0;
 }
 
+static int plan_drop(void *u, const SnapEntry *en, NbError *e)
+{
+        SnapPlan *p = u;
+        (void)e;
+        if (S_ISREG(en->mode) && (en->flags & SNAP_ENTRY_SAVED))
+                p->stats.dead_bytes += en->size;
+        return 0;
+}
+
 int snap_diff_plan(SnapBaseline *base, SnapWalk *live, const SnapExcludes *ex, SnapPlan **ret, NbError *e)
 {
         SnapPlan *p = calloc(1, sizeof(SnapPlan));
         if (!p)
                 return nb_error_oom(e);
-        const SnapDiffSink sink = {plan_add, plan_marker, plan_marker, p};
-        int r = snap_diff_run(base, live, ex, &sink, NULL, NULL, NULL, e);
+        const SnapDiffSink sink = {plan_add, plan_marker, plan_marker, plan_drop, p};
+        int r = snap_diff_run(base, live, ex, &sink, NULL, NULL, NULL, NULL, e);
         if (r < 0) {
                 snap_plan_free(p);
                 return nb_error_wrap(e, r, "cannot count the changes");

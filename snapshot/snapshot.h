@@ -47,6 +47,20 @@ typedef struct SnapBaselineStats {
 /* Walks root and writes the baseline to path atomically. */
 int snap_baseline_write(const char *root, const SnapExcludes *excludes, const char *path,
                         SnapBaselineStats *ret, NbError *e);
+/* The record of a save: the same format, written by the diff pass as it goes (snap_diff_layer_part()) and
+ * describing the tree as the saved image shows it, so the next save can diff against it and pack only what
+ * changed since (an incremental save). Every live entry the pass meets is recorded: an unchanged one as the
+ * baseline had it, a packed one with the stat data the walk took before its content was read (a file that
+ * changes while or after it is read differs from that next time, so it comes back) and a mark that its bytes
+ * are in the chain's own layers (what the dead-bytes rule of snap_diff_plan() counts). A packed entry whose
+ * ctime lies within a second of the record's start could still change unseen within the same clock tick: it
+ * is recorded so that the next save reads it again. Written to a temporary file next to path; commit
+ * fsyncs and renames it, free without commit removes it. */
+typedef struct SnapBaselineWriter SnapBaselineWriter;
+int snap_baseline_writer_new(const char *path, SnapBaselineWriter **ret, NbError *e);
+int snap_baseline_writer_commit(SnapBaselineWriter *w, SnapBaselineStats *ret, NbError *e);
+SnapBaselineWriter *snap_baseline_writer_free(SnapBaselineWriter *w);
+
 typedef struct SnapBaseline SnapBaseline;
 int snap_baseline_open(const char *path, SnapBaseline **ret, NbError *e);
 SnapBaseline *snap_baseline_free(SnapBaseline *b);
@@ -143,9 +157,11 @@ typedef enum SnapDiffPart {
         SNAP_DIFF_SKELETON, /* changed directories, whiteouts, opaque markers */
         SNAP_DIFF_CONTENT,  /* everything else */
 } SnapDiffPart;
+/* record: NULL, or the record of this save to write (see the baseline section), on a pass that meets every
+ * entry (SNAP_DIFF_ALL or SNAP_DIFF_CONTENT). */
 int snap_diff_layer_part(SnapBaseline *base, SnapWalk *live, const SnapExcludes *excludes, SnapLayer *layer,
-                         SnapDiffPart part, snap_diff_progress_fn progress, void *userdata,
-                         SnapDiffStats *ret, NbError *e);
+                         SnapDiffPart part, SnapBaselineWriter *record, snap_diff_progress_fn progress,
+                         void *userdata, SnapDiffStats *ret, NbError *e);
 
 /* ---- the plan: what a save would write, counted before anything is written ------------------------ */
 
@@ -177,6 +193,9 @@ typedef struct SnapPlanStats {
         uint64_t largest_tar;  /* its tar bytes (snap_layer_split's bound: headers included) */
         uint64_t tar_bytes;    /* the same bound for every entry: the one tar of the changes, end blocks left
                                   out */
+        /* Bytes of the regular files the baseline marks as packed by the chain (a record of a save) that the
+         * changes delete or replace: what stacking the new layer on the chain would leave dead in it. */
+        uint64_t dead_bytes;
         uint64_t skeleton_tar; /* the same for the directories, whiteouts and opaque markers alone */
         size_t n_top;
         SnapPlanDir top[SNAP_PLAN_TOP_DIRS];
@@ -250,6 +269,10 @@ static inline void snap_excludes_freep(SnapExcludes **p)
 {
         snap_excludes_free(*p);
 }
+static inline void snap_baseline_writer_freep(SnapBaselineWriter **p)
+{
+        snap_baseline_writer_free(*p);
+}
 static inline void snap_baseline_freep(SnapBaseline **p)
 {
         snap_baseline_free(*p);
@@ -270,9 +293,10 @@ static inline void snap_compressor_freep(SnapCompressor **p)
 {
         snap_compressor_free(*p);
 }
-#define _cleanup_snap_excludes_   _cleanup_(snap_excludes_freep)
-#define _cleanup_snap_baseline_   _cleanup_(snap_baseline_freep)
-#define _cleanup_snap_walk_       _cleanup_(snap_walk_freep)
-#define _cleanup_snap_layer_      _cleanup_(snap_layer_freep)
-#define _cleanup_snap_compressor_ _cleanup_(snap_compressor_freep)
-#define _cleanup_snap_plan_       _cleanup_(snap_plan_freep)
+#define _cleanup_snap_excludes_        _cleanup_(snap_excludes_freep)
+#define _cleanup_snap_baseline_        _cleanup_(snap_baseline_freep)
+#define _cleanup_snap_baseline_writer_ _cleanup_(snap_baseline_writer_freep)
+#define _cleanup_snap_walk_            _cleanup_(snap_walk_freep)
+#define _cleanup_snap_layer_           _cleanup_(snap_layer_freep)
+#define _cleanup_snap_compressor_      _cleanup_(snap_compressor_freep)
+#define _cleanup_snap_plan_            _cleanup_(snap_plan_freep)

@@ -84,6 +84,43 @@ static void test_size_keys(void)
         nb_config_done(&c);
 }
 
+/* The chain keys: incremental (a boolean, on by default), max_layers (2..1000, 125), chain_waste_max
+ * (0..100, 25); a bad value names its key and changes nothing. */
+static void test_chain_keys(void)
+{
+        NbConfig c;
+        NbError e = {0};
+        nb_config_init(&c);
+        ASSERT_TRUE(c.incremental);
+        ASSERT_EQ(c.max_layers, 125u);
+        ASSERT_EQ(c.chain_waste_max, 25u);
+        ASSERT_OK(nb_config_set(&c, "incremental", "false", &e));
+        ASSERT_TRUE(!c.incremental);
+        ASSERT_OK(nb_config_set(&c, "incremental", "yes", &e));
+        ASSERT_TRUE(c.incremental);
+        ASSERT_OK(nb_config_set(&c, "max-layers", "2", &e));
+        ASSERT_EQ(c.max_layers, 2u);
+        ASSERT_OK(nb_config_set(&c, "max_layers", "1000", &e));
+        ASSERT_OK(nb_config_set(&c, "chain_waste_max", "0", &e));
+        ASSERT_EQ(c.chain_waste_max, 0u);
+        static const struct {
+                const char *key, *value;
+        } bad[] = {
+                {"incremental", "maybe"},  {"incremental", ""},      {"incremental", "TRUE "},
+                {"max_layers", "0"},       {"max_layers", "1"},      {"max_layers", "ten"},
+                {"max_layers", "1001"},    {"max_layers", "-5"},     {"chain_waste_max", "101"},
+                {"chain_waste_max", "-1"}, {"chain_waste_max", "x"}, {"chain_waste_max", "25%"},
+        };
+        for (size_t i = 0; i < ELEMENTSOF(bad); i++) {
+                ASSERT_TRUE(nb_config_set(&c, bad[i].key, bad[i].value, &e) < 0);
+                ASSERT_TRUE(strstr(e.msg, bad[i].key) != NULL);
+        }
+        ASSERT_TRUE(c.incremental);
+        ASSERT_EQ(c.max_layers, 1000u);
+        ASSERT_EQ(c.chain_waste_max, 0u);
+        nb_config_done(&c);
+}
+
 static void test_check(void)
 {
         NbConfig c;
@@ -145,6 +182,7 @@ int main(void)
         test_file();
         test_errors();
         test_size_keys();
+        test_chain_keys();
         test_check();
         test_flags();
         return 0;

@@ -353,6 +353,112 @@ static SnapPlan *plan_change(const char *name, const char *before, const char *c
         return plan;
 }
 
+/* A diff pass against base_path that writes the layer to memory (dropped) and the record of the save to
+ * rec_path. */
+static void record_pass(const char *root, const char *base_path, const char *rec_path)
+{
+        NbError e = {0};
+        _cleanup_snap_baseline_ SnapBaseline *b = NULL;
+        _cleanup_snap_walk_ SnapWalk *w = NULL;
+        _cleanup_snap_layer_ SnapLayer *l = NULL;
+        _cleanup_snap_baseline_writer_ SnapBaselineWriter *rec = NULL;
+        Buf buf = {0};
+        ASSERT_OK(snap_baseline_open(base_path, &b, &e));
+        ASSERT_OK(snap_walk_new(root, NULL, &w, &e));
+        ASSERT_OK(snap_layer_new(buf_write, NULL, &buf, &l, &e));
+        ASSERT_OK(snap_baseline_writer_new(rec_path, &rec, &e));
+        ASSERT_OK(snap_diff_layer_part(b, w, NULL, l, SNAP_DIFF_ALL, rec, NULL, NULL, NULL, &e));
+        ASSERT_OK(snap_baseline_writer_commit(rec, NULL, &e));
+        ASSERT_OK(snap_layer_finish(l, &e));
+        free(buf.data);
+}
+
+static SnapPlan *plan_against(const char *root, const char *base_path)
+{
+        NbError e = {0};
+        _cleanup_snap_baseline_ SnapBaseline *b = NULL;
+        _cleanup_snap_walk_ SnapWalk *w = NULL;
+        SnapPlan *plan = NULL;
+        ASSERT_OK(snap_baseline_open(base_path, &b, &e));
+        ASSERT_OK(snap_walk_new(root, NULL, &w, &e));
+        ASSERT_OK(snap_diff_plan(b, w, NULL, &plan, &e));
+        return plan;
+}
+
+/* The flags and ctime the record holds for path; false when it holds no such entry. */
+static bool record_get(const char *rec_path, const char *path, uint32_t *flags, int64_t *ctime_sec)
+{
+        NbError e = {0};
+        _cleanup_snap_baseline_ SnapBaseline *b = NULL;
+        const SnapEntry *en;
+        ASSERT_OK(snap_baseline_open(rec_path, &b, &e));
+        int r;
+        while ((r = snap_baseline_next(b, &en, &e)) > 0)
+                if (strcmp(en->path, path) == 0) {
+                        *flags = en->flags, *ctime_sec = en->ctime_sec;
+                        return true;
+                }
+        ASSERT_OK(r);
+        return false;
+}
+
+/* The record of a save (snapshot.h): every live entry, the packed ones marked and, when changed within a
+ * second of the record, made to come back; the next diff against it finds only what changed since; the
+ * counting pass sums the bytes of marked files that the changes delete or replace (dead_bytes). */
+static void test_record(void)
+{
+        char root[600], state[600], base[700], rec1[700], rec2[700];
+        snprintf(root, sizeof(root), "%s/rec-root", scratch);
+        snprintf(state, sizeof(state), "%s/rec-state", scratch);
+        snprintf(base, sizeof(base), "%s/baseline", state);
+        snprintf(rec1, sizeof(rec1), "%s/rec1", state);
+        snprintf(rec2, sizeof(rec2), "%s/rec2", state);
+        sh("mkdir -p %s %s && cd %s && mkdir -p d && head -c 100 /dev/zero > a && head -c 200 /dev/zero > "
+           "d/b",
+           root, state, root);
+        NbError e = {0};
+        ASSERT_OK(snap_baseline_write(root, NULL, base, NULL, &e));
+        sleep(1);
+        sh("cd %s && head -c 300 /dev/zero > n && echo more >> a", root);
+        record_pass(root, base, rec1);
+
+        uint32_t flags;
+        int64_t ctime_sec;
+        ASSERT_TRUE(record_get(rec1, "a", &flags, &ctime_sec));
+        ASSERT_EQ(flags, SNAP_ENTRY_SAVED);
+        ASSERT_EQ(ctime_sec, 0); /* changed just now: racy, read again next time */
+        ASSERT_TRUE(record_get(rec1, "n", &flags, &ctime_sec));
+        ASSERT_EQ(flags, SNAP_ENTRY_SAVED);
+        ASSERT_TRUE(record_get(rec1, "d/b", &flags, &ctime_sec));
+        ASSERT_EQ(flags, 0u); /* unchanged: as the baseline had it */
+        ASSERT_INT(ctime_sec, >, 0);
+
+        /* the racy entries come back, and replacing them leaves their bytes dead */
+        _cleanup_snap_plan_ SnapPlan *p1 = plan_against(root, rec1);
+        ASSERT_EQ(snap_plan_stats(p1)->entries, 2u);
+        ASSERT_EQ(snap_plan_stats(p1)->dead_bytes, 405u);
+
+        sleep(1);
+        record_pass(root, rec1, rec2);
+        ASSERT_TRUE(record_get(rec2, "n", &flags, &ctime_sec));
+        ASSERT_EQ(flags, SNAP_ENTRY_SAVED);
+        ASSERT_INT(ctime_sec, >, 0); /* not racy any more: kept as it is */
+        _cleanup_snap_plan_ SnapPlan *p2 = plan_against(root, rec2);
+        ASSERT_EQ(snap_plan_stats(p2)->entries, 0u);
+        ASSERT_EQ(snap_plan_stats(p2)->deleted, 0u);
+
+        /* deleting a saved file and a tree of base files: only the saved bytes are dead */
+        sh("cd %s && rm n && rm -r d && head -c 50 /dev/zero > z", root);
+        _cleanup_snap_plan_ SnapPlan *p3 = plan_against(root, rec2);
+        ASSERT_EQ(snap_plan_stats(p3)->deleted, 2u);
+        ASSERT_EQ(snap_plan_stats(p3)->dead_bytes, 300u);
+        ASSERT_EQ(snap_plan_stats(p3)->bytes, 50u);
+
+        /* a record of the same tree without the marks (the container-start baseline) counts nothing dead */
+        _cleanup_snap_plan_ SnapPlan *p4 = plan_against(root, base);
+        ASSERT_EQ(snap_plan_stats(p4)->dead_bytes, 0u);
+}
+
 /* The counting pass: bytes of what changed (a hard-linked inode once), the largest file, and each file's
  * bytes gathered in one directory at most SNAP_PLAN_DIR_DEPTH levels down, even when the walk leaves a
  * directory and comes back to it (a/0, then a/b/..., then a/z). */
@@ -443,7 +549,7 @@ __attribute__((noinline)) static char *split_listing(const char *root, const cha
                 SnapWalk *w = NULL;
                 ASSERT_OK(snap_baseline_open(path, &b, &e));
                 ASSERT_OK(snap_walk_new(root, NULL, &w, &e));
-                int r = snap_diff_layer_part(b, w, NULL, l, part, NULL, NULL, NULL, &e);
+                int r = snap_diff_layer_part(b, w, NULL, l, part, NULL, NULL, NULL, NULL, &e);
                 if (r < 0)
                         fprintf(stderr, "split: %s\n", e.msg);
                 ASSERT_OK(r);
@@ -529,6 +635,7 @@ int main(void)
         test_diff(root, state);
         test_excludes_mountinfo(state);
         test_plan();
+        test_record();
         test_split();
         sh("rm -rf %s", scratch);
         printf("test-snapshot: all passed\n");
