@@ -393,7 +393,7 @@ static void chain_abandon(Save *s)
  * image is pushed; the next save is then full, or builds on an earlier save that is still there). */
 static void chain_store(Save *s)
 {
-        if (!s->record_done)
+        if (!s->record_done || !s->record_name)
                 return;
         const SnapPlanStats *st = snap_plan_stats(s->plan);
         NbChain c = {
@@ -795,26 +795,45 @@ static int diff_pass(Save *s, SnapDiffPart part, SnapBaselineWriter *record, Sna
 }
 
 /* This save's record (snapshot.h): written by the pass that meets every entry, committed with it. When
- * nothing changed the tree is the one the diff's baseline describes, and the record is that file. */
-static int record_begin(Save *s, SnapBaselineWriter **ret, NbError *e)
+ * nothing changed the tree is the one the diff's baseline describes, and the record is that file. A record
+ * that cannot be written fails nothing: the next save is then a full one (or builds on an earlier one). */
+static void record_failed(Save *s, const NbError *e)
 {
-        if (nb_chain_record_name(&s->record_name) < 0 ||
-            nb_chain_path(s->o->state_dir, s->record_name, &s->record_path) < 0)
-                return nb_error_oom(e);
-        int r = snap_baseline_writer_new(s->record_path, ret, e);
-        return r < 0 ? nb_error_wrap(e, r, "cannot record what the save packs") : 0;
+        note(s, "the next save cannot build on this one: %s", e->msg);
+        if (s->record_path)
+                (void)unlink(s->record_path);
+        s->record_path = mfree(s->record_path);
+        s->record_name = mfree(s->record_name);
 }
 
-static int record_unchanged(Save *s, NbError *e)
+static int record_begin(Save *s, bool unchanged, SnapBaselineWriter **ret, NbError *e)
 {
         if (nb_chain_record_name(&s->record_name) < 0 ||
             nb_chain_path(s->o->state_dir, s->record_name, &s->record_path) < 0)
                 return nb_error_oom(e);
-        /* a second name for a file never written again (both are replaced by rename, never edited) */
-        if (link(s->diff_base, s->record_path) < 0)
-                return nb_error_set(e, -errno, "cannot record what the save packs: link %s: %m",
-                                    s->record_path);
+        NbError re = {0};
+        int r;
+        if (unchanged)
+                /* a second name for a file never written again (both are replaced by rename, never edited)
+                 */
+                r = link(s->diff_base, s->record_path) < 0
+                            ? nb_error_set(&re, -errno, "cannot link %s: %m", s->record_path)
+                            : 0;
+        else
+                r = snap_baseline_writer_new(s->record_path, ret, &re);
+        if (r < 0) {
+                if (!unchanged)
+                        s->record_path = mfree(s->record_path); /* nothing of it exists */
+                record_failed(s, &re);
+        }
         return 0;
+}
+
+static void record_commit(Save *s, SnapBaselineWriter *record)
+{
+        NbError re = {0};
+        if (record && snap_baseline_writer_commit(record, NULL, &re) < 0)
+                record_failed(s, &re);
 }
 
 /* The changes as one layer, or as several (snapshot.h, split layers) when they do not fit in one. */
@@ -827,7 +846,7 @@ static int pack_layers(Save *s, SnapDiffStats *st, NbError *e)
          * tar, and a second walk of the whole tree would only find that again. */
         const SnapPlanStats *ps = snap_plan_stats(s->plan);
         bool unchanged = ps->entries == 0 && ps->deleted == 0;
-        int r = unchanged ? record_unchanged(s, e) : record_begin(s, &record, e);
+        int r = record_begin(s, unchanged, &record, e);
         if (r >= 0)
                 r = part_begin(s, e);
         if (r >= 0)
@@ -841,8 +860,8 @@ static int pack_layers(Save *s, SnapDiffStats *st, NbError *e)
         }
         if (r >= 0 && !unchanged)
                 r = diff_pass(s, split ? SNAP_DIFF_CONTENT : SNAP_DIFF_ALL, record, st, e);
-        if (r >= 0 && record)
-                r = snap_baseline_writer_commit(record, NULL, e);
+        if (r >= 0)
+                record_commit(s, record);
         if (r >= 0)
                 r = snap_layer_finish(s->layer, e);
         if (r >= 0)

@@ -98,6 +98,7 @@ struct SnapBaselineWriter {
         Writer w;
         char *path, *tmp;
         int fd;
+        int error; /* the first write error: kept for commit, so the pass that writes the record goes on */
         struct timespec racy_after;
 };
 
@@ -167,19 +168,23 @@ static bool racy(const SnapBaselineWriter *bw, const SnapEntry *en)
 int snap_baseline_writer_add(SnapBaselineWriter *bw, const SnapEntry *en, NbError *e)
 {
         SnapEntry copy;
+        (void)e;
+        if (bw->error < 0)
+                return 0;
         if ((en->flags & SNAP_ENTRY_SAVED) && racy(bw, en)) {
                 copy = *en;
                 copy.ctime_sec = 0, copy.ctime_nsec = 0;
                 en = &copy;
         }
-        if (w_entry(&bw->w, en) < 0)
-                return nb_error_set(e, -EIO, "cannot write %s: %m", bw->tmp);
+        bw->error = w_entry(&bw->w, en) < 0 ? -(errno ?: EIO) : 0;
         return 0;
 }
 
 int snap_baseline_writer_commit(SnapBaselineWriter *bw, SnapBaselineStats *ret, NbError *e)
 {
         Writer *w = &bw->w;
+        if (bw->error < 0)
+                return nb_error_set(e, bw->error, "cannot write %s: %s", bw->tmp, strerror(-bw->error));
         uint8_t tag = TAG_END;
         w_bytes(w, &tag, 1);
         w_varint(w, w->count);

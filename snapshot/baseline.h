@@ -21,7 +21,8 @@
 #define SNAP_RECORD_RACY_SEC   1 /* a packed entry changed this recently is read again by the next save */
 #define SNAP_BASELINE_FILE_MAX (16ull * 1024 * 1024 * 1024) /* 16 GiB: ~100 M entries */
 
-/* Adds the next entry, in tree order. */
+/* Adds the next entry, in tree order. A write error does not stop the caller (the record is an extra of the
+ * pass that writes it): it is kept and snap_baseline_writer_commit() returns it. */
 int snap_baseline_writer_add(SnapBaselineWriter *w, const SnapEntry *en, NbError *e);
 
 /* Takes over fd (e.g. a memfd in the fuzzer). */
