@@ -89,6 +89,8 @@ in_podman() {
 # podman_check_image REF: what the notebook changed, as a container of REF run by podman sees it
 podman_check_image() {
     local ref=$1 out rc
+    # pulled afresh: the tag may have been pushed again since an earlier case
+    podman_pull "$ref" || { soft_fail "$ref: podman cannot pull it"; return 0; }
     check "$ref: runs as uid 1000 gid 100 with HOME=/home/ma-user" \
         eval '[[ $(in_podman "$ref" sh -c "id -u; id -g; echo \$HOME" | tr "\n" " ") == "1000 100 /home/ma-user " ]]'
     out=$(in_podman "$ref" python3 -c "import $PKG; print($PKG.VALUE); print($PKG.__file__)") || out="(exit $?) $out"

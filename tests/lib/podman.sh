@@ -9,9 +9,10 @@
 #   podman_pull REF              pull REF over plain http (--tls-verify=false); REF is REPO:TAG on $REGISTRY_HOST
 #                                or a full 127.0.0.1:PORT/REPO:TAG
 #   podman_image_run REF USER CMD...
-#                                run CMD in a new container of REF (pulled first if needed) as USER (uid:gid),
-#                                removed afterwards; CMD is the container's command, given to the image's entrypoint
-#                                as `podman run` does. CMD's stdout and stderr go to this stdout and stderr, and its
+#                                run CMD as USER (uid:gid) in a new container of REF, removed afterwards; REF is
+#                                pulled first when it is not in the storage yet (podman_pull it again after pushing
+#                                the tag again). CMD is the container's command, given to the image's entrypoint as
+#                                `podman run` does. CMD's stdout and stderr go to this stdout and stderr, and its
 #                                exit status is returned; 124 is a timeout, 125-127 podman's or the runtime's failures
 #                                (the reason is on stderr).
 #                                PODMAN_RUN_OPTS (array) adds run options, e.g. (--env HOME=/home/ma-user).
