@@ -49,7 +49,7 @@ podman_init() {
     PODMAN_DIR=$(cd "$dir" && pwd)
     mkdir -p "$PODMAN_DIR"/{root,runroot,tmp,networks}
     # The host's containers.conf, storage.conf, registries.conf and policy.json are not read.
-    : >"$PODMAN_DIR/containers.conf"
+    printf '[engine]\nimage_copy_tmp_dir = "%s/tmp"\n' "$PODMAN_DIR" >"$PODMAN_DIR/containers.conf" # not /var/tmp
     cat >"$PODMAN_DIR/storage.conf" <<EOF
 [storage]
 driver = "overlay"
