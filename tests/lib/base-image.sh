@@ -9,6 +9,9 @@
 #       pushes to $REGISTRY_HOST/REPO:TAG with skopeo; FORMAT: oci (default) or v2s2 (Docker schema2).
 #       exports BASE_ROOTFS, BASE_REF (REPO:TAG), BASE_REPO, BASE_TAG, BASE_OCI (DIR/oci:base).
 #   base_image_push DIR REPO:TAG [FORMAT]   push an already built DIR/oci:base under another name/format.
+#   base_image_build_python DIR REPO:TAG [FORMAT]
+#       the same image with a working python in layer 1 as well (see _base_python): 8 MB more (3 MB gzipped),
+#       nearly all of it the interpreter. Also needs chroot and /usr/bin/python3.11 (Debian 12's python3).
 #
 # Needs root (umoci unpack/repack keep ownership, mknod), umoci, skopeo, setfattr, setcap.
 #
@@ -17,6 +20,10 @@
 #   env, id, true, their libraries; /etc/{passwd,group,os-release,hosts,hostname,motd,environment};
 #   /usr/lib/python3.11: 300+ small files; /home/ma-user (1000:100) with dotfiles;
 #   /opt/t/...: the fixtures the tests change (see _base_fixtures below).
+# The python variant (base_image_build_python) adds, apart from all that: /usr/local/bin/python3.11 (Debian's
+#   /usr/bin/python3.11), /usr/local/bin/python3 -> python3.11, their libraries, and the part of Debian's stdlib
+#   it needs to start and import pure-python packages from the user site, in /usr/local/lib/python3.11 (its own
+#   prefix: the fake /usr/lib/python3.11 above is neither used nor changed).
 
 # shellcheck source=tests/lib/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
@@ -26,7 +33,12 @@ _base_copy_bin() {
     local rootfs=$1 bin=$2 name=${3:-}
     [[ -n $name ]] || name=${bin##*/}
     cp -L --preserve=mode "$bin" "$rootfs/usr/bin/$name"
-    local lib
+    _base_copy_libs "$rootfs" "$bin"
+}
+
+_base_copy_libs() {
+    # _base_copy_libs ROOTFS /path/of/host/binary: the shared libraries it needs, at their host paths
+    local rootfs=$1 bin=$2 lib
     while read -r lib; do
         [[ -n $lib ]] || continue
         mkdir -p "$rootfs$(dirname "$lib")"
@@ -91,6 +103,31 @@ EOF
     printf '. ~/.bashrc\n' >"$rootfs/home/ma-user/.profile"
     chown -R 1000:100 "$rootfs/home/ma-user"
     chmod 0750 "$rootfs/home/ma-user"
+}
+
+# A real python under its own prefix, /usr/local (python finds its stdlib from its executable's path:
+# /usr/local/lib/python3.11/os.py). Python 3.11 has the modules it starts with frozen in (site, os, codecs, io,
+# abc, stat, posixpath ...); what it still reads from the disk to start and import a pure-python package from
+# the user site (`python3.11 -X importtime -c 'import site'`, `-v` in a chroot) is the landmark os.py and the
+# encodings package with its aliases and the UTF-8 codec (LANG=C.UTF-8; the C locale is coerced to UTF-8).
+# lib-dynload is empty: every C module these need is built in.
+_BASE_PYTHON=/usr/bin/python3.11
+_BASE_PYTHON_STDLIB=(os.py encodings/__init__.py encodings/aliases.py encodings/utf_8.py)
+
+_base_python() {
+    local rootfs=$1 stdlib=/usr/lib/python3.11 f
+    local prefix=$rootfs/usr/local
+    [[ -x $_BASE_PYTHON ]] || { note "base_image_build_python: $_BASE_PYTHON missing (apt-get install python3)"; return 1; }
+    mkdir -p "$prefix/bin" "$prefix/lib/python3.11/lib-dynload" "$prefix/lib/python3.11/encodings"
+    cp -L --preserve=mode "$_BASE_PYTHON" "$prefix/bin/python3.11"
+    ln -sfn python3.11 "$prefix/bin/python3"
+    _base_copy_libs "$rootfs" "$_BASE_PYTHON"
+    for f in "${_BASE_PYTHON_STDLIB[@]}"; do
+        cp --preserve=mode "$stdlib/$f" "$prefix/lib/python3.11/$f" || { note "base_image_build_python: no $stdlib/$f"; return 1; }
+    done
+    # it must start from that alone (-B: no __pycache__ written into the image)
+    chroot "$rootfs" /usr/local/bin/python3 -B -c 'import site, sys; assert sys.prefix == "/usr/local", sys.prefix' ||
+        { note "base_image_build_python: the python copied into $rootfs does not start"; return 1; }
 }
 
 # The fixtures the tests change, all under /opt/t (layer 1).
@@ -185,6 +222,9 @@ base_image_build() {
     umoci new --image "$oci" || { note "base_image_build: umoci new failed"; return 1; }
     umoci unpack --image "$oci" "$bundle" >/dev/null || { note "base_image_build: umoci unpack (empty) failed"; return 1; }
     _base_userland "$bundle/rootfs"
+    if [[ ${_BASE_WITH_PYTHON:-0} == 1 ]]; then
+        _base_python "$bundle/rootfs" || return 1
+    fi
     _base_fixtures "$bundle/rootfs"
     umoci repack --refresh-bundle --history.created_by 'base-image.sh: layer 1 (userland + fixtures)' \
         --image "$oci" "$bundle" || { note "base_image_build: umoci repack (layer 1) failed"; return 1; }
@@ -216,6 +256,11 @@ base_image_build() {
     BASE_OCI=$oci
     export BASE_ROOTFS BASE_OCI
     base_image_push "$dir" "$ref" "$format"
+}
+
+base_image_build_python() {
+    local _BASE_WITH_PYTHON=1
+    base_image_build "$@"
 }
 
 base_image_push() {
