@@ -166,19 +166,32 @@ int nb_chain_store(const char *state_dir, const NbChain *c, NbError *e)
         return 0;
 }
 
-void nb_chain_prune(const char *state_dir, const char *keep)
+size_t nb_chain_prune(const char *state_dir, const char *keep)
 {
         _cleanup_close_ int fd = open(state_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
         DIR *d = fd >= 0 ? fdopendir(fd) : NULL;
         if (!d)
-                return;
+                return 0;
         fd = -1; /* the DIR owns it */
+        size_t n = 0;
         struct dirent *de;
         while ((de = readdir(d)))
                 if (strncmp(de->d_name, NB_RECORD_PREFIX, strlen(NB_RECORD_PREFIX)) == 0 &&
-                    (!keep || strcmp(de->d_name, keep) != 0))
-                        (void)unlinkat(dirfd(d), de->d_name, 0);
+                    (!keep || strcmp(de->d_name, keep) != 0) && unlinkat(dirfd(d), de->d_name, 0) == 0)
+                        n++;
         closedir(d);
+        return n;
+}
+
+size_t nb_chain_cleanup(const char *state_dir)
+{
+        NbChain c = {0};
+        NbError ignored = {0};
+        /* an unreadable last-save.json names no record: every record is then of no use */
+        int r = nb_chain_load(state_dir, &c, &ignored);
+        size_t n = nb_chain_prune(state_dir, r > 0 ? c.record : NULL);
+        nb_chain_done(&c);
+        return n;
 }
 
 bool nb_chain_wasteful(const NbChain *c, uint64_t new_dead, unsigned waste_max)

@@ -15,8 +15,9 @@
 
 #define NB_LAST_SAVE_FILE      "last-save.json"
 #define NB_LAST_SAVE_MAX       (64u * 1024)
-#define NB_RECORD_PREFIX       "saved-" /* records are saved-<uuid> in the state dir */
-#define NB_CHAIN_WASTE_DEFAULT 25       /* percent: chain_waste_max */
+#define NB_RECORD_PREFIX       "saved-"   /* records are saved-<uuid> in the state dir */
+#define NB_CHAIN_WASTE_DEFAULT 25         /* percent: chain_waste_max */
+#define NB_RECORD_ROOM_MIN     (4u << 20) /* free bytes left in the state dir besides a save's record */
 #define NB_CHAIN_WASTE_MAX     100
 
 typedef struct NbChain {
@@ -39,8 +40,12 @@ void nb_chain_done(NbChain *c);
 int nb_chain_load(const char *state_dir, NbChain *ret, NbError *e);
 /* Writes last-save.json atomically (temporary file, fsync, rename). */
 int nb_chain_store(const char *state_dir, const NbChain *c, NbError *e);
-/* Removes the records in the state dir other than keep (NULL: all), and temporary ones left by a crash. */
-void nb_chain_prune(const char *state_dir, const char *keep);
+/* Removes the records in the state dir other than keep (NULL: all), and temporary ones left by a crash.
+ * Returns how many. */
+size_t nb_chain_prune(const char *state_dir, const char *keep);
+/* At start, after a crash: removes the records no last-save.json names (those of saves that did not finish,
+ * and their temporary files). Returns how many. */
+size_t nb_chain_cleanup(const char *state_dir);
 /* STATE_DIR/NAME. */
 int nb_chain_path(const char *state_dir, const char *name, char **ret);
 /* A new record name: saved-<uuid>. */

@@ -9,6 +9,7 @@
 #include <sys/eventfd.h>
 #include <unistd.h>
 
+#include "agent/chain.h"
 #include "agent/job.h"
 #include "agent/log.h"
 #include "agent/manager.h"
@@ -723,6 +724,9 @@ int manager_start(Manager *m, NbError *e)
         if (nb_store_stale_removed(m->store) > 0)
                 log_notice("removed %zu temporary file(s) a crash left in the state dir",
                            nb_store_stale_removed(m->store));
+        size_t records = nb_chain_cleanup(m->cfg->state_dir ? m->cfg->state_dir : NB_DEFAULT_STATE_DIR);
+        if (records > 0)
+                log_notice("removed %zu record(s) of saves that did not finish from the state dir", records);
         NbError re = {0};
         if (nb_store_room(m->store, &re) < 0)
                 log_warning("%s (saves are refused until then)", re.msg);

@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include "agent/chain.h"
@@ -806,13 +807,41 @@ static void record_failed(Save *s, const NbError *e)
         s->record_name = mfree(s->record_name);
 }
 
+/* The record is about as big as the baseline it is diffed against. It must never take the room the image
+ * records and reports need (the store keeps a reserve for those, nbsnapd's state dir may be small): without
+ * NB_RECORD_ROOM_MIN to spare besides it, there is no record. */
+static int record_room(Save *s, NbError *e)
+{
+        struct stat st;
+        struct statvfs vfs;
+        if (stat(s->diff_base, &st) < 0 || statvfs(s->o->state_dir, &vfs) < 0)
+                return nb_error_set(e, -errno, "cannot size the record of the save: %m");
+        uint64_t need = (uint64_t)st.st_size + (uint64_t)st.st_size / 2 + NB_RECORD_ROOM_MIN,
+                 have = (uint64_t)vfs.f_bavail * vfs.f_frsize;
+        if (have < need) {
+                char h[NB_SIZE_STR_MAX], n[NB_SIZE_STR_MAX];
+                return nb_error_set(e, -ENOSPC,
+                                    "the state dir %s has %s free, and the record of this save needs about "
+                                    "%s besides the room kept for the image records",
+                                    s->o->state_dir, nb_size_format(have, h), nb_size_format(need, n));
+        }
+        return 0;
+}
+
 static int record_begin(Save *s, bool unchanged, SnapBaselineWriter **ret, NbError *e)
 {
+        if (!s->o->incremental)
+                return 0; /* nothing would build on it */
         if (nb_chain_record_name(&s->record_name) < 0 ||
             nb_chain_path(s->o->state_dir, s->record_name, &s->record_path) < 0)
                 return nb_error_oom(e);
         NbError re = {0};
-        int r;
+        int r = unchanged ? 0 : record_room(s, &re);
+        if (r < 0) {
+                s->record_path = mfree(s->record_path);
+                record_failed(s, &re);
+                return 0;
+        }
         if (unchanged)
                 /* a second name for a file never written again (both are replaced by rename, never edited)
                  */
