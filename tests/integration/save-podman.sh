@@ -7,7 +7,8 @@
 # ...), a base file edited and one deleted. Each saved image is pulled by podman and run as 1000:100 with
 # HOME=/home/ma-user: python3 imports the package from the user site and prints its VALUE, the edit is seen, the
 # deleted file is gone (no whiteout shows), base files are still there. Cases: one layer; a change of several MB
-# saved with --max-layer-size 1M (at least 2 new layers). A new case: save it, then call podman_check_image REF
+# saved with --max-layer-size 1M (at least 2 new layers); an incremental save on the last save (an edit and a
+# deletion since). A new case: save it, then call podman_check_image REF
 # (and check what only that case has).
 #
 # Run: ctest -R integration/save-podman   (or: sudo NBSNAP=build/agent/nbsnap bash tests/integration/save-podman.sh)
@@ -168,6 +169,27 @@ check "split: at least 2 new layers ($NEW_LAYERS)" test "$NEW_LAYERS" -ge 2
 podman_check_image "$NS/$NAME:split"
 check "split: the last data file, from a later layer, is read back whole" \
     eval 'in_podman "$NS/$NAME:split" cat "$SITE/$PKG/data/blob6.bin" | cmp -s - "$M$SITE/$PKG/data/blob6.bin"'
+
+step "case: an incremental save on the last save (one layer of what changed since)"
+save_tag chain1 --incremental # the chain's first save: full
+sleep 1.1                     # a file changed within a second of a save is packed again by the next one
+"$PYTHON" - "$M$SITE/$PKG/__init__.py" <<'PY'
+import sys
+p = sys.argv[1]
+s = open(p).read()
+open(p, "w").write(s + "SECOND = 'from the incremental layer'\n")
+PY
+rm "$M$SITE/$PKG/data/blob1.bin"
+save_tag chain2 --incremental
+check "chain2: on chain1, one layer more ($NEW_LAYERS new)" \
+    eval '[[ $NEW_LAYERS == $(($(json_get "$SCRATCH/manifest-chain1.json" "len(j[\"layers\"])") - N_BASE + 1)) ]]'
+check "chain2: said incremental" grep -q "incremental on sha256:" "$SCRATCH/save-chain2.out"
+podman_check_image "$NS/$NAME:chain2"
+check "chain2: python3 sees the edit made since chain1" \
+    eval '[[ $(in_podman "$NS/$NAME:chain2" python3 -c "import $PKG; print($PKG.SECOND)") == "from the incremental layer" ]]'
+rc=0
+in_podman "$NS/$NAME:chain2" ls "$SITE/$PKG/data/blob1.bin" >/dev/null 2>&1 || rc=$?
+check "chain2: the file deleted since chain1 is gone (ls exits $rc)" eval '[[ $rc -ne 0 && $rc -lt 125 ]]'
 
 note "took ${SECONDS}s"
 finish_checks
