@@ -6,6 +6,9 @@
 #    largest directories with their bytes), and the registry saw no upload session;
 #  - max_layer_size = 1M: a change of 3 MB is pushed as several layers of at most 1 MiB (ACTIVE); a 2 MiB
 #    file then fails the save before any upload (CREATE_FAILED naming the file and its size);
+#  - incremental = false makes a full save although an earlier save is recorded; by default a save builds on
+#    the last one; chain_waste_max = 0 and a saved file deleted make a full save; max_layers too low for one
+#    more layer makes a full save (the notes say why);
 #  - a bad value (in the file or as a flag) makes nbsnapd refuse to start, naming the key.
 set -euo pipefail
 # shellcheck source=tests/integration/daemon-common.bash
@@ -94,6 +97,49 @@ check "the message names the limit" grep -q "1.0 MiB (1048576 bytes, max_layer_s
 check "no upload session in the registry log" eval '[[ $(registry_log_since "$MARK" | grep -Ec "\"(POST|PUT|PATCH) /v2/[^ ]*/blobs/uploads/") == 0 ]]'
 daemon_stop
 check "nbsnapd stops with 0" test "$DAEMON_RC" = 0
+rm "$NB_MERGED/opt/split/huge.bin"
+
+# chain_save NAME CONF TAG: a save with nbsnapd on CONF; prints its final status_message
+chain_save() {
+    local name=$1 conf=$2 tag=$3
+    sleep 1.1 # a file changed within a second of a save is packed again by the next: keep the chain exact
+    daemon_start "$name" --config "$conf"
+    api POST "$CREATE" -d "{\"name\":\"chain\",\"tag\":\"$tag\"}"
+    [[ $HTTP_CODE == 200 ]] || fail "$name: create-image answered $HTTP_CODE"
+    local id
+    id=$(jget 'j["id"]')
+    wait_image "$id" ACTIVE CREATE_FAILED --timeout 300 || fail "$name: the save did not end"
+    api GET "$P/images/$id"
+    [[ $(jget 'j["status"]') == ACTIVE ]] || fail "$name: $(jget 'j["status_message"]')"
+    daemon_stop
+    grep -h "full save:" "$SCRATCH/$name.log" >&2 || true
+    jget 'j["status_message"]'
+}
+
+step "incremental, chain_waste_max and max_layers from the config file"
+printf '[nbsnapd]\n' >"$SCRATCH/default.conf"
+MSG=$(chain_save inc-start "$SCRATCH/default.conf" v0) # the chain's start (the files split:v1 packed were
+# written just before it: those are read again, and stacking on them would waste them: a full save)
+check "the default is incremental: the save says which kind it is ($MSG)" grep -Eq "; (full save|incremental on sha256:.*)\)$" <<<"$MSG"
+printf '[nbsnapd]\nincremental = false\n' >"$SCRATCH/off.conf"
+echo zero >"$NB_MERGED/opt/split/new-0"
+MSG=$(chain_save inc-off "$SCRATCH/off.conf" v1)
+check "incremental = false: a full save ($MSG)" grep -q "; full save)$" <<<"$MSG"
+printf '[nbsnapd]\nchain_waste_max = 0\n' >"$SCRATCH/waste0.conf"
+echo one >"$NB_MERGED/opt/split/new-1"
+MSG=$(chain_save inc-on "$SCRATCH/waste0.conf" v2)
+V0=$(curl -sSf -H 'Accept: application/vnd.oci.image.manifest.v1+json' -H 'Accept: application/vnd.docker.distribution.manifest.v2+json' \
+    "$REGISTRY_URL/v2/nbsnap-it/chain/manifests/v0" | sha256sum | cut -d' ' -f1)
+check "incremental again: on v0, the last save made with incremental on ($MSG)" grep -q "; incremental on sha256:$V0)$" <<<"$MSG"
+rm "$NB_MERGED/opt/split/f01"
+MSG=$(chain_save waste0 "$SCRATCH/waste0.conf" v3)
+check "chain_waste_max = 0 and a saved file deleted: a full save ($MSG)" grep -q "; full save)$" <<<"$MSG"
+check "its note says why" grep -q "full save: stacking would leave .*chain_waste_max" "$SCRATCH/waste0.log"
+printf '[nbsnapd]\nmax_layers = %d\n' "$((N_BASE + 1))" >"$SCRATCH/maxl.conf"
+echo two >"$NB_MERGED/opt/split/new-2"
+MSG=$(chain_save maxl "$SCRATCH/maxl.conf" v4)
+check "max_layers = $((N_BASE + 1)): one more layer would pass it, a full save ($MSG)" grep -q "; full save)$" <<<"$MSG"
+check "its note names max_layers" grep -q "full save: .*max_layers" "$SCRATCH/maxl.log"
 
 # refuses NAME KEY [FLAGS...]: nbsnapd with FLAGS (after the usual ones) must exit non-zero at once, naming KEY
 refuses() {
@@ -121,6 +167,24 @@ for bad in 5Q -1 garbage 512K 0; do
     printf '[nbsnapd]\nmax_layer_size = %s\n' "$bad" >"$SCRATCH/bad$i.conf"
     refuses "bad-file-$i" max_layer_size --config "$SCRATCH/bad$i.conf"
     refuses "bad-flag-$i" max-layer-size --max-layer-size "$bad"
+done
+
+for bad in 0 1 ten 1001 -5; do
+    i=$((i + 1))
+    printf '[nbsnapd]\nmax_layers = %s\n' "$bad" >"$SCRATCH/bad$i.conf"
+    refuses "bad-file-$i" max_layers --config "$SCRATCH/bad$i.conf"
+    refuses "bad-flag-$i" max.layers --max-layers "$bad"
+done
+for bad in 101 -1 x 25%; do
+    i=$((i + 1))
+    printf '[nbsnapd]\nchain_waste_max = %s\n' "$bad" >"$SCRATCH/bad$i.conf"
+    refuses "bad-file-$i" chain_waste_max --config "$SCRATCH/bad$i.conf"
+    refuses "bad-flag-$i" chain.waste.max --chain-waste-max "$bad"
+done
+for bad in maybe 2 ''; do
+    i=$((i + 1))
+    printf '[nbsnapd]\nincremental = %s\n' "$bad" >"$SCRATCH/bad$i.conf"
+    refuses "bad-file-$i" incremental --config "$SCRATCH/bad$i.conf"
 done
 
 finish_checks
