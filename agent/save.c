@@ -342,6 +342,11 @@ static int chain_usable(Save *s, RegImage **ret, NbError *e)
                           c->manifest_digest);
                 return 0;
         }
+        if (r == -EACCES) { /* pull access to the old repository gone: the new one may still be pushed */
+                full_save(s, "the last save's image %s@%.19s cannot be read: %s", c->repository,
+                          c->manifest_digest, ignored.msg);
+                return 0;
+        }
         if (r < 0) {
                 *e = ignored;
                 return nb_error_wrap(e, r, "cannot read the last save's image %s@%.19s", c->repository,

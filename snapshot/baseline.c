@@ -146,10 +146,12 @@ int snap_baseline_writer_new(const char *path, SnapBaselineWriter **ret, NbError
         memcpy(header, SNAP_BASELINE_MAGIC, 8);
         header[8] = BASELINE_VERSION;
         w_bytes(&bw->w, header, sizeof(header));
-        /* the kernel stamps ctime from a clock that runs up to a tick behind this one: a second covers it,
-         * and file systems of a coarser time granularity than a second are not where notebooks live */
         clock_gettime(CLOCK_REALTIME, &bw->racy_after);
-        bw->racy_after.tv_sec -= SNAP_RECORD_RACY_SEC;
+        bw->racy_after.tv_nsec -= SNAP_RECORD_RACY_NSEC;
+        if (bw->racy_after.tv_nsec < 0) {
+                bw->racy_after.tv_sec--;
+                bw->racy_after.tv_nsec += 1000000000;
+        }
         *ret = TAKE_PTR(bw);
         return 0;
 }

@@ -53,7 +53,8 @@ int snap_baseline_write(const char *root, const SnapExcludes *excludes, const ch
  * baseline had it, a packed one with the stat data the walk took before its content was read (a file that
  * changes while or after it is read differs from that next time, so it comes back) and a mark that its bytes
  * are in the chain's own layers (what the dead-bytes rule of snap_diff_plan() counts). A packed entry whose
- * ctime lies within a second of the record's start could still change unseen within the same clock tick: it
+ * ctime lies within SNAP_RECORD_RACY_NSEC (100 ms) of the record's start could still change unseen within the
+ * same clock tick (git's "racily clean" entries): it
  * is recorded so that the next save reads it again. Written to a temporary file next to path; commit
  * fsyncs and renames it, free without commit removes it. */
 typedef struct SnapBaselineWriter SnapBaselineWriter;

@@ -102,7 +102,7 @@ rm "$NB_MERGED/opt/split/huge.bin"
 # chain_save NAME CONF TAG: a save with nbsnapd on CONF; prints its final status_message
 chain_save() {
     local name=$1 conf=$2 tag=$3
-    sleep 1.1 # a file changed within a second of a save is packed again by the next: keep the chain exact
+    sleep 0.2 # a file changed within 100 ms of a save is packed again by the next: keep the chain exact
     daemon_start "$name" --config "$conf"
     api POST "$CREATE" -d "{\"name\":\"chain\",\"tag\":\"$tag\"}"
     [[ $HTTP_CODE == 200 ]] || fail "$name: create-image answered $HTTP_CODE"

@@ -55,9 +55,9 @@ LAST_LAYERS=
 save() {
     local name=$1 tag=$2
     shift 2
-    # A file changed less than a second before a save is recorded so that the next save reads it again
+    # A file changed less than 100 ms before a save is recorded so that the next save reads it again
     # (snapshot.h, the record of a save): the tests' changes are made just before each save, so wait.
-    sleep 1.1
+    sleep 0.2
     run_nbsnap "$SCRATCH/$name-$tag" save "${SAVE_ARGS[@]}" --name "$name" --tag "$tag" "$@"
     [[ $NBSNAP_RC -eq 0 ]] || fail "nbsnap save $name:$tag exited $NBSNAP_RC"
     curl -sSf -H 'Accept: application/vnd.oci.image.manifest.v1+json' -H 'Accept: application/vnd.docker.distribution.manifest.v2+json' \

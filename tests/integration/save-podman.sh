@@ -172,7 +172,7 @@ check "split: the last data file, from a later layer, is read back whole" \
 
 step "case: an incremental save on the last save (one layer of what changed since)"
 save_tag chain1 --incremental # the chain's first save: full
-sleep 1.1                     # a file changed within a second of a save is packed again by the next one
+sleep 0.2                     # a file changed within 100 ms of a save is packed again by the next one
 "$PYTHON" - "$M$SITE/$PKG/__init__.py" <<'PY'
 import sys
 p = sys.argv[1]
