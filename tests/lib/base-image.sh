@@ -210,24 +210,56 @@ _base_fixtures() {
     find "$t" -xdev ! -type l -exec touch -h -d '2024-01-02 03:04:05' {} +
 }
 
-base_image_build() {
-    local dir=$1 ref=$2 format=${3:-oci}
+# _base_layer1 DIR WHO: DIR (absolute) gets DIR/oci (tag "base") holding layer 1 (userland [+ python] + fixtures),
+# built from the umoci bundle DIR/bundle (left there, refreshed: the next repack diffs against layer 1).
+# WHO names the caller in the notes.
+_base_layer1() {
+    local dir=$1 who=$2
     local oci=$dir/oci:base bundle=$dir/bundle
-    mkdir -p "$dir"
-    dir=$(cd "$dir" && pwd)
-    oci=$dir/oci:base
-    bundle=$dir/bundle
     rm -rf "${dir:?}/oci" "$bundle" "$dir/base-bundle" "$dir/base-rootfs"
-    umoci init --layout "$dir/oci" || { note "base_image_build: umoci init failed"; return 1; }
-    umoci new --image "$oci" || { note "base_image_build: umoci new failed"; return 1; }
-    umoci unpack --image "$oci" "$bundle" >/dev/null || { note "base_image_build: umoci unpack (empty) failed"; return 1; }
+    umoci init --layout "$dir/oci" || { note "$who: umoci init failed"; return 1; }
+    umoci new --image "$oci" || { note "$who: umoci new failed"; return 1; }
+    umoci unpack --image "$oci" "$bundle" >/dev/null || { note "$who: umoci unpack (empty) failed"; return 1; }
     _base_userland "$bundle/rootfs"
     if [[ ${_BASE_WITH_PYTHON:-0} == 1 ]]; then
         _base_python "$bundle/rootfs" || return 1
     fi
     _base_fixtures "$bundle/rootfs"
     umoci repack --refresh-bundle --history.created_by 'base-image.sh: layer 1 (userland + fixtures)' \
-        --image "$oci" "$bundle" || { note "base_image_build: umoci repack (layer 1) failed"; return 1; }
+        --image "$oci" "$bundle" || { note "$who: umoci repack (layer 1) failed"; return 1; }
+}
+
+# _base_finish DIR REF FORMAT WHO: the image config, DIR/base-rootfs (`umoci unpack` of the final image: the
+# overlay lower dir), the BASE_* exports, the push.
+_base_finish() {
+    local dir=$1 ref=$2 format=$3 who=$4
+    local oci=$dir/oci:base
+    umoci config --image "$oci" \
+        --config.env 'PATH=/usr/local/bin:/usr/bin:/bin' --config.env 'LANG=C.UTF-8' --config.env 'NBSNAP_TEST=1' \
+        --config.entrypoint /usr/bin/env --config.cmd /bin/sh --config.cmd -l \
+        --config.workingdir /home/ma-user --config.user 1000:100 \
+        --config.label org.opencontainers.image.title=nbsnap-test-base --config.label 'com.example.spaces=a b c' \
+        --config.exposedports 8888/tcp --config.exposedports 22/tcp \
+        --config.volume /data \
+        --history.created_by 'base-image.sh: config' ||
+        { note "$who: umoci config failed"; return 1; }
+
+    # The overlay lower dir: the final image as umoci unpacks it.
+    rm -rf "$dir/base-bundle" "$dir/base-rootfs"
+    umoci unpack --image "$oci" "$dir/base-bundle" >/dev/null || { note "$who: umoci unpack (final) failed"; return 1; }
+    mv "$dir/base-bundle/rootfs" "$dir/base-rootfs"
+    BASE_ROOTFS=$dir/base-rootfs
+    BASE_OCI=$oci
+    export BASE_ROOTFS BASE_OCI
+    base_image_push "$dir" "$ref" "$format"
+}
+
+base_image_build() {
+    local dir=$1 ref=$2 format=${3:-oci}
+    mkdir -p "$dir"
+    dir=$(cd "$dir" && pwd)
+    local oci=$dir/oci:base bundle=$dir/bundle
+    _base_layer1 "$dir" base_image_build || return 1
 
     # Layer 2: a deletion (whiteout in the base), a modification, additions.
     local r=$bundle/rootfs
@@ -239,23 +271,7 @@ base_image_build() {
     umoci repack --refresh-bundle --history.created_by 'base-image.sh: layer 2 (changes)' \
         --image "$oci" "$bundle" || { note "base_image_build: umoci repack (layer 2) failed"; return 1; }
 
-    umoci config --image "$oci" \
-        --config.env 'PATH=/usr/local/bin:/usr/bin:/bin' --config.env 'LANG=C.UTF-8' --config.env 'NBSNAP_TEST=1' \
-        --config.entrypoint /usr/bin/env --config.cmd /bin/sh --config.cmd -l \
-        --config.workingdir /home/ma-user --config.user 1000:100 \
-        --config.label org.opencontainers.image.title=nbsnap-test-base --config.label 'com.example.spaces=a b c' \
-        --config.exposedports 8888/tcp --config.exposedports 22/tcp \
-        --config.volume /data \
-        --history.created_by 'base-image.sh: config' ||
-        { note "base_image_build: umoci config failed"; return 1; }
-
-    # The overlay lower dir: the final image as umoci unpacks it.
-    umoci unpack --image "$oci" "$dir/base-bundle" >/dev/null || { note "base_image_build: umoci unpack (final) failed"; return 1; }
-    mv "$dir/base-bundle/rootfs" "$dir/base-rootfs"
-    BASE_ROOTFS=$dir/base-rootfs
-    BASE_OCI=$oci
-    export BASE_ROOTFS BASE_OCI
-    base_image_push "$dir" "$ref" "$format"
+    _base_finish "$dir" "$ref" "$format" base_image_build
 }
 
 base_image_build_python() {
