@@ -9,6 +9,10 @@
 #       pushes to $REGISTRY_HOST/REPO:TAG with skopeo; FORMAT: oci (default) or v2s2 (Docker schema2).
 #       exports BASE_ROOTFS, BASE_REF (REPO:TAG), BASE_REPO, BASE_TAG, BASE_OCI (DIR/oci:base).
 #   base_image_push DIR REPO:TAG [FORMAT]   push an already built DIR/oci:base under another name/format.
+#   base_image_build_deep DIR REPO:TAG N [FORMAT]
+#       an image of N layers (6 <= N; 40 in base-deep.sh, 130 in a second or two more): layer 1 as above, then
+#       tiny layers, the top four with whiteouts, an opaque directory, hard links ... (table above the function).
+#       Same DIR layout and exports as base_image_build, plus BASE_LAYERS=N.
 #   base_image_build_python DIR REPO:TAG [FORMAT]
 #       the same image with a working python in layer 1 as well (see _base_python): 8 MB more (3 MB gzipped),
 #       nearly all of it the interpreter. Also needs chroot and /usr/bin/python3.11 (Debian 12's python3).
@@ -210,24 +214,56 @@ _base_fixtures() {
     find "$t" -xdev ! -type l -exec touch -h -d '2024-01-02 03:04:05' {} +
 }
 
-base_image_build() {
-    local dir=$1 ref=$2 format=${3:-oci}
+# _base_layer1 DIR WHO: DIR (absolute) gets DIR/oci (tag "base") holding layer 1 (userland [+ python] + fixtures),
+# built from the umoci bundle DIR/bundle (left there, refreshed: the next repack diffs against layer 1).
+# WHO names the caller in the notes.
+_base_layer1() {
+    local dir=$1 who=$2
     local oci=$dir/oci:base bundle=$dir/bundle
-    mkdir -p "$dir"
-    dir=$(cd "$dir" && pwd)
-    oci=$dir/oci:base
-    bundle=$dir/bundle
     rm -rf "${dir:?}/oci" "$bundle" "$dir/base-bundle" "$dir/base-rootfs"
-    umoci init --layout "$dir/oci" || { note "base_image_build: umoci init failed"; return 1; }
-    umoci new --image "$oci" || { note "base_image_build: umoci new failed"; return 1; }
-    umoci unpack --image "$oci" "$bundle" >/dev/null || { note "base_image_build: umoci unpack (empty) failed"; return 1; }
+    umoci init --layout "$dir/oci" || { note "$who: umoci init failed"; return 1; }
+    umoci new --image "$oci" || { note "$who: umoci new failed"; return 1; }
+    umoci unpack --image "$oci" "$bundle" >/dev/null || { note "$who: umoci unpack (empty) failed"; return 1; }
     _base_userland "$bundle/rootfs"
     if [[ ${_BASE_WITH_PYTHON:-0} == 1 ]]; then
         _base_python "$bundle/rootfs" || return 1
     fi
     _base_fixtures "$bundle/rootfs"
     umoci repack --refresh-bundle --history.created_by 'base-image.sh: layer 1 (userland + fixtures)' \
-        --image "$oci" "$bundle" || { note "base_image_build: umoci repack (layer 1) failed"; return 1; }
+        --image "$oci" "$bundle" || { note "$who: umoci repack (layer 1) failed"; return 1; }
+}
+
+# _base_finish DIR REF FORMAT WHO: the image config, DIR/base-rootfs (`umoci unpack` of the final image: the
+# overlay lower dir), the BASE_* exports, the push.
+_base_finish() {
+    local dir=$1 ref=$2 format=$3 who=$4
+    local oci=$dir/oci:base
+    umoci config --image "$oci" \
+        --config.env 'PATH=/usr/local/bin:/usr/bin:/bin' --config.env 'LANG=C.UTF-8' --config.env 'NBSNAP_TEST=1' \
+        --config.entrypoint /usr/bin/env --config.cmd /bin/sh --config.cmd -l \
+        --config.workingdir /home/ma-user --config.user 1000:100 \
+        --config.label org.opencontainers.image.title=nbsnap-test-base --config.label 'com.example.spaces=a b c' \
+        --config.exposedports 8888/tcp --config.exposedports 22/tcp \
+        --config.volume /data \
+        --history.created_by 'base-image.sh: config' ||
+        { note "$who: umoci config failed"; return 1; }
+
+    # The overlay lower dir: the final image as umoci unpacks it.
+    rm -rf "$dir/base-bundle" "$dir/base-rootfs"
+    umoci unpack --image "$oci" "$dir/base-bundle" >/dev/null || { note "$who: umoci unpack (final) failed"; return 1; }
+    mv "$dir/base-bundle/rootfs" "$dir/base-rootfs"
+    BASE_ROOTFS=$dir/base-rootfs
+    BASE_OCI=$oci
+    export BASE_ROOTFS BASE_OCI
+    base_image_push "$dir" "$ref" "$format"
+}
+
+base_image_build() {
+    local dir=$1 ref=$2 format=${3:-oci}
+    mkdir -p "$dir"
+    dir=$(cd "$dir" && pwd)
+    local oci=$dir/oci:base bundle=$dir/bundle
+    _base_layer1 "$dir" base_image_build || return 1
 
     # Layer 2: a deletion (whiteout in the base), a modification, additions.
     local r=$bundle/rootfs
@@ -239,23 +275,7 @@ base_image_build() {
     umoci repack --refresh-bundle --history.created_by 'base-image.sh: layer 2 (changes)' \
         --image "$oci" "$bundle" || { note "base_image_build: umoci repack (layer 2) failed"; return 1; }
 
-    umoci config --image "$oci" \
-        --config.env 'PATH=/usr/local/bin:/usr/bin:/bin' --config.env 'LANG=C.UTF-8' --config.env 'NBSNAP_TEST=1' \
-        --config.entrypoint /usr/bin/env --config.cmd /bin/sh --config.cmd -l \
-        --config.workingdir /home/ma-user --config.user 1000:100 \
-        --config.label org.opencontainers.image.title=nbsnap-test-base --config.label 'com.example.spaces=a b c' \
-        --config.exposedports 8888/tcp --config.exposedports 22/tcp \
-        --config.volume /data \
-        --history.created_by 'base-image.sh: config' ||
-        { note "base_image_build: umoci config failed"; return 1; }
-
-    # The overlay lower dir: the final image as umoci unpacks it.
-    umoci unpack --image "$oci" "$dir/base-bundle" >/dev/null || { note "base_image_build: umoci unpack (final) failed"; return 1; }
-    mv "$dir/base-bundle/rootfs" "$dir/base-rootfs"
-    BASE_ROOTFS=$dir/base-rootfs
-    BASE_OCI=$oci
-    export BASE_ROOTFS BASE_OCI
-    base_image_push "$dir" "$ref" "$format"
+    _base_finish "$dir" "$ref" "$format" base_image_build
 }
 
 base_image_build_python() {
@@ -277,4 +297,126 @@ base_image_push() {
     BASE_REPO=${ref%:*}
     BASE_TAG=${ref##*:}
     export BASE_REF BASE_REPO BASE_TAG
+}
+
+# base_image_build_deep DIR REPO:TAG N [FORMAT]: a DEEP base image, N layers (N >= 6), for the squash of a base's
+# top layers: docker refuses images of more than 125 layers, so nbsnap merges the top layers of such a base with
+# the container's changes. Everything base_image_build's layer 1 has is there (layer 1 is the same), and:
+#
+#   layer 1       userland + fixtures (as base_image_build; no layer 2 of base_image_build)
+#   layer 2       /opt/deep/layer002.txt ("layer 2"), /opt/deep/gone.txt ("gone"),
+#                 /opt/deep/opaque/{old1,old2,sub/old3} ("old1", ...), /opt/deep/modified.txt ("low")
+#   layer i       3 <= i <= N-4: /opt/deep/layerNNN.txt ("layer i"; NNN = i on 3 digits), nothing else
+#   layer N-3     OPAQUE: /opt/deep/opaque/ (dir), /opt/deep/opaque/.wh..wh..opq, /opt/deep/opaque/new ("new")
+#   layer N-2     WHITEOUT: /opt/deep/.wh.gone.txt (gone.txt deleted)
+#   layer N-1     /opt/deep/modified.txt ("top"), /home/ma-user/work/ (1000:100, 0755) and
+#                 /home/ma-user/work/from-base.txt ("from the base image", 1000:100): under the work volume's
+#                 mount point, hidden in a notebook by the volume
+#   layer N       /opt/deep/hl/a and /opt/deep/hl/b: one hard-linked file ("hard link"; the tar has a then b as a
+#                 link to a), /opt/deep/link -> modified.txt (symlink), /opt/deep/xattr.txt ("xattr") with
+#                 user.nbsnap.deep=yes
+#   (then the config of base_image_build: an empty_layer history entry, no layer)
+# The layers umoci repacks also have the entries of the changed parent directories (opt/deep in N-2 and N,
+# home/ma-user in N-1); the raw-added ones (3 .. N-3) have no parent entries, only what is listed.
+#
+# Final tree (what a runtime shows), for those paths:
+#   /opt/deep/layer002.txt .. layerNNN.txt (NNN = N-4)   present
+#   /opt/deep/gone.txt                                    absent
+#   /opt/deep/opaque/                                     only "new" (old1, old2, sub/ gone)
+#   /opt/deep/modified.txt                                "top"
+#   /home/ma-user/work/from-base.txt                      "from the base image"
+#   /opt/deep/hl/a, /opt/deep/hl/b                        one inode, 2 links, "hard link"
+#   /opt/deep/link                                        symlink to modified.txt
+#   /opt/deep/xattr.txt                                   "xattr", user.nbsnap.deep=yes
+# (file contents above are without their trailing newline; every file has one.)
+#
+# How: layers 1, 2, N-2, N-1, N are `umoci repack` of a bundle (umoci's own diff: its whiteouts, hard links,
+# xattrs). The filler layers (3..N-4) are one-file tars added with `umoci raw add-layer`: 20 ms each where a
+# repack --refresh-bundle takes 0.3 s (its diff walks the whole rootfs). Layer N-3 is also a tar of ours added
+# with `umoci raw add-layer`, because umoci never writes an opaque marker: for a directory removed and recreated
+# it writes a whiteout per old entry (.wh.old1, .wh.sub) next to the new ones. And `umoci repack` bases its new
+# layer on the manifest the bundle was unpacked from (umoci.json from_descriptor_path), which would drop the
+# raw-added layers: so the image is unpacked again into a fresh bundle after layer N-3, before the repacks of
+# N-2 .. N.
+base_image_build_deep() {
+    local dir=$1 ref=$2 n=${3:-} format=${4:-oci} i
+    if ! [[ $n =~ ^[0-9]+$ ]] || ((n < 6)); then
+        note "base_image_build_deep: N must be a number >= 6, not '$n'"
+        return 1
+    fi
+    mkdir -p "$dir"
+    dir=$(cd "$dir" && pwd)
+    local oci=$dir/oci:base bundle=$dir/bundle tars=$dir/deep-tars
+    _base_layer1 "$dir" base_image_build_deep || return 1
+
+    local d=$bundle/rootfs/opt/deep
+    mkdir -p "$d/opaque/sub"
+    echo 'layer 2' >"$d/layer002.txt"
+    echo gone >"$d/gone.txt"
+    echo old1 >"$d/opaque/old1"
+    echo old2 >"$d/opaque/old2"
+    echo old3 >"$d/opaque/sub/old3"
+    echo low >"$d/modified.txt"
+    umoci repack --history.created_by 'base-image.sh: deep layer 2' --image "$oci" "$bundle" ||
+        { note "base_image_build_deep: umoci repack (layer 2) failed"; return 1; }
+
+    # the tars of the layers 3 .. N-3, in one python run
+    rm -rf "$tars"
+    mkdir -p "$tars"
+    "$PYTHON" - "$tars" "$n" <<'PY' || { note "base_image_build_deep: cannot write the layer tars"; return 1; }
+import io, sys, tarfile, time
+out, n = sys.argv[1], int(sys.argv[2])
+now = int(time.time())
+
+def entry(t, name, kind=tarfile.REGTYPE, data=b"", mode=0o644):
+    ti = tarfile.TarInfo(name)
+    ti.type, ti.mode, ti.mtime, ti.size = kind, mode, now, len(data)
+    t.addfile(ti, io.BytesIO(data) if data else None)
+
+for i in range(3, n - 3):
+    with tarfile.open("%s/layer%03d.tar" % (out, i), "w", format=tarfile.PAX_FORMAT) as t:
+        entry(t, "opt/deep/layer%03d.txt" % i, data=b"layer %d\n" % i)
+with tarfile.open("%s/opaque.tar" % out, "w", format=tarfile.PAX_FORMAT) as t:
+    entry(t, "opt/deep/opaque", tarfile.DIRTYPE, mode=0o755)
+    entry(t, "opt/deep/opaque/.wh..wh..opq", mode=0)  # like umoci's whiteouts: empty, mode 0
+    entry(t, "opt/deep/opaque/new", data=b"new\n")
+PY
+    for ((i = 3; i <= n - 4; i++)); do
+        umoci raw add-layer --history.created_by "base-image.sh: deep layer $i (filler)" \
+            --image "$oci" "$(printf '%s/layer%03d.tar' "$tars" "$i")" >/dev/null ||
+            { note "base_image_build_deep: umoci raw add-layer (layer $i) failed"; return 1; }
+    done
+    umoci raw add-layer --history.created_by "base-image.sh: deep layer $((n - 3)) (opaque /opt/deep/opaque)" \
+        --image "$oci" "$tars/opaque.tar" >/dev/null ||
+        { note "base_image_build_deep: umoci raw add-layer (layer $((n - 3)), opaque) failed"; return 1; }
+    rm -rf "$tars" "$bundle"
+    umoci unpack --image "$oci" "$bundle" >/dev/null ||
+        { note "base_image_build_deep: umoci unpack (layers 1..$((n - 3))) failed"; return 1; }
+
+    d=$bundle/rootfs/opt/deep
+    rm "$d/gone.txt"
+    umoci repack --refresh-bundle --history.created_by "base-image.sh: deep layer $((n - 2)) (whiteout gone.txt)" \
+        --image "$oci" "$bundle" || { note "base_image_build_deep: umoci repack (layer $((n - 2))) failed"; return 1; }
+
+    echo top >"$d/modified.txt"
+    local w=$bundle/rootfs/home/ma-user/work
+    mkdir -p "$w"
+    echo 'from the base image' >"$w/from-base.txt"
+    chown -R 1000:100 "$w"
+    chmod 0755 "$w"
+    umoci repack --refresh-bundle --history.created_by "base-image.sh: deep layer $((n - 1)) (modified.txt, work file)" \
+        --image "$oci" "$bundle" || { note "base_image_build_deep: umoci repack (layer $((n - 1))) failed"; return 1; }
+
+    mkdir -p "$d/hl"
+    echo 'hard link' >"$d/hl/a"
+    ln "$d/hl/a" "$d/hl/b"
+    ln -s modified.txt "$d/link"
+    echo xattr >"$d/xattr.txt"
+    setfattr -n user.nbsnap.deep -v yes "$d/xattr.txt"
+    umoci repack --history.created_by "base-image.sh: deep layer $n (hard links, symlink, xattr)" \
+        --image "$oci" "$bundle" || { note "base_image_build_deep: umoci repack (layer $n) failed"; return 1; }
+
+    _base_finish "$dir" "$ref" "$format" base_image_build_deep || return 1
+    BASE_LAYERS=$n
+    export BASE_LAYERS
 }
