@@ -12,6 +12,9 @@
 
 #include <stdint.h>
 
+#include <archive.h>
+#include <archive_entry.h>
+
 #include "snapshot/entry.h"
 #include "snapshot/snapshot.h"
 
@@ -48,3 +51,11 @@ int snap_layer_whiteout(SnapLayer *l, const char *path, NbError *e);
 /* `<dir>/.wh..wh..opq`. */
 int snap_layer_opaque(SnapLayer *l, const char *dir, NbError *e);
 #define SNAP_MARKER_NAME_MAX 12 /* ".wh..wh..opq"; ".wh." + a name is as long as the name plus 4 */
+
+/* Entries of another layer (squash.c), with this layer's header rules (copy_header() in layer.c says which
+ * fields). The caller has set the entry's pathname (and hard link target) to clean relative paths. Not in a
+ * split layer yet: -EFBIG. */
+/* Writes ae and streams its data from src (the archive ae was read from), in a bounded buffer. */
+int snap_layer_copy(SnapLayer *l, struct archive *src, struct archive_entry *ae, NbError *e);
+/* Writes ae (a regular file or a hard link entry) as a regular file whose content is that of fd. */
+int snap_layer_copy_fd(SnapLayer *l, struct archive_entry *ae, int fd, NbError *e);

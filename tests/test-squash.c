@@ -1,0 +1,433 @@
+/* Unit tests of the squash (snapshot/squash.c): layer tars built here with libarchive (gzip, zstd and
+ * plain), a live root in a scratch directory with a baseline taken before the "container's" changes, the
+ * merged layers written to a SnapLayer in memory and read back entry by entry. */
+#include <archive.h>
+#include <archive_entry.h>
+#include <fcntl.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
+#include <unistd.h>
+
+#include "snapshot/excludes.h"
+#include "snapshot/layer.h"
+#include "snapshot/snapshot.h"
+#include "snapshot/squash.h"
+#include "tests.h"
+
+static char scratch[] = "/tmp/test-squash.XXXXXX";
+
+static void sh(const char *fmt, ...) _printf_(1, 2);
+static void sh(const char *fmt, ...)
+{
+        char cmd[8192];
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(cmd, sizeof(cmd), fmt, ap);
+        va_end(ap);
+        int r = system(cmd);
+        if (r != 0) {
+                fprintf(stderr, "command failed (%d): %s\n", r, cmd);
+                abort();
+        }
+}
+
+/* ---- layer tars ------------------------------------------------------------------------------------------
+ */
+
+/* One entry of a layer: d(ir), f(ile: arg is the data), l(symlink to arg), h(ard link to arg), c(har device
+ * 1,5). mode 0: 0755 for directories, 0644 for files. */
+typedef struct TarEntry {
+        char type;
+        const char *path;
+        const char *arg;
+        unsigned mode, uid;
+        const char *xattr; /* "name=value" or NULL */
+        long mtime;        /* 0: 1000 */
+} TarEntry;
+
+#define END                                                                                                 \
+        {                                                                                                   \
+                0                                                                                           \
+        }
+
+/* Writes a layer tar to scratch/name with the filter ("gzip", "zstd" or "none"). */
+static void make_layer(const char *name, const char *filter, const TarEntry *t)
+{
+        char path[512];
+        snprintf(path, sizeof(path), "%s/%s", scratch, name);
+        struct archive *a = archive_write_new();
+        ASSERT_EQ(archive_write_set_format_pax_restricted(a), ARCHIVE_OK);
+        if (strcmp(filter, "gzip") == 0)
+                ASSERT_EQ(archive_write_add_filter_gzip(a), ARCHIVE_OK);
+        else if (strcmp(filter, "zstd") == 0)
+                ASSERT_EQ(archive_write_add_filter_zstd(a), ARCHIVE_OK);
+        ASSERT_EQ(archive_write_open_filename(a, path), ARCHIVE_OK);
+        for (; t->type; t++) {
+                struct archive_entry *ae = archive_entry_new();
+                archive_entry_copy_pathname(ae, t->path);
+                archive_entry_set_mtime(ae, t->mtime ? t->mtime : 1000, 0);
+                archive_entry_set_uid(ae, t->uid);
+                archive_entry_set_gid(ae, t->uid);
+                unsigned type = t->type == 'd'   ? AE_IFDIR
+                                : t->type == 'l' ? AE_IFLNK
+                                : t->type == 'c' ? AE_IFCHR
+                                                 : AE_IFREG;
+                archive_entry_set_mode(ae, type | (t->mode          ? t->mode
+                                                   : t->type == 'd' ? 0755
+                                                   : t->type == 'l' ? 0777
+                                                                    : 0644));
+                if (t->type == 'l')
+                        archive_entry_copy_symlink(ae, t->arg);
+                if (t->type == 'h')
+                        archive_entry_copy_hardlink(ae, t->arg);
+                if (t->type == 'c')
+                        archive_entry_set_rdev(ae, makedev(1, 5));
+                if (t->xattr) {
+                        const char *eq = strchr(t->xattr, '=');
+                        char key[128];
+                        snprintf(key, sizeof(key), "%.*s", (int)(eq - t->xattr), t->xattr);
+                        archive_entry_xattr_add_entry(ae, key, eq + 1, strlen(eq + 1));
+                }
+                size_t size = t->type == 'f' && t->arg ? strlen(t->arg) : 0;
+                archive_entry_set_size(ae, (la_int64_t)size);
+                ASSERT_EQ(archive_write_header(a, ae), ARCHIVE_OK);
+                if (size)
+                        ASSERT_EQ(archive_write_data(a, t->arg, size), (la_ssize_t)size);
+                archive_entry_free(ae);
+        }
+        ASSERT_EQ(archive_write_free(a), ARCHIVE_OK);
+}
+
+static int open_layer(const char *name)
+{
+        char path[512];
+        snprintf(path, sizeof(path), "%s/%s", scratch, name);
+        int fd = open(path, O_RDONLY | O_CLOEXEC);
+        ASSERT_TRUE(fd >= 0);
+        return fd;
+}
+
+/* ---- the output
+ * ------------------------------------------------------------------------------------------- */
+
+typedef struct Buf {
+        uint8_t *data;
+        size_t size, allocated;
+} Buf;
+
+static int buf_write(void *userdata, const void *data, size_t size)
+{
+        Buf *b = userdata;
+        if (b->size + size > b->allocated) {
+                b->allocated = (b->size + size) * 2;
+                b->data = realloc(b->data, b->allocated);
+                ASSERT_TRUE(b->data);
+        }
+        memcpy(b->data + b->size, data, size);
+        b->size += size;
+        return 0;
+}
+
+/* The tar as lines "TYPE PATH[ =DATA][ -> SYMLINK][ => HARDLINK][ MAJ,MIN][ mode=][ uid=][ x:NAME=VALUE]"
+ * (mode when not 0755/0644/0777, uid when not 0); with_mtime adds " t=MTIME" to each line. */
+static char *listing(const Buf *b, bool with_mtime)
+{
+        struct archive *a = archive_read_new();
+        archive_read_support_format_tar(a);
+        ASSERT_EQ(archive_read_open_memory(a, b->data, b->size), ARCHIVE_OK);
+        char *out = NULL;
+        size_t outlen = 0;
+        FILE *f = open_memstream(&out, &outlen);
+        struct archive_entry *ae;
+        while (archive_read_next_header(a, &ae) == ARCHIVE_OK) {
+                unsigned type = archive_entry_filetype(ae), perm = archive_entry_perm(ae);
+                const char *hl = archive_entry_hardlink(ae), *sl = archive_entry_symlink(ae);
+                char t = hl                 ? 'h'
+                         : type == AE_IFDIR ? 'd'
+                         : type == AE_IFLNK ? 'l'
+                         : type == AE_IFCHR ? 'c'
+                         : type == AE_IFREG ? 'f'
+                                            : '?';
+                fprintf(f, "%c %s", t, archive_entry_pathname(ae));
+                if (t == 'f' && archive_entry_size(ae) > 0) {
+                        char data[256];
+                        la_ssize_t n = archive_read_data(a, data, sizeof(data));
+                        ASSERT_EQ(n, archive_entry_size(ae));
+                        fputs(" =", f);
+                        for (la_ssize_t i = 0; i < n; i++)
+                                fputs(data[i] == '\n' ? "\\n" : (char[]){data[i], 0}, f);
+                }
+                if (sl)
+                        fprintf(f, " -> %s", sl);
+                if (hl)
+                        fprintf(f, " => %s", hl);
+                if (t == 'c')
+                        fprintf(f, " %u,%u", major(archive_entry_rdev(ae)), minor(archive_entry_rdev(ae)));
+                if (perm != (t == 'd' ? 0755u : t == 'l' ? 0777u : 0644u))
+                        fprintf(f, " mode=%o", perm);
+                if (archive_entry_uid(ae))
+                        fprintf(f, " uid=%lld", (long long)archive_entry_uid(ae));
+                const char *name;
+                const void *v;
+                size_t vs;
+                archive_entry_xattr_reset(ae);
+                while (archive_entry_xattr_next(ae, &name, &v, &vs) == ARCHIVE_OK)
+                        fprintf(f, " x:%s=%.*s", name, (int)vs, (const char *)v);
+                if (with_mtime)
+                        fprintf(f, " t=%lld", (long long)archive_entry_mtime(ae));
+                fputc('\n', f);
+                ASSERT_TRUE(archive_entry_mtime_nsec(ae) == 0);
+                ASSERT_TRUE(!archive_entry_atime_is_set(ae) && !archive_entry_ctime_is_set(ae));
+                ASSERT_TRUE(!archive_entry_uname(ae) || !archive_entry_uname(ae)[0]);
+        }
+        fclose(f);
+        ASSERT_EQ(archive_read_free(a), ARCHIVE_OK);
+        return out;
+}
+
+static void assert_listing(const char *got, const char *want)
+{
+        if (strcmp(got, want) != 0) {
+                fprintf(stderr, "layer differs; got:\n%s\nwant:\n%s\n", got, want);
+                abort();
+        }
+}
+
+/* ---- a squash
+ * --------------------------------------------------------------------------------------------- */
+
+typedef struct Setup {
+        char root[512], baseline[512];
+        SnapExcludes *ex;
+} Setup;
+
+/* A live root made by `before`, its baseline, then `change` run in it a second later. */
+static void setup(Setup *s, const char *name, const char *before, const char *change, const char *exclude)
+{
+        snprintf(s->root, sizeof(s->root), "%s/%s-root", scratch, name);
+        snprintf(s->baseline, sizeof(s->baseline), "%s/%s-baseline", scratch, name);
+        sh("mkdir -p %s && cd %s && %s", s->root, s->root, before);
+        NbError e = {0};
+        ASSERT_OK(snap_excludes_new(&s->ex, &e));
+        if (exclude)
+                ASSERT_OK(snap_excludes_add(s->ex, exclude, &e));
+        ASSERT_OK(snap_baseline_write(s->root, s->ex, s->baseline, NULL, &e));
+        if (change) {
+                sleep(1);
+                sh("cd %s && %s", s->root, change);
+        }
+}
+
+static void setup_done(Setup *s)
+{
+        snap_excludes_free(s->ex);
+}
+
+/* The changes of s recorded into q. */
+static void changes(SnapSquash *q, const Setup *s)
+{
+        NbError e = {0};
+        _cleanup_snap_baseline_ SnapBaseline *b = NULL;
+        _cleanup_snap_walk_ SnapWalk *w = NULL;
+        ASSERT_OK(snap_baseline_open(s->baseline, &b, &e));
+        ASSERT_OK(snap_walk_new(s->root, s->ex, &w, &e));
+        int r = snap_squash_changes(q, b, w, s->ex, &e);
+        if (r < 0)
+                fprintf(stderr, "changes: %s\n", e.msg);
+        ASSERT_OK(r);
+}
+
+/* Both passes over the layers into l. Returns the first error (e filled), or the entries written. */
+static int squash_into(SnapSquash *q, const Setup *s, const char *const *layers, SnapLayer *l, NbError *e)
+{
+        unsigned n = 0;
+        while (layers[n])
+                n++;
+        int r = 0, total = 0;
+        for (unsigned i = 0; r >= 0 && i < n; i++) {
+                int fd = open_layer(layers[i]);
+                r = snap_squash_index(q, i, fd, e);
+                close(fd);
+        }
+        for (unsigned i = 0; r >= 0 && i < n; i++) {
+                int fd = open_layer(layers[i]);
+                r = snap_squash_write(q, i, fd, s->root, l, e);
+                close(fd);
+                total += r > 0 ? r : 0;
+        }
+        return r < 0 ? r : total;
+}
+
+/* ---- the tests
+ * ---------------------------------------------------------------------------------------------- */
+
+/* Three merged layers (gzip, zstd, plain) on kept layers, and a container that changed some of their paths.
+ */
+static void test_merge(void)
+{
+        static const TarEntry l0[] = {
+                {'d', "./etc/"},
+                {'f', "./etc/a", "a0"},
+                {'f', "./etc/b", "b0"},
+                {'f', "./etc/c", "c0", 0600, 1000, "user.k=v", 12345},
+                {'f', "./etc/.wh.gone"},
+                {'d', "./opt/"},
+                {'d', "./opt/old/"},
+                {'f', "./opt/old/x", "x0"},
+                {'d', "./var/"},
+                {'f', "./var/del", "d0"},
+                {'l', "./lnk", "etc/a"},
+                {'d', "./data/"},
+                {'f', "./data/orig", "orig"},
+                {'h', "./data/link", "./data/orig"},
+                {'f', "./data/keep", "keep"},
+                {'h', "./data/keep2", "./data/keep"},
+                {'h', "./data/lowlink", "usr/lowfile"},
+                {'d', "./home/"},
+                {'d', "./home/ma-user/"},
+                {'d', "./home/ma-user/work/"},
+                {'f', "./home/ma-user/work/nb.ipynb", "nb"},
+                {'d', "./gone-dir/"},
+                {'f', "./gone-dir/f", "f"},
+                {'d', "./dev/"},
+                {'c', "./dev/zero"},
+                END,
+        };
+        static const TarEntry l1[] = {
+                {'f', "etc/a", "a1"},           {'d', "opt/old/"},
+                {'f', "opt/old/.wh..wh..opq"},  {'f', "opt/old/y", "y1"},
+                {'f', "data/orig", "new-orig"}, {'d', "newdir/"},
+                {'f', "newdir/n", "n1"},        END,
+        };
+        static const TarEntry l2[] = {
+                {'f', "var/.wh.del"},
+                {'d', "opt/", NULL, 0700},
+                {'f', ".wh.reborn"},
+                {'d', "cfg/"},
+                {'f', "cfg/.wh..wh..opq"},
+                {'f', "cfg/k", "k2"},
+                {'f', "f2d", "file"},
+                {'f', "dup", "first"},
+                {'f', "dup", "second"},
+                {'d', ".wh..wh.plnk/"},
+                {'f', ".wh..wh.plnk/123.4", "aufs"},
+                {'f', "implied/.wh..wh..opq"},
+                {'f', "implied/i", "i2"},
+                END,
+        };
+        make_layer("m0.tar.gz", "gzip", l0);
+        make_layer("m1.tar.zst", "zstd", l1);
+        make_layer("m2.tar", "none", l2);
+        Setup s;
+        setup(&s, "merge",
+              "mkdir -p etc data home/ma-user/work gone-dir cfg newdir opt/old var && echo a1 > etc/a && "
+              "echo b0 > etc/b && echo c0 > etc/c && echo -n orig > data/link && echo new-orig > data/orig "
+              "&& "
+              "echo keep > data/keep && ln data/keep data/keep2 && echo mounted > "
+              "home/ma-user/work/nb.ipynb && "
+              "echo f > gone-dir/f && echo k2 > cfg/k && echo file > f2d && echo n1 > newdir/n",
+              "echo changed >> etc/b && rm -rf gone-dir && mkdir reborn && chmod 700 cfg && rm f2d && "
+              "mkdir f2d && echo new > newfile && echo n2 > newdir/n && echo live > "
+              "home/ma-user/work/nb.ipynb",
+              "/home/ma-user/work");
+        NbError e = {0};
+        _cleanup_snap_squash_ SnapSquash *q = NULL;
+        ASSERT_OK(snap_squash_new(3, &q, &e));
+        changes(q, &s);
+        Buf buf = {0};
+        SnapLayer *l = NULL;
+        ASSERT_OK(snap_layer_new(buf_write, NULL, &buf, &l, &e));
+        static const char *const layers[] = {"m0.tar.gz", "m1.tar.zst", "m2.tar", NULL};
+        int r = squash_into(q, &s, layers, l, &e);
+        if (r < 0)
+                fprintf(stderr, "squash: %s\n", e.msg);
+        ASSERT_OK(r);
+        size_t squash_bytes = buf.size;
+        const SnapLayerStats st = *snap_layer_stats(l);
+        ASSERT_EQ(st.entries, (uint64_t)r);
+        ASSERT_OK(snap_layer_finish(l, &e));
+        char *got = listing(&buf, false);
+        assert_listing(got,
+                       /* layer 0: what no higher layer replaced, and the changes did not write */
+                       "d etc/\n"
+                       "f etc/c =c0 mode=600 uid=1000 x:user.k=v\n" /* metadata as the layer has it */
+                       "f etc/.wh.gone\n"                           /* a whiteout of the kept layers */
+                       "d var/\n"
+                       "l lnk -> etc/a\n"
+                       "d data/\n"
+                       "f data/link =orig\n" /* its target replaced above: from the live root */
+                       "f data/keep =keep\n"
+                       "h data/keep2 => data/keep\n"
+                       "h data/lowlink => usr/lowfile\n" /* a target in the kept layers */
+                       "d home/\n"
+                       "d home/ma-user/\n"
+                       "d home/ma-user/work/\n"
+                       "f home/ma-user/work/nb.ipynb =nb\n" /* hidden by a mount: the layer's */
+                       "d dev/\n"
+                       "c dev/zero 1,5\n"
+                       /* layer 1: opt/old opaque, x of layer 0 gone */
+                       "f etc/a =a1\n"
+                       "d opt/old/\n"
+                       "f opt/old/.wh..wh..opq\n"
+                       "f opt/old/y =y1\n"
+                       "f data/orig =new-orig\n"
+                       "d newdir/\n"
+                       /* layer 2 */
+                       "f var/.wh.del\n"
+                       "d opt/ mode=700\n"
+                       "f reborn/.wh..wh..opq\n" /* whited out, then made again in the container */
+                       "f cfg/.wh..wh..opq\n"    /* opaque, its entry changed in the container */
+                       "f cfg/k =k2\n"
+                       "f f2d/.wh..wh..opq\n" /* a file of the layers, a directory in the container */
+                       "f dup =second\n"
+                       "f implied/.wh..wh..opq\n"
+                       "f implied/i =i2\n");
+        free(got);
+        got = listing(&buf, true);
+        ASSERT_TRUE(strstr(got, "f etc/c =c0 mode=600 uid=1000 x:user.k=v t=12345\n") != NULL);
+        free(got);
+        ASSERT_EQ(st.whiteouts, 7);
+
+        /* the diff pass follows in the same layer: every path once */
+        buf.size = squash_bytes;
+        {
+                _cleanup_snap_baseline_ SnapBaseline *b = NULL;
+                _cleanup_snap_walk_ SnapWalk *w = NULL;
+                ASSERT_OK(snap_baseline_open(s.baseline, &b, &e));
+                ASSERT_OK(snap_walk_new(s.root, s.ex, &w, &e));
+                SnapLayer *dl = NULL;
+                ASSERT_OK(snap_layer_new(buf_write, NULL, &buf, &dl, &e));
+                ASSERT_OK(snap_diff_layer(b, w, s.ex, dl, NULL, NULL, NULL, &e));
+                ASSERT_OK(snap_layer_finish(dl, &e));
+                snap_layer_free(dl);
+        }
+        snap_layer_free(l);
+        /* the diff's tar after the squash's entries: the paths the squash left out */
+        Buf only_diff = {.data = buf.data + squash_bytes, .size = buf.size - squash_bytes};
+        char *diff = listing(&only_diff, false);
+        assert_listing(diff, "d cfg/ mode=700\n"
+                             "f etc/b =b0\\nchanged\\n\n"
+                             "d f2d/\n"
+                             "f .wh.gone-dir\n"
+                             "f newdir/n =n2\\n\n"
+                             "f newfile =new\\n\n"
+                             "d reborn/\n");
+        free(diff);
+        free(buf.data);
+        setup_done(&s);
+}
+
+int main(void)
+{
+        if (getuid() != 0) {
+                fprintf(stderr, "needs root (chown of layer entries)\n");
+                return TEST_SKIP;
+        }
+        ASSERT_TRUE(mkdtemp(scratch));
+        test_merge();
+        sh("rm -rf %s", scratch);
+        printf("test-squash: all passed\n");
+        return 0;
+}
