@@ -134,6 +134,11 @@ unsigned snap_layer_parts(const SnapLayer *l)
         return l->parts;
 }
 
+bool snap_layer_is_split(const SnapLayer *l)
+{
+        return l->budget != 0;
+}
+
 /* Ends the current tar and starts the next one (snap_layer_split). */
 static int cut(SnapLayer *l, NbError *e)
 {
@@ -617,7 +622,7 @@ static int copy_header(struct archive_entry *src, bool with_link, struct archive
 
 static int copy_refused(SnapLayer *l, const char *path, NbError *e)
 {
-        if (l->budget)
+        if (snap_layer_is_split(l))
                 return nb_error_set(e, -EFBIG,
                                     "cannot write /%s: a squash cannot be split yet (the layer has a size "
                                     "limit)",

@@ -55,6 +55,8 @@ int snap_layer_opaque(SnapLayer *l, const char *dir, NbError *e);
 /* Entries of another layer (squash.c), with this layer's header rules (copy_header() in layer.c says which
  * fields). The caller has set the entry's pathname (and hard link target) to clean relative paths. Not in a
  * split layer yet: -EFBIG. */
+/* Whether snap_layer_split() was called: a squash refuses such a layer. */
+bool snap_layer_is_split(const SnapLayer *l);
 /* Writes ae and streams its data from src (the archive ae was read from), in a bounded buffer. */
 int snap_layer_copy(SnapLayer *l, struct archive *src, struct archive_entry *ae, NbError *e);
 /* Writes ae (a regular file or a hard link entry) as a regular file whose content is that of fd. */

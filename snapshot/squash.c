@@ -424,6 +424,10 @@ static int index_entry(SnapSquash *q, unsigned layer, uint64_t seq, struct archi
         if (r < 0)
                 return nb_error_oom(e);
         int16_t l = (int16_t)layer;
+        const char *link = kind == ENTRY_CONTENT ? archive_entry_hardlink(ae) : NULL;
+        size_t link_len;
+        if (link && (clean_name(link, q->target, &link_len) < 0 || link_len == 0))
+                return unsafe_name(layer, link, "is a hard link target that is not a safe relative name", e);
         switch (kind) {
         case ENTRY_CONTENT:
                 /* the last of duplicates in one layer wins, as on extraction */
@@ -641,6 +645,9 @@ int snap_squash_write(SnapSquash *q, unsigned layer, int fd, const char *root, S
                                     "changes %s)",
                                     layer, q->written, q->indexed, q->n_layers,
                                     q->have_changes ? "recorded" : "not recorded");
+        if (snap_layer_is_split(out))
+                return nb_error_set(e, -EFBIG,
+                                    "a squash cannot be split yet: the layer it writes to has a size limit");
         _cleanup_reader_ struct archive *a = NULL;
         int r = reader_open(fd, layer, &a, e);
         uint64_t seq = 0, written = 0;

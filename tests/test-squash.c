@@ -4,6 +4,7 @@
 #include <archive.h>
 #include <archive_entry.h>
 #include <fcntl.h>
+#include <inttypes.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <sys/stat.h>
@@ -45,7 +46,31 @@ typedef struct TarEntry {
         unsigned mode, uid;
         const char *xattr; /* "name=value" or NULL */
         long mtime;        /* 0: 1000 */
+        size_t big;        /* a file of this many pattern bytes (pattern_byte()) instead of arg */
 } TarEntry;
+
+static uint8_t pattern_byte(size_t i)
+{
+        return (uint8_t)(i * 31 + i / 4096 + 7);
+}
+
+/* The checksum listing() prints for a file over 64 bytes. */
+static uint64_t sum_update(uint64_t h, const uint8_t *p, size_t n)
+{
+        for (size_t i = 0; i < n; i++)
+                h = (h ^ p[i]) * 1099511628211ull;
+        return h;
+}
+
+static uint64_t pattern_sum(size_t n)
+{
+        uint64_t h = 14695981039346656037ull;
+        for (size_t i = 0; i < n; i++) {
+                uint8_t b = pattern_byte(i);
+                h = sum_update(h, &b, 1);
+        }
+        return h;
+}
 
 #define END                                                                                                 \
         {                                                                                                   \
@@ -90,11 +115,19 @@ static void make_layer(const char *name, const char *filter, const TarEntry *t)
                         snprintf(key, sizeof(key), "%.*s", (int)(eq - t->xattr), t->xattr);
                         archive_entry_xattr_add_entry(ae, key, eq + 1, strlen(eq + 1));
                 }
-                size_t size = t->type == 'f' && t->arg ? strlen(t->arg) : 0;
+                size_t size = t->big ? t->big : t->type == 'f' && t->arg ? strlen(t->arg) : 0;
                 archive_entry_set_size(ae, (la_int64_t)size);
                 ASSERT_EQ(archive_write_header(a, ae), ARCHIVE_OK);
-                if (size)
+                if (size && !t->big)
                         ASSERT_EQ(archive_write_data(a, t->arg, size), (la_ssize_t)size);
+                for (size_t off = 0; off < t->big;) {
+                        uint8_t chunk[10000];
+                        size_t n = t->big - off < sizeof(chunk) ? t->big - off : sizeof(chunk);
+                        for (size_t i = 0; i < n; i++)
+                                chunk[i] = pattern_byte(off + i);
+                        ASSERT_EQ(archive_write_data(a, chunk, n), (la_ssize_t)n);
+                        off += n;
+                }
                 archive_entry_free(ae);
         }
         ASSERT_EQ(archive_write_free(a), ARCHIVE_OK);
@@ -151,7 +184,17 @@ static char *listing(const Buf *b, bool with_mtime)
                          : type == AE_IFREG ? 'f'
                                             : '?';
                 fprintf(f, "%c %s", t, archive_entry_pathname(ae));
-                if (t == 'f' && archive_entry_size(ae) > 0) {
+                if (t == 'f' && archive_entry_size(ae) > 64) {
+                        uint64_t h = 14695981039346656037ull, size = 0;
+                        uint8_t data[65536];
+                        la_ssize_t n;
+                        while ((n = archive_read_data(a, data, sizeof(data))) > 0) {
+                                h = sum_update(h, data, (size_t)n);
+                                size += (uint64_t)n;
+                        }
+                        ASSERT_EQ(size, archive_entry_size(ae));
+                        fprintf(f, " size=%" PRIu64 " sum=%016" PRIx64, size, h);
+                } else if (t == 'f' && archive_entry_size(ae) > 0) {
                         char data[256];
                         la_ssize_t n = archive_read_data(a, data, sizeof(data));
                         ASSERT_EQ(n, archive_entry_size(ae));
@@ -419,6 +462,234 @@ static void test_merge(void)
         setup_done(&s);
 }
 
+static void assert_error(int r, int want, const NbError *e, const char *text)
+{
+        if (r != want || !strstr(e->msg, text)) {
+                fprintf(stderr, "expected %d with \"%s\", got %d: %s\n", want, text, r, e->msg);
+                abort();
+        }
+}
+
+static uint64_t file_sum(const char *path)
+{
+        FILE *f = fopen(path, "re");
+        ASSERT_TRUE(f);
+        uint64_t h = 14695981039346656037ull;
+        uint8_t data[65536];
+        size_t n;
+        while ((n = fread(data, 1, sizeof(data), f)) > 0)
+                h = sum_update(h, data, n);
+        fclose(f);
+        return h;
+}
+
+/* Changes below paths the merged layers deleted or made opaque: markers where the kept layers' content must
+ * stay hidden; big files streamed (through a bounded buffer) and materialised from the live root. */
+static void test_ancestors(void)
+{
+        const size_t big = 3u * 1024 * 1024 + 777;
+        const TarEntry l0[] = {
+                {'d', "a/"},
+                {'d', "a/b/"},
+                {'f', "a/b/f", "f0"},
+                {'d', "o/"},
+                {'f', "o/keep", "k0"},
+                {'d', "big/"},
+                {'f', "big/lf", .big = big},
+                {'h', "big/lf2", "big/lf"},
+                {'f', "big/stream", .big = big + 1},
+                END,
+        };
+        static const TarEntry l1[] = {
+                {'f', ".wh.a"}, {'f', "o/.wh..wh..opq"}, {'d', "o/"}, {'f', "big/lf", "new"}, END,
+        };
+        make_layer("a0.tar.zst", "zstd", l0);
+        make_layer("a1.tar.gz", "gzip", l1);
+        Setup s;
+        setup(&s, "ancestors",
+              "mkdir -p o big && printf new > big/lf && head -c 3146505 /dev/urandom > big/lf2",
+              "mkdir -p a/b/c && mkdir o/d", NULL);
+        NbError e = {0};
+        _cleanup_snap_squash_ SnapSquash *q = NULL;
+        ASSERT_OK(snap_squash_new(2, &q, &e));
+        changes(q, &s);
+        Buf buf = {0};
+        SnapLayer *l = NULL;
+        ASSERT_OK(snap_layer_new(buf_write, NULL, &buf, &l, &e));
+        static const char *const layers[] = {"a0.tar.zst", "a1.tar.gz", NULL};
+        int r = squash_into(q, &s, layers, l, &e);
+        if (r < 0)
+                fprintf(stderr, "squash: %s\n", e.msg);
+        ASSERT_EQ(r, 6);
+        ASSERT_EQ(snap_layer_stats(l)->data_bytes, big + 1 + 3146505 + 3);
+        ASSERT_OK(snap_layer_finish(l, &e));
+        snap_layer_free(l);
+        char path[600], want[1024];
+        snprintf(path, sizeof(path), "%s/big/lf2", s.root);
+        snprintf(want, sizeof(want),
+                 "d big/\n"
+                 "f big/lf2 size=3146505 sum=%016" PRIx64 "\n" /* its target replaced in layer 1 */
+                 "f big/stream size=%zu sum=%016" PRIx64 "\n"
+                 "f a/.wh..wh..opq\n" /* deleted by layer 1, made again in the container */
+                 "f o/.wh..wh..opq\n" /* opaque in layer 1, its entry changed in the container */
+                 "f big/lf =new\n",
+                 file_sum(path), big + 1, pattern_sum(big + 1));
+        char *got = listing(&buf, false);
+        assert_listing(got, want);
+        free(got);
+        free(buf.data);
+        setup_done(&s);
+}
+
+/* An opaque marker on the root hides every kept layer. */
+static void test_root_opaque(void)
+{
+        static const TarEntry l0[] = {{'d', "x/"}, {'f', "x/a", "a"}, END};
+        static const TarEntry l1[] = {{'f', "./.wh..wh..opq"}, {'f', "./y", "y"}, END};
+        make_layer("r0.tar", "none", l0);
+        make_layer("r1.tar", "none", l1);
+        Setup s;
+        setup(&s, "root", "echo y > y", NULL, NULL);
+        NbError e = {0};
+        _cleanup_snap_squash_ SnapSquash *q = NULL;
+        ASSERT_OK(snap_squash_new(2, &q, &e));
+        changes(q, &s);
+        Buf buf = {0};
+        SnapLayer *l = NULL;
+        ASSERT_OK(snap_layer_new(buf_write, NULL, &buf, &l, &e));
+        static const char *const layers[] = {"r0.tar", "r1.tar", NULL};
+        ASSERT_EQ(squash_into(q, &s, layers, l, &e), 2);
+        ASSERT_OK(snap_layer_finish(l, &e));
+        snap_layer_free(l);
+        char *got = listing(&buf, false);
+        assert_listing(got, "f .wh..wh..opq\nf y =y\n");
+        free(got);
+        free(buf.data);
+        setup_done(&s);
+}
+
+/* One squash of the layers named, expected to fail with `want` and a message holding `text`. */
+static void squash_fails(const Setup *s, const char *const *layers, size_t entries_max, int want,
+                         const char *text)
+{
+        unsigned n = 0;
+        while (layers[n])
+                n++;
+        NbError e = {0};
+        _cleanup_snap_squash_ SnapSquash *q = NULL;
+        ASSERT_OK(snap_squash_new(n, &q, &e));
+        if (entries_max)
+                snap_squash_set_entries_max(q, entries_max);
+        changes(q, s);
+        Buf buf = {0};
+        SnapLayer *l = NULL;
+        ASSERT_OK(snap_layer_new(buf_write, NULL, &buf, &l, &e));
+        assert_error(squash_into(q, s, layers, l, &e), want, &e, text);
+        snap_layer_free(l);
+        free(buf.data);
+}
+
+/* Names no layer may hold, the limit of the index, hard links that cannot be materialised, misuse. */
+static void test_errors(void)
+{
+        static const struct {
+                const char *name, *link;
+        } bad[] = {
+                {"/etc/passwd", NULL}, {"a/../../etc/passwd", NULL}, {"..", NULL},          {"x/.wh.", NULL},
+                {"x/.wh...", NULL},    {"l", "../../etc/shadow"},    {"l2", "/etc/shadow"},
+        };
+        Setup s;
+        setup(&s, "errors", "mkdir -p m && echo t2 > m/t && echo t > m/l", NULL, "/m/l");
+        for (size_t i = 0; i < ELEMENTSOF(bad); i++) {
+                TarEntry t[] = {{'d', "x/"}, {bad[i].link ? 'h' : 'f', bad[i].name, bad[i].link}, END};
+                make_layer("bad.tar", "none", t);
+                static const char *const layers[] = {"bad.tar", NULL};
+                squash_fails(&s, layers, 0, -EINVAL, bad[i].link ? bad[i].link : bad[i].name);
+        }
+
+        /* the index's limit */
+        static const TarEntry many[] = {{'d', "p/"}, {'f', "p/1"}, {'f', "p/2"}, {'f', "p/3"}, END};
+        make_layer("many.tar", "gzip", many);
+        static const char *const many_layers[] = {"many.tar", NULL};
+        squash_fails(&s, many_layers, 3, -E2BIG, "more than 3 paths");
+
+        /* a hard link whose target layer 1 replaced, its path excluded (a mount) in the container */
+        static const TarEntry h0[] = {{'d', "m/"}, {'f', "m/t", "t"}, {'h', "m/l", "m/t"}, END};
+        static const TarEntry h1[] = {{'f', "m/t", "t2"}, END};
+        make_layer("h0.tar", "none", h0);
+        make_layer("h1.tar", "none", h1);
+        static const char *const h_layers[] = {"h0.tar", "h1.tar", NULL};
+        squash_fails(&s, h_layers, 0, -ENOENT, "/m/l, a hard link in merged layer 0");
+        setup_done(&s);
+        /* ... absent from the container: named */
+        setup(&s, "absent", "mkdir -p m && echo t2 > m/t", NULL, NULL);
+        squash_fails(&s, h_layers, 0, -ENOENT, "cannot open /m/l");
+        setup_done(&s);
+        /* ... a symlink there now: not followed */
+        setup(&s, "symlink", "mkdir -p m && echo t2 > m/t && ln -s t m/l", NULL, NULL);
+        squash_fails(&s, h_layers, 0, -ELOOP, "/m/l");
+        setup_done(&s);
+        /* ... below a symlinked directory: not followed either */
+        setup(&s, "symdir", "mkdir -p real && echo t > real/l && ln -s real m", NULL, NULL);
+        squash_fails(&s, h_layers, 0, -ENOTDIR, "/m/l");
+
+        /* a layer that is not a tar, and one that differs between the passes */
+        sh("head -c 3000 /dev/urandom > %s/garbage.tar", scratch);
+        static const char *const garbage[] = {"garbage.tar", NULL};
+        squash_fails(&s, garbage, 0, -EBADMSG, "cannot read merged layer 0");
+        NbError e = {0};
+        _cleanup_snap_squash_ SnapSquash *q = NULL;
+        ASSERT_OK(snap_squash_new(1, &q, &e));
+        Buf buf = {0};
+        SnapLayer *l = NULL;
+        ASSERT_OK(snap_layer_new(buf_write, NULL, &buf, &l, &e));
+        int fd = open_layer("h0.tar");
+        /* misuse: out of order, or before the changes */
+        assert_error(snap_squash_index(q, 1, fd, &e), -EINVAL, &e, "out of order");
+        assert_error(snap_squash_write(q, 0, fd, s.root, l, &e), -EINVAL, &e, "out of order");
+        ASSERT_OK(snap_squash_index(q, 0, fd, &e));
+        close(fd);
+        fd = open_layer("h0.tar");
+        assert_error(snap_squash_write(q, 0, fd, s.root, l, &e), -EINVAL, &e, "changes not recorded");
+        close(fd);
+        changes(q, &s);
+        fd = open_layer("many.tar");
+        assert_error(snap_squash_write(q, 0, fd, s.root, l, &e), -EBADMSG, &e,
+                     "not the layer that was indexed");
+        close(fd);
+        snap_layer_free(l);
+        free(buf.data);
+        assert_error(snap_squash_new(0, &q, &e), -EINVAL, &e, "cannot squash 0 layers");
+        setup_done(&s);
+}
+
+static int no_cut(void *userdata, NbError *e)
+{
+        return 0;
+}
+
+/* A layer with a size limit cannot take a squash yet. */
+static void test_split_refused(void)
+{
+        static const TarEntry t[] = {{'f', "s", "s"}, END};
+        make_layer("split.tar", "none", t);
+        Setup s;
+        setup(&s, "split", "true", NULL, NULL);
+        NbError e = {0};
+        _cleanup_snap_squash_ SnapSquash *q = NULL;
+        ASSERT_OK(snap_squash_new(1, &q, &e));
+        changes(q, &s);
+        Buf buf = {0};
+        SnapLayer *l = NULL;
+        ASSERT_OK(snap_layer_new(buf_write, NULL, &buf, &l, &e));
+        ASSERT_OK(snap_layer_split(l, snap_layer_split_budget(SNAP_SPLIT_BLOB_MIN), NULL, no_cut, &e));
+        static const char *const layers[] = {"split.tar", NULL};
+        assert_error(squash_into(q, &s, layers, l, &e), -EFBIG, &e, "cannot be split yet");
+        snap_layer_free(l);
+        free(buf.data);
+        setup_done(&s);
+}
+
 int main(void)
 {
         if (getuid() != 0) {
@@ -427,6 +698,10 @@ int main(void)
         }
         ASSERT_TRUE(mkdtemp(scratch));
         test_merge();
+        test_ancestors();
+        test_root_opaque();
+        test_errors();
+        test_split_refused();
         sh("rm -rf %s", scratch);
         printf("test-squash: all passed\n");
         return 0;
