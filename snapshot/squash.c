@@ -35,6 +35,7 @@ typedef struct Node {
         uint64_t hash;
         uint32_t content_seq; /* the winning content entry's number in its layer */
         int16_t content_layer, whiteout_layer, opaque_layer, hide_below; /* -1: none */
+        int16_t implied_layer; /* the highest layer with an entry below the path (a directory there) */
         uint8_t content_kind;
         uint8_t override;
         bool written;     /* the winner (or what stands for it) was handled */
@@ -131,6 +132,7 @@ static int table_get(Table *t, const char *path, size_t len, Node **ret)
                     .whiteout_layer = -1,
                     .opaque_layer = -1,
                     .hide_below = -1,
+                    .implied_layer = -1,
                     .len = len};
         memcpy(n->path, path, len);
         n->path[len] = '\0';
@@ -406,6 +408,34 @@ static void raise_hide(Node *n, int16_t layer)
                 n->hide_below = layer;
 }
 
+static int index_full(SnapSquash *q, NbError *e)
+{
+        return nb_error_set(e, -E2BIG,
+                            "cannot squash: the %u merged layers hold more than %zu paths (the index of a "
+                            "squash is kept in memory); squash fewer layers",
+                            q->n_layers, q->index.max);
+}
+
+/* dir (the first len bytes of path) and its ancestors are directories in layer `layer`: an entry there
+ * says so, even without an entry of their own. Layers come bottom first, so the walk up stops at the first
+ * ancestor that knows it already. */
+static int mark_implied(SnapSquash *q, const char *path, size_t len, int16_t layer, NbError *e)
+{
+        while (len > 0) {
+                Node *a;
+                int r = table_get(&q->index, path, len, &a);
+                if (r < 0)
+                        return r == -E2BIG ? index_full(q, e) : nb_error_oom(e);
+                if (a->implied_layer >= layer)
+                        return 0;
+                a->implied_layer = layer;
+                while (len > 0 && path[len - 1] != '/')
+                        len--;
+                len = len > 0 ? len - 1 : 0;
+        }
+        return 0;
+}
+
 static int index_entry(SnapSquash *q, unsigned layer, uint64_t seq, struct archive_entry *ae, NbError *e)
 {
         EntryKind kind;
@@ -413,17 +443,17 @@ static int index_entry(SnapSquash *q, unsigned layer, uint64_t seq, struct archi
         int r = classify(q, layer, ae, &kind, &len, e);
         if (r < 0 || kind == ENTRY_SKIP)
                 return r;
+        int16_t l = (int16_t)layer;
+        /* the directory the entry lies in (the directory itself for an opaque marker) */
+        const char *base = snap_path_basename(q->path);
+        size_t dir_len = kind == ENTRY_OPAQUE ? len : base > q->path ? (size_t)(base - q->path - 1) : 0;
+        r = mark_implied(q, q->path, dir_len, l, e);
+        if (r < 0)
+                return r;
         Node *n;
         r = table_get(&q->index, q->path, len, &n);
-        if (r == -E2BIG)
-                return nb_error_set(
-                        e, r,
-                        "cannot squash: the %u merged layers hold more than %zu paths (the index "
-                        "of a squash is kept in memory); squash fewer layers",
-                        q->n_layers, q->index.max);
         if (r < 0)
-                return nb_error_oom(e);
-        int16_t l = (int16_t)layer;
+                return r == -E2BIG ? index_full(q, e) : nb_error_oom(e);
         const char *link = kind == ENTRY_CONTENT ? archive_entry_hardlink(ae) : NULL;
         size_t link_len;
         if (link && (clean_name(link, q->target, &link_len) < 0 || link_len == 0))
@@ -497,6 +527,16 @@ static bool content_wins(const Node *n)
         return n->content_layer >= 0 && n->content_layer >= n->whiteout_layer;
 }
 
+/* A winner that a higher layer (or its own, for a whiteout) turned into a directory by putting entries below
+ * it without an entry for it: it stands for a directory whose lower content is gone, i.e. an opaque marker.
+ */
+static bool demoted(const Node *n)
+{
+        if (content_wins(n))
+                return n->content_kind == KIND_OTHER && n->implied_layer > n->content_layer;
+        return n->whiteout_layer >= 0 && n->implied_layer >= n->whiteout_layer;
+}
+
 static int write_marker(SnapSquash *q, Node *n, SnapLayer *out, NbError *e)
 {
         if (n->marker_done)
@@ -513,7 +553,8 @@ static bool target_written(const SnapSquash *q, unsigned layer, uint64_t seq, co
         const Node *t = table_find(&q->index, target, len);
         if (!t)
                 return true; /* no merged layer holds it: the kept layers do */
-        if (!content_wins(t) || t->content_kind != KIND_OTHER || (unsigned)t->content_layer > layer ||
+        if (!content_wins(t) || t->content_kind != KIND_OTHER || demoted(t) ||
+            (unsigned)t->content_layer > layer ||
             ((unsigned)t->content_layer == layer && t->content_seq >= seq))
                 return false;
         return visible(q, t, t->content_layer) && override_of(q, target, len) == OV_NONE;
@@ -615,8 +656,9 @@ static int write_one(SnapSquash *q, unsigned layer, uint64_t seq, const char *ro
                 return 0;
         /* The kept layers' content below the path stays hidden when a merged layer hid it: a marker after a
          * directory of the layers, or before the directory the changes write (a changed directory). */
-        bool dir = kind == ENTRY_OPAQUE || (content && n->content_kind == KIND_DIR);
-        if (ov == OV_ENTRY)
+        bool implied = demoted(n);
+        bool dir = kind == ENTRY_OPAQUE || implied || (content && n->content_kind == KIND_DIR);
+        if (ov == OV_ENTRY || implied)
                 return n->hide_below >= 0 ? write_marker(q, n, out, e) : 0;
         if (kind == ENTRY_WHITEOUT) {
                 r = snap_layer_whiteout(out, n->path, e);

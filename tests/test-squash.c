@@ -328,6 +328,10 @@ static void test_merge(void)
                 {'f', "./data/keep", "keep"},
                 {'h', "./data/keep2", "./data/keep"},
                 {'h', "./data/lowlink", "usr/lowfile"},
+                {'f', "./data/ov", "ov"},
+                {'h', "./data/ov2", "./data/ov"},
+                {'f', "./data/wt", "wt"},
+                {'h', "./data/wt2", "data/wt"},
                 {'d', "./home/"},
                 {'d', "./home/ma-user/"},
                 {'d', "./home/ma-user/work/"},
@@ -358,6 +362,7 @@ static void test_merge(void)
                 {'f', ".wh..wh.plnk/123.4", "aufs"},
                 {'f', "implied/.wh..wh..opq"},
                 {'f', "implied/i", "i2"},
+                {'f', "data/.wh.wt"},
                 END,
         };
         make_layer("m0.tar.gz", "gzip", l0);
@@ -370,8 +375,10 @@ static void test_merge(void)
               "&& "
               "echo keep > data/keep && ln data/keep data/keep2 && echo mounted > "
               "home/ma-user/work/nb.ipynb && "
-              "echo f > gone-dir/f && echo k2 > cfg/k && echo file > f2d && echo n1 > newdir/n",
-              "echo changed >> etc/b && rm -rf gone-dir && mkdir reborn && chmod 700 cfg && rm f2d && "
+              "echo f > gone-dir/f && printf ov > data/ov && printf ov > data/ov2 && printf wt > data/wt2 "
+              "&& echo k2 > cfg/k && echo file > f2d && echo n1 > newdir/n",
+              "echo changed >> etc/b && echo changed > data/ov && rm -rf gone-dir && mkdir reborn && chmod "
+              "700 cfg && rm f2d && "
               "mkdir f2d && echo new > newfile && echo n2 > newdir/n && echo live > "
               "home/ma-user/work/nb.ipynb",
               "/home/ma-user/work");
@@ -404,6 +411,8 @@ static void test_merge(void)
                        "f data/keep =keep\n"
                        "h data/keep2 => data/keep\n"
                        "h data/lowlink => usr/lowfile\n" /* a target in the kept layers */
+                       "f data/ov2 =ov\n"                /* its target changed in the container */
+                       "f data/wt2 =wt\n"                /* its target deleted by layer 2 */
                        "d home/\n"
                        "d home/ma-user/\n"
                        "d home/ma-user/work/\n"
@@ -426,12 +435,13 @@ static void test_merge(void)
                        "f f2d/.wh..wh..opq\n" /* a file of the layers, a directory in the container */
                        "f dup =second\n"
                        "f implied/.wh..wh..opq\n"
-                       "f implied/i =i2\n");
+                       "f implied/i =i2\n"
+                       "f data/.wh.wt\n");
         free(got);
         got = listing(&buf, true);
         ASSERT_TRUE(strstr(got, "f etc/c =c0 mode=600 uid=1000 x:user.k=v t=12345\n") != NULL);
         free(got);
-        ASSERT_EQ(st.whiteouts, 7);
+        ASSERT_EQ(st.whiteouts, 8);
 
         /* the diff pass follows in the same layer: every path once */
         buf.size = squash_bytes;
@@ -451,6 +461,7 @@ static void test_merge(void)
         Buf only_diff = {.data = buf.data + squash_bytes, .size = buf.size - squash_bytes};
         char *diff = listing(&only_diff, false);
         assert_listing(diff, "d cfg/ mode=700\n"
+                             "f data/ov =changed\\n\n"
                              "f etc/b =b0\\nchanged\\n\n"
                              "d f2d/\n"
                              "f .wh.gone-dir\n"
@@ -536,6 +547,41 @@ static void test_ancestors(void)
                  file_sum(path), big + 1, pattern_sum(big + 1));
         char *got = listing(&buf, false);
         assert_listing(got, want);
+        free(got);
+        free(buf.data);
+        setup_done(&s);
+}
+
+/* Entries below a path without an entry for it (layers in the wild leave directory entries out) make it a
+ * directory in that layer: above a whiteout or a file of a lower layer, it stands as an opaque directory. */
+static void test_implied(void)
+{
+        static const TarEntry l0[] = {{'f', "q", "file"}, {'d', "w/"}, {'f', "w/old", "o"}, END};
+        static const TarEntry l1[] = {{'f', ".wh.w"}, {'f', "v/.wh.gone"}, {'f', ".wh.v"}, END};
+        static const TarEntry l2[] = {{'f', "w/new", "n"}, {'f', "q/c", "c"}, END};
+        make_layer("i0.tar", "none", l0);
+        make_layer("i1.tar", "none", l1);
+        make_layer("i2.tar", "none", l2);
+        Setup s;
+        setup(&s, "implied", "mkdir -p w q v && echo n > w/new && echo c > q/c", NULL, NULL);
+        NbError e = {0};
+        _cleanup_snap_squash_ SnapSquash *q = NULL;
+        ASSERT_OK(snap_squash_new(3, &q, &e));
+        changes(q, &s);
+        Buf buf = {0};
+        SnapLayer *l = NULL;
+        ASSERT_OK(snap_layer_new(buf_write, NULL, &buf, &l, &e));
+        static const char *const layers[] = {"i0.tar", "i1.tar", "i2.tar", NULL};
+        ASSERT_EQ(squash_into(q, &s, layers, l, &e), 6);
+        ASSERT_OK(snap_layer_finish(l, &e));
+        snap_layer_free(l);
+        char *got = listing(&buf, false);
+        assert_listing(got, "f q/.wh..wh..opq\n" /* a file, then a directory by q/c of layer 2 */
+                            "f w/.wh..wh..opq\n" /* deleted, then a directory by w/new */
+                            "f v/.wh.gone\n"     /* deleted in the layer that whites it out in it */
+                            "f v/.wh..wh..opq\n"
+                            "f w/new =n\n"
+                            "f q/c =c\n");
         free(got);
         free(buf.data);
         setup_done(&s);
@@ -700,6 +746,7 @@ int main(void)
         test_merge();
         test_ancestors();
         test_root_opaque();
+        test_implied();
         test_errors();
         test_split_refused();
         sh("rm -rf %s", scratch);
