@@ -57,7 +57,8 @@ int snap_layer_opaque(SnapLayer *l, const char *dir, NbError *e);
  * split layer yet: -EFBIG. */
 /* Whether snap_layer_split() was called: a squash refuses such a layer. */
 bool snap_layer_is_split(const SnapLayer *l);
-/* Writes ae and streams its data from src (the archive ae was read from), in a bounded buffer. */
+/* Writes ae and streams its data from src (the archive ae was read from; NULL for an entry without data),
+ * in a bounded buffer. */
 int snap_layer_copy(SnapLayer *l, struct archive *src, struct archive_entry *ae, NbError *e);
 /* Writes ae (a regular file or a hard link entry) as a regular file whose content is that of fd. */
 int snap_layer_copy_fd(SnapLayer *l, struct archive_entry *ae, int fd, NbError *e);

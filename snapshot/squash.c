@@ -527,14 +527,26 @@ static bool content_wins(const Node *n)
         return n->content_layer >= 0 && n->content_layer >= n->whiteout_layer;
 }
 
-/* A winner that a higher layer (or its own, for a whiteout) turned into a directory by putting entries below
- * it without an entry for it: it stands for a directory whose lower content is gone, i.e. an opaque marker.
- */
+/* A winner that a higher layer turned into a directory by putting entries below it without an entry for it:
+ * it stands for a directory whose lower content is gone. (A whiteout and entries below it in one layer are
+ * left as they are, in the layer's order: runtimes apply them in that order.) */
 static bool demoted(const Node *n)
 {
         if (content_wins(n))
                 return n->content_kind == KIND_OTHER && n->implied_layer > n->content_layer;
-        return n->whiteout_layer >= 0 && n->implied_layer >= n->whiteout_layer;
+        return n->whiteout_layer >= 0 && n->implied_layer > n->whiteout_layer;
+}
+
+static int write_made_dir(const char *path, SnapLayer *out, NbError *e)
+{
+        struct archive_entry *ae = archive_entry_new();
+        if (!ae)
+                return nb_error_oom(e);
+        archive_entry_copy_pathname(ae, path);
+        archive_entry_set_mode(ae, S_IFDIR | 0755);
+        int r = snap_layer_copy(out, NULL, ae, e);
+        archive_entry_free(ae);
+        return r;
 }
 
 static int write_marker(SnapSquash *q, Node *n, SnapLayer *out, NbError *e)
@@ -658,8 +670,14 @@ static int write_one(SnapSquash *q, unsigned layer, uint64_t seq, const char *ro
          * directory of the layers, or before the directory the changes write (a changed directory). */
         bool implied = demoted(n);
         bool dir = kind == ENTRY_OPAQUE || implied || (content && n->content_kind == KIND_DIR);
-        if (ov == OV_ENTRY || implied)
+        if (ov == OV_ENTRY)
                 return n->hide_below >= 0 ? write_marker(q, n, out, e) : 0;
+        if (implied) {
+                /* the directory a runtime makes for the entries below it, then its marker */
+                r = write_made_dir(n->path, out, e);
+                int m = r < 0 ? r : write_marker(q, n, out, e);
+                return m < 0 ? m : 1 + m;
+        }
         if (kind == ENTRY_WHITEOUT) {
                 r = snap_layer_whiteout(out, n->path, e);
                 return r < 0 ? r : 1;

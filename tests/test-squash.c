@@ -34,8 +34,7 @@ static void sh(const char *fmt, ...)
         }
 }
 
-/* ---- layer tars ------------------------------------------------------------------------------------------
- */
+/* ---- layer tars --------------------------------------------------------------------------------------- */
 
 /* One entry of a layer: d(ir), f(ile: arg is the data), l(symlink to arg), h(ard link to arg), c(har device
  * 1,5). mode 0: 0755 for directories, 0644 for files. */
@@ -142,8 +141,7 @@ static int open_layer(const char *name)
         return fd;
 }
 
-/* ---- the output
- * ------------------------------------------------------------------------------------------- */
+/* ---- the output --------------------------------------------------------------------------------------- */
 
 typedef struct Buf {
         uint8_t *data;
@@ -238,8 +236,223 @@ static void assert_listing(const char *got, const char *want)
         }
 }
 
-/* ---- a squash
- * --------------------------------------------------------------------------------------------- */
+/* ---- a runtime's view ----------------------------------------------------------------------------------
+ */
+
+/* The tree that layers applied in order give, as the OCI rules say (whiteouts and opaque markers hide lower
+ * layers only; entries below a missing directory make it; a hard link takes its target's content), as
+ * sorted "path: description" lines. Small trees only: lookups are linear. */
+typedef struct TreeNode {
+        char *path, *desc;
+        int layer;
+} TreeNode;
+
+typedef struct Tree {
+        TreeNode nodes[512];
+        size_t n;
+} Tree;
+
+static TreeNode *tree_find(Tree *t, const char *path)
+{
+        for (size_t i = 0; i < t->n; i++)
+                if (strcmp(t->nodes[i].path, path) == 0)
+                        return &t->nodes[i];
+        return NULL;
+}
+
+static bool below(const char *path, const char *dir)
+{
+        size_t n = strlen(dir);
+        return n == 0 || (strncmp(path, dir, n) == 0 && path[n] == '/');
+}
+
+/* Removes path (when self) and what lies below it, from the layers under `layer`. */
+static void tree_remove(Tree *t, const char *path, bool self, int layer)
+{
+        for (size_t i = 0; i < t->n;) {
+                TreeNode *n = &t->nodes[i];
+                if (n->layer < layer && ((self && strcmp(n->path, path) == 0) || below(n->path, path))) {
+                        free(n->path);
+                        free(n->desc);
+                        *n = t->nodes[--t->n];
+                } else
+                        i++;
+        }
+}
+
+static void tree_set(Tree *t, const char *path, const char *desc, int layer)
+{
+        TreeNode *n = tree_find(t, path);
+        if (!n) {
+                ASSERT_INT(t->n, <, ELEMENTSOF(t->nodes));
+                n = &t->nodes[t->n++];
+                n->path = strdup(path);
+        } else
+                free(n->desc);
+        n->desc = strdup(desc);
+        n->layer = layer;
+}
+
+/* The directories above path, made when missing (or when not directories). */
+static void tree_parents(Tree *t, const char *path, int layer)
+{
+        char p[512];
+        snprintf(p, sizeof(p), "%s", path);
+        for (char *slash = strchr(p, '/'); slash; slash = strchr(slash + 1, '/')) {
+                *slash = '\0';
+                TreeNode *n = tree_find(t, p);
+                if (!n || n->desc[0] != 'd') {
+                        tree_remove(t, p, true, layer + 1);
+                        tree_set(t, p, "d 755 0 ", layer); /* as runtimes make it */
+                }
+                *slash = '/';
+        }
+}
+
+static void entry_desc(struct archive *a, struct archive_entry *ae, Tree *t, char *desc, size_t size)
+{
+        const char *hl = archive_entry_hardlink(ae);
+        if (hl) {
+                while (strncmp(hl, "./", 2) == 0)
+                        hl += 2;
+                TreeNode *target = tree_find(t, hl);
+                ASSERT_TRUE(target != NULL);
+                snprintf(desc, size, "%s", target->desc);
+                return;
+        }
+        unsigned type = archive_entry_filetype(ae);
+        char content[256] = "";
+        if (type == AE_IFREG) {
+                la_ssize_t n = archive_read_data(a, content, sizeof(content) - 1);
+                ASSERT_INT(n, >=, 0);
+                content[n] = '\0';
+        }
+        snprintf(desc, size, "%c %o %lld %s%s",
+                 type == AE_IFDIR   ? 'd'
+                 : type == AE_IFLNK ? 'l'
+                 : type == AE_IFREG ? 'f'
+                                    : 'o',
+                 archive_entry_perm(ae), (long long)archive_entry_uid(ae), content,
+                 archive_entry_symlink(ae) ? archive_entry_symlink(ae) : "");
+}
+
+static void tree_apply(Tree *t, const uint8_t *data, size_t size, int layer)
+{
+        if (size == 0)
+                return; /* no layer */
+        struct archive *a = archive_read_new();
+        archive_read_support_format_tar(a);
+        ASSERT_EQ(archive_read_open_memory(a, data, size), ARCHIVE_OK);
+        struct archive_entry *ae;
+        while (archive_read_next_header(a, &ae) == ARCHIVE_OK) {
+                char path[512];
+                const char *name = archive_entry_pathname(ae);
+                while (strncmp(name, "./", 2) == 0)
+                        name += 2;
+                snprintf(path, sizeof(path), "%s", name);
+                size_t len = strlen(path);
+                while (len > 0 && path[len - 1] == '/')
+                        path[--len] = '\0';
+                /* the root, and aufs metadata (runtimes skip it) */
+                if (len == 0 || (strncmp(path, ".wh..wh.", 8) == 0 && strcmp(path, ".wh..wh..opq") != 0))
+                        continue;
+                tree_parents(t, path, layer);
+                char *base = strrchr(path, '/') ? strrchr(path, '/') + 1 : path;
+                if (strcmp(base, ".wh..wh..opq") == 0) {
+                        base[base > path ? -1 : 0] = '\0';
+                        tree_remove(t, path, false, layer);
+                        continue;
+                }
+                if (strncmp(base, ".wh.", 4) == 0) {
+                        memmove(base, base + 4, strlen(base + 4) + 1);
+                        tree_remove(t, path, true, layer);
+                        continue;
+                }
+                char desc[512];
+                entry_desc(a, ae, t, desc, sizeof(desc));
+                TreeNode *old = tree_find(t, path);
+                if (old && !(desc[0] == 'd' && !archive_entry_hardlink(ae) && old->desc[0] == 'd'))
+                        tree_remove(t, path, true, layer + 1);
+                tree_set(t, path, desc, layer);
+        }
+        ASSERT_EQ(archive_read_free(a), ARCHIVE_OK);
+}
+
+static int cmp_tree_nodes(const void *a, const void *b)
+{
+        return strcmp(((const TreeNode *)a)->path, ((const TreeNode *)b)->path);
+}
+
+/* The tree as lines; empties it. */
+static char *tree_listing(Tree *t)
+{
+        qsort(t->nodes, t->n, sizeof(TreeNode), cmp_tree_nodes);
+        char *out = NULL;
+        size_t outlen = 0;
+        FILE *f = open_memstream(&out, &outlen);
+        for (size_t i = 0; i < t->n; i++) {
+                fprintf(f, "%s: %s\n", t->nodes[i].path, t->nodes[i].desc);
+                free(t->nodes[i].path);
+                free(t->nodes[i].desc);
+        }
+        fclose(f);
+        t->n = 0;
+        return out;
+}
+
+/* A layer file's tar bytes, decompressed. */
+static void read_tar(const char *name, Buf *b)
+{
+        int fd = open_layer(name);
+        struct archive *a = archive_read_new();
+        archive_read_support_filter_all(a);
+        archive_read_support_format_raw(a);
+        ASSERT_EQ(archive_read_open_fd(a, fd, 65536), ARCHIVE_OK);
+        struct archive_entry *ae;
+        ASSERT_EQ(archive_read_next_header(a, &ae), ARCHIVE_OK);
+        uint8_t chunk[65536];
+        la_ssize_t n;
+        while ((n = archive_read_data(a, chunk, sizeof(chunk))) > 0)
+                buf_write(b, chunk, (size_t)n);
+        ASSERT_EQ(archive_read_free(a), ARCHIVE_OK);
+        close(fd);
+}
+
+/* The runtime's tree of the kept layer `kept` + the merged layers + the diff, and of `kept` + the squashed
+ * layer (squash then diff, one tar): the same. */
+static void assert_same_tree(const char *kept, const char *const *layers, const Buf *diff,
+                             const Buf *squashed)
+{
+        Tree *t = calloc(1, sizeof(Tree));
+        ASSERT_TRUE(t);
+        Buf b = {0};
+        read_tar(kept, &b);
+        tree_apply(t, b.data, b.size, 0);
+        int layer = 1;
+        for (; *layers; layers++) {
+                b.size = 0;
+                read_tar(*layers, &b);
+                tree_apply(t, b.data, b.size, layer++);
+        }
+        tree_apply(t, diff->data, diff->size, layer);
+        char *chain = tree_listing(t);
+        b.size = 0;
+        read_tar(kept, &b);
+        tree_apply(t, b.data, b.size, 0);
+        tree_apply(t, squashed->data, squashed->size, 1);
+        char *squash = tree_listing(t);
+        if (strcmp(chain, squash) != 0) {
+                fprintf(stderr, "the squashed image differs; with the layers:\n%s\nsquashed:\n%s\n", chain,
+                        squash);
+                abort();
+        }
+        free(chain);
+        free(squash);
+        free(b.data);
+        free(t);
+}
+
+/* ---- a squash ----------------------------------------------------------------------------------------- */
 
 typedef struct Setup {
         char root[512], baseline[512];
@@ -282,6 +495,21 @@ static void changes(SnapSquash *q, const Setup *s)
         ASSERT_OK(r);
 }
 
+/* The diff pass of s appended to b (as the save writes it after the squash). */
+static void diff_into(const Setup *s, Buf *b)
+{
+        NbError e = {0};
+        _cleanup_snap_baseline_ SnapBaseline *base = NULL;
+        _cleanup_snap_walk_ SnapWalk *w = NULL;
+        ASSERT_OK(snap_baseline_open(s->baseline, &base, &e));
+        ASSERT_OK(snap_walk_new(s->root, s->ex, &w, &e));
+        SnapLayer *l = NULL;
+        ASSERT_OK(snap_layer_new(buf_write, NULL, b, &l, &e));
+        ASSERT_OK(snap_diff_layer(base, w, s->ex, l, NULL, NULL, NULL, &e));
+        ASSERT_OK(snap_layer_finish(l, &e));
+        snap_layer_free(l);
+}
+
 /* Both passes over the layers into l. Returns the first error (e filled), or the entries written. */
 static int squash_into(SnapSquash *q, const Setup *s, const char *const *layers, SnapLayer *l, NbError *e)
 {
@@ -303,8 +531,7 @@ static int squash_into(SnapSquash *q, const Setup *s, const char *const *layers,
         return r < 0 ? r : total;
 }
 
-/* ---- the tests
- * ---------------------------------------------------------------------------------------------- */
+/* ---- the tests ---------------------------------------------------------------------------------------- */
 
 /* Three merged layers (gzip, zstd, plain) on kept layers, and a container that changed some of their paths.
  */
@@ -394,10 +621,10 @@ static void test_merge(void)
         if (r < 0)
                 fprintf(stderr, "squash: %s\n", e.msg);
         ASSERT_OK(r);
-        size_t squash_bytes = buf.size;
         const SnapLayerStats st = *snap_layer_stats(l);
         ASSERT_EQ(st.entries, (uint64_t)r);
         ASSERT_OK(snap_layer_finish(l, &e));
+        size_t squash_bytes = buf.size - 1024; /* without its end blocks */
         char *got = listing(&buf, false);
         assert_listing(got,
                        /* layer 0: what no higher layer replaced, and the changes did not write */
@@ -445,17 +672,7 @@ static void test_merge(void)
 
         /* the diff pass follows in the same layer: every path once */
         buf.size = squash_bytes;
-        {
-                _cleanup_snap_baseline_ SnapBaseline *b = NULL;
-                _cleanup_snap_walk_ SnapWalk *w = NULL;
-                ASSERT_OK(snap_baseline_open(s.baseline, &b, &e));
-                ASSERT_OK(snap_walk_new(s.root, s.ex, &w, &e));
-                SnapLayer *dl = NULL;
-                ASSERT_OK(snap_layer_new(buf_write, NULL, &buf, &dl, &e));
-                ASSERT_OK(snap_diff_layer(b, w, s.ex, dl, NULL, NULL, NULL, &e));
-                ASSERT_OK(snap_layer_finish(dl, &e));
-                snap_layer_free(dl);
-        }
+        diff_into(&s, &buf);
         snap_layer_free(l);
         /* the diff's tar after the squash's entries: the paths the squash left out */
         Buf only_diff = {.data = buf.data + squash_bytes, .size = buf.size - squash_bytes};
@@ -469,6 +686,43 @@ static void test_merge(void)
                              "f newfile =new\\n\n"
                              "d reborn/\n");
         free(diff);
+        /* and a runtime shows the same tree for the kept layers + the merged ones + the changes, and for the
+         * kept layers + the squashed layer */
+        static const TarEntry kept[] = {
+                {'d', "etc/"},
+                {'f', "etc/gone", "g"},
+                {'f', "etc/a", "ka"},
+                {'f', "etc/b", "kb"},
+                {'d', "opt/"},
+                {'d', "opt/old/"},
+                {'f', "opt/old/kx", "kx"},
+                {'d', "var/"},
+                {'f', "var/del", "kd"},
+                {'d', "reborn/"},
+                {'f', "reborn/old", "ro"},
+                {'d', "cfg/"},
+                {'f', "cfg/old", "co"},
+                {'d', "f2d/"},
+                {'f', "f2d/old", "fo"},
+                {'d', "implied/"},
+                {'f', "implied/old", "io"},
+                {'d', "gone-dir/"},
+                {'f', "gone-dir/kept", "gk"},
+                {'d', "data/"},
+                {'f', "data/wt", "kwt"},
+                {'d', "usr/"},
+                {'f', "usr/lowfile", "low"},
+                {'d', "home/"},
+                {'d', "home/ma-user/"},
+                {'d', "home/ma-user/work/"},
+                {'f', "home/ma-user/work/kfile", "kf"},
+                {'f', "dup", "kdup"},
+                {'d', "newdir/"},
+                {'f', "newdir/kn", "kn"},
+                END,
+        };
+        make_layer("k.tar.gz", "gzip", kept);
+        assert_same_tree("k.tar.gz", layers, &only_diff, &buf);
         free(buf.data);
         setup_done(&s);
 }
@@ -479,6 +733,17 @@ static void assert_error(int r, int want, const NbError *e, const char *text)
                 fprintf(stderr, "expected %d with \"%s\", got %d: %s\n", want, text, r, e->msg);
                 abort();
         }
+}
+
+static void write_pattern(const char *name, size_t n)
+{
+        char path[512];
+        snprintf(path, sizeof(path), "%s/%s", scratch, name);
+        FILE *f = fopen(path, "we");
+        ASSERT_TRUE(f);
+        for (size_t i = 0; i < n; i++)
+                fputc(pattern_byte(i), f);
+        ASSERT_EQ(fclose(f), 0);
 }
 
 static uint64_t file_sum(const char *path)
@@ -516,9 +781,9 @@ static void test_ancestors(void)
         };
         make_layer("a0.tar.zst", "zstd", l0);
         make_layer("a1.tar.gz", "gzip", l1);
+        write_pattern("pattern", big); /* the image's big/lf2: layer 0's big/lf */
         Setup s;
-        setup(&s, "ancestors",
-              "mkdir -p o big && printf new > big/lf && head -c 3146505 /dev/urandom > big/lf2",
+        setup(&s, "ancestors", "mkdir -p o big && printf new > big/lf && cp ../pattern big/lf2",
               "mkdir -p a/b/c && mkdir o/d", NULL);
         NbError e = {0};
         _cleanup_snap_squash_ SnapSquash *q = NULL;
@@ -532,22 +797,30 @@ static void test_ancestors(void)
         if (r < 0)
                 fprintf(stderr, "squash: %s\n", e.msg);
         ASSERT_EQ(r, 6);
-        ASSERT_EQ(snap_layer_stats(l)->data_bytes, big + 1 + 3146505 + 3);
+        ASSERT_EQ(snap_layer_stats(l)->data_bytes, big + 1 + big + 3);
         ASSERT_OK(snap_layer_finish(l, &e));
         snap_layer_free(l);
+        size_t squash_bytes = buf.size - 1024; /* without its end blocks */
         char path[600], want[1024];
         snprintf(path, sizeof(path), "%s/big/lf2", s.root);
         snprintf(want, sizeof(want),
                  "d big/\n"
-                 "f big/lf2 size=3146505 sum=%016" PRIx64 "\n" /* its target replaced in layer 1 */
+                 "f big/lf2 size=%zu sum=%016" PRIx64 "\n" /* its target replaced in layer 1 */
                  "f big/stream size=%zu sum=%016" PRIx64 "\n"
                  "f a/.wh..wh..opq\n" /* deleted by layer 1, made again in the container */
                  "f o/.wh..wh..opq\n" /* opaque in layer 1, its entry changed in the container */
                  "f big/lf =new\n",
-                 file_sum(path), big + 1, pattern_sum(big + 1));
+                 big, file_sum(path), big + 1, pattern_sum(big + 1));
         char *got = listing(&buf, false);
         assert_listing(got, want);
         free(got);
+        static const TarEntry kept[] = {{'d', "a/"},        {'d', "a/b/"}, {'f', "a/b/kf", "k"}, {'d', "o/"},
+                                        {'f', "o/d", "kd"}, {'d', "big/"}, {'f', "big/k", "k"},  END};
+        make_layer("ak.tar", "none", kept);
+        buf.size = squash_bytes;
+        diff_into(&s, &buf);
+        Buf only_diff = {.data = buf.data + squash_bytes, .size = buf.size - squash_bytes};
+        assert_same_tree("ak.tar", layers, &only_diff, &buf);
         free(buf.data);
         setup_done(&s);
 }
@@ -572,14 +845,21 @@ static void test_implied(void)
         SnapLayer *l = NULL;
         ASSERT_OK(snap_layer_new(buf_write, NULL, &buf, &l, &e));
         static const char *const layers[] = {"i0.tar", "i1.tar", "i2.tar", NULL};
-        ASSERT_EQ(squash_into(q, &s, layers, l, &e), 6);
+        ASSERT_EQ(squash_into(q, &s, layers, l, &e), 8);
         ASSERT_OK(snap_layer_finish(l, &e));
         snap_layer_free(l);
         char *got = listing(&buf, false);
-        assert_listing(got, "f q/.wh..wh..opq\n" /* a file, then a directory by q/c of layer 2 */
-                            "f w/.wh..wh..opq\n" /* deleted, then a directory by w/new */
-                            "f v/.wh.gone\n"     /* deleted in the layer that whites it out in it */
-                            "f v/.wh..wh..opq\n"
+        static const TarEntry kept[] = {{'d', "w/"}, {'f', "w/kw", "kw"}, {'d', "q/"}, {'f', "q/kq", "kq"},
+                                        {'d', "v/"}, {'f', "v/kv", "kv"}, END};
+        make_layer("ik.tar", "none", kept);
+        Buf no_diff = {0};
+        assert_same_tree("ik.tar", layers, &no_diff, &buf);
+        assert_listing(got, "d q/\n" /* a file, then a directory by q/c of layer 2 */
+                            "f q/.wh..wh..opq\n"
+                            "d w/\n" /* deleted, then a directory by w/new */
+                            "f w/.wh..wh..opq\n"
+                            "f v/.wh.gone\n" /* as layer 1 has it */
+                            "f .wh.v\n"
                             "f w/new =n\n"
                             "f q/c =c\n");
         free(got);
