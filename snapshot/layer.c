@@ -671,9 +671,8 @@ int snap_layer_copy(SnapLayer *l, struct archive *src, struct archive_entry *ae,
         return r;
 }
 
-int snap_layer_copy_fd(SnapLayer *l, struct archive_entry *ae, int fd, NbError *e)
+int snap_layer_add_fd(SnapLayer *l, const char *path, int fd, NbError *e)
 {
-        const char *path = archive_entry_pathname(ae);
         int r = copy_refused(l, path, e);
         if (r < 0)
                 return r;
@@ -682,13 +681,13 @@ int snap_layer_copy_fd(SnapLayer *l, struct archive_entry *ae, int fd, NbError *
                 return nb_error_set(e, -errno, "cannot stat /%s: %m", path);
         if (!S_ISREG(st.st_mode))
                 return nb_error_set(e, -EBADF, "/%s is not a regular file", path);
-        _cleanup_entry_ struct archive_entry *out = NULL;
-        r = copy_header(ae, false, &out, e);
-        if (r < 0)
-                return r;
-        archive_entry_set_filetype(out, AE_IFREG);
-        archive_entry_set_size(out, st.st_size);
-        return write_regular(l, out, fd, &st, path, e);
+        _cleanup_entry_ struct archive_entry *ae = archive_entry_new();
+        if (!ae)
+                return nb_error_oom(e);
+        const SnapEntry en = {.path = path, .path_len = strlen(path)};
+        fill_header(ae, &en, &st);
+        r = add_xattrs(ae, fd, path, e);
+        return r < 0 ? r : write_regular(l, ae, fd, &st, path, e);
 }
 
 static int write_marker(SnapLayer *l, const char *dir, size_t dir_len, const char *name, NbError *e)

@@ -52,13 +52,14 @@ int snap_layer_whiteout(SnapLayer *l, const char *path, NbError *e);
 int snap_layer_opaque(SnapLayer *l, const char *dir, NbError *e);
 #define SNAP_MARKER_NAME_MAX 12 /* ".wh..wh..opq"; ".wh." + a name is as long as the name plus 4 */
 
-/* Entries of another layer (squash.c), with this layer's header rules (copy_header() in layer.c says which
- * fields). The caller has set the entry's pathname (and hard link target) to clean relative paths. Not in a
- * split layer yet: -EFBIG. */
+/* For squash.c: entries of another layer, with this layer's header rules (copy_header() in layer.c says
+ * which fields; the caller has set the entry's pathname and hard link target to clean relative paths), and
+ * files of the live root in place of a hard link. Not in a split layer yet: -EFBIG. */
 /* Whether snap_layer_split() was called: a squash refuses such a layer. */
 bool snap_layer_is_split(const SnapLayer *l);
 /* Writes ae and streams its data from src (the archive ae was read from; NULL for an entry without data),
  * in a bounded buffer. */
 int snap_layer_copy(SnapLayer *l, struct archive *src, struct archive_entry *ae, NbError *e);
-/* Writes ae (a regular file or a hard link entry) as a regular file whose content is that of fd. */
-int snap_layer_copy_fd(SnapLayer *l, struct archive_entry *ae, int fd, NbError *e);
+/* Writes the regular file open at fd under path (relative), with its own metadata and xattrs, as
+ * snap_layer_add() writes a live file, but never as a hard link. */
+int snap_layer_add_fd(SnapLayer *l, const char *path, int fd, NbError *e);

@@ -212,8 +212,8 @@ const SnapPlanStats *snap_plan_stats(const SnapPlan *p);
  *     the merged layers hide the kept layers' content below it: the diff's directory entry follows it).
  *     Paths hidden by a mount in the container (excluded, so never changed) keep the layers' content. A
  *     hard link whose target is not written before it (the target changed in the container, or was replaced
- *     or deleted by a higher layer) becomes a regular file with the content of the same path in the live
- *     root (unchanged there, so the image's content), opened without following symlinks; a link to a
+ *     or deleted by a higher layer) becomes a regular file with the content and metadata of the same path in
+ *     the live root (unchanged there, so the image's), opened without following symlinks; a link to a
  *     target no merged layer holds stays a link (the kept layers have it).
  * Layers are read as tar, plain, gzip or zstd, from an fd (a pipe from a download is fine) to its end (the
  * fd is not closed). Entry names are cleaned ("./" prefixes and trailing '/' dropped); absolute names, ".."

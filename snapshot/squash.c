@@ -549,13 +549,72 @@ static int write_made_dir(const char *path, SnapLayer *out, NbError *e)
         return r;
 }
 
-static int write_marker(SnapSquash *q, Node *n, SnapLayer *out, NbError *e)
+/* The winner's layer of a path (or its top-most opaque marker's, when no layer has an entry for it). */
+static int16_t win_layer(const Node *n)
 {
-        if (n->marker_done)
-                return 0;
+        int16_t win = content_wins(n) ? n->content_layer : n->whiteout_layer;
+        return win >= 0 ? win : n->opaque_layer;
+}
+
+/* Whether the path gets an opaque marker (the kept layers' content below it stays hidden), and whether a
+ * directory entry must be made for it first: a directory of the layers that a merged layer hid the lower
+ * content of, a path the layers deleted or made a non-directory that is a directory again (by the changes,
+ * or by entries below it in a higher layer). */
+static bool marker_wanted(const SnapSquash *q, const Node *n, bool *ret_made)
+{
+        *ret_made = false;
+        if (n->hide_below < 0 || n->marker_done)
+                return false;
+        /* the highest layer that says the path is there: its winner, an opaque marker in it, or entries
+         * below a deleted path that make it a directory again */
+        int16_t top = win_layer(n);
+        if (n->opaque_layer > top)
+                top = n->opaque_layer;
+        if (demoted(n) && n->implied_layer > top)
+                top = n->implied_layer;
+        int ov = override_of(q, n->path, n->len);
+        if (ov == OV_TREE || !visible(q, n, top))
+                return false;
+        if (ov == OV_ENTRY)
+                return true; /* the changes write the directory, after the marker */
+        if (demoted(n)) {
+                *ret_made = true;
+                return true;
+        }
+        bool content = content_wins(n);
+        if (!content && n->whiteout_layer < 0)
+                return true; /* only opaque markers: the directory is the kept layers' */
+        return content && n->content_kind == KIND_DIR;
+}
+
+static int write_marker(SnapSquash *q, Node *n, bool made, SnapLayer *out, NbError *e)
+{
         n->marker_done = true;
-        int r = snap_layer_opaque(out, n->path, e);
-        return r < 0 ? r : 1;
+        int r = made ? write_made_dir(n->path, out, e) : 0;
+        if (r >= 0)
+                r = snap_layer_opaque(out, n->path, e);
+        return r < 0 ? r : made ? 2 : 1;
+}
+
+/* The markers of path's ancestors, root first, that are not written yet: a marker always comes before
+ * anything below its directory in the layer (an applier that honours a marker by deleting what it did not
+ * unpack from this layer yet, as docker's does, must not delete the merged content). */
+static int ancestor_markers(SnapSquash *q, const char *path, size_t len, SnapLayer *out, NbError *e)
+{
+        int written = 0;
+        for (size_t i = 0; i < len; i++) {
+                if (i > 0 && path[i] != '/')
+                        continue;
+                Node *a = table_find(&q->index, path, i);
+                bool made;
+                if (!a || a->hide_below < 0 || a->marker_done || !marker_wanted(q, a, &made))
+                        continue;
+                int r = write_marker(q, a, made, out, e);
+                if (r < 0)
+                        return r;
+                written += r;
+        }
+        return written;
 }
 
 /* A hard link entry: kept when its target was written before it, else made a regular file from the live
@@ -616,7 +675,7 @@ static int materialise(SnapSquash *q, unsigned layer, const char *root, struct a
                                      "replaced, must be read from the container",
                                      path, layer);
         _cleanup_close_ int f = fd;
-        int r = snap_layer_copy_fd(out, ae, f, e);
+        int r = snap_layer_add_fd(out, path, f, e);
         return r < 0 ? nb_error_wrap(e, r, "cannot squash merged layer %u", layer) : 1;
 }
 
@@ -654,42 +713,33 @@ static int write_one(SnapSquash *q, unsigned layer, uint64_t seq, const char *ro
                                     layer, q->path);
         bool content = content_wins(n);
         int16_t win = content ? n->content_layer : n->whiteout_layer;
-        bool at_winner =
-                kind == ENTRY_CONTENT ? content && win == (int16_t)layer && n->content_seq == seq
-                : kind == ENTRY_WHITEOUT
-                        ? !content && win == (int16_t)layer
-                        /* an opaque directory no merged layer has an entry for: the top-most marker */
-                        : win < 0 && n->opaque_layer == (int16_t)layer;
-        if (!at_winner || n->written)
+        /* the top-most opaque marker: where the directory's marker goes, when nothing put it earlier */
+        bool at_marker = kind == ENTRY_OPAQUE && n->opaque_layer == (int16_t)layer;
+        bool at_winner = kind == ENTRY_CONTENT    ? content && win == (int16_t)layer && n->content_seq == seq
+                         : kind == ENTRY_WHITEOUT ? !content && win == (int16_t)layer
+                                                  : false;
+        if (at_winner && !n->written)
+                n->written = true;
+        else if (!at_marker)
                 return 0;
-        n->written = true;
         int ov = override_of(q, n->path, n->len);
-        if (ov == OV_TREE || !visible(q, n, win >= 0 ? win : n->opaque_layer))
+        if (ov == OV_TREE || (at_winner && !visible(q, n, win)))
                 return 0;
-        /* The kept layers' content below the path stays hidden when a merged layer hid it: a marker after a
-         * directory of the layers, or before the directory the changes write (a changed directory). */
-        bool implied = demoted(n);
-        bool dir = kind == ENTRY_OPAQUE || implied || (content && n->content_kind == KIND_DIR);
-        if (ov == OV_ENTRY)
-                return n->hide_below >= 0 ? write_marker(q, n, out, e) : 0;
-        if (implied) {
-                /* the directory a runtime makes for the entries below it, then its marker */
-                r = write_made_dir(n->path, out, e);
-                int m = r < 0 ? r : write_marker(q, n, out, e);
-                return m < 0 ? m : 1 + m;
-        }
-        if (kind == ENTRY_WHITEOUT) {
-                r = snap_layer_whiteout(out, n->path, e);
-                return r < 0 ? r : 1;
-        }
-        int written = 0;
-        if (kind == ENTRY_CONTENT) {
-                written = r = write_content(q, layer, seq, root, a, ae, out, e);
+        int written = ancestor_markers(q, n->path, n->len, out, e);
+        if (written < 0)
+                return written;
+        /* the layer's own word: its entry, or its whiteout */
+        if (at_winner && ov == OV_NONE && !demoted(n)) {
+                r = kind == ENTRY_WHITEOUT ? snap_layer_whiteout(out, n->path, e)
+                                           : write_content(q, layer, seq, root, a, ae, out, e);
                 if (r < 0)
                         return r;
+                written++;
         }
-        if (dir && n->hide_below >= 0) {
-                r = write_marker(q, n, out, e);
+        /* then its marker, unless something below it needed it earlier */
+        bool made;
+        if (marker_wanted(q, n, &made)) {
+                r = write_marker(q, n, made, out, e);
                 if (r < 0)
                         return r;
                 written += r;

@@ -418,6 +418,8 @@ static void read_tar(const char *name, Buf *b)
         close(fd);
 }
 
+static char *failure_context; /* printed when the trees differ */
+
 /* The runtime's tree of the kept layer `kept` + the merged layers + the diff, and of `kept` + the squashed
  * layer (squash then diff, one tar): the same. */
 static void assert_same_tree(const char *kept, const char *const *layers, const Buf *diff,
@@ -442,8 +444,8 @@ static void assert_same_tree(const char *kept, const char *const *layers, const 
         tree_apply(t, squashed->data, squashed->size, 1);
         char *squash = tree_listing(t);
         if (strcmp(chain, squash) != 0) {
-                fprintf(stderr, "the squashed image differs; with the layers:\n%s\nsquashed:\n%s\n", chain,
-                        squash);
+                fprintf(stderr, "%sthe squashed image differs; with the layers:\n%s\nsquashed:\n%s\n",
+                        failure_context ? failure_context : "", chain, squash);
                 abort();
         }
         free(chain);
@@ -1016,6 +1018,350 @@ static void test_split_refused(void)
         setup_done(&s);
 }
 
+/* ---- random squashes ---------------------------------------------------------------------------------- */
+
+typedef struct Rng {
+        uint64_t s;
+} Rng;
+
+static unsigned rnd(Rng *r, unsigned n)
+{
+        r->s ^= r->s << 13;
+        r->s ^= r->s >> 7;
+        r->s ^= r->s << 17;
+        return (unsigned)(r->s % n);
+}
+
+/* A path of the test's universe: 1 to 3 components, each a, b or c. */
+static void rnd_path(Rng *r, char out[8])
+{
+        unsigned depth = 1 + rnd(r, 3);
+        size_t n = 0;
+        for (unsigned i = 0; i < depth; i++) {
+                if (i)
+                        out[n++] = '/';
+                out[n++] = "abc"[rnd(r, 3)];
+        }
+        out[n] = '\0';
+}
+
+/* A layer being made: its entries, and per path what this layer says there (d(irectory), n(on-directory),
+ * f(regular file: a hard link target), w(hiteout), o(paque directory without an entry)). */
+typedef struct Gen {
+        TarEntry e[96];
+        char *owned[192];
+        size_t n, n_owned;
+        char paths[64][8];
+        char kinds[64];
+        size_t n_paths;
+} Gen;
+
+static char gen_kind(const Gen *g, const char *path)
+{
+        for (size_t i = 0; i < g->n_paths; i++)
+                if (strcmp(g->paths[i], path) == 0)
+                        return g->kinds[i];
+        return 0;
+}
+
+static void gen_mark(Gen *g, const char *path, char kind)
+{
+        for (size_t i = 0; i < g->n_paths; i++)
+                if (strcmp(g->paths[i], path) == 0) {
+                        g->kinds[i] = kind;
+                        return;
+                }
+        ASSERT_INT(g->n_paths, <, ELEMENTSOF(g->paths));
+        snprintf(g->paths[g->n_paths], 8, "%s", path);
+        g->kinds[g->n_paths++] = kind;
+}
+
+/* A non-directory or a whiteout at an ancestor of path. */
+static bool gen_nondir_above(const Gen *g, const char *path)
+{
+        for (size_t i = 0; i < g->n_paths; i++)
+                if (strchr("nfw", g->kinds[i]) && below(path, g->paths[i]))
+                        return true;
+        return false;
+}
+
+static bool gen_any_below(const Gen *g, const char *path)
+{
+        for (size_t i = 0; i < g->n_paths; i++)
+                if (below(g->paths[i], path))
+                        return true;
+        return false;
+}
+
+static char *gen_str(Gen *g, const char *fmt, ...) _printf_(2, 3);
+static char *gen_str(Gen *g, const char *fmt, ...)
+{
+        va_list ap;
+        va_start(ap, fmt);
+        char *p = NULL;
+        ASSERT_TRUE(vasprintf(&p, fmt, ap) > 0);
+        va_end(ap);
+        ASSERT_INT(g->n_owned, <, ELEMENTSOF(g->owned));
+        return g->owned[g->n_owned++] = p;
+}
+
+static void gen_add(Gen *g, Rng *r, char type, const char *path, const char *arg)
+{
+        ASSERT_INT(g->n, <, ELEMENTSOF(g->e) - 1);
+        const char *prefix = rnd(r, 3) == 0 ? "./" : "";
+        unsigned mode = type == 'd'   ? (rnd(r, 2) ? 0755 : 0700)
+                        : type == 'f' ? (rnd(r, 2) ? 0644 : 0600)
+                                      : 0;
+        g->e[g->n++] =
+                (TarEntry){type, gen_str(g, "%s%s", prefix, path), arg, mode, rnd(r, 3) == 0 ? 1000 : 0};
+}
+
+/* Directory entries for the ancestors of path this layer says nothing about, sometimes (layers in the wild
+ * leave them out). */
+static void gen_parents(Gen *g, Rng *r, const char *path)
+{
+        char p[8];
+        snprintf(p, sizeof(p), "%s", path);
+        for (char *slash = strchr(p, '/'); slash; slash = strchr(slash + 1, '/')) {
+                *slash = '\0';
+                if (!gen_kind(g, p) && rnd(r, 2)) {
+                        gen_add(g, r, 'd', p, NULL);
+                        gen_mark(g, p, 'd');
+                }
+                *slash = '/';
+        }
+}
+
+/* One random entry (or none, when the one drawn would make the layer invalid). */
+static void gen_entry(Gen *g, Rng *r, bool kept)
+{
+        char p[8];
+        rnd_path(r, p);
+        if (gen_kind(g, p) || gen_nondir_above(g, p))
+                return;
+        unsigned op = rnd(r, kept ? 2 : 7);
+        /* a whiteout or an opaque marker after entries below it in one layer: runtimes disagree (docker
+         * deletes them, overlay appliers keep them), and tools never write that */
+        if (op >= 1 && gen_any_below(g, p))
+                return;
+        if (op == 4) {
+                const char *target = NULL;
+                for (size_t i = 0; i < g->n_paths && !target; i++)
+                        if (g->kinds[i] == 'f' && rnd(r, 2))
+                                target = g->paths[i];
+                if (!target)
+                        return;
+                gen_parents(g, r, p);
+                gen_add(g, r, 'h', p, gen_str(g, "%s%s", rnd(r, 2) ? "./" : "", target));
+                gen_mark(g, p, 'n');
+                return;
+        }
+        gen_parents(g, r, p);
+        if (op == 0) {
+                gen_add(g, r, 'd', p, NULL);
+                gen_mark(g, p, 'd');
+        } else if (op == 1) {
+                gen_add(g, r, 'f', p, gen_str(g, "c%u", rnd(r, 1000)));
+                gen_mark(g, p, 'f');
+        } else if (op == 2) {
+                char *slash = strrchr(p, '/');
+                gen_add(g, r, 'f',
+                        slash ? gen_str(g, "%.*s/.wh.%s", (int)(slash - p), p, slash + 1)
+                              : gen_str(g, ".wh.%s", p),
+                        NULL);
+                gen_mark(g, p, 'w');
+        } else if (op == 3) {
+                gen_add(g, r, 'l', p, "nowhere");
+                gen_mark(g, p, 'n');
+        } else {
+                if (rnd(r, 2)) {
+                        gen_add(g, r, 'd', p, NULL);
+                        gen_mark(g, p, 'd');
+                } else
+                        gen_mark(g, p, 'o');
+                gen_add(g, r, 'f', gen_str(g, "%s/.wh..wh..opq", p), NULL);
+        }
+}
+
+static void gen_done(Gen *g)
+{
+        for (size_t i = 0; i < g->n_owned; i++)
+                free(g->owned[i]);
+        *g = (Gen){0};
+}
+
+/* The image's tree (tree_listing() lines "path: desc") made real in root. */
+static void materialise_tree(const char *root, const char *tree)
+{
+        if (getenv("NBSNAP_SQUASH_DEBUG"))
+                fprintf(stderr, "%simage:\n%s", failure_context, tree);
+        for (const char *line = tree; *line;) {
+                const char *end = strchr(line, '\n');
+                char l[512], path[600], rest[256] = "", type;
+                unsigned perm;
+                long long uid;
+                snprintf(l, sizeof(l), "%.*s", (int)(end - line), line);
+                line = end + 1;
+                char *colon = strstr(l, ": ");
+                ASSERT_TRUE(colon);
+                snprintf(path, sizeof(path), "%s/%.*s", root, (int)(colon - l), l);
+                ASSERT_TRUE(sscanf(colon + 2, "%c %o %lld %255s", &type, &perm, &uid, rest) >= 3);
+                if (type == 'd')
+                        ASSERT_EQ(mkdir(path, perm), 0);
+                else if (type == 'l')
+                        ASSERT_EQ(symlink(rest, path), 0);
+                else {
+                        FILE *f = fopen(path, "we");
+                        ASSERT_TRUE(f);
+                        fputs(rest, f);
+                        ASSERT_EQ(fclose(f), 0);
+                }
+                ASSERT_EQ(lchown(path, (uid_t)uid, (gid_t)uid), 0);
+                if (type != 'l')
+                        ASSERT_EQ(chmod(path, perm), 0);
+        }
+}
+
+/* A random change of the live tree at a random path, never at, above or below the excluded one. */
+static void random_change(Rng *r, const char *root, const char *excluded, FILE *log)
+{
+        char p[8], full[600], parent[600];
+        rnd_path(r, p);
+        if (excluded && (below(excluded, p) || strcmp(excluded, p) == 0 || below(p, excluded)))
+                return;
+        snprintf(full, sizeof(full), "%s/%s", root, p);
+        snprintf(parent, sizeof(parent), "%s", full);
+        *strrchr(parent, '/') = '\0';
+        struct stat st, pst;
+        if (lstat(parent, &pst) < 0 || !S_ISDIR(pst.st_mode))
+                return;
+        unsigned op = rnd(r, 5);
+        const char *cmd;
+        if (lstat(full, &st) < 0)
+                cmd = op < 3 ? "echo new > $P" : "mkdir $P";
+        else if (S_ISDIR(st.st_mode))
+                cmd = op == 0   ? "chmod 711 $P"
+                      : op == 1 ? "rm -rf $P"
+                      : op == 2 ? "mv $P $P.old && mkdir $P && echo r > $P/b && rm -rf $P.old"
+                      : op == 3 ? "rm -rf $P && echo f > $P"
+                                : "echo n >> $P/new";
+        else
+                cmd = op == 0 && S_ISREG(st.st_mode) ? "echo z >> $P"
+                      : op <= 2                      ? "rm $P"
+                                                     : "rm $P && mkdir $P && echo n > $P/a";
+        fprintf(log, "  change: %s: %s\n", p, cmd);
+        sh("P=%s; %s", full, cmd);
+}
+
+/* One random case: a kept layer, 1 to 3 merged layers, the image made real as the live root, changes,
+ * maybe a mount; the squashed image must be the tree the layers give. Returns false when the squash refused
+ * (a hard link to materialise from a mounted path). */
+static bool random_case(uint64_t seed)
+{
+        Rng r = {seed * 2654435761u + 88172645463325252ull};
+        char *ctx = NULL;
+        size_t ctx_len = 0;
+        FILE *log = open_memstream(&ctx, &ctx_len);
+        fprintf(log, "seed %" PRIu64 ":\n", seed);
+        unsigned n_layers = 1 + rnd(&r, 3);
+        static const char *const names[] = {"rk.tar", "r0.tar", "r1.tar.gz", "r2.tar.zst", NULL};
+        static const char *const filters[] = {"none", "none", "gzip", "zstd"};
+        for (unsigned i = 0; i <= n_layers; i++) {
+                Gen g = {0};
+                unsigned entries = 1 + rnd(&r, i == 0 ? 24 : 8);
+                for (unsigned k = 0; k < entries; k++)
+                        gen_entry(&g, &r, i == 0);
+                g.e[g.n] = (TarEntry)END;
+                make_layer(names[i], filters[i], g.e);
+                fprintf(log, " %s:\n", names[i]);
+                for (size_t k = 0; k < g.n; k++)
+                        fprintf(log, "  %c %s%s%s\n", g.e[k].type, g.e[k].path, g.e[k].arg ? " " : "",
+                                g.e[k].arg ? g.e[k].arg : "");
+                gen_done(&g);
+        }
+        /* the image, as the container starts with it */
+        Tree *t = calloc(1, sizeof(Tree));
+        ASSERT_TRUE(t);
+        for (unsigned i = 0; i <= n_layers; i++) {
+                Buf b = {0};
+                read_tar(names[i], &b);
+                tree_apply(t, b.data, b.size, (int)i);
+                free(b.data);
+        }
+        char *image = tree_listing(t);
+        free(t);
+        Setup s = {0};
+        snprintf(s.root, sizeof(s.root), "%s/random-root", scratch);
+        snprintf(s.baseline, sizeof(s.baseline), "%s/random-baseline", scratch);
+        sh("rm -rf %s && mkdir %s", s.root, s.root);
+        fflush(log);
+        failure_context = ctx;
+        materialise_tree(s.root, image);
+        NbError e = {0};
+        ASSERT_OK(snap_excludes_new(&s.ex, &e));
+        char excluded[8] = "";
+        if (rnd(&r, 3) == 0) {
+                char p[8], full[600], mount[16];
+                struct stat st;
+                rnd_path(&r, p);
+                snprintf(full, sizeof(full), "%s/%s", s.root, p);
+                if (lstat(full, &st) == 0) {
+                        snprintf(excluded, sizeof(excluded), "%s", p);
+                        snprintf(mount, sizeof(mount), "/%s", p);
+                        ASSERT_OK(snap_excludes_add(s.ex, mount, &e));
+                        fprintf(log, "  excluded: %s\n", mount);
+                }
+        }
+        ASSERT_OK(snap_baseline_write(s.root, s.ex, s.baseline, NULL, &e));
+        unsigned n_changes = rnd(&r, 5);
+        for (unsigned i = 0; i < n_changes; i++)
+                random_change(&r, s.root, excluded[0] ? excluded : NULL, log);
+        fclose(log);
+        failure_context = ctx;
+
+        _cleanup_snap_squash_ SnapSquash *q = NULL;
+        ASSERT_OK(snap_squash_new(n_layers, &q, &e));
+        changes(q, &s);
+        Buf buf = {0};
+        SnapLayer *l = NULL;
+        ASSERT_OK(snap_layer_new(buf_write, NULL, &buf, &l, &e));
+        const char *layers[4] = {0};
+        for (unsigned i = 0; i < n_layers; i++)
+                layers[i] = names[i + 1];
+        int rc = squash_into(q, &s, layers, l, &e);
+        bool refused = rc == -ENOENT && strstr(e.msg, "hidden by a mount");
+        if (rc < 0 && !refused) {
+                fprintf(stderr, "%ssquash: %s\n", ctx, e.msg);
+                abort();
+        }
+        if (!refused) {
+                ASSERT_OK(snap_layer_finish(l, &e));
+                size_t squash_bytes = buf.size - 1024; /* without its end blocks */
+                buf.size = squash_bytes;
+                diff_into(&s, &buf);
+                Buf only_diff = {.data = buf.data + squash_bytes, .size = buf.size - squash_bytes};
+                assert_same_tree(names[0], layers, &only_diff, &buf);
+        }
+        snap_layer_free(l);
+        free(buf.data);
+        free(image);
+        setup_done(&s);
+        failure_context = NULL;
+        free(ctx);
+        return !refused;
+}
+
+/* Random layers and changes against the runtime's view. NBSNAP_SQUASH_CASES=N runs N cases (200). */
+static void test_random(void)
+{
+        const char *env = getenv("NBSNAP_SQUASH_CASES");
+        unsigned long cases = env ? strtoul(env, NULL, 10) : 200;
+        unsigned long done = 0;
+        for (uint64_t seed = 1; seed <= cases; seed++)
+                done += random_case(seed);
+        ASSERT_INT(done, >, cases / 2);
+}
+
 int main(void)
 {
         if (getuid() != 0) {
@@ -1029,6 +1375,7 @@ int main(void)
         test_implied();
         test_errors();
         test_split_refused();
+        test_random();
         sh("rm -rf %s", scratch);
         printf("test-squash: all passed\n");
         return 0;
