@@ -202,31 +202,34 @@ const SnapPlanStats *snap_plan_stats(const SnapPlan *p);
  *  2. snap_squash_index() reads the headers of each merged layer, bottom first (layer 0 .. n_layers - 1),
  *     and builds the index: for each path of the merged layers, its top-most content or whiteout, and the
  *     layers that hide what lies below it (whiteouts, opaque markers, non-directories). Memory grows with
- *     the number of paths in the merged layers (about 100 bytes each), never with their data; at most
- *     SNAP_SQUASH_ENTRIES_MAX paths.
+ *     the number of paths in the merged layers (about 70 bytes each plus the path), never with their data;
+ *     at most SNAP_SQUASH_ENTRIES_MAX paths.
  *  3. snap_squash_write() reads the same layers again, bottom first, and writes each path's winner once, in
  *     the order the layers give: the entry as the layer has it (metadata and data), `.wh.NAME` where the
- *     top-most word is a deletion, and `DIR/.wh..wh..opq` after a directory that a merged layer made opaque
- *     (or that replaced a deleted or non-directory path), with only what the merged layers put there above
- *     that point. Paths the changes write are left out (a changed directory's marker is still written when
- *     the merged layers hide the kept layers' content below it: the diff's directory entry follows it).
- *     Paths hidden by a mount in the container (excluded, so never changed) keep the layers' content. A
- *     hard link whose target is not written before it (the target changed in the container, or was replaced
- *     or deleted by a higher layer) becomes a regular file with the content and metadata of the same path in
- *     the live root (unchanged there, so the image's), opened without following symlinks; a link to a
- *     target no merged layer holds stays a link (the kept layers have it).
+ *     top-most word is a deletion, and `DIR/.wh..wh..opq` for a directory that a merged layer made opaque
+ *     (or that replaced a deleted or non-directory path), after its entry and before anything below it,
+ *     with only what the merged layers put there above that point.
+ * Paths the changes write are left out; a changed directory's marker is still written when the merged
+ * layers hide the kept layers' content below it (the diff's directory entry follows it), so the save needs
+ * nothing more for a directory the container made where a merged layer had deleted one. Paths hidden by a
+ * mount in the container (excluded, so never changed) keep the layers' content. A hard link whose target is
+ * not written before it (the target changed in the container, or a higher layer replaced or deleted it)
+ * becomes a regular file with the content and metadata of the same path in the live root (unchanged there,
+ * so the image's), opened without following symlinks; a link to a target that no merged layer holds stays
+ * a link (the kept layers have it).
  * Layers are read as tar, plain, gzip or zstd, from an fd (a pipe from a download is fine) to its end (the
- * fd is not closed). Entry names are cleaned ("./" prefixes and trailing '/' dropped); absolute names, ".."
- * components and names libarchive cannot read fail the squash. aufs metadata (`.wh..wh.*` other than the
- * opaque marker) is skipped. A split layer (snap_layer_split) cannot take a squash yet: -EFBIG. */
+ * fd is not closed). Entry names are cleaned ("./" prefixes, "." components and trailing '/' dropped);
+ * absolute names, ".." components and names libarchive cannot read fail the squash; aufs metadata
+ * (`.wh..wh.*` other than the opaque marker) is skipped. A split layer (snap_layer_split) cannot take a
+ * squash yet: -EFBIG. */
 #define SNAP_SQUASH_LAYERS_MAX  1024u              /* layers merged in one squash */
 #define SNAP_SQUASH_ENTRIES_MAX (4u * 1000 * 1000) /* paths in the merged layers; also changes recorded */
 
 typedef struct SnapSquash SnapSquash;
 int snap_squash_new(unsigned n_layers, SnapSquash **ret, NbError *e);
 SnapSquash *snap_squash_free(SnapSquash *q);
-/* Records what the changes write. ex must stay valid until the squash is freed (hard links read the live
- * root outside it). Once, before snap_squash_write(). */
+/* Records what the changes write. ex must stay valid until the squash is freed (snap_squash_write() reads
+ * no hard link's content from an excluded path). Once, before snap_squash_write(). */
 int snap_squash_changes(SnapSquash *q, SnapBaseline *base, SnapWalk *live, const SnapExcludes *ex,
                         NbError *e);
 /* Pass 1: the headers of merged layer `layer` (0 = the bottom one), read from fd. In order, once each. */

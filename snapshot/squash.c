@@ -3,11 +3,14 @@
  * Two hash tables of paths. `overrides` holds what the container's changes write (OV_ENTRY: a directory,
  * the path alone; OV_TREE: the path and everything below). `index` holds, per path of the merged layers:
  * the top-most content entry (layer, number of the entry in that layer, directory or not), the top-most
- * whiteout, the top-most opaque marker, and hide_below: the highest layer that hides what lower layers hold
- * below the path (a whiteout or a non-directory at the path, an opaque marker in it). A path's winner is its
+ * whiteout, the top-most opaque marker, the top-most layer with an entry below the path (which makes it a
+ * directory there, entry or not), and hide_below: the highest layer that hides what lower layers hold below
+ * the path (a whiteout or a non-directory at the path, an opaque marker in it). A path's winner is its
  * top-most content or whiteout (content when both are in one layer: a whiteout hides lower layers only); it
- * is visible when no ancestor has a hide_below above the winner's layer. Nothing is ever removed from the
- * index, so both passes are a lookup per entry plus one per ancestor.
+ * is visible when no ancestor has a hide_below above the winner's layer. A winner that a higher layer made a
+ * directory again (entries below a deleted path or a file) stands for a new directory over hidden content.
+ * An opaque marker is written before anything below its directory. Nothing is ever removed from the index:
+ * both passes cost a lookup per entry plus a few per ancestor.
  */
 #include <archive.h>
 #include <archive_entry.h>
