@@ -1,5 +1,6 @@
 /* blob.c: blobs: HEAD, cross-repository mount, monolithic upload from memory, streamed chunked upload
- * (POST -> PATCH chunks with Content-Range -> PUT ?digest=), and copy from another registry.
+ * (POST -> PATCH chunks with Content-Range -> PUT ?digest=), streamed download with its digest checked, and
+ * copy from another registry (the download fed to an upload).
  *
  * Upload sessions follow the Location of the latest response, resolved against the URL that answered; the
  * registry may move the session to another host or path, or keep its state in the query (`_state=`). */
@@ -741,43 +742,77 @@ int reg_upload_commit(RegUpload *u, const char *digest, NbError *e)
         return 0;
 }
 
-/* ---- copy -----------------------------------------------------------------------------------------------
+/* ---- download -------------------------------------------------------------------------------------------
  */
 
-typedef struct CopyCtx {
-        RegUpload *u;
-        uint64_t size, max;
-        NbError err;
-} CopyCtx;
+typedef struct GetCtx {
+        reg_write_fn write;
+        void *userdata;
+        EVP_MD_CTX *md;
+        uint64_t size;
+        int64_t expected; /* -1: not known */
+        NbError err;      /* why the stream was stopped on our side (write, size) */
+} GetCtx;
 
-static int copy_sink(void *userdata, const void *data, size_t size)
+static int get_sink(void *userdata, const void *data, size_t size)
 {
-        CopyCtx *x = userdata;
-        if (size > x->max - x->size)
-                return nb_error_set(&x->err, -EFBIG, "the source blob is larger than its descriptor says");
+        GetCtx *x = userdata;
+        if (x->expected >= 0 && size > (uint64_t)x->expected - x->size)
+                return nb_error_set(&x->err, -EBADMSG, "the registry sent more than the %lld bytes expected",
+                                    (long long)x->expected);
+        if (EVP_DigestUpdate(x->md, data, size) != 1)
+                return nb_error_set(&x->err, -EIO, "cannot digest the blob");
         x->size += size;
-        return reg_upload_write(x->u, data, size, &x->err);
+        int r = x->write(x->userdata, data, size, &x->err);
+        if (r < 0 && x->err.code >= 0)
+                nb_error_set(&x->err, r, "the receiver of the blob failed: %s", strerror(-r));
+        return r < 0 ? x->err.code : 0;
 }
 
-static int copy_stream(RegClient *src, const char *src_repository, RegUpload *u, const RegDescriptor *blob,
-                       NbError *e)
+/* The bytes got, checked against what was asked for. */
+static int get_check(GetCtx *x, const char *digest, const char *what, NbError *e)
 {
+        char got[NB_DIGEST_STR_MAX];
+        if (x->expected >= 0 && x->size != (uint64_t)x->expected)
+                return nb_error_set(e, -EBADMSG, "%s: got %llu bytes, expected %lld", what,
+                                    (unsigned long long)x->size, (long long)x->expected);
+        if (nb_digest_ctx_final(x->md, got) < 0)
+                return nb_error_set(e, -EIO, "%s: cannot digest the blob", what);
+        if (strcmp(got, digest) != 0)
+                return nb_error_set(e, -EBADMSG,
+                                    "%s: the %llu bytes received have digest %s: the registry's copy is "
+                                    "corrupt or was replaced; what was received must be discarded",
+                                    what, (unsigned long long)x->size, got);
+        return 0;
+}
+
+int reg_blob_get(RegClient *c, const char *repository, const char *digest, int64_t expected_size,
+                 reg_write_fn write, void *userdata, NbError *e)
+{
+        int r = check_names(repository, digest, e);
+        if (r < 0 || !digest || !write)
+                return r < 0 ? r : nb_error_set(e, -EINVAL, "no digest or receiver given");
+        _cleanup_md_ctx_ EVP_MD_CTX *md = NULL;
+        if (nb_digest_ctx_new(digest, &md) < 0)
+                return nb_error_set(e, -EOPNOTSUPP, "cannot verify digest %s: unsupported algorithm",
+                                    digest);
         _cleanup_free_ char *url = NULL, *scope = NULL;
-        if (reg_client_v2_url(src, src_repository, "blobs", blob->digest, &url) < 0 ||
-            reg_scope(src_repository, "pull", &scope) < 0)
+        if (reg_client_v2_url(c, repository, "blobs", digest, &url) < 0 ||
+            reg_scope(repository, "pull", &scope) < 0)
                 return nb_error_oom(e);
-        CopyCtx x = {.u = u, .max = (uint64_t)blob->size};
+        GetCtx x = {.write = write, .userdata = userdata, .md = md, .expected = expected_size};
+        /* Retried only while nothing was handed to write (http.c): bytes once given are not taken back. */
         RegRequest rq = {.method = "GET",
                          .url = url,
                          .scope = scope,
-                         .sink = copy_sink,
+                         .sink = get_sink,
                          .sink_userdata = &x,
                          .retry = true,
                          .follow = true};
         _cleanup_(reg_response_done) RegResponse resp = {0};
         char what[REG_URL_MAX];
-        snprintf(what, sizeof(what), "copying blob %s from %s/%s", blob->digest, src->host, src_repository);
-        int r = reg_request(src, &rq, &resp, e);
+        snprintf(what, sizeof(what), "downloading blob %s from %s/%s", digest, c->host, repository);
+        r = reg_request(c, &rq, &resp, e);
         if (r < 0 && x.err.code < 0) {
                 if (e)
                         *e = x.err;
@@ -787,10 +822,15 @@ static int copy_stream(RegClient *src, const char *src_repository, RegUpload *u,
                 return nb_error_wrap(e, r, "%s", what);
         if (resp.status != 200)
                 return reg_response_error(&resp, e, what);
-        if (x.size != (uint64_t)blob->size)
-                return nb_error_set(e, -EBADMSG, "%s: got %llu bytes, expected %lld", what,
-                                    (unsigned long long)x.size, (long long)blob->size);
-        return 0;
+        return get_check(&x, digest, what, e);
+}
+
+/* ---- copy -----------------------------------------------------------------------------------------------
+ */
+
+static int copy_write(void *userdata, const void *data, size_t size, NbError *e)
+{
+        return reg_upload_write(userdata, data, size, e);
 }
 
 int reg_blob_copy(RegClient *src, const char *src_repository, RegClient *dst, const char *dst_repository,
@@ -823,8 +863,8 @@ int reg_blob_copy(RegClient *src, const char *src_repository, RegClient *dst, co
         r = reg_upload_begin(dst, dst_repository, NULL, NULL, &u, e);
         if (r < 0)
                 return r;
-        r = copy_stream(src, src_repository, u, blob, e);
+        r = reg_blob_get(src, src_repository, blob->digest, blob->size, copy_write, u, e);
         if (r < 0)
-                return r;
+                return nb_error_wrap(e, r, "copying to %s/%s", dst->host, dst_repository);
         return reg_upload_commit(u, blob->digest, e);
 }

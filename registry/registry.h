@@ -205,8 +205,23 @@ int reg_blob_mount(RegClient *c, const char *repository, const char *digest, con
 int reg_blob_upload_buffer(RegClient *c, const char *repository, const char *digest, const void *data,
                            size_t size, NbError *e);
 
-/* Copies a blob from another client's repository (streamed GET -> upload), for base images that live on
- * another registry. */
+/* Receives a downloaded blob's bytes, in order. Returns 0, or a negative errno (e filled, when the receiver
+ * can say why) to stop the download. */
+typedef int (*reg_write_fn)(void *userdata, const void *data, size_t size, NbError *e);
+
+/* Streams a blob to write: GET /v2/<repository>/blobs/<digest> with the client's auth, following redirects
+ * (registries send blob GETs to their storage; Authorization only ever goes to the registry itself), in
+ * curl's buffers: memory does not grow with the blob. The bytes are checked at the end against the digest's
+ * SHA-256 (or SHA-512) and, when expected_size >= 0, against that size (more bytes fail at once): -EBADMSG
+ * when they differ, and the caller must discard what it was given. -ENOENT when the repository has no such
+ * blob (BLOB_UNKNOWN). A write failure comes back as it is, with its message. Failures before the first byte
+ * are retried; a transfer cut off after bytes were handed over is not resumed: it fails. The client's cancel
+ * flag aborts it within about a second (-ECANCELED). */
+int reg_blob_get(RegClient *c, const char *repository, const char *digest, int64_t expected_size,
+                 reg_write_fn write, void *userdata, NbError *e);
+
+/* Copies a blob from another client's repository (reg_blob_get() -> streamed upload), for base images that
+ * live on another registry. */
 int reg_blob_copy(RegClient *src, const char *src_repository, RegClient *dst, const char *dst_repository,
                   const RegDescriptor *blob, NbError *e);
 

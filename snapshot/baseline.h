@@ -17,10 +17,10 @@
 #include "snapshot/excludes.h"
 #include "snapshot/snapshot.h"
 
-#define SNAP_BASELINE_MAGIC    "NBSNAPB1"
+#define SNAP_BASELINE_MAGIC "NBSNAPB1"
 /* A packed entry whose ctime lies less than this before the record's start is read again by the next save:
  * the kernel stamps ctime from a coarse clock, at most one tick (10 ms at HZ=100) behind the fine one. */
-#define SNAP_RECORD_RACY_NSEC (100 * 1000 * 1000)
+#define SNAP_RECORD_RACY_NSEC  (100 * 1000 * 1000)
 #define SNAP_BASELINE_FILE_MAX (16ull * 1024 * 1024 * 1024) /* 16 GiB: ~100 M entries */
 
 /* Adds the next entry, in tree order. A write error does not stop the caller (the record is an extra of the

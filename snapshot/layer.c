@@ -134,6 +134,11 @@ unsigned snap_layer_parts(const SnapLayer *l)
         return l->parts;
 }
 
+bool snap_layer_is_split(const SnapLayer *l)
+{
+        return l->budget != 0;
+}
+
 /* Ends the current tar and starts the next one (snap_layer_split). */
 static int cut(SnapLayer *l, NbError *e)
 {
@@ -558,6 +563,131 @@ int snap_layer_add(SnapLayer *l, const SnapEntry *en, int dirfd, const char *nam
         else
                 r = write_entry(l, ae, en->path, e);
         return r < 0 ? r : 1;
+}
+
+/* ---- entries copied from another layer (squash.c) ----------------------------------------------------- */
+
+/* The header of an entry of another layer, as this layer writes its own: type and mode, owner, whole-second
+ * mtime, size, link targets, device numbers and the kept xattrs (capabilities as v2); nothing else (no
+ * atime/ctime, user names, dev/ino/nlink, sparse map: the data is read whole). with_link: keep its hard link
+ * target. */
+static bool has_xattr(struct archive_entry *ae, const char *name)
+{
+        const char *n;
+        const void *v;
+        size_t size;
+        archive_entry_xattr_reset(ae);
+        while (archive_entry_xattr_next(ae, &n, &v, &size) == ARCHIVE_OK)
+                if (strcmp(n, name) == 0)
+                        return true;
+        return false;
+}
+
+static int copy_header(struct archive_entry *src, bool with_link, struct archive_entry **ret, NbError *e)
+{
+        _cleanup_entry_ struct archive_entry *ae = archive_entry_new();
+        _cleanup_free_ uint8_t *value = malloc(SNAP_XATTR_SIZE_MAX);
+        if (!ae || !value)
+                return nb_error_oom(e);
+        const char *hl = with_link ? archive_entry_hardlink(src) : NULL, *sl = archive_entry_symlink(src);
+        unsigned type = archive_entry_filetype(src);
+        archive_entry_copy_pathname(ae, archive_entry_pathname(src));
+        archive_entry_set_mode(ae, archive_entry_mode(src));
+        archive_entry_set_uid(ae, archive_entry_uid(src));
+        archive_entry_set_gid(ae, archive_entry_gid(src));
+        archive_entry_set_mtime(ae, archive_entry_mtime(src), 0);
+        archive_entry_set_size(ae, type == AE_IFREG && !hl ? archive_entry_size(src) : 0);
+        if (hl)
+                archive_entry_copy_hardlink(ae, hl);
+        else if (type == AE_IFLNK && sl)
+                archive_entry_copy_symlink(ae, sl);
+        if (type == AE_IFCHR || type == AE_IFBLK)
+                archive_entry_set_rdev(ae, archive_entry_rdev(src));
+        const char *name;
+        const void *v;
+        size_t size;
+        archive_entry_xattr_reset(src);
+        while (archive_entry_xattr_next(src, &name, &v, &size) == ARCHIVE_OK) {
+                /* a pax header may carry one attribute twice (LIBARCHIVE.xattr and SCHILY.xattr) */
+                if (!xattr_kept(name) || size > SNAP_XATTR_SIZE_MAX || has_xattr(ae, name))
+                        continue;
+                memcpy(value, v, size);
+                if (strcmp(name, "security.capability") == 0)
+                        size = capability_v2(value, size);
+                archive_entry_xattr_add_entry(ae, name, value, size);
+        }
+        *ret = TAKE_PTR(ae);
+        return 0;
+}
+
+static int copy_refused(SnapLayer *l, const char *path, NbError *e)
+{
+        if (snap_layer_is_split(l))
+                return nb_error_set(e, -EFBIG,
+                                    "cannot write /%s: a squash cannot be split yet (the layer has a size "
+                                    "limit)",
+                                    path);
+        return 0;
+}
+
+/* Streams exactly size bytes of the current entry of src. */
+static int copy_stream(SnapLayer *l, struct archive *src, uint64_t size, const char *path, NbError *e)
+{
+        uint64_t left = size;
+        for (;;) {
+                la_ssize_t k = archive_read_data(src, l->buf, READ_BUFFER);
+                if (k < 0)
+                        return nb_error_set(e, archive_errno(src) > 0 ? -archive_errno(src) : -EIO,
+                                            "cannot read /%s from its layer: %s", path,
+                                            archive_error_string(src) ?: "libarchive");
+                if (k == 0)
+                        break;
+                if ((uint64_t)k > left)
+                        return nb_error_set(e, -EBADMSG, "/%s in its layer has more data than its size",
+                                            path);
+                if (archive_write_data(l->a, l->buf, (size_t)k) != k || l->write_error < 0)
+                        return archive_fail(l, e, path);
+                left -= (uint64_t)k;
+                l->stats.data_bytes += (uint64_t)k;
+        }
+        if (left > 0)
+                return nb_error_set(e, -EBADMSG,
+                                    "/%s in its layer is cut short (%" PRIu64 " of %" PRIu64 " bytes)", path,
+                                    size - left, size);
+        return 0;
+}
+
+int snap_layer_copy(SnapLayer *l, struct archive *src, struct archive_entry *ae, NbError *e)
+{
+        const char *path = archive_entry_pathname(ae);
+        int r = copy_refused(l, path, e);
+        _cleanup_entry_ struct archive_entry *out = NULL;
+        if (r >= 0)
+                r = copy_header(ae, true, &out, e);
+        if (r >= 0)
+                r = write_entry(l, out, path, e);
+        if (r >= 0 && archive_entry_filetype(out) == AE_IFREG && !archive_entry_hardlink(out))
+                r = copy_stream(l, src, (uint64_t)archive_entry_size(out), path, e);
+        return r;
+}
+
+int snap_layer_add_fd(SnapLayer *l, const char *path, int fd, NbError *e)
+{
+        int r = copy_refused(l, path, e);
+        if (r < 0)
+                return r;
+        struct stat st;
+        if (fstat(fd, &st) < 0)
+                return nb_error_set(e, -errno, "cannot stat /%s: %m", path);
+        if (!S_ISREG(st.st_mode))
+                return nb_error_set(e, -EBADF, "/%s is not a regular file", path);
+        _cleanup_entry_ struct archive_entry *ae = archive_entry_new();
+        if (!ae)
+                return nb_error_oom(e);
+        const SnapEntry en = {.path = path, .path_len = strlen(path)};
+        fill_header(ae, &en, &st);
+        r = add_xattrs(ae, fd, path, e);
+        return r < 0 ? r : write_regular(l, ae, fd, &st, path, e);
 }
 
 static int write_marker(SnapLayer *l, const char *dir, size_t dir_len, const char *name, NbError *e)

@@ -12,6 +12,9 @@
 
 #include <stdint.h>
 
+#include <archive.h>
+#include <archive_entry.h>
+
 #include "snapshot/entry.h"
 #include "snapshot/snapshot.h"
 
@@ -48,3 +51,16 @@ int snap_layer_whiteout(SnapLayer *l, const char *path, NbError *e);
 /* `<dir>/.wh..wh..opq`. */
 int snap_layer_opaque(SnapLayer *l, const char *dir, NbError *e);
 #define SNAP_MARKER_NAME_MAX 12 /* ".wh..wh..opq"; ".wh." + a name is as long as the name plus 4 */
+
+/* Whether snap_layer_split() was called: a squash refuses such a layer. */
+bool snap_layer_is_split(const SnapLayer *l);
+
+/* For squash.c: entries of another layer, with this layer's header rules (copy_header() in layer.c says
+ * which fields; the caller has set the entry's pathname and hard link target to clean relative paths), and
+ * files of the live root in place of a hard link. Not in a split layer yet: -EFBIG. */
+/* Writes ae and streams its data from src (the archive ae was read from; NULL for an entry without data),
+ * in a bounded buffer. */
+int snap_layer_copy(SnapLayer *l, struct archive *src, struct archive_entry *ae, NbError *e);
+/* Writes the regular file open at fd under path (relative), with its own metadata and xattrs, as
+ * snap_layer_add() writes a live file, but never as a hard link. */
+int snap_layer_add_fd(SnapLayer *l, const char *path, int fd, NbError *e);

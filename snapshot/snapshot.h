@@ -53,10 +53,9 @@ int snap_baseline_write(const char *root, const SnapExcludes *excludes, const ch
  * baseline had it, a packed one with the stat data the walk took before its content was read (a file that
  * changes while or after it is read differs from that next time, so it comes back) and a mark that its bytes
  * are in the chain's own layers (what the dead-bytes rule of snap_diff_plan() counts). A packed entry whose
- * ctime lies within SNAP_RECORD_RACY_NSEC (100 ms) of the record's start could still change unseen within the
- * same clock tick (git's "racily clean" entries): it
- * is recorded so that the next save reads it again. Written to a temporary file next to path; commit
- * fsyncs and renames it, free without commit removes it. */
+ * ctime lies within SNAP_RECORD_RACY_NSEC (100 ms) of the record's start could still change unseen within
+ * the same clock tick (git's "racily clean" entries): it is recorded so that the next save reads it again.
+ * Written to a temporary file next to path; commit fsyncs and renames it, free without commit removes it. */
 typedef struct SnapBaselineWriter SnapBaselineWriter;
 int snap_baseline_writer_new(const char *path, SnapBaselineWriter **ret, NbError *e);
 int snap_baseline_writer_commit(SnapBaselineWriter *w, SnapBaselineStats *ret, NbError *e);
@@ -207,6 +206,58 @@ int snap_diff_plan(SnapBaseline *base, SnapWalk *live, const SnapExcludes *exclu
 SnapPlan *snap_plan_free(SnapPlan *p);
 const SnapPlanStats *snap_plan_stats(const SnapPlan *p);
 
+/* ---- squash: the top layers of the base merged into the new layer ------------------------------------- */
+
+/* An image too deep (docker refuses more than 125 layers) is saved on the bottom layers of its base, kept by
+ * digest, with one new layer that holds the top n_layers layers of the base merged, then the container's
+ * changes: the tree a runtime shows for the new image is, path by path, the one it showed for the base plus
+ * the changes. The squash writes the merged layers' part of that layer; snap_diff_layer() then writes the
+ * changes into the same SnapLayer, right after it.
+ *
+ *  1. snap_squash_changes() runs the merge-join of the diff (the same baseline, walk and excludes as the
+ *     diff pass that follows) and records which paths the changes will write: a changed directory stands
+ *     for itself, a changed non-directory, a deletion or a recreated directory for the path and everything
+ *     below it. Memory grows with the number of changes.
+ *  2. snap_squash_index() reads the headers of each merged layer, bottom first (layer 0 .. n_layers - 1),
+ *     and builds the index: for each path of the merged layers, its top-most content or whiteout, and the
+ *     layers that hide what lies below it (whiteouts, opaque markers, non-directories). Memory grows with
+ *     the number of paths in the merged layers (about 70 bytes each plus the path), never with their data;
+ *     at most SNAP_SQUASH_ENTRIES_MAX paths.
+ *  3. snap_squash_write() reads the same layers again, bottom first, and writes each path's winner once, in
+ *     the order the layers give: the entry as the layer has it (metadata and data), `.wh.NAME` where the
+ *     top-most word is a deletion, and `DIR/.wh..wh..opq` for a directory that a merged layer made opaque
+ *     (or that replaced a deleted or non-directory path), after its entry and before anything below it,
+ *     with only what the merged layers put there above that point.
+ * Paths the changes write are left out; a changed directory's marker is still written when the merged
+ * layers hide the kept layers' content below it (the diff's directory entry follows it), so the save needs
+ * nothing more for a directory the container made where a merged layer had deleted one. Paths hidden by a
+ * mount in the container (excluded, so never changed) keep the layers' content. A hard link whose target is
+ * not written before it (the target changed in the container, or a higher layer replaced or deleted it)
+ * becomes a regular file with the content and metadata of the same path in the live root (unchanged there,
+ * so the image's), opened without following symlinks; a link to a target that no merged layer holds stays
+ * a link (the kept layers have it).
+ * Layers are read as tar, plain, gzip or zstd, from an fd (a pipe from a download is fine) to its end (the
+ * fd is not closed). Entry names are cleaned ("./" prefixes, "." components and trailing '/' dropped);
+ * absolute names, ".." components and names libarchive cannot read fail the squash; aufs metadata
+ * (`.wh..wh.*` other than the opaque marker) is skipped. A split layer (snap_layer_split) cannot take a
+ * squash yet: -EFBIG. */
+#define SNAP_SQUASH_LAYERS_MAX  1024u              /* layers merged in one squash */
+#define SNAP_SQUASH_ENTRIES_MAX (4u * 1000 * 1000) /* paths in the merged layers; also changes recorded */
+
+typedef struct SnapSquash SnapSquash;
+int snap_squash_new(unsigned n_layers, SnapSquash **ret, NbError *e);
+SnapSquash *snap_squash_free(SnapSquash *q);
+/* Records what the changes write. ex must stay valid until the squash is freed (snap_squash_write() reads
+ * no hard link's content from an excluded path). Once, before snap_squash_write(). */
+int snap_squash_changes(SnapSquash *q, SnapBaseline *base, SnapWalk *live, const SnapExcludes *ex,
+                        NbError *e);
+/* Pass 1: the headers of merged layer `layer` (0 = the bottom one), read from fd. In order, once each. */
+int snap_squash_index(SnapSquash *q, unsigned layer, int fd, NbError *e);
+/* Pass 2: writes the winners of merged layer `layer` to out, reading the same layer again from fd; root is
+ * the live root (for hard links). In order, once each, after every layer was indexed. Returns the number of
+ * entries written. */
+int snap_squash_write(SnapSquash *q, unsigned layer, int fd, const char *root, SnapLayer *out, NbError *e);
+
 /* ---- the compressor ------------------------------------------------------------------------------ */
 
 /* One compressed byte stream with both layer digests computed on the way: SHA-256 of the input (the layer's
@@ -290,6 +341,10 @@ static inline void snap_plan_freep(SnapPlan **p)
 {
         snap_plan_free(*p);
 }
+static inline void snap_squash_freep(SnapSquash **p)
+{
+        snap_squash_free(*p);
+}
 static inline void snap_compressor_freep(SnapCompressor **p)
 {
         snap_compressor_free(*p);
@@ -301,3 +356,4 @@ static inline void snap_compressor_freep(SnapCompressor **p)
 #define _cleanup_snap_layer_           _cleanup_(snap_layer_freep)
 #define _cleanup_snap_compressor_      _cleanup_(snap_compressor_freep)
 #define _cleanup_snap_plan_            _cleanup_(snap_plan_freep)
+#define _cleanup_snap_squash_          _cleanup_(snap_squash_freep)

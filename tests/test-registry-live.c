@@ -365,6 +365,122 @@ static void test_upload_cancel(const Registry *r, const char *authfile, const Bl
         reg_client_free(c);
 }
 
+/* ---- downloads --------------------------------------------------------------------------------------- */
+
+typedef struct Got {
+        Blob b;
+        unsigned calls;
+        size_t fail_at; /* 0: never */
+} Got;
+
+static int got_write(void *userdata, const void *data, size_t size, NbError *e)
+{
+        Got *g = userdata;
+        if (g->fail_at && g->b.size + size >= g->fail_at)
+                return nb_error_set(e, -ENOSPC, "the test's disk is full at %zu", g->b.size);
+        g->b.data = realloc(g->b.data, g->b.size + size);
+        ASSERT_TRUE(g->b.data);
+        memcpy(g->b.data + g->b.size, data, size);
+        g->b.size += size;
+        g->calls++;
+        return 0;
+}
+
+static void *cancel_later(void *userdata)
+{
+        sleep(1);
+        atomic_store((_Atomic bool *)userdata, true);
+        return NULL;
+}
+
+/* A download stuck on a frozen registry ends within seconds of the cancel. */
+static void blob_get_cancel(const Registry *r, const char *authfile, const Blob *layer)
+{
+        _Atomic bool cancel = false;
+        RegClientOptions o = {.url = r->url, .authfile = authfile, .cancel = &cancel, .user_agent = "t"};
+        RegClient *c = NULL;
+        NbError e = {0};
+        check(reg_client_new(&o, &c, &e), &e, "client");
+        Got g = {0};
+        pthread_t t;
+        ASSERT_EQ(kill(r->pid, SIGSTOP), 0);
+        ASSERT_EQ(pthread_create(&t, NULL, cancel_later, &cancel), 0);
+        struct timespec t0, t1;
+        clock_gettime(CLOCK_MONOTONIC, &t0);
+        ASSERT_EQ(reg_blob_get(c, "test/one", layer->digest, -1, got_write, &g, &e), -ECANCELED);
+        clock_gettime(CLOCK_MONOTONIC, &t1);
+        ASSERT_EQ(kill(r->pid, SIGCONT), 0);
+        pthread_join(t, NULL);
+        ASSERT_INT(t1.tv_sec - t0.tv_sec, <, 15);
+        ASSERT_TRUE(strstr(e.msg, "downloading blob") != NULL);
+        free(g.b.data);
+        reg_client_free(c);
+}
+
+/* reg_blob_get: the bytes in order and in pieces, checked against the digest and the size. */
+static void test_blob_get(const Registry *r, const char *authfile, RegClient *c, const Blob *layer)
+{
+        NbError e = {0};
+        Got g = {0};
+        check(reg_blob_get(c, "test/one", layer->digest, (int64_t)layer->size, got_write, &g, &e), &e,
+              "get");
+        ASSERT_EQ(g.b.size, layer->size);
+        ASSERT_TRUE(memcmp(g.b.data, layer->data, layer->size) == 0);
+        ASSERT_INT(g.calls, >, 1); /* streamed, not buffered whole */
+        free(g.b.data);
+        g = (Got){0};
+        check(reg_blob_get(c, "test/one", layer->digest, -1, got_write, &g, &e), &e, "get, size unknown");
+        ASSERT_EQ(g.b.size, layer->size);
+        free(g.b.data);
+
+        /* a wrong size: more bytes than said, or fewer */
+        g = (Got){0};
+        ASSERT_EQ(reg_blob_get(c, "test/one", layer->digest, 1000, got_write, &g, &e), -EBADMSG);
+        ASSERT_TRUE(strstr(e.msg, "more than the 1000 bytes expected") != NULL);
+        ASSERT_TRUE(strstr(e.msg, layer->digest) != NULL);
+        free(g.b.data);
+        g = (Got){0};
+        ASSERT_EQ(reg_blob_get(c, "test/one", layer->digest, (int64_t)layer->size + 1, got_write, &g, &e),
+                  -EBADMSG);
+        ASSERT_TRUE(strstr(e.msg, "expected") != NULL);
+        free(g.b.data);
+
+        /* missing: the registry's word */
+        static const char missing[] =
+                "sha256:2222222222222222222222222222222222222222222222222222222222222222";
+        g = (Got){0};
+        ASSERT_EQ(reg_blob_get(c, "test/one", missing, -1, got_write, &g, &e), -ENOENT);
+        ASSERT_TRUE(strstr(e.msg, "BLOB_UNKNOWN") != NULL && strstr(e.msg, missing) != NULL);
+        ASSERT_EQ(g.b.size, 0);
+        ASSERT_EQ(reg_blob_get(c, "test/one", "sha256:bad", -1, got_write, &g, &e), -EINVAL);
+
+        /* the receiver fails: its error, as it said it */
+        g = (Got){.fail_at = 100000};
+        ASSERT_EQ(reg_blob_get(c, "test/one", layer->digest, -1, got_write, &g, &e), -ENOSPC);
+        ASSERT_TRUE(strstr(e.msg, "disk is full") != NULL && strstr(e.msg, "downloading blob") != NULL);
+        free(g.b.data);
+
+        /* the registry's stored copy is corrupt (same size, one byte changed): the digest says so */
+        Blob small = {.data = strdup("a blob that will rot on the registry's disk"), .size = 43};
+        digest_of(small.data, small.size, small.digest);
+        check(reg_blob_upload_buffer(c, "test/rot", small.digest, small.data, small.size, &e), &e, "upload");
+        char data[512];
+        snprintf(data, sizeof(data), "%s/storage/docker/registry/v2/blobs/sha256/%.2s/%s/data", r->dir,
+                 small.digest + 7, small.digest + 7);
+        int fd = open(data, O_WRONLY | O_CLOEXEC);
+        ASSERT_TRUE(fd >= 0);
+        ASSERT_EQ(pwrite(fd, "A", 1, 0), 1);
+        close(fd);
+        g = (Got){0};
+        ASSERT_EQ(reg_blob_get(c, "test/rot", small.digest, (int64_t)small.size, got_write, &g, &e),
+                  -EBADMSG);
+        ASSERT_TRUE(strstr(e.msg, "corrupt") != NULL && strstr(e.msg, small.digest) != NULL);
+        free(g.b.data);
+        free(small.data);
+
+        blob_get_cancel(r, authfile, layer);
+}
+
 static void skopeo_inspect(const Registry *r, const char *image, const char *expect)
 {
         if (access("/usr/bin/skopeo", X_OK) < 0)
@@ -396,6 +512,7 @@ static void test_blobs_and_images(const Registry *r, const char *authfile, Blob 
         upload_errors(c, "test/one", layer);
         test_upload_overlap(r, authfile, layer);
         test_upload_cancel(r, authfile, layer);
+        test_blob_get(r, authfile, c, layer);
 
         /* mount: 201 when the blob is in the source repository, 0 (session cancelled) when it is not */
         ASSERT_EQ(reg_blob_exists(c, "test/two", layer->digest, NULL, &e), 0);

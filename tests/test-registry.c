@@ -780,6 +780,53 @@ static void test_redirect_drops_auth(void)
         reg_client_free(c);
 }
 
+static int blob_collect(void *userdata, const void *data, size_t size, NbError *e)
+{
+        (void)e;
+        char *b = userdata;
+        ASSERT_INT(strlen(b) + size, <, 64);
+        strncat(b, data, size);
+        return 0;
+}
+
+/* reg_blob_get() follows the registry's redirect to storage (no Authorization there) and checks the
+ * digest of what the storage sent. */
+static void test_blob_get_redirect(void)
+{
+        static const char hello[] =
+                "sha256:2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824";
+        Mock a, b;
+        mock_start(&a, "127.0.0.1");
+        mock_start(&b, "127.0.0.2");
+        for (int i = 0; i < 2; i++)
+                snprintf(a.replies[i], 1024,
+                         "HTTP/1.1 307 Temporary Redirect\r\nLocation: "
+                         "http://127.0.0.2:%d/storage/blob?X-Amz-Signature=topsecret\r\n",
+                         b.port);
+        snprintf(b.replies[0], 1024, "HTTP/1.1 200 OK\r\n");
+        b.bodies[0] = "hello";
+        snprintf(b.replies[1], 1024, "HTTP/1.1 200 OK\r\n");
+        b.bodies[1] = "hellO";
+        a.n_replies = b.n_replies = 2;
+        mock_go(&a);
+        mock_go(&b);
+        RegClient *c = mock_client(&a, true);
+        c->auth = REG_AUTH_BASIC; /* as learned from an earlier challenge */
+        NbError e = {0};
+        char got[64] = "";
+        ASSERT_OK(reg_blob_get(c, "r", hello, 5, blob_collect, got, &e));
+        ASSERT_STREQ(got, "hello");
+        got[0] = '\0';
+        ASSERT_EQ(reg_blob_get(c, "r", hello, 5, blob_collect, got, &e), -EBADMSG);
+        ASSERT_TRUE(strstr(e.msg, "corrupt") != NULL && strstr(e.msg, "topsecret") == NULL);
+        mock_stop(&a);
+        mock_stop(&b);
+        ASSERT_TRUE(strcasestr(a.requests[0], "Authorization: Basic dXNlcjpwYXNz\r\n") != NULL);
+        ASSERT_TRUE(strcasestr(b.requests[0], "Authorization") == NULL);
+        ASSERT_TRUE(strstr(b.requests[0], "GET /storage/blob?X-Amz-Signature=topsecret ") != NULL);
+        reg_client_free(c);
+}
+
 static void test_retries(void)
 {
         Mock a;
@@ -1011,6 +1058,7 @@ int main(void)
         test_digests();
         test_client_options();
         test_redirect_drops_auth();
+        test_blob_get_redirect();
         test_retries();
         test_upload_locations();
         test_upload_resync();
