@@ -240,8 +240,8 @@ int snap_squash_changes(SnapSquash *q, SnapBaseline *base, SnapWalk *live, const
 {
         if (q->have_changes || q->written > 0)
                 return nb_error_set(e, -EINVAL, "the changes of a squash are recorded once, before writing");
-        const SnapDiffSink sink = {changes_add, changes_gone, changes_gone, q};
-        int r = snap_diff_run(base, live, ex, &sink, NULL, NULL, NULL, e);
+        const SnapDiffSink sink = {changes_add, changes_gone, changes_gone, NULL, q};
+        int r = snap_diff_run(base, live, ex, &sink, NULL, NULL, NULL, NULL, e);
         if (r < 0)
                 return r;
         q->excludes = ex;
