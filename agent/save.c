@@ -4,6 +4,8 @@
 #include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
+#include <pthread.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <unistd.h>
@@ -33,12 +35,15 @@ typedef struct Save {
         const NbSaveOptions *o;
         NbImage *img;
         RegClient *dst, *src_owned, *src; /* src == dst unless the base lives on another registry */
+        char *src_url;                    /* the base image's registry */
         RegRef *ref;
         char *dst_repo;
         RegImage *base;        /* the image the new layers go on: the base image, or the last save's image */
         RegImage *orig;        /* incremental: the configured base image (base is then the last save's) */
         const char *base_repo; /* the repository holding base's layers, on src */
         unsigned max_layers;
+        size_t squash;    /* top layers of base merged into the new layer (a base too deep for max_layers) */
+        RegClient *pull;  /* squash: downloads the merged layers while the new layer uploads on dst */
         NbChain chain;    /* the last save, when the state dir has one */
         bool incremental; /* base is the last save's image, diff_base its record */
         char *root;       /* realpath of o->root */
@@ -78,6 +83,8 @@ static void save_done(Save *s)
         snap_plan_free(s->plan);
         reg_image_free(s->base);
         reg_image_free(s->orig);
+        reg_client_free(s->pull);
+        free(s->src_url);
         nb_chain_done(&s->chain);
         snap_excludes_free(s->ex);
         free(s->root);
@@ -255,7 +262,9 @@ static int connect_registries(Save *s, NbError *e)
                 if (r < 0)
                         return nb_error_wrap(e, r, "cannot use the base image's registry");
                 s->src = s->src_owned;
-        }
+                s->src_url = TAKE_PTR(url);
+        } else if (!(s->src_url = strdup(o->registry_url)))
+                return nb_error_oom(e);
         if (asprintf(&s->dst_repo, "%s/%s", o->namespace, o->name) < 0)
                 return nb_error_oom(e);
         return 0;
@@ -270,14 +279,26 @@ static int resolve_base(Save *s, NbError *e)
         if (r < 0)
                 return nb_error_wrap(e, r, "cannot resolve the base image");
         s->base_repo = s->ref->repository;
-        if (s->base->n_layers + 1 > s->max_layers)
-                return nb_error_set(
-                        e, -E2BIG,
-                        "the base image already has %zu layers, and the image saved may have at most %u "
-                        "(max_layers): save from a base image with fewer layers (e.g. one squashed with "
-                        "a build), or raise max_layers",
-                        s->base->n_layers, s->max_layers);
         return set_arch(s->img, s->base->config_json);
+}
+
+/* A base with max_layers layers or more: its top layers are merged with the changes into the new layer, the
+ * fewest that leave room for it (snapshot.h, squash). */
+static void plan_squash(Save *s)
+{
+        s->squash = s->base->n_layers + 1 > s->max_layers ? s->base->n_layers + 1 - s->max_layers : 0;
+        if (s->squash)
+                note(s,
+                     "the base image has %zu layers, and the image may have at most %u (max_layers): its "
+                     "top "
+                     "%zu are merged with the changes into the new layer, the %zu below are kept",
+                     s->base->n_layers, s->max_layers, s->squash, s->base->n_layers - s->squash);
+}
+
+/* Layers of base the new image keeps. */
+static size_t kept(const Save *s)
+{
+        return s->base->n_layers - s->squash;
 }
 
 /* ---- the chain: an incremental save builds on the last save's image (chain.h) ---------------------- */
@@ -352,9 +373,10 @@ static int chain_usable(Save *s, RegImage **ret, NbError *e)
                 return nb_error_wrap(e, r, "cannot read the last save's image %s@%.19s", c->repository,
                                      c->manifest_digest);
         }
+        /* the base layers the chain kept: all of them, or the bottom ones when its first save squashed */
         const RegImage *p = *ret;
-        bool on_base = p->n_layers == c->layers && p->n_layers >= s->base->n_layers;
-        for (size_t i = 0; on_base && i < s->base->n_layers; i++)
+        bool on_base = p->n_layers == c->layers && c->base_layers <= s->base->n_layers;
+        for (size_t i = 0; on_base && i < c->base_layers; i++)
                 on_base = strcmp(p->layers[i].digest, s->base->layers[i].digest) == 0;
         if (!on_base) {
                 full_save(s, "the last save's image %.19s is not built on the base image's layers",
@@ -377,6 +399,7 @@ static int chain_decide(Save *s, NbError *e)
                 return r;
         s->orig = s->base;
         s->base = parent;
+        plan_squash(s); /* none: the chain has room for one more layer */
         s->base_repo = s->chain.repository;
         s->src = s->dst; /* the chain's layers are all on the target registry */
         s->diff_base = s->chain_record;
@@ -389,6 +412,7 @@ static void chain_abandon(Save *s)
 {
         reg_image_free(s->base);
         s->base = TAKE_PTR(s->orig);
+        plan_squash(s);
         s->base_repo = s->ref->repository;
         s->src = s->src_owned ? s->src_owned : s->dst;
         s->diff_base = s->baseline;
@@ -410,8 +434,8 @@ static void chain_store(Save *s)
                 .base_digest = (s->incremental ? s->orig : s->base)->manifest_digest,
                 .excludes = s->excludes_digest,
                 .record = s->record_name,
-                .base_layers = (s->incremental ? s->orig : s->base)->n_layers,
-                .layers = s->base->n_layers + s->n_parts,
+                .base_layers = s->incremental ? s->chain.base_layers : kept(s),
+                .layers = kept(s) + s->n_parts,
                 .saves = s->incremental ? s->chain.saves + 1 : 1,
                 .chain_bytes = (s->incremental ? s->chain.chain_bytes : 0) + st->bytes,
                 .dead_bytes = s->incremental ? s->chain.dead_bytes + st->dead_bytes : 0,
@@ -442,6 +466,9 @@ static void image_build(const Save *s, Build *ret)
                 if (i == 0 && s->incremental)
                         snprintf(ret->created_by[i], sizeof(ret->created_by[i]),
                                  "nbsnap save (incremental on %s)", s->base->manifest_digest);
+                else if (i == 0 && s->squash)
+                        snprintf(ret->created_by[i], sizeof(ret->created_by[i]),
+                                 "nbsnap save (with the base's top %zu layers squashed)", s->squash);
                 else if (i == 0)
                         snprintf(ret->created_by[i], sizeof(ret->created_by[i]), "nbsnap save");
                 else
@@ -462,7 +489,7 @@ static void image_build(const Save *s, Build *ret)
                 snprintf(ret->base_name, sizeof(ret->base_name), "%s/%s@%s", reg_client_host(s->dst),
                          s->base_repo, s->base->manifest_digest);
         ret->b = (RegImageBuild){.base = s->base,
-                                 .keep_layers = s->base->n_layers,
+                                 .keep_layers = kept(s),
                                  .layers = ret->layers,
                                  .n_layers = n,
                                  .created = s->created,
@@ -508,7 +535,7 @@ static int ensure_base_layers(Save *s, NbError *e)
 {
         report(s, NB_PHASE_BASE_LAYERS);
         bool same_registry = s->src == s->dst;
-        for (size_t i = 0; i < s->base->n_layers; i++) {
+        for (size_t i = 0; i < kept(s); i++) {
                 const RegDescriptor *l = &s->base->layers[i];
                 if (same_registry && strcmp(s->base_repo, s->dst_repo) == 0)
                         continue; /* the manifest we resolved references them in this repository */
@@ -640,13 +667,21 @@ static int check_layer_size(Save *s, const SnapPlanStats *st, NbError *e)
                         " bytes, more than fits in one layer of at most %s (max_layer_size)",
                         st->skeleton_tar, nb_size_format(s->blob_max, limit));
         uint64_t least = (st->tar_bytes + budget - 1) / budget;
-        if (s->base->n_layers + least > s->max_layers)
+        if (s->squash)
+                return nb_error_set(
+                        e, -EFBIG,
+                        "cannot save: the base image's top %zu layers must be squashed into the new "
+                        "layer (max_layers %u), and the changes need to be split into layers of at "
+                        "most %s (max_layer_size); a squashed layer cannot be split yet: raise "
+                        "max_layer_size or max_layers",
+                        s->squash, s->max_layers, nb_size_format(s->blob_max, limit));
+        if (kept(s) + least > s->max_layers)
                 return nb_error_set(
                         e, -E2BIG,
                         "cannot save: the changes need at least %" PRIu64
                         " layers of at most %s (max_layer_size) on the base image's %zu, and the "
                         "image may have at most %u (max_layers)",
-                        least, nb_size_format(s->blob_max, limit), s->base->n_layers, s->max_layers);
+                        least, nb_size_format(s->blob_max, limit), kept(s), s->max_layers);
         note(s, "the changes take up to %s of tar: they are split into layers of at most %s",
              nb_size_format(st->tar_bytes, h), nb_size_format(s->blob_max, limit));
         return 0;
@@ -738,12 +773,12 @@ static int plan_changes(Save *s, NbError *e)
 static int part_begin(Save *s, NbError *e)
 {
         s->error_final = true; /* until the session is open */
-        if (s->base->n_layers + s->n_parts + 1 > s->max_layers)
+        if (kept(s) + s->n_parts + 1 > s->max_layers)
                 return nb_error_set(
                         e, -E2BIG,
                         "cannot split the changes into more layers: the base image has %zu and the "
                         "image may have at most %u (max_layers); raise max_layer_size or save less",
-                        s->base->n_layers, s->max_layers);
+                        kept(s), s->max_layers);
         int r = reg_upload_begin(s->dst, s->dst_repo, NULL, NULL, &s->upload, e);
         if (r < 0)
                 return nb_error_wrap(e, r, "cannot start the layer upload");
@@ -870,6 +905,97 @@ static void record_commit(Save *s, SnapBaselineWriter *record)
                 record_failed(s, &re);
 }
 
+/* ---- the squash of a deep base's top layers (snapshot.h) --------------------------------------------- */
+
+typedef struct Download {
+        Save *s;
+        const RegDescriptor *blob;
+        int fd; /* the writing end of a socket pair (send() with MSG_NOSIGNAL: a reader gone is EPIPE) */
+        NbError error;
+        int r;
+} Download;
+
+static int download_write(void *userdata, const void *data, size_t size, NbError *e)
+{
+        Download *d = userdata;
+        const uint8_t *p = data;
+        while (size > 0) {
+                ssize_t n = send(d->fd, p, size, MSG_NOSIGNAL);
+                if (n < 0 && errno == EINTR)
+                        continue;
+                if (n < 0)
+                        return nb_error_set(e, -errno, "cannot hand the layer on: %m");
+                p += n, size -= (size_t)n;
+        }
+        return 0;
+}
+
+static void *download_thread(void *userdata)
+{
+        Download *d = userdata;
+        d->r = reg_blob_get(d->s->pull, d->s->base_repo, d->blob->digest, d->blob->size, download_write, d,
+                            &d->error);
+        close(TAKE_FD(d->fd)); /* the reader sees the end */
+        return NULL;
+}
+
+/* Streams the i-th merged layer (0: the bottom one) from the registry into pass 1 or 2 of the squash. */
+static int squash_pass(Save *s, SnapSquash *q, size_t i, bool write, NbError *e)
+{
+        const RegDescriptor *blob = &s->base->layers[kept(s) + i];
+        int sv[2];
+        if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0)
+                return nb_error_set(e, -errno, "cannot set up the download of a base layer: %m");
+        Download d = {.s = s, .blob = blob, .fd = sv[1]};
+        pthread_t t;
+        int r = -pthread_create(&t, NULL, download_thread, &d);
+        if (r < 0) {
+                close(sv[0]), close(sv[1]);
+                return nb_error_set(e, r, "cannot start the download of a base layer: %s", strerror(-r));
+        }
+        r = write ? snap_squash_write(q, (unsigned)i, sv[0], s->root, s->layer, e)
+                  : snap_squash_index(q, (unsigned)i, sv[0], e);
+        close(sv[0]); /* a reader that stopped early ends the download (EPIPE) */
+        pthread_join(t, NULL);
+        if (d.r < 0 && r >= 0) {
+                *e = d.error;
+                return nb_error_wrap(e, d.r, "cannot download base layer %.19s", blob->digest);
+        }
+        return r < 0 ? nb_error_wrap(e, r, "cannot squash base layer %.19s", blob->digest) : 0;
+}
+
+/* The base's top layers, merged, written into the new layer before the changes (snapshot.h, squash): pass 1
+ * reads their headers, pass 2 their entries; each downloads the layers again (memory does not grow with
+ * them, the state dir holds none of them). A client of its own downloads, while the new layer uploads. */
+static int squash_layers(Save *s, NbError *e)
+{
+        _cleanup_snap_squash_ SnapSquash *q = NULL;
+        _cleanup_snap_baseline_ SnapBaseline *base = NULL;
+        _cleanup_snap_walk_ SnapWalk *walk = NULL;
+        int r = 0;
+        if (!s->pull) {
+                RegClientOptions co = nb_reg_client_options(s->src_url, s->o->authfile, s->o->ca_file);
+                co.cancel = s->o->cancel;
+                r = reg_client_new(&co, &s->pull, e);
+                if (r < 0)
+                        return nb_error_wrap(e, r, "cannot use the base image's registry");
+        }
+        r = snap_squash_new((unsigned)s->squash, &q, e);
+        if (r >= 0)
+                r = snap_baseline_open(s->diff_base, &base, e);
+        if (r >= 0)
+                r = snap_walk_new(s->root, s->ex, &walk, e);
+        if (r >= 0)
+                r = snap_squash_changes(q, base, walk, s->ex, e);
+        for (size_t i = 0; r >= 0 && i < s->squash; i++)
+                r = squash_pass(s, q, i, false, e);
+        for (size_t i = 0; r >= 0 && i < s->squash; i++)
+                r = squash_pass(s, q, i, true, e);
+        if (r >= 0)
+                note(s, "the base image's top %zu layers merged into the new layer", s->squash);
+        return r;
+}
+
 /* The changes as one layer, or as several (snapshot.h, split layers) when they do not fit in one. */
 static int pack_layers(Save *s, SnapDiffStats *st, NbError *e)
 {
@@ -879,7 +1005,7 @@ static int pack_layers(Save *s, SnapDiffStats *st, NbError *e)
         /* Nothing changed at the counting pass (a re-save of an unchanged notebook): the layer is the empty
          * tar, and a second walk of the whole tree would only find that again. */
         const SnapPlanStats *ps = snap_plan_stats(s->plan);
-        bool unchanged = ps->entries == 0 && ps->deleted == 0;
+        bool unchanged = ps->entries == 0 && ps->deleted == 0 && !s->squash;
         int r = record_begin(s, unchanged, &record, e);
         if (r >= 0)
                 r = part_begin(s, e);
@@ -892,6 +1018,8 @@ static int pack_layers(Save *s, SnapDiffStats *st, NbError *e)
                 r = diff_pass(s, SNAP_DIFF_SKELETON, NULL, NULL, e);
                 s->in_skeleton = false;
         }
+        if (r >= 0 && s->squash)
+                r = squash_layers(s, e);
         if (r >= 0 && !unchanged)
                 r = diff_pass(s, split ? SNAP_DIFF_CONTENT : SNAP_DIFF_ALL, record, st, e);
         if (r >= 0)
@@ -978,7 +1106,7 @@ static int push_manifest(Save *s, NbError *e)
         uint64_t total = s->config.size;
         for (size_t i = 0; i < s->n_parts; i++)
                 total += s->parts[i].size_out;
-        for (size_t i = 0; i < s->base->n_layers; i++)
+        for (size_t i = 0; i < kept(s); i++)
                 total += (uint64_t)s->base->layers[i].size;
         s->img->size_kb = (int64_t)((total + 1023) / 1024);
         return nb_image_set(&s->img->manifest_digest, digest);
@@ -1023,6 +1151,8 @@ int nb_save(const NbSaveOptions *o, NbImage *img, NbError *e)
                                         nb_phase_to_string(NB_PHASE_RESOLVING));
         if (r >= 0)
                 r = resolve_base(&s, e);
+        if (r >= 0)
+                plan_squash(&s);
         if (r >= 0)
                 r = tree_setup(&s, e);
         if (r >= 0)
