@@ -4,6 +4,7 @@
 #include <inttypes.h>
 #include <stdio.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
 
 #include "agent/agent-version.h"
@@ -171,9 +172,9 @@ int nb_config_set(NbConfig *c, const char *key, const char *value, NbError *e)
         if (k->type == KEY_BOOL) {
                 static const char *const yes[] = {"true", "yes", "on", "1"}, *const no[] = {"false", "no",
                                                                                             "off", "0"};
-                for (size_t i = 0; i < ELEMENTSOF(yes); i++)
-                        if (strcmp(value, yes[i]) == 0 || strcmp(value, no[i]) == 0) {
-                                *(bool *)base = strcmp(value, yes[i]) == 0;
+                for (size_t i = 0; i < ELEMENTSOF(yes); i++) /* as systemd reads booleans: any case */
+                        if (strcasecmp(value, yes[i]) == 0 || strcasecmp(value, no[i]) == 0) {
+                                *(bool *)base = strcasecmp(value, yes[i]) == 0;
                                 return 0;
                         }
                 return nb_error_set(e, -EINVAL, "%s takes true or false, not '%.64s'", k->name, value);

@@ -282,17 +282,22 @@ static int resolve_base(Save *s, NbError *e)
         return set_arch(s->img, s->base->config_json);
 }
 
-/* A base with max_layers layers or more: its top layers are merged with the changes into the new layer, the
- * fewest that leave room for it (snapshot.h, squash). */
+/* A base with max_layers layers or more: its top layers are merged with the changes into the new layer
+ * (snapshot.h, squash), as many as leave NB_SQUASH_HEADROOM layers free (at most half the budget) for the
+ * incremental saves that follow: without it every later save would squash again. */
 static void plan_squash(Save *s)
 {
-        s->squash = s->base->n_layers + 1 > s->max_layers ? s->base->n_layers + 1 - s->max_layers : 0;
+        size_t n = s->base->n_layers, max = s->max_layers;
+        size_t headroom = (max - 2) / 2 < NB_SQUASH_HEADROOM ? (max - 2) / 2 : NB_SQUASH_HEADROOM;
+        s->squash = n + 1 > max ? n - (max - 1 - headroom) : 0;
         if (s->squash)
                 note(s,
                      "the base image has %zu layers, and the image may have at most %u (max_layers): its "
                      "top "
-                     "%zu are merged with the changes into the new layer, the %zu below are kept",
-                     s->base->n_layers, s->max_layers, s->squash, s->base->n_layers - s->squash);
+                     "%zu are merged with the changes into the new layer, the %zu below are kept (%zu "
+                     "layers "
+                     "left for the next saves)",
+                     n, s->max_layers, s->squash, n - s->squash, headroom);
 }
 
 /* Layers of base the new image keeps. */
@@ -351,8 +356,11 @@ static int chain_usable(Save *s, RegImage **ret, NbError *e)
         }
         if (nb_chain_path(s->o->state_dir, c->record, &s->chain_record) < 0)
                 return nb_error_oom(e);
-        if (access(s->chain_record, R_OK) < 0) {
-                full_save(s, "the record of the last save (%s) is missing", c->record);
+        SnapBaseline *rec = NULL; /* its checksum, version and limits, before anything is built on it */
+        r = snap_baseline_open(s->chain_record, &rec, &ignored);
+        snap_baseline_free(rec);
+        if (r < 0) {
+                full_save(s, "the record of the last save cannot be used: %s", ignored.msg);
                 return 0;
         }
         /* its manifest, by digest: a deleted image (or one the registry lost) cannot be built on */
@@ -746,13 +754,25 @@ static int plan_changes(Save *s, NbError *e)
         const SnapPlanStats *st = snap_plan_stats(s->plan);
         unsigned waste =
                 s->o->chain_waste_max < 0 ? NB_CHAIN_WASTE_DEFAULT : (unsigned)s->o->chain_waste_max;
-        if (s->incremental && nb_chain_wasteful(&s->chain, st->dead_bytes, waste)) {
+        /* the layers the changes need: one, or more when they are split (max_layer_size) */
+        uint64_t budget = snap_layer_split_budget(s->blob_max),
+                 parts = st->tar_bytes > budget ? (st->tar_bytes + budget - 1) / budget + 1 : 1;
+        bool wasteful = s->incremental && nb_chain_wasteful(&s->chain, st->dead_bytes, waste),
+             too_deep = s->incremental && kept(s) + parts > s->max_layers;
+        if (wasteful || too_deep) {
                 char dead[NB_SIZE_STR_MAX], all[NB_SIZE_STR_MAX];
-                full_save(s,
-                          "stacking would leave %s of the %s in the chain's layers dead (deleted or "
-                          "replaced), over %u%% (chain_waste_max)",
-                          nb_size_format(s->chain.dead_bytes + st->dead_bytes, dead),
-                          nb_size_format(s->chain.chain_bytes, all), waste);
+                if (wasteful)
+                        full_save(s,
+                                  "stacking would leave %s of the %s in the chain's layers dead (deleted or "
+                                  "replaced), over %u%% (chain_waste_max)",
+                                  nb_size_format(s->chain.dead_bytes + st->dead_bytes, dead),
+                                  nb_size_format(s->chain.chain_bytes, all), waste);
+                else
+                        full_save(s,
+                                  "the changes need up to %" PRIu64
+                                  " layers (max_layer_size), and the chain's %zu and those would pass %u "
+                                  "(max_layers)",
+                                  parts, kept(s), s->max_layers);
                 chain_abandon(s);
                 r = count_changes(s, e);
                 if (r < 0)
@@ -856,7 +876,10 @@ static int record_room(Save *s, NbError *e)
         struct statvfs vfs;
         if (stat(s->diff_base, &st) < 0 || statvfs(s->o->state_dir, &vfs) < 0)
                 return nb_error_set(e, -errno, "cannot size the record of the save: %m");
-        uint64_t need = (uint64_t)st.st_size + (uint64_t)st.st_size / 2 + NB_RECORD_ROOM_MIN,
+        /* the tree the diff's baseline describes, plus what the changes add (a record entry takes well under
+         * 64 bytes and its path's new part) */
+        uint64_t need = (uint64_t)st.st_size + (uint64_t)st.st_size / 2 +
+                        snap_plan_stats(s->plan)->entries * 64 + NB_RECORD_ROOM_MIN,
                  have = (uint64_t)vfs.f_bavail * vfs.f_frsize;
         if (have < need) {
                 char h[NB_SIZE_STR_MAX], n[NB_SIZE_STR_MAX];
@@ -872,6 +895,13 @@ static int record_begin(Save *s, bool unchanged, SnapBaselineWriter **ret, NbErr
 {
         if (!s->o->incremental)
                 return 0; /* nothing would build on it */
+        if (snap_plan_stats(s->plan)->tar_bytes > snap_layer_split_budget(s->blob_max)) {
+                /* The first layer of a split is written by a pass of its own (directories, deletions),
+                 * before the pass that would write the record: what changes between the two would be
+                 * recorded as saved and never be saved. The next save is a full one. */
+                note(s, "the next save cannot build on this one: a save split into layers is not recorded");
+                return 0;
+        }
         if (nb_chain_record_name(&s->record_name) < 0 ||
             nb_chain_path(s->o->state_dir, s->record_name, &s->record_path) < 0)
                 return nb_error_oom(e);
@@ -957,7 +987,7 @@ static int squash_pass(Save *s, SnapSquash *q, size_t i, bool write, NbError *e)
                   : snap_squash_index(q, (unsigned)i, sv[0], e);
         close(sv[0]); /* a reader that stopped early ends the download (EPIPE) */
         pthread_join(t, NULL);
-        if (d.r < 0 && r >= 0) {
+        if (d.r < 0 && (r >= 0 || d.r != -EPIPE)) { /* the registry's words over a truncated stream's */
                 *e = d.error;
                 return nb_error_wrap(e, d.r, "cannot download base layer %.19s", blob->digest);
         }

@@ -15,10 +15,11 @@
 
 /* Layers of a pushed image (max_layers): docker refuses images deeper than 125 ("max depth exceeded"),
  * overlay stops at 128. */
-#define NB_LAYERS_DEFAULT 125
-#define NB_LAYERS_MIN     2 /* a base layer and the new one */
-#define NB_LAYERS_MAX     1000
-#define NB_EXCLUDES_MAX   1024
+#define NB_LAYERS_DEFAULT  125
+#define NB_LAYERS_MIN      2 /* a base layer and the new one */
+#define NB_LAYERS_MAX      1000
+#define NB_SQUASH_HEADROOM 10 /* layers a squash leaves free for the incremental saves after it */
+#define NB_EXCLUDES_MAX    1024
 /* One pushed layer blob at most (SWR takes 10 GB): bigger changes are split into several layers. */
 #define NB_LAYER_SIZE_DEFAULT (10ull << 30)
 #define NB_LAYER_SIZE_MIN     SNAP_SPLIT_BLOB_MIN /* room for headers and the compression slack */

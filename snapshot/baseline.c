@@ -24,6 +24,7 @@ typedef struct Writer {
         char *prev;
         size_t prev_len, prev_allocated;
         uint64_t count;
+        uint8_t version; /* 1: no flags (a container-start baseline, readable by older agents); 2: flags */
         bool failed;
 } Writer;
 
@@ -76,7 +77,8 @@ static int w_entry(Writer *w, const SnapEntry *en)
         w_varint(w, en->dev);
         w_varint(w, en->ino);
         w_varint(w, en->rdev);
-        w_varint(w, en->flags & SNAP_ENTRY_FLAGS);
+        if (w->version >= 2)
+                w_varint(w, en->flags & SNAP_ENTRY_FLAGS);
         if (S_ISLNK(en->mode)) {
                 w_varint(w, en->link_len);
                 w_bytes(w, en->link, en->link_len);
@@ -120,7 +122,7 @@ SnapBaselineWriter *snap_baseline_writer_free(SnapBaselineWriter *bw)
         return NULL;
 }
 
-int snap_baseline_writer_new(const char *path, SnapBaselineWriter **ret, NbError *e)
+static int writer_new(const char *path, uint8_t version, SnapBaselineWriter **ret, NbError *e)
 {
         _cleanup_(snap_baseline_writer_freep) SnapBaselineWriter *bw = calloc(1, sizeof(*bw));
         if (!bw)
@@ -142,9 +144,10 @@ int snap_baseline_writer_new(const char *path, SnapBaselineWriter **ret, NbError
         if (!bw->w.f || !bw->w.md || EVP_DigestInit_ex(bw->w.md, EVP_sha256(), NULL) != 1)
                 return nb_error_oom(e);
         setvbuf(bw->w.f, NULL, _IOFBF, 1 << 20);
+        bw->w.version = version;
         uint8_t header[HEADER_SIZE] = {0};
         memcpy(header, SNAP_BASELINE_MAGIC, 8);
-        header[8] = BASELINE_VERSION;
+        header[8] = version;
         w_bytes(&bw->w, header, sizeof(header));
         clock_gettime(CLOCK_REALTIME, &bw->racy_after);
         bw->racy_after.tv_nsec -= SNAP_RECORD_RACY_NSEC;
@@ -154,6 +157,11 @@ int snap_baseline_writer_new(const char *path, SnapBaselineWriter **ret, NbError
         }
         *ret = TAKE_PTR(bw);
         return 0;
+}
+
+int snap_baseline_writer_new(const char *path, SnapBaselineWriter **ret, NbError *e)
+{
+        return writer_new(path, BASELINE_VERSION, ret, e);
 }
 
 /* A live entry the save packed (SNAP_ENTRY_SAVED) whose ctime is not clearly older than the record could
@@ -217,7 +225,8 @@ int snap_baseline_write(const char *root, const SnapExcludes *ex, const char *pa
 {
         _cleanup_(snap_baseline_writer_freep) SnapBaselineWriter *bw = NULL;
         _cleanup_snap_walk_ SnapWalk *walk = NULL;
-        int r = snap_baseline_writer_new(path, &bw, e);
+        /* version 1: the walk has no flags to write, and an older agent (a rollback) reads it */
+        int r = writer_new(path, 1, &bw, e);
         if (r >= 0)
                 r = snap_walk_new(root, ex, &walk, e);
         if (r < 0)

@@ -291,8 +291,9 @@ static int plan_drop(void *u, const SnapEntry *en, NbError *e)
 {
         SnapPlan *p = u;
         (void)e;
+        /* a hard-linked file's bytes are in the chain once: each name drops its share */
         if (S_ISREG(en->mode) && (en->flags & SNAP_ENTRY_SAVED))
-                p->stats.dead_bytes += en->size;
+                p->stats.dead_bytes += en->nlink > 1 ? en->size / en->nlink : en->size;
         return 0;
 }
 

@@ -194,7 +194,8 @@ typedef struct SnapPlanStats {
         uint64_t tar_bytes;    /* the same bound for every entry: the one tar of the changes, end blocks left
                                   out */
         /* Bytes of the regular files the baseline marks as packed by the chain (a record of a save) that the
-         * changes delete or replace: what stacking the new layer on the chain would leave dead in it. */
+         * changes delete or replace: what stacking the new layer on the chain would leave dead in it (a
+         * hard-linked file's size shared among its names). */
         uint64_t dead_bytes;
         uint64_t skeleton_tar; /* the same for the directories, whiteouts and opaque markers alone */
         size_t n_top;

@@ -98,6 +98,10 @@ static void test_chain_keys(void)
         ASSERT_TRUE(!c.incremental);
         ASSERT_OK(nb_config_set(&c, "incremental", "yes", &e));
         ASSERT_TRUE(c.incremental);
+        ASSERT_OK(nb_config_set(&c, "incremental", "OFF", &e));
+        ASSERT_TRUE(!c.incremental);
+        ASSERT_OK(nb_config_set(&c, "incremental", "True", &e));
+        ASSERT_TRUE(c.incremental);
         ASSERT_OK(nb_config_set(&c, "max-layers", "2", &e));
         ASSERT_EQ(c.max_layers, 2u);
         ASSERT_OK(nb_config_set(&c, "max_layers", "1000", &e));
@@ -106,10 +110,11 @@ static void test_chain_keys(void)
         static const struct {
                 const char *key, *value;
         } bad[] = {
-                {"incremental", "maybe"},  {"incremental", ""},      {"incremental", "TRUE "},
-                {"max_layers", "0"},       {"max_layers", "1"},      {"max_layers", "ten"},
-                {"max_layers", "1001"},    {"max_layers", "-5"},     {"chain_waste_max", "101"},
-                {"chain_waste_max", "-1"}, {"chain_waste_max", "x"}, {"chain_waste_max", "25%"},
+                {"incremental", "maybe"},   {"incremental", ""},       {"incremental", "TRUE "},
+                {"incremental", "truee"},   {"max_layers", "0"},       {"max_layers", "1"},
+                {"max_layers", "ten"},      {"max_layers", "1001"},    {"max_layers", "-5"},
+                {"chain_waste_max", "101"}, {"chain_waste_max", "-1"}, {"chain_waste_max", "x"},
+                {"chain_waste_max", "25%"},
         };
         for (size_t i = 0; i < ELEMENTSOF(bad); i++) {
                 ASSERT_TRUE(nb_config_set(&c, bad[i].key, bad[i].value, &e) < 0);

@@ -459,6 +459,35 @@ static void test_record(void)
         ASSERT_EQ(snap_plan_stats(p4)->dead_bytes, 0u);
 }
 
+/* A hard-linked file the chain packed, deleted with all its names: its bytes are dead once, not per name. */
+static void test_record_links(void)
+{
+        char root[600], state[600], base[700], rec1[700], rec2[700];
+        snprintf(root, sizeof(root), "%s/recl-root", scratch);
+        snprintf(state, sizeof(state), "%s/recl-state", scratch);
+        snprintf(base, sizeof(base), "%s/baseline", state);
+        snprintf(rec1, sizeof(rec1), "%s/rec1", state);
+        snprintf(rec2, sizeof(rec2), "%s/rec2", state);
+        sh("mkdir -p %s %s", root, state);
+        NbError e = {0};
+        ASSERT_OK(snap_baseline_write(root, NULL, base, NULL, &e));
+        /* the container-start baseline is written as version 1 (no flags): an older agent reads it */
+        _cleanup_fclose_ FILE *f = fopen(base, "r");
+        ASSERT_TRUE(f);
+        char header[9];
+        ASSERT_EQ(fread(header, 1, sizeof(header), f), sizeof(header));
+        ASSERT_EQ(header[8], 1);
+        sleep(1);
+        sh("cd %s && head -c 1000 /dev/zero > h && ln h h2", root);
+        record_pass(root, base, rec1);
+        sleep(1);
+        record_pass(root, rec1, rec2); /* not racy any more */
+        sh("cd %s && rm h h2", root);
+        _cleanup_snap_plan_ SnapPlan *p = plan_against(root, rec2);
+        ASSERT_EQ(snap_plan_stats(p)->deleted, 2u);
+        ASSERT_EQ(snap_plan_stats(p)->dead_bytes, 1000u);
+}
+
 /* The counting pass: bytes of what changed (a hard-linked inode once), the largest file, and each file's
  * bytes gathered in one directory at most SNAP_PLAN_DIR_DEPTH levels down, even when the walk leaves a
  * directory and comes back to it (a/0, then a/b/..., then a/z). */
@@ -636,6 +665,7 @@ int main(void)
         test_excludes_mountinfo(state);
         test_plan();
         test_record();
+        test_record_links();
         test_split();
         sh("rm -rf %s", scratch);
         printf("test-snapshot: all passed\n");

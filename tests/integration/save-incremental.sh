@@ -162,6 +162,17 @@ check "last-save.json unchanged" cmp -s "$STATE/last-save.json" "$SCRATCH/last-s
 check "one record in the state dir" test "$(find "$STATE" -maxdepth 1 -name 'saved-*' | wc -l)" = 1
 rm "$M/opt/app/fail-me"
 
+step "a save split into layers is not recorded: the next one builds on the save before"
+cp "$STATE/last-save.json" "$SCRATCH/last-save.before"
+mkdir -p "$M/opt/split"
+for i in 1 2 3 4; do head -c $((700 * KiB)) /dev/urandom >"$M/opt/split/f$i"; done
+save chain split --max-layer-size 1M
+check "split into layers ($((LAYERS - LAST_LAYERS)) new) and said not recorded" \
+    eval '[[ $LAYERS -gt $((LAST_LAYERS + 1)) ]] && grep -q "the next save cannot build on this one: a save split into layers is not recorded" "$SCRATCH/chain-split.err"'
+check "last-save.json unchanged" cmp -s "$STATE/last-save.json" "$SCRATCH/last-save.before"
+check "the split image unpacks to the live tree" same_tree chain split
+rm -r "$M/opt/split"
+
 step "dead bytes: replacing the 3 MiB file saved in the chain would leave it dead: a full save"
 head -c $((3 * MiB)) /dev/urandom >"$M/opt/app/pkg/weights.bin"
 save chain v5
@@ -172,6 +183,17 @@ chained
 echo "small edit" >"$M/opt/app/pkg/mod5.py"
 save chain v6 --chain-waste-max 100
 check "save 6 is incremental on save 5 again" incremental_on
+chained
+
+step "a corrupt record of the last save: a full save"
+REC=$STATE/$(json_get "$STATE/last-save.json" 'j["record"]')
+cp "$REC" "$SCRATCH/record.good"
+printf 'Z' | dd of="$REC" bs=1 seek=40 conv=notrunc status=none
+echo "after corruption" >"$M/opt/app/pkg/mod5.py"
+save chain corrupt
+check "a full save ('$CREATED_BY')" full
+check "the note says the record cannot be used" grep -q "full save: the record of the last save cannot be used: .*corrupt" "$SCRATCH/chain-corrupt.err"
+check "it unpacks to the live tree" same_tree chain corrupt
 chained
 
 step "the last save's manifest deleted from the registry: a full save"

@@ -2,9 +2,9 @@
 # shellcheck disable=SC2016 # check "..." eval '...' assertions expand when they run
 # The layer budget on a deep base (issue #11, part 2): a base of 40 layers built with umoci
 # (base_image_build_deep: its top layers hold an opaque directory, a whiteout, a file under the work volume's
-# mount point, hard links, a symlink, an xattr), saved with --max-layers 36: the top 5 base layers are
+# mount point, hard links, a symlink, an xattr), saved with --max-layers 36: the top 15 base layers are
 # streamed from the registry and merged with the container's changes into the new layer; the 35 below are
-# kept by digest and never uploaded again (registry log). The image unpacks (skopeo + umoci) to exactly the
+# kept by digest and never uploaded again (registry log); 10 layers stay free for incremental saves. The image unpacks (skopeo + umoci) to exactly the
 # tree of the same changes saved on the whole base (no squash), and to the live tree but for the paths a mount
 # hides, which keep the base's content. The container's changes: a file of a merged layer edited, a hard
 # link's target deleted (its other name keeps the content), a whited-out path made again, an opaque directory
@@ -33,8 +33,9 @@ scratch_init nbsq
 NS=nbsnap-sq
 N=40
 MAXL=36
-SQUASH=$((N + 1 - MAXL))
-KEPT=$((N - SQUASH))
+HEADROOM=10 # NB_SQUASH_HEADROOM: layers left free for the incremental saves that follow
+KEPT=$((MAXL - 1 - HEADROOM))
+SQUASH=$((N - KEPT))
 
 step "registry, a base of $N layers, notebook, baseline"
 registry_start "$SCRATCH/registry"
@@ -74,10 +75,10 @@ MARK=$(registry_log_mark)
 run_nbsnap "$SCRATCH/sq" save "${SAVE_ARGS[@]}" --tag sq --max-layers "$MAXL" --incremental
 [[ $NBSNAP_RC -eq 0 ]] || fail "the squashed save exited $NBSNAP_RC"
 check "status ACTIVE" test "$(json_get "$SCRATCH/sq.out" 'j["status"]')" = ACTIVE
-check "the note says which layers are merged" grep -q "its top $SQUASH are merged with the changes into the new layer, the $KEPT below are kept" "$SCRATCH/sq.err"
+check "the note says which layers are merged" grep -q "its top $SQUASH are merged with the changes into the new layer, the $KEPT below are kept ($HEADROOM layers left for the next saves)" "$SCRATCH/sq.err"
 curl -sSf -H 'Accept: application/vnd.oci.image.manifest.v1+json' \
     "$REGISTRY_URL/v2/$NS/deep/manifests/sq" >"$SCRATCH/sq-manifest.json" || fail "GET manifest $NS/deep:sq"
-check "$MAXL layers" test "$(json_get "$SCRATCH/sq-manifest.json" 'len(j["layers"])')" = "$MAXL"
+check "$((KEPT + 1)) layers" test "$(json_get "$SCRATCH/sq-manifest.json" 'len(j["layers"])')" = "$((KEPT + 1))"
 check "the bottom $KEPT are the base's, by digest" "$PYTHON" -c 'import json,sys
 b = json.load(open(sys.argv[1]))["layers"]; n = json.load(open(sys.argv[2]))["layers"]; k = int(sys.argv[3])
 sys.exit(0 if [l["digest"] for l in n[:k]] == [l["digest"] for l in b[:k]] else 1)' \
@@ -90,13 +91,13 @@ sys.exit(1 if kept & set(sys.argv[3].split()) else 0)' "$SCRATCH/base-manifest.j
 check "the merged layers were downloaded (GET of each blob)" eval '[[ $(registry_log_since "$MARK" | grep -Ec "\"GET /v2/nbsnap-test/deep/blobs/sha256:") -ge $SQUASH ]]'
 CONFIG=$(json_get "$SCRATCH/sq-manifest.json" 'j["config"]["digest"]')
 fetch_blob "$NS/deep" "$CONFIG" "$SCRATCH/sq-config.json" || fail "cannot fetch the config"
-check "config: $MAXL diff_ids, a history entry per layer, the last one says squashed" "$PYTHON" -c 'import json,sys
+check "config: $((KEPT + 1)) diff_ids, a history entry per layer, the last one says squashed" "$PYTHON" -c 'import json,sys
 c = json.load(open(sys.argv[1])); n = int(sys.argv[2])
 h = [x for x in c["history"] if not x.get("empty_layer")]
 print("  last history entry: %r" % h[-1].get("created_by"), file=sys.stderr)
 sys.exit(0 if len(c["rootfs"]["diff_ids"]) == n and len(h) == n and
          h[-1].get("created_by") == "nbsnap save (with the base'"'"'s top %s layers squashed)" % sys.argv[3] else 1)' \
-    "$SCRATCH/sq-config.json" "$MAXL" "$SQUASH"
+    "$SCRATCH/sq-config.json" "$((KEPT + 1))" "$SQUASH"
 TOP=$(json_get "$SCRATCH/sq-manifest.json" 'j["layers"][-1]["digest"]')
 fetch_blob "$NS/deep" "$TOP" "$SCRATCH/sq-top.tgz" || fail "cannot fetch the new layer"
 # The squash writes the merged layers bottom first, then the changes: a directory entry of a higher layer (or a
@@ -133,7 +134,7 @@ check "the edit, the file made again, the deletion in a kept layer" \
 
 step "an incremental save on the squashed image"
 echo "after the squash" >"$M/opt/new/after.txt"
-run_nbsnap "$SCRATCH/inc" save "${SAVE_ARGS[@]}" --tag inc --max-layers $((MAXL + 1)) --incremental
+run_nbsnap "$SCRATCH/inc" save "${SAVE_ARGS[@]}" --tag inc --max-layers "$MAXL" --incremental
 [[ $NBSNAP_RC -eq 0 ]] || fail "the incremental save exited $NBSNAP_RC"
 SQ_DIGEST=sha256:$(curl -sSf -H 'Accept: application/vnd.oci.image.manifest.v1+json' "$REGISTRY_URL/v2/$NS/deep/manifests/sq" | sha256sum | cut -d' ' -f1)
 check "incremental on the squashed image" grep -q "; incremental on $SQ_DIGEST)" <<<"$(json_get "$SCRATCH/inc.out" 'j["status_message"]')"
