@@ -42,12 +42,13 @@ typedef struct Save {
         RegImage *orig;        /* incremental: the configured base image (base is then the last save's) */
         const char *base_repo; /* the repository holding base's layers, on src */
         unsigned max_layers;
-        size_t squash;    /* top layers of base merged into the new layer (a base too deep for max_layers) */
-        RegClient *pull;  /* squash: downloads the merged layers while the new layer uploads on dst */
-        NbChain chain;    /* the last save, when the state dir has one */
-        bool incremental; /* base is the last save's image, diff_base its record */
-        char *root;       /* realpath of o->root */
-        SnapExcludes *ex; /* built once */
+        size_t squash; /* top layers of base merged into the new layer (a base too deep for max_layers) */
+        size_t squash_headroom; /* the layers a squash leaves free */
+        RegClient *pull;        /* squash: downloads the merged layers while the new layer uploads on dst */
+        NbChain chain;          /* the last save, when the state dir has one */
+        bool incremental;       /* base is the last save's image, diff_base its record */
+        char *root;             /* realpath of o->root */
+        SnapExcludes *ex;       /* built once */
         char excludes_digest[NB_DIGEST_STR_MAX];
         char *baseline;        /* the container-start baseline */
         const char *diff_base; /* what the diff runs against: baseline, or the last save's record */
@@ -288,16 +289,8 @@ static int resolve_base(Save *s, NbError *e)
 static void plan_squash(Save *s)
 {
         size_t n = s->base->n_layers, max = s->max_layers;
-        size_t headroom = (max - 2) / 2 < NB_SQUASH_HEADROOM ? (max - 2) / 2 : NB_SQUASH_HEADROOM;
-        s->squash = n + 1 > max ? n - (max - 1 - headroom) : 0;
-        if (s->squash)
-                note(s,
-                     "the base image has %zu layers, and the image may have at most %u (max_layers): its "
-                     "top "
-                     "%zu are merged with the changes into the new layer, the %zu below are kept (%zu "
-                     "layers "
-                     "left for the next saves)",
-                     n, s->max_layers, s->squash, n - s->squash, headroom);
+        s->squash_headroom = (max - 2) / 2 < NB_SQUASH_HEADROOM ? (max - 2) / 2 : NB_SQUASH_HEADROOM;
+        s->squash = n + 1 > max ? n - (max - 1 - s->squash_headroom) : 0;
 }
 
 /* Layers of base the new image keeps. */
@@ -1003,6 +996,13 @@ static int squash_layers(Save *s, NbError *e)
         _cleanup_snap_baseline_ SnapBaseline *base = NULL;
         _cleanup_snap_walk_ SnapWalk *walk = NULL;
         int r = 0;
+        note(s,
+             "the base image has %zu layers, and the image may have at most %u (max_layers): its top %zu "
+             "are "
+             "merged with the changes into the new layer, the %zu below are kept (%zu layers left for the "
+             "next "
+             "saves)",
+             s->base->n_layers, s->max_layers, s->squash, kept(s), s->squash_headroom);
         if (!s->pull) {
                 RegClientOptions co = nb_reg_client_options(s->src_url, s->o->authfile, s->o->ca_file);
                 co.cancel = s->o->cancel;
