@@ -23,7 +23,8 @@ notify_listen "$SCRATCH/notify.log"
 mapfile -t ARGS < <(daemon_args act)
 SOCK=$SCRATCH/act.sock
 WATCHDOG_USEC=1000000 NOTIFY_SOCKET=$NOTIFY_SOCKET_PATH systemd-socket-activate -l "$SOCK" \
-    -E NOTIFY_SOCKET -E WATCHDOG_USEC -- "$NBSNAPD" "${ARGS[@]}" --chunk-size 65536 >>"$SCRATCH/act.log" 2>&1 &
+    -E NOTIFY_SOCKET -E WATCHDOG_USEC -- "$NBSNAPD" "${ARGS[@]}" --chunk-size 65536 --incremental false \
+    >>"$SCRATCH/act.log" 2>&1 & # both saves pack the bulk: the second must still be running when SIGTERM comes
 DAEMON_PID=$!
 at_exit "kill -9 $DAEMON_PID 2>/dev/null || true"
 for ((i = 0; i < 100; i++)); do [[ -S $SOCK ]] && break; sleep 0.05; done
