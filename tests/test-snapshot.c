@@ -101,24 +101,6 @@ static void test_baseline_corrupt(const char *state)
         ASSERT_TRUE(strstr(e.msg, "nbsnap baseline") != NULL);
 }
 
-typedef struct Buf {
-        uint8_t *data;
-        size_t size, allocated;
-} Buf;
-
-static int buf_write(void *userdata, const void *data, size_t size)
-{
-        Buf *b = userdata;
-        if (b->size + size > b->allocated) {
-                b->allocated = (b->size + size) * 2;
-                b->data = realloc(b->data, b->allocated);
-                ASSERT_TRUE(b->data);
-        }
-        memcpy(b->data + b->size, data, size);
-        b->size += size;
-        return 0;
-}
-
 /* Diffs root against the baseline in state and returns the layer as "kind path [-> link]" lines. */
 static char *diff_listing(const char *root, const char *state, const SnapExcludes *ex,
                           SnapDiffStats *ret_stats)
@@ -129,10 +111,10 @@ static char *diff_listing(const char *root, const char *state, const SnapExclude
         SnapBaseline *b = NULL;
         SnapWalk *w = NULL;
         SnapLayer *l = NULL;
-        Buf buf = {0};
+        TestBuf buf = {0};
         ASSERT_OK(snap_baseline_open(path, &b, &e));
         ASSERT_OK(snap_walk_new(root, ex, &w, &e));
-        ASSERT_OK(snap_layer_new(buf_write, NULL, &buf, &l, &e));
+        ASSERT_OK(snap_layer_new(test_buf_write, NULL, &buf, &l, &e));
         int r = snap_diff_layer(b, w, ex, l, NULL, NULL, ret_stats, &e);
         if (r < 0)
                 fprintf(stderr, "diff: %s\n", e.msg);
@@ -281,10 +263,10 @@ static void test_diff(const char *root, const char *state)
         SnapBaseline *b = NULL;
         SnapWalk *w = NULL;
         SnapLayer *ly = NULL;
-        Buf buf = {0};
+        TestBuf buf = {0};
         ASSERT_OK(snap_baseline_open(path, &b, &e));
         ASSERT_OK(snap_walk_new(root, ex, &w, &e));
-        ASSERT_OK(snap_layer_new(buf_write, NULL, &buf, &ly, &e));
+        ASSERT_OK(snap_layer_new(test_buf_write, NULL, &buf, &ly, &e));
         ASSERT_EQ(snap_diff_layer(b, w, ex, ly, NULL, NULL, NULL, &e), -EINVAL);
         ASSERT_TRUE(strstr(e.msg, ".wh.evil") && strstr(e.msg, "deletion marker"));
         snap_layer_free(ly);
@@ -329,6 +311,19 @@ static void test_excludes_mountinfo(const char *state)
         snap_excludes_free(x);
 }
 
+/* The counting pass of root against the baseline (or record) at base_path. */
+static SnapPlan *plan_against(const char *root, const char *base_path)
+{
+        NbError e = {0};
+        _cleanup_snap_baseline_ SnapBaseline *b = NULL;
+        _cleanup_snap_walk_ SnapWalk *w = NULL;
+        SnapPlan *plan = NULL;
+        ASSERT_OK(snap_baseline_open(base_path, &b, &e));
+        ASSERT_OK(snap_walk_new(root, NULL, &w, &e));
+        ASSERT_OK(snap_diff_plan(b, w, NULL, &plan, &e));
+        return plan;
+}
+
 /* A root made by `before`, its baseline, then `change` run in it a second later: the counting pass of what
  * changed. root and state are filled with the paths used (scratch/NAME-root, scratch/NAME-state). */
 static SnapPlan *plan_change(const char *name, const char *before, const char *change, char root[512],
@@ -344,13 +339,7 @@ static SnapPlan *plan_change(const char *name, const char *before, const char *c
         ASSERT_OK(snap_baseline_write(root, NULL, path, &bst, &e));
         sleep(1);
         sh("cd %s && %s", root, change);
-        _cleanup_snap_baseline_ SnapBaseline *b = NULL;
-        _cleanup_snap_walk_ SnapWalk *w = NULL;
-        SnapPlan *plan = NULL;
-        ASSERT_OK(snap_baseline_open(path, &b, &e));
-        ASSERT_OK(snap_walk_new(root, NULL, &w, &e));
-        ASSERT_OK(snap_diff_plan(b, w, NULL, &plan, &e));
-        return plan;
+        return plan_against(root, path);
 }
 
 /* A diff pass against base_path that writes the layer to memory (dropped) and the record of the save to
@@ -362,27 +351,15 @@ static void record_pass(const char *root, const char *base_path, const char *rec
         _cleanup_snap_walk_ SnapWalk *w = NULL;
         _cleanup_snap_layer_ SnapLayer *l = NULL;
         _cleanup_snap_baseline_writer_ SnapBaselineWriter *rec = NULL;
-        Buf buf = {0};
+        TestBuf buf = {0};
         ASSERT_OK(snap_baseline_open(base_path, &b, &e));
         ASSERT_OK(snap_walk_new(root, NULL, &w, &e));
-        ASSERT_OK(snap_layer_new(buf_write, NULL, &buf, &l, &e));
+        ASSERT_OK(snap_layer_new(test_buf_write, NULL, &buf, &l, &e));
         ASSERT_OK(snap_baseline_writer_new(rec_path, &rec, &e));
         ASSERT_OK(snap_diff_layer_part(b, w, NULL, l, SNAP_DIFF_ALL, rec, NULL, NULL, NULL, &e));
         ASSERT_OK(snap_baseline_writer_commit(rec, NULL, &e));
         ASSERT_OK(snap_layer_finish(l, &e));
         free(buf.data);
-}
-
-static SnapPlan *plan_against(const char *root, const char *base_path)
-{
-        NbError e = {0};
-        _cleanup_snap_baseline_ SnapBaseline *b = NULL;
-        _cleanup_snap_walk_ SnapWalk *w = NULL;
-        SnapPlan *plan = NULL;
-        ASSERT_OK(snap_baseline_open(base_path, &b, &e));
-        ASSERT_OK(snap_walk_new(root, NULL, &w, &e));
-        ASSERT_OK(snap_diff_plan(b, w, NULL, &plan, &e));
-        return plan;
 }
 
 /* The flags and ctime the record holds for path; false when it holds no such entry. */
@@ -521,7 +498,7 @@ static void test_plan(void)
 
 /* Split layers: the parts of one stream, cut where the cut callback was called. */
 typedef struct Parts {
-        Buf buf;
+        TestBuf buf;
         size_t cuts[16];
         size_t n_cuts;
 } Parts;
@@ -570,9 +547,9 @@ __attribute__((noinline)) static char *split_listing(const char *root, const cha
         NbError e = {0};
         Parts parts = {0};
         SnapLayer *l = NULL;
-        ASSERT_OK(snap_layer_new(buf_write, NULL, &parts.buf, &l, &e));
+        ASSERT_OK(snap_layer_new(test_buf_write, NULL, &parts.buf, &l, &e));
         ASSERT_OK(snap_layer_split(l, budget, plan, parts_cut, &e));
-        /* the cut callback gets the stream's userdata in a save; here the Buf is first in Parts */
+        /* the cut callback gets the stream's userdata in a save; here the TestBuf is first in Parts */
         for (SnapDiffPart part = SNAP_DIFF_SKELETON; part <= SNAP_DIFF_CONTENT; part++) {
                 SnapBaseline *b = NULL;
                 SnapWalk *w = NULL;

@@ -143,27 +143,9 @@ static int open_layer(const char *name)
 
 /* ---- the output --------------------------------------------------------------------------------------- */
 
-typedef struct Buf {
-        uint8_t *data;
-        size_t size, allocated;
-} Buf;
-
-static int buf_write(void *userdata, const void *data, size_t size)
-{
-        Buf *b = userdata;
-        if (b->size + size > b->allocated) {
-                b->allocated = (b->size + size) * 2;
-                b->data = realloc(b->data, b->allocated);
-                ASSERT_TRUE(b->data);
-        }
-        memcpy(b->data + b->size, data, size);
-        b->size += size;
-        return 0;
-}
-
 /* The tar as lines "TYPE PATH[ =DATA][ -> SYMLINK][ => HARDLINK][ MAJ,MIN][ mode=][ uid=][ x:NAME=VALUE]"
  * (mode when not 0755/0644/0777, uid when not 0); with_mtime adds " t=MTIME" to each line. */
-static char *listing(const Buf *b, bool with_mtime)
+static char *listing(const TestBuf *b, bool with_mtime)
 {
         struct archive *a = archive_read_new();
         archive_read_support_format_tar(a);
@@ -401,7 +383,7 @@ static char *tree_listing(Tree *t)
 }
 
 /* A layer file's tar bytes, decompressed. */
-static void read_tar(const char *name, Buf *b)
+static void read_tar(const char *name, TestBuf *b)
 {
         int fd = open_layer(name);
         struct archive *a = archive_read_new();
@@ -413,7 +395,7 @@ static void read_tar(const char *name, Buf *b)
         uint8_t chunk[65536];
         la_ssize_t n;
         while ((n = archive_read_data(a, chunk, sizeof(chunk))) > 0)
-                buf_write(b, chunk, (size_t)n);
+                test_buf_write(b, chunk, (size_t)n);
         ASSERT_EQ(archive_read_free(a), ARCHIVE_OK);
         close(fd);
 }
@@ -422,12 +404,12 @@ static char *failure_context; /* printed when the trees differ */
 
 /* The runtime's tree of the kept layer `kept` + the merged layers + the diff, and of `kept` + the squashed
  * layer (squash then diff, one tar): the same. */
-static void assert_same_tree(const char *kept, const char *const *layers, const Buf *diff,
-                             const Buf *squashed)
+static void assert_same_tree(const char *kept, const char *const *layers, const TestBuf *diff,
+                             const TestBuf *squashed)
 {
         Tree *t = calloc(1, sizeof(Tree));
         ASSERT_TRUE(t);
-        Buf b = {0};
+        TestBuf b = {0};
         read_tar(kept, &b);
         tree_apply(t, b.data, b.size, 0);
         int layer = 1;
@@ -498,7 +480,7 @@ static void changes(SnapSquash *q, const Setup *s)
 }
 
 /* The diff pass of s appended to b (as the save writes it after the squash). */
-static void diff_into(const Setup *s, Buf *b)
+static void diff_into(const Setup *s, TestBuf *b)
 {
         NbError e = {0};
         _cleanup_snap_baseline_ SnapBaseline *base = NULL;
@@ -506,7 +488,7 @@ static void diff_into(const Setup *s, Buf *b)
         ASSERT_OK(snap_baseline_open(s->baseline, &base, &e));
         ASSERT_OK(snap_walk_new(s->root, s->ex, &w, &e));
         SnapLayer *l = NULL;
-        ASSERT_OK(snap_layer_new(buf_write, NULL, b, &l, &e));
+        ASSERT_OK(snap_layer_new(test_buf_write, NULL, b, &l, &e));
         ASSERT_OK(snap_diff_layer(base, w, s->ex, l, NULL, NULL, NULL, &e));
         ASSERT_OK(snap_layer_finish(l, &e));
         snap_layer_free(l);
@@ -615,9 +597,9 @@ static void test_merge(void)
         _cleanup_snap_squash_ SnapSquash *q = NULL;
         ASSERT_OK(snap_squash_new(3, &q, &e));
         changes(q, &s);
-        Buf buf = {0};
+        TestBuf buf = {0};
         SnapLayer *l = NULL;
-        ASSERT_OK(snap_layer_new(buf_write, NULL, &buf, &l, &e));
+        ASSERT_OK(snap_layer_new(test_buf_write, NULL, &buf, &l, &e));
         static const char *const layers[] = {"m0.tar.gz", "m1.tar.zst", "m2.tar", NULL};
         int r = squash_into(q, &s, layers, l, &e);
         if (r < 0)
@@ -677,7 +659,7 @@ static void test_merge(void)
         diff_into(&s, &buf);
         snap_layer_free(l);
         /* the diff's tar after the squash's entries: the paths the squash left out */
-        Buf only_diff = {.data = buf.data + squash_bytes, .size = buf.size - squash_bytes};
+        TestBuf only_diff = {.data = buf.data + squash_bytes, .size = buf.size - squash_bytes};
         char *diff = listing(&only_diff, false);
         assert_listing(diff, "d cfg/ mode=700\n"
                              "f data/ov =changed\\n\n"
@@ -791,9 +773,9 @@ static void test_ancestors(void)
         _cleanup_snap_squash_ SnapSquash *q = NULL;
         ASSERT_OK(snap_squash_new(2, &q, &e));
         changes(q, &s);
-        Buf buf = {0};
+        TestBuf buf = {0};
         SnapLayer *l = NULL;
-        ASSERT_OK(snap_layer_new(buf_write, NULL, &buf, &l, &e));
+        ASSERT_OK(snap_layer_new(test_buf_write, NULL, &buf, &l, &e));
         static const char *const layers[] = {"a0.tar.zst", "a1.tar.gz", NULL};
         int r = squash_into(q, &s, layers, l, &e);
         if (r < 0)
@@ -821,7 +803,7 @@ static void test_ancestors(void)
         make_layer("ak.tar", "none", kept);
         buf.size = squash_bytes;
         diff_into(&s, &buf);
-        Buf only_diff = {.data = buf.data + squash_bytes, .size = buf.size - squash_bytes};
+        TestBuf only_diff = {.data = buf.data + squash_bytes, .size = buf.size - squash_bytes};
         assert_same_tree("ak.tar", layers, &only_diff, &buf);
         free(buf.data);
         setup_done(&s);
@@ -843,9 +825,9 @@ static void test_implied(void)
         _cleanup_snap_squash_ SnapSquash *q = NULL;
         ASSERT_OK(snap_squash_new(3, &q, &e));
         changes(q, &s);
-        Buf buf = {0};
+        TestBuf buf = {0};
         SnapLayer *l = NULL;
-        ASSERT_OK(snap_layer_new(buf_write, NULL, &buf, &l, &e));
+        ASSERT_OK(snap_layer_new(test_buf_write, NULL, &buf, &l, &e));
         static const char *const layers[] = {"i0.tar", "i1.tar", "i2.tar", NULL};
         ASSERT_EQ(squash_into(q, &s, layers, l, &e), 8);
         ASSERT_OK(snap_layer_finish(l, &e));
@@ -854,7 +836,7 @@ static void test_implied(void)
         static const TarEntry kept[] = {{'d', "w/"}, {'f', "w/kw", "kw"}, {'d', "q/"}, {'f', "q/kq", "kq"},
                                         {'d', "v/"}, {'f', "v/kv", "kv"}, END};
         make_layer("ik.tar", "none", kept);
-        Buf no_diff = {0};
+        TestBuf no_diff = {0};
         assert_same_tree("ik.tar", layers, &no_diff, &buf);
         assert_listing(got, "d q/\n" /* a file, then a directory by q/c of layer 2 */
                             "f q/.wh..wh..opq\n"
@@ -882,9 +864,9 @@ static void test_root_opaque(void)
         _cleanup_snap_squash_ SnapSquash *q = NULL;
         ASSERT_OK(snap_squash_new(2, &q, &e));
         changes(q, &s);
-        Buf buf = {0};
+        TestBuf buf = {0};
         SnapLayer *l = NULL;
-        ASSERT_OK(snap_layer_new(buf_write, NULL, &buf, &l, &e));
+        ASSERT_OK(snap_layer_new(test_buf_write, NULL, &buf, &l, &e));
         static const char *const layers[] = {"r0.tar", "r1.tar", NULL};
         ASSERT_EQ(squash_into(q, &s, layers, l, &e), 2);
         ASSERT_OK(snap_layer_finish(l, &e));
@@ -909,9 +891,9 @@ static void squash_fails(const Setup *s, const char *const *layers, size_t entri
         if (entries_max)
                 snap_squash_set_entries_max(q, entries_max);
         changes(q, s);
-        Buf buf = {0};
+        TestBuf buf = {0};
         SnapLayer *l = NULL;
-        ASSERT_OK(snap_layer_new(buf_write, NULL, &buf, &l, &e));
+        ASSERT_OK(snap_layer_new(test_buf_write, NULL, &buf, &l, &e));
         assert_error(squash_into(q, s, layers, l, &e), want, &e, text);
         snap_layer_free(l);
         free(buf.data);
@@ -968,9 +950,9 @@ static void test_errors(void)
         NbError e = {0};
         _cleanup_snap_squash_ SnapSquash *q = NULL;
         ASSERT_OK(snap_squash_new(1, &q, &e));
-        Buf buf = {0};
+        TestBuf buf = {0};
         SnapLayer *l = NULL;
-        ASSERT_OK(snap_layer_new(buf_write, NULL, &buf, &l, &e));
+        ASSERT_OK(snap_layer_new(test_buf_write, NULL, &buf, &l, &e));
         int fd = open_layer("h0.tar");
         /* misuse: out of order, or before the changes */
         assert_error(snap_squash_index(q, 1, fd, &e), -EINVAL, &e, "out of order");
@@ -1007,9 +989,9 @@ static void test_split_refused(void)
         _cleanup_snap_squash_ SnapSquash *q = NULL;
         ASSERT_OK(snap_squash_new(1, &q, &e));
         changes(q, &s);
-        Buf buf = {0};
+        TestBuf buf = {0};
         SnapLayer *l = NULL;
-        ASSERT_OK(snap_layer_new(buf_write, NULL, &buf, &l, &e));
+        ASSERT_OK(snap_layer_new(test_buf_write, NULL, &buf, &l, &e));
         ASSERT_OK(snap_layer_split(l, snap_layer_split_budget(SNAP_SPLIT_BLOB_MIN), NULL, no_cut, &e));
         static const char *const layers[] = {"split.tar", NULL};
         assert_error(squash_into(q, &s, layers, l, &e), -EFBIG, &e, "cannot be split yet");
@@ -1283,7 +1265,7 @@ static bool random_case(uint64_t seed)
         Tree *t = calloc(1, sizeof(Tree));
         ASSERT_TRUE(t);
         for (unsigned i = 0; i <= n_layers; i++) {
-                Buf b = {0};
+                TestBuf b = {0};
                 read_tar(names[i], &b);
                 tree_apply(t, b.data, b.size, (int)i);
                 free(b.data);
@@ -1322,9 +1304,9 @@ static bool random_case(uint64_t seed)
         _cleanup_snap_squash_ SnapSquash *q = NULL;
         ASSERT_OK(snap_squash_new(n_layers, &q, &e));
         changes(q, &s);
-        Buf buf = {0};
+        TestBuf buf = {0};
         SnapLayer *l = NULL;
-        ASSERT_OK(snap_layer_new(buf_write, NULL, &buf, &l, &e));
+        ASSERT_OK(snap_layer_new(test_buf_write, NULL, &buf, &l, &e));
         const char *layers[4] = {0};
         for (unsigned i = 0; i < n_layers; i++)
                 layers[i] = names[i + 1];
@@ -1339,7 +1321,7 @@ static bool random_case(uint64_t seed)
                 size_t squash_bytes = buf.size - 1024; /* without its end blocks */
                 buf.size = squash_bytes;
                 diff_into(&s, &buf);
-                Buf only_diff = {.data = buf.data + squash_bytes, .size = buf.size - squash_bytes};
+                TestBuf only_diff = {.data = buf.data + squash_bytes, .size = buf.size - squash_bytes};
                 assert_same_tree(names[0], layers, &only_diff, &buf);
         }
         snap_layer_free(l);

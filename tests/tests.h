@@ -2,6 +2,7 @@
 #pragma once
 
 #include <inttypes.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -37,3 +38,22 @@
                         abort();                                                                            \
                 }                                                                                           \
         } while (0)
+
+/* A growing in-memory buffer, and a write callback that appends to it (a layer's, snap_layer_new()). */
+typedef struct TestBuf {
+        uint8_t *data;
+        size_t size, allocated;
+} TestBuf;
+
+static inline int test_buf_write(void *userdata, const void *data, size_t size)
+{
+        TestBuf *b = userdata;
+        if (b->size + size > b->allocated) {
+                b->allocated = (b->size + size) * 2;
+                b->data = realloc(b->data, b->allocated);
+                ASSERT_TRUE(b->data);
+        }
+        memcpy(b->data + b->size, data, size);
+        b->size += size;
+        return 0;
+}
