@@ -843,6 +843,7 @@ static int bind_unix(NbApi *a, const char *path, NbError *e)
         umask(old);
         if (r < 0)
                 return nb_error_set(e, -errno, "cannot bind %s: %m", path);
+        /* without socket_group (or when it does not exist) the file keeps the daemon's own group: root's */
         if ((a->have_group && chown(path, (uid_t)-1, a->group) < 0) || chmod(path, 0660) < 0 ||
             listen(fd, NB_API_LISTEN_BACKLOG) < 0) {
                 r = nb_error_set(e, -errno, "cannot set up %s: %m", path);
@@ -957,6 +958,12 @@ int nb_api_new(Manager *m, sd_event *event, const NbConfig *cfg, NbApi **ret, Nb
         if (cfg->socket_group) {
                 r = resolve_group(cfg->socket_group, &a->group, e);
                 a->have_group = r >= 0;
+                if (r == -ENOENT) { /* e.g. installed without its sysusers.d entry applied */
+                        log_warning("socket_group %s: no such group; the unix socket is root-only (create "
+                                    "the group: systemd-sysusers, or groupadd --system %s), ignoring",
+                                    cfg->socket_group, cfg->socket_group);
+                        r = 0;
+                }
         }
         if (r >= 0 && cfg->token_file) {
                 _cleanup_free_ char *token = NULL;

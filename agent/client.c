@@ -1,3 +1,4 @@
+#include <errno.h>
 #include <string.h>
 
 #include <curl/curl.h>
@@ -66,7 +67,20 @@ int nb_client_request(const char *socket_path, const char *method, const char *p
                 curl_easy_setopt(c, CURLOPT_NOBODY, 1L);
         CURLcode cc = curl_easy_perform(c);
         if (cc != CURLE_OK) {
+                long os_errno = 0;
+                curl_easy_getinfo(c, CURLINFO_OS_ERRNO, &os_errno);
                 nb_response_done(&r);
+                /* no socket file, or nobody listening on it: curl would say "localhost port 80" */
+                if (cc == CURLE_COULDNT_CONNECT &&
+                    (os_errno == ENOENT || os_errno == ECONNREFUSED || os_errno == 0))
+                        return nb_error_set(e, -ECONNREFUSED,
+                                            "nbsnapd is not running on %s (systemctl start nbsnapd.socket)",
+                                            socket_path);
+                if (cc == CURLE_COULDNT_CONNECT && (os_errno == EACCES || os_errno == EPERM))
+                        return nb_error_set(e, -EACCES,
+                                            "permission denied on %s: only root and the members of the "
+                                            "socket's group may use nbsnapd",
+                                            socket_path);
                 return nb_error_set(e, cc == CURLE_COULDNT_CONNECT ? -ECONNREFUSED : -EIO,
                                     "cannot reach nbsnapd on %s: %s", socket_path,
                                     err[0] ? err : curl_easy_strerror(cc));

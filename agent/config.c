@@ -78,7 +78,7 @@ static const Key keys[] = {
         UINT("report_retry_max", report_retry_max_sec, 86400, "SEC",
              "longest wait between two report attempts (default 300)"),
         {"chunk_size", KEY_UINT, offsetof(NbConfig, chunk_size), 0, 0, 1ul << 30, true, "BYTES",
-         "registry upload PATCH size (0: default)"},
+         "registry upload PATCH size (0: default 8 MiB; kept within 64 KiB and 512 MiB)"},
         {"max_image_size", KEY_SIZE, offsetof(NbConfig, max_image_size), 0, 0, 0, false, "SIZE",
          "refuse a save whose changed files exceed SIZE (K, M, G, T: powers of 1024; default 0: no limit)"},
         {"max_layer_size", KEY_SIZE, offsetof(NbConfig, max_layer_size), 0, 0, 0, false, "SIZE",
@@ -267,17 +267,46 @@ int nb_config_parse_file(NbConfig *c, const char *path, NbError *e)
         return r < 0 ? nb_error_wrap(e, r, "config %s", path) : 0;
 }
 
+#define NB_HELP_WIDTH     80 /* columns of nbsnapd --help */
+#define NB_HELP_LEFT_COLS 29 /* "  --key ARG" column, with its space */
+
+/* One row of --help: the flag and its argument in the left column (on a line of its own when longer), the
+ * help wrapped at word boundaries within NB_HELP_WIDTH. */
+static void help_row(const char *left, const char *help)
+{
+        int col = printf("  %s", left);
+        if (col >= NB_HELP_LEFT_COLS) {
+                putchar('\n');
+                col = 0;
+        }
+        const char *p = help;
+        while (*p) {
+                size_t room = NB_HELP_WIDTH - NB_HELP_LEFT_COLS, n = strlen(p);
+                if (n > room) {
+                        n = room;
+                        while (n > 0 && p[n] != ' ')
+                                n--;
+                        if (n == 0) /* one word longer than the room */
+                                n = strcspn(p, " ");
+                }
+                printf("%*s%.*s\n", NB_HELP_LEFT_COLS - col, "", (int)n, p);
+                col = 0;
+                p += n;
+                while (*p == ' ')
+                        p++;
+        }
+}
+
 void nb_config_help(void)
 {
         printf("Usage: nbsnapd [--config FILE] [--KEY VALUE]...\n"
                "\n"
-               "The nbsnap agent: serves the CreateImage API on a unix socket (socket-activated or bound "
-               "here) and\n"
-               "optionally on TCP, and saves this container as an image on request. Every key of the config "
-               "file\n"
-               "(default " NB_CONFIG_DEFAULT_PATH ", INI, section [nbsnapd]) can be given as a flag:\n"
-               "\n"
-               "  --config FILE                read FILE instead of " NB_CONFIG_DEFAULT_PATH "\n");
+               "The nbsnap agent: serves the CreateImage API on a unix socket (socket-activated\n"
+               "or bound here) and optionally on TCP, and saves this container as an image on\n"
+               "request. Every key of the config file (INI, section [nbsnapd]; "
+               "default\n" NB_CONFIG_DEFAULT_PATH ") can be given as a flag (nbsnapd.conf(5)):\n"
+               "\n");
+        help_row("--config FILE", "read FILE instead of " NB_CONFIG_DEFAULT_PATH);
         for (const Key *k = keys; k < keys + ELEMENTSOF(keys); k++) {
                 char flag[96];
                 size_t i = 0;
@@ -286,10 +315,19 @@ void nb_config_help(void)
                 flag[i] = '\0';
                 char left[160];
                 snprintf(left, sizeof(left), "--%s %s", flag, k->arg);
-                printf("  %-28s %s\n", left, k->help);
+                help_row(left, k->help);
         }
-        printf("  -h, --help                   show this help\n"
-               "  --version                    show the version\n");
+        help_row("-h, --help", "show this help");
+        help_row("--version", "show the version");
+        printf("\n"
+               "Environment:\n"
+               "  NBSNAP_LOG_LEVEL=debug     log debug messages too (default: info and above)\n"
+               "\n"
+               "Examples:\n"
+               "  nbsnapd --config " NB_CONFIG_DEFAULT_PATH "\n"
+               "  NBSNAP_LOG_LEVEL=debug nbsnapd --config /dev/null --listen unix:/tmp/nb.sock \\\n"
+               "      --registry https://swr.example.com --base-image team/pytorch:1.8 \\\n"
+               "      --project-id p1 --notebook-id nb1\n");
 }
 
 enum { OPT_CONFIG = 0x100, OPT_VERSION, OPT_KEY };

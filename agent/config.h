@@ -1,4 +1,4 @@
-/* config.h: nbsnapd's configuration: an INI file (/etc/nbsnap/nbsnapd.conf, read with libinih) and command
+/* config.h: nbsnapd's configuration: an INI file (NB_CONFIG_DEFAULT_PATH, read with libinih) and command
  * line flags of the same names (a key "state_dir" is the flag "--state-dir"; flags win over the file). One
  * table lists every key with its type and limit; the file reader, the flag parser, --help and the fuzzer all
  * go through it. */
@@ -8,10 +8,11 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "agent/build-paths.h" /* generated: NBSNAP_CONFIG_PATH */
 #include "agent/save.h"
 #include "common/error.h"
 
-#define NB_CONFIG_DEFAULT_PATH "/etc/nbsnap/nbsnapd.conf"
+#define NB_CONFIG_DEFAULT_PATH NBSNAP_CONFIG_PATH /* from the build: CMAKE_INSTALL_FULL_SYSCONFDIR */
 #define NB_DEFAULT_SOCKET      "/run/nbsnap/nbsnap.sock"
 #define NB_DEFAULT_STATE_DIR   "/var/lib/nbsnap"
 #define NB_CONFIG_FILE_MAX     (256u * 1024) /* bytes of the config file */

@@ -27,7 +27,9 @@ static const char *const usage_main =
         "\n"
         "Options:\n"
         "  -h, --help     show this help (nbsnap COMMAND --help for a command's options)\n"
-        "  --version      show the version\n";
+        "  --version      show the version\n"
+        "\n"
+        "Examples: nbsnap create-image --name my-env --tag v1 --wait; nbsnap list; man nbsnap\n";
 
 /* Deep trees keep one directory fd per level open. */
 static void raise_fd_limit(void)

@@ -38,7 +38,9 @@ static const char *const usage_api =
         "\n"
         "Exit status: 0 success, 1 the API answered an error or the save failed, 2 usage, 3 the agent "
         "cannot\n"
-        "be reached.\n";
+        "be reached.\n"
+        "\n"
+        "Examples: nbsnap create-image --name my-env --tag v1 --wait; nbsnap status IMAGE_ID --wait\n";
 
 enum {
         API_SOCKET = 0x200,

@@ -35,7 +35,9 @@ static const char *const usage_baseline =
         "Never recorded: /proc /sys /dev /run, every mount point below the root (from "
         "/proc/self/mountinfo:\n"
         "work volumes, /etc/hosts and other bind mounts, /dev/shm ...), the state dir, registry "
-        "credentials.\n";
+        "credentials.\n"
+        "\n"
+        "Example: nbsnap baseline --root / --state-dir /var/lib/nbsnap\n";
 
 static const char *const usage_save =
         "Usage: nbsnap save --root DIR --state-dir DIR --registry URL --base-image REPO[:TAG|@DIGEST]\n"
@@ -69,6 +71,7 @@ static const char *const usage_save =
         "                        $REGISTRY_AUTH_FILE, $DOCKER_CONFIG/config.json, ~/.docker/config.json\n"
         "  --ca-file FILE        extra CA bundle; /etc/containers/certs.d/HOST[:PORT]/ is read too\n"
         "  --threads N           compression threads (default: all CPUs)\n"
+        "  --chunk-size BYTES    registry upload PATCH size (default 8 MiB; kept within 64 KiB-512 MiB)\n"
         "  --compression ALGO    gzip (default: every runtime pulls it) or zstd (level 3: ~16 % smaller\n"
         "                        than gzip level 1 for ~2.4x the CPU; needs containerd >= 1.5,\n"
         "                        podman/CRI-O or Docker >= 23 to pull; a Docker schema2 base is then\n"
@@ -95,7 +98,10 @@ static const char *const usage_save =
         "credentials\n"
         "file, and --exclude paths. A file whose name starts with .wh. fails the save (runtimes would read "
         "it as\n"
-        "a deletion); sockets are skipped with a note.\n";
+        "a deletion); sockets are skipped with a note.\n"
+        "\n"
+        "Example: nbsnap save --root / --state-dir /var/lib/nbsnap --registry https://swr.example.com \\\n"
+        "             --base-image team/pytorch:1.8 --namespace team --name my-env --tag v1\n";
 
 enum {
         OPT_ROOT = 0x100,

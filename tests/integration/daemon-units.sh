@@ -3,11 +3,14 @@
 # nbsnap's systemd units, install rules and Debian package:
 #  - `systemd-analyze verify` passes on nbsnapd.service, nbsnapd.socket and nbsnap-baseline.service (as
 #    configured by CMake, their ExecStart pointed at the binaries of this build);
-#  - `cmake --install` (DESTDIR) puts the units where systemd looks (pkg-config systemdsystemunitdir), the
-#    tmpfiles.d entry in /usr/lib/tmpfiles.d, the commented config in /etc/nbsnap, both programs in bin;
+#  - `cmake --install` (DESTDIR) puts the units, the tmpfiles.d and sysusers.d entries where systemd looks
+#    under the prefix (PREFIX/lib/systemd/system, PREFIX/lib/tmpfiles.d, PREFIX/lib/sysusers.d), the commented
+#    config at the build's default config path (CMAKE_INSTALL_FULL_SYSCONFDIR/nbsnap), both programs in bin
+#    (tests/integration/install.sh checks that nothing lands outside the prefix);
 #  - the default config is read by nbsnapd as it is (every key commented or valid);
-#  - `cpack -G DEB` builds a .deb with its dependencies declared, the units, a postinst that enables them,
-#    the config as a conffile, and unit ExecStart= paths that exist in the package.
+#  - `cpack -G DEB` builds a .deb with its dependencies declared, the units, the sysusers.d entry and a
+#    postinst that creates the group with systemd-sysusers and enables the units, the config as a conffile,
+#    and unit ExecStart= paths that exist in the package.
 set -euo pipefail
 # shellcheck source=tests/integration/daemon-common.bash
 source "$(dirname "${BASH_SOURCE[0]}")/daemon-common.bash"
@@ -19,7 +22,18 @@ need_nbsnapd
 scratch_init nbd-units
 B=$NBSNAP_BINARY_DIR
 NBSNAP=$(realpath "$NBSNAP") NBSNAPD=$(realpath "$NBSNAPD")
-BINDIR=$(sed -n 's/^CMAKE_INSTALL_PREFIX:PATH=//p' "$B/CMakeCache.txt")/bin
+PREFIX=$(sed -n 's/^CMAKE_INSTALL_PREFIX:PATH=//p' "$B/CMakeCache.txt")
+BINDIR=$PREFIX/bin
+CONFIG_PATH=$(sed -n 's/^#define NBSNAP_CONFIG_PATH "\(.*\)"$/\1/p' "$B/include/agent/build-paths.h")
+[[ -n $CONFIG_PATH ]] || fail "no NBSNAP_CONFIG_PATH in $B/include/agent/build-paths.h"
+# a cache path: relative ones are under the prefix
+cache_dir() {
+    local v
+    v=$(sed -n "s/^$1:[A-Z]*=//p" "$B/CMakeCache.txt")
+    if [[ $v == /* ]]; then echo "$v"; else echo "$PREFIX/$v"; fi
+}
+UNITDIR=$(cache_dir NBSNAP_SYSTEMD_UNITDIR) TMPFILESDIR=$(cache_dir NBSNAP_TMPFILESDIR)
+SYSUSERSDIR=$(cache_dir NBSNAP_SYSUSERSDIR)
 
 step "systemd-analyze verify"
 mkdir -p "$SCRATCH/units"
@@ -49,21 +63,23 @@ check "no sandboxing option that hides part of the tree" bash -c '! grep -Eq "^(
 step "cmake --install"
 DEST=$SCRATCH/dest
 DESTDIR=$DEST cmake --install "$B" >"$SCRATCH/install.log" 2>&1 || { cat "$SCRATCH/install.log" >&2; fail "cmake --install failed"; }
-UNITDIR=$(pkg-config --variable=systemdsystemunitdir systemd 2>/dev/null || echo /lib/systemd/system)
 for u in nbsnapd.service nbsnapd.socket nbsnap-baseline.service; do
     check "$UNITDIR/$u installed" test -s "$DEST$UNITDIR/$u"
 done
-check "tmpfiles.d entry" grep -q '^d /var/lib/nbsnap 0700 root root' "$DEST/usr/lib/tmpfiles.d/nbsnap.conf"
-check "default config in /etc/nbsnap" test -s "$DEST/etc/nbsnap/nbsnapd.conf"
+check "tmpfiles.d entry" grep -q '^d /var/lib/nbsnap 0700 root root' "$DEST$TMPFILESDIR/nbsnap.conf"
+check "sysusers.d entry for the socket group" grep -qx 'g nbsnap -' "$DEST$SYSUSERSDIR/nbsnap.conf"
+check "default config at $CONFIG_PATH" test -s "$DEST$CONFIG_PATH"
 check "nbsnapd installed" test -x "$DEST$BINDIR/nbsnapd"
 check "nbsnap installed" test -x "$DEST$BINDIR/nbsnap"
-check "installed ExecStart points at the installed nbsnapd" grep -q "^ExecStart=$BINDIR/nbsnapd " "$DEST$UNITDIR/nbsnapd.service"
+check "installed ExecStart points at the installed nbsnapd and config" \
+    grep -qx "ExecStart=$BINDIR/nbsnapd --config $CONFIG_PATH" "$DEST$UNITDIR/nbsnapd.service"
+check "nbsnapd's default config path is $CONFIG_PATH" bash -c '"$1" --help | grep -qF "$2"' _ "$NBSNAPD" "$CONFIG_PATH"
 
 step "the default config is valid as shipped"
 rc=0
-"$NBSNAPD" --config "$DEST/etc/nbsnap/nbsnapd.conf" --socket-group root >"$SCRATCH/conf.log" 2>&1 || rc=$?
+"$NBSNAPD" --config "$DEST$CONFIG_PATH" --socket-group root >"$SCRATCH/conf.log" 2>&1 || rc=$?
 check "nbsnapd reads it and only misses the required keys (rc $rc)" grep -q 'registry is not configured' "$SCRATCH/conf.log"
-cp "$DEST/etc/nbsnap/nbsnapd.conf" "$SCRATCH/all.conf"
+cp "$DEST$CONFIG_PATH" "$SCRATCH/all.conf"
 sed -i -E 's/^;([a-z_]+ = )/\1/' "$SCRATCH/all.conf" # every commented example enabled
 sed -i -E 's|^(token_file = ).*|\1'"$SCRATCH"'/token|; s|^socket_group = .*|socket_group = root|' "$SCRATCH/all.conf"
 echo tok >"$SCRATCH/token"
@@ -85,9 +101,12 @@ for dep in libsystemd0 libmicrohttpd12 libinih1 libcurl libarchive libcjson; do
 done
 check "Depends: systemd" grep -Eq '^ Depends:.*systemd \(' "$SCRATCH/deb-info"
 check "postinst enables the units" bash -c 'dpkg-deb --ctrl-tarfile "$1" | tar -xO ./postinst | grep -q "enable"' _ "$DEB"
-check "conffiles has the config" bash -c 'dpkg-deb --ctrl-tarfile "$1" | tar -xO ./conffiles | grep -qx /etc/nbsnap/nbsnapd.conf' _ "$DEB"
+check "postinst creates the group with systemd-sysusers" bash -c 'dpkg-deb --ctrl-tarfile "$1" | tar -xO ./postinst | grep -q "^ *systemd-sysusers nbsnap.conf"' _ "$DEB"
+check "conffiles has the config" bash -c 'dpkg-deb --ctrl-tarfile "$1" | tar -xO ./conffiles | grep -qx "$2"' _ "$DEB" "$CONFIG_PATH"
 check "units in the package" grep -q "\\.$UNITDIR/nbsnapd.service" "$SCRATCH/deb-files"
-check "tmpfiles in the package" grep -q './usr/lib/tmpfiles.d/nbsnap.conf' "$SCRATCH/deb-files"
+check "tmpfiles in the package" grep -q "\\.$TMPFILESDIR/nbsnap.conf" "$SCRATCH/deb-files"
+check "sysusers.d in the package" grep -q "\\.$SYSUSERSDIR/nbsnap.conf" "$SCRATCH/deb-files"
+check "the config in the package" grep -q "\\.$CONFIG_PATH\$" "$SCRATCH/deb-files"
 mkdir -p "$SCRATCH/x"
 dpkg-deb -x "$DEB" "$SCRATCH/x"
 exec_path=$(sed -n 's/^ExecStart=\([^ ]*\).*/\1/p' "$SCRATCH/x$UNITDIR/nbsnapd.service")
