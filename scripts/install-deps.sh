@@ -5,12 +5,13 @@ set -euo pipefail
 
 build=(build-essential cmake pkg-config clang clang-format
        libarchive-dev libcurl4-openssl-dev libcjson-dev libssl-dev zlib1g-dev libisal-dev libzstd-dev
-       libmount-dev libsystemd-dev libmicrohttpd-dev libinih-dev libgnutls28-dev)
+       libmount-dev libsystemd-dev libmicrohttpd-dev libinih-dev libgnutls28-dev
+       scdoc) # scdoc: the man pages (docs/man/*.scd; without it the build skips them)
 run=(ca-certificates curl)
 # podman + runc: save-podman runs the saved images under them (as root; podman brings conmon and containers-common;
 # its storage is kernel overlayfs and it runs with --network none, so no recommends are needed; see tests/lib/podman.sh)
 tests=(docker-registry skopeo umoci oci-image-tool isal pigz attr libcap2-bin python3 apache2-utils openssl time
-       systemd file tar gzip iproute2 golang-go dpkg-dev util-linux podman runc)
+       systemd file tar gzip iproute2 golang-go dpkg-dev util-linux podman runc man-db groff-base)
 
 missing=()
 for p in "${build[@]}" "${run[@]}" "${tests[@]}"; do
