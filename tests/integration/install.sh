@@ -12,6 +12,7 @@
 #  - the man pages render with man -l and groff -ww without a warning, within 80 columns, and cover every
 #    command, option and config key;
 #  - the bash completion sources in bash and completes commands, options and values;
+#  - --help: examples for every command, nbsnapd's within 80 columns with --chunk-size and NBSNAP_LOG_LEVEL;
 #  - nbsnapd whose socket_group does not exist starts, warns naming the group, and refuses a non-root peer
 #    (uid 65534, by the socket's mode and, on a socket opened to everyone, by SO_PEERCRED: 403);
 #  - the CLI says "nbsnapd is not running on PATH (systemctl start nbsnapd.socket)" when no agent listens.
@@ -174,6 +175,18 @@ for c in baseline save; do
     for o in $("$NBSNAP" "$c" --help | grep -oE '(^| |\[)--[a-z][a-z-]+' | tr -d ' [' | sort -u); do
         check "the completion offers $c $o" bash -c '[[ " $1" == *" $2 "* ]]' _ "$(complete_words "$c" "${o:0:3}")" "$o"
     done
+done
+
+step "--help"
+"$NBSNAPD" --help >"$SCRATCH/nbsnapd.help"
+check "nbsnapd --help: no line over 80 columns (NB_HELP_WIDTH)" bash -c '! grep -E "^.{81}" "$1"' _ "$SCRATCH/nbsnapd.help"
+check "nbsnapd --help: the --listen row" grep -qx '  --listen unix:PATH|tcp:HOST:PORT' "$SCRATCH/nbsnapd.help"
+check "nbsnapd --help: --chunk-size" grep -q -- '--chunk-size BYTES .*8 MiB' "$SCRATCH/nbsnapd.help"
+check "nbsnapd --help: NBSNAP_LOG_LEVEL" grep -q 'NBSNAP_LOG_LEVEL=debug' "$SCRATCH/nbsnapd.help"
+check "nbsnapd --help: examples" grep -q '^Examples:' "$SCRATCH/nbsnapd.help"
+check "nbsnap save --help: --chunk-size" bash -c '"$1" save --help | grep -q -- "--chunk-size BYTES"' _ "$NBSNAP"
+for c in "" baseline save create-image status list; do
+    check "nbsnap $c --help: examples" bash -c '"$1" $2 --help | grep -q "^Examples\?: nbsnap "' _ "$NBSNAP" "$c"
 done
 
 step "socket_group that does not exist"
