@@ -5,7 +5,7 @@
 #    (DD): every path of install_manifest.txt and of the install log is inside, and no file named *nbsnap* in
 #    the system's directories (/etc, /usr, /lib, /var/lib) was created or changed (their ctimes, before and
 #    after); the layout under the prefix is the one systemd reads (lib/systemd/system, lib/tmpfiles.d,
-#    lib/sysusers.d with "g nbsnap -"), the config at the build's default config path, the man pages in
+#    lib/sysusers.d with "g nbsnap -", which systemd-sysusers --root applies), the config at the build's default config path, the man pages in
 #    share/man, the bash completion in share/bash-completion/completions;
 #  - a tree configured with -DNBSNAP_SYSTEMD_UNITDIR= and friends installs there, and one configured for
 #    the prefix /usr puts the config in /etc/nbsnap and compiles that path in (configure only);
@@ -89,6 +89,19 @@ check "--prefix and DESTDIR install the same files" diff "$SCRATCH/stage.files" 
 after=$(system_files)
 check "no file named *nbsnap* in ${SYSDIRS[*]} was created or changed" test "$before" = "$after"
 [[ $before == "$after" ]] || diff <(echo "$before") <(echo "$after") >&2 || true
+
+step "the sysusers.d entry, applied by systemd-sysusers to an empty root"
+if command -v systemd-sysusers >/dev/null; then
+    R=$SCRATCH/sysroot
+    mkdir -p "$R/etc"
+    touch "$R/etc/passwd" "$R/etc/group" "$R/etc/shadow" "$R/etc/gshadow"
+    systemd-sysusers --root="$R" "$DD$PREFIX/lib/sysusers.d/nbsnap.conf" >"$SCRATCH/sysusers.log" 2>&1 ||
+        { cat "$SCRATCH/sysusers.log" >&2; soft_fail "systemd-sysusers --root failed"; }
+    check "it creates the system group nbsnap ($(cat "$R/etc/group"))" grep -Eq '^nbsnap:x:[0-9]+:$' "$R/etc/group"
+    check "and no user" test ! -s "$R/etc/passwd"
+else
+    note "no systemd-sysusers: the sysusers.d entry is not applied"
+fi
 
 step "configured elsewhere (configure only)"
 cmake -S "$NBSNAP_SOURCE_DIR" -B "$SCRATCH/cfg-dirs" -DNBSNAP_SYSTEMD_UNITDIR="$SCRATCH/units" \
