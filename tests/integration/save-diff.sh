@@ -21,7 +21,7 @@ source "$LIB/base-image.sh"
 source "$LIB/notebook.sh"
 
 need_root
-need_cmd umoci skopeo curl setfattr setcap timeout "$PYTHON"
+need_cmd umoci skopeo curl setfattr setcap timeout script "$PYTHON"
 need_nbsnap
 scratch_init nbdiff
 
@@ -213,9 +213,16 @@ check "--full compares with the container-start baseline" eval 'grep -qF "compar
 check "the state dir is unchanged after the previews" state_same
 
 sleep 0.2
-run_nbsnap "$SCRATCH/save2" save --root "$M" --state-dir "$STATE" --registry "$REGISTRY_URL" \
-    --base-image nbsnap-test/base:v1 --namespace "$NS" --name nb --tag v2 --incremental --exclude /opt/t/cache
-[[ $NBSNAP_RC -eq 0 ]] || fail "nbsnap save v2 exited $NBSNAP_RC"
+# on a terminal (script(1)): the progress line shows the percent, MB packed, MB/s and ETA
+RC=0
+script -qfec "$(printf '%q ' "$NBSNAP" save --root "$M" --state-dir "$STATE" --registry "$REGISTRY_URL" \
+    --base-image nbsnap-test/base:v1 --namespace "$NS" --name nb --tag v2 --incremental --exclude /opt/t/cache)" \
+    /dev/null >"$SCRATCH/save2.tty" 2>&1 || RC=$?
+[[ $RC -eq 0 ]] || { tail -c 2000 "$SCRATCH/save2.tty" >&2; fail "nbsnap save v2 exited $RC"; }
+check "nbsnap save's terminal line: phase, percent, MB packed, MB/s, ETA" \
+    grep -Eq 'packing and uploading layer +[0-9]+% +[0-9.]+ of [0-9.]+ MB +(-|[0-9.]+) MB/s ETA (-|[0-9]+s)' "$SCRATCH/save2.tty"
+check "nbsnap save's plain lines (not a terminal) show the percent too" \
+    grep -Eq '^nbsnap: packing and uploading layer: [0-9]+%, [0-9.]+ of [0-9.]+ MB packed, (-|[0-9.]+) MB/s, ETA (-|[0-9]+s)' "$SCRATCH/save1.err"
 curl -sSf -H 'Accept: application/vnd.oci.image.manifest.v1+json' -H 'Accept: application/vnd.docker.distribution.manifest.v2+json' \
     "$REGISTRY_URL/v2/$NS/nb/manifests/v2" >"$SCRATCH/v2.manifest" || fail "GET manifest $NS/nb:v2"
 TOP=$(json_get "$SCRATCH/v2.manifest" 'j["layers"][-1]["digest"]')
