@@ -213,8 +213,7 @@ static uint64_t baseline_count(const char *state_dir)
         return n;
 }
 
-/* HOST_PATH as a path inside the container whose root is ROOT, or NULL when it is outside (or missing). */
-static char *container_path(const char *root, const char *host_path)
+char *job_container_path(const char *root, const char *host_path)
 {
         char r[PATH_MAX], h[PATH_MAX];
         if (!host_path || !realpath(root, r) || !realpath(host_path, h))
@@ -236,7 +235,7 @@ static int job_excludes(Job *j, const NbConfig *c)
         for (size_t i = 0; i < c->n_exclude; i++)
                 j->excludes[i] = c->exclude[i];
         for (size_t i = 0; i < ELEMENTSOF(secrets); i++) {
-                char *p = container_path(j->o.root, secrets[i]);
+                char *p = job_container_path(j->o.root, secrets[i]);
                 if (p)
                         j->excludes[c->n_exclude + j->n_secret_excludes++] = p;
         }

@@ -53,6 +53,11 @@ void job_progress_message(const Job *j, const NbProgress *p, const NbProgressVie
 const NbImage *job_image(const Job *j);
 int64_t job_started_ms(const Job *j);
 
+/* HOST_PATH as a path inside the container whose root is ROOT (malloc'ed), or NULL when it is outside (or
+ * missing): how a save of nbsnapd excludes the agent's secrets (token_file, tls_key) that live in the tree.
+ */
+char *job_container_path(const char *root, const char *host_path);
+
 /* Joins the worker; moves its image (ACTIVE or CREATE_FAILED as nb_save() left it) to *ret_img and the
  * save's error to *ret_e. Returns nb_save()'s result. Once only. */
 int job_join(Job *j, NbImage *ret_img, NbError *ret_e);

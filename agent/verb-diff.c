@@ -12,7 +12,8 @@
  * --full, the container-start baseline, which a full save diffs against. Whether the chain is still usable
  * in the end (its image still in the registry, the base image unchanged, the layer and waste limits) only
  * the registry and the save's options can say; the preview never contacts the registry, and says on stderr
- * (and in the JSON) which base it used. */
+ * (and in the JSON) which base it used. --config takes what nbsnapd's saves are given (job.c) from its
+ * config file, so that the excluded paths, and with them the choice of base, are the daemon's. */
 #include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
@@ -23,13 +24,17 @@
 #include <cjson/cJSON.h>
 
 #include "agent/chain.h"
+#include "agent/config.h"
+#include "agent/job.h"
 #include "agent/save.h"
 #include "agent/verb.h"
 #include "common/size.h"
 #include "snapshot/snapshot.h"
 
 static const char *const usage_diff =
-        "Usage: nbsnap diff --root DIR --state-dir DIR [--exclude PATH]... [--json] [--full]\n"
+        "Usage: nbsnap diff --root DIR --state-dir DIR [--exclude PATH]... [--authfile FILE] [--json] "
+        "[--full]\n"
+        "       nbsnap diff --config FILE [--exclude PATH]... [--json] [--full]\n"
         "\n"
         "Shows what the next save would pack, without packing or writing anything: one line per entry in\n"
         "the order the save writes them, A (added), C (changed: content, metadata or type; a directory\n"
@@ -42,6 +47,11 @@ static const char *const usage_diff =
         "  --state-dir DIR   where the baseline is (see nbsnap baseline)\n"
         "  --exclude PATH    a container path left out, with its subtree (repeatable): give the ones the\n"
         "                    save is given\n"
+        "  --authfile FILE   the registry credentials nbsnap save is given (left out when inside the root)\n"
+        "  --config FILE     preview what nbsnapd saves: root, state_dir, exclude=, authfile and the "
+        "agent's\n"
+        "                    secrets inside the root (token_file, tls_key) from its config file (e.g.\n"
+        "                    " NB_CONFIG_DEFAULT_PATH "); --root and --state-dir still win\n"
         "  --json            print one JSON document instead: {\"base\", \"entries\", \"summary\"}\n"
         "  --full            compare with the container-start baseline, as a full save does\n"
         "\n"
@@ -59,6 +69,8 @@ enum {
         OPT_EXCLUDE,
         OPT_JSON,
         OPT_FULL,
+        OPT_AUTHFILE,
+        OPT_CONFIG,
         OPT_MOUNTINFO,
 };
 
@@ -69,14 +81,18 @@ static const struct option diff_options[] = {
         {"exclude", required_argument, NULL, OPT_EXCLUDE},
         {"json", no_argument, NULL, OPT_JSON},
         {"full", no_argument, NULL, OPT_FULL},
+        {"authfile", required_argument, NULL, OPT_AUTHFILE},
+        {"config", required_argument, NULL, OPT_CONFIG},
         {"mountinfo", required_argument, NULL, OPT_MOUNTINFO}, /* tests: another mount table */
         {},
 };
 
 typedef struct DiffArgs {
-        const char *root, *state_dir, *mountinfo;
-        const char *excludes[NB_EXCLUDES_MAX];
+        const char *root, *state_dir, *mountinfo, *authfile, *config;
+        /* --exclude, then (--config) the config's exclude= and the agent's secrets inside the root */
+        const char *excludes[NB_EXCLUDES_MAX + NB_EXCLUDES_CONFIG_MAX + 2];
         size_t n_excludes;
+        char *secrets[2]; /* owned */
         bool json, full;
 } DiffArgs;
 
@@ -129,6 +145,12 @@ static int parse_diff_args(int argc, char **argv, DiffArgs *a)
                 case OPT_FULL:
                         a->full = true;
                         break;
+                case OPT_AUTHFILE:
+                        a->authfile = optarg;
+                        break;
+                case OPT_CONFIG:
+                        a->config = optarg;
+                        break;
                 case OPT_MOUNTINFO:
                         a->mountinfo = optarg;
                         break;
@@ -141,8 +163,8 @@ static int parse_diff_args(int argc, char **argv, DiffArgs *a)
                 fprintf(stderr, "nbsnap diff: unexpected argument '%s'\n", argv[optind]);
                 return -EINVAL;
         }
-        if (!a->root || !a->state_dir) {
-                fprintf(stderr, "nbsnap diff: --root and --state-dir are required\n");
+        if ((!a->root || !a->state_dir) && !a->config) {
+                fprintf(stderr, "nbsnap diff: --root and --state-dir are required (or --config)\n");
                 return -EINVAL;
         }
         /* the rules of the save's excludes, checked before anything is read */
@@ -156,6 +178,36 @@ static int parse_diff_args(int argc, char **argv, DiffArgs *a)
                 return -EINVAL;
         }
         return 1;
+}
+
+/* What a save of nbsnapd would be given (job.c): its root, state dir, authfile and excludes, the agent's
+ * secrets inside the root among them. cfg must outlive a. */
+static int apply_config(DiffArgs *a, NbConfig *cfg)
+{
+        NbError e = {0};
+        if (nb_config_parse_file(cfg, a->config, &e) < 0) {
+                fprintf(stderr, "nbsnap diff: --config: %s\n", e.msg);
+                return -EINVAL;
+        }
+        if (!a->root)
+                a->root = cfg->root ? cfg->root : "/";
+        if (!a->state_dir)
+                a->state_dir = cfg->state_dir ? cfg->state_dir : NB_DEFAULT_STATE_DIR;
+        if (!a->authfile)
+                a->authfile = cfg->authfile;
+        for (size_t i = 0; i < cfg->n_exclude; i++)
+                a->excludes[a->n_excludes++] = cfg->exclude[i];
+        const char *secrets[] = {cfg->token_file, cfg->tls_key};
+        for (size_t i = 0; i < ELEMENTSOF(secrets); i++)
+                if ((a->secrets[i] = job_container_path(a->root, secrets[i])))
+                        a->excludes[a->n_excludes++] = a->secrets[i];
+        return 0;
+}
+
+static void diff_args_done(DiffArgs *a)
+{
+        for (size_t i = 0; i < ELEMENTSOF(a->secrets); i++)
+                free(a->secrets[i]);
 }
 
 static void diff_base_done(DiffBase *b)
@@ -354,10 +406,14 @@ static int run_preview(const DiffArgs *a, const char *root, SnapExcludes *ex, co
 
 int verb_diff(int argc, char **argv)
 {
-        DiffArgs a = {0};
+        _cleanup_(diff_args_done) DiffArgs a = {0};
+        _cleanup_(nb_config_done) NbConfig cfg;
+        nb_config_init(&cfg);
         int r = parse_diff_args(argc, argv, &a);
         if (r <= 0)
                 return r < 0 ? 2 : 0;
+        if (a.config && apply_config(&a, &cfg) < 0)
+                return 2;
         _cleanup_free_ char *root = realpath(a.root, NULL);
         struct stat st;
         if (!root || stat(root, &st) < 0 || !S_ISDIR(st.st_mode)) {
@@ -371,7 +427,7 @@ int verb_diff(int argc, char **argv)
         }
         NbError e = {0};
         _cleanup_snap_excludes_ SnapExcludes *ex = NULL;
-        r = nb_excludes_build(root, a.state_dir, NULL, a.excludes, a.n_excludes, a.mountinfo, &ex, &e);
+        r = nb_excludes_build(root, a.state_dir, a.authfile, a.excludes, a.n_excludes, a.mountinfo, &ex, &e);
         if (r < 0) {
                 fprintf(stderr, "nbsnap diff: %s\n", e.msg);
                 return 1;

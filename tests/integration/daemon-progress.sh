@@ -57,6 +57,12 @@ api GET "$P/images/$ID"
 check "the save is ACTIVE" test "$(jget 'j["status"]')" = ACTIVE
 check "an ACTIVE image has no progress object" test "$(jget '"progress" in j')" = false
 
+DIGEST=$(json_get "$STATE/last-save.json" 'j["manifest_digest"]')
+printf '[nbsnapd]\nroot = %s\nstate_dir = %s\n' "$NB_MERGED" "$STATE" >"$SCRATCH/nbsnapd.conf"
+run_nbsnap "$SCRATCH/diff" diff --config "$SCRATCH/nbsnapd.conf"
+check "nbsnap diff --config after the daemon's save: nothing to pack since it" \
+    eval '[[ $(head -1 "$SCRATCH/diff.out") == "0 entries: 0 added, 0 changed, 0 deleted" ]] && grep -qF "compared with the record of the last save ($DIGEST" "$SCRATCH/diff.err"'
+
 step "what was polled"
 check "percent passes 25, 50 and 75 while CREATING, monotonic, never 100; bytes move every <= 2 s; rate and ETA sane" \
     "$PYTHON" - "$SCRATCH/polls.jsonl" "$TOTAL" <<'EOF'

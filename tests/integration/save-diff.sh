@@ -208,6 +208,10 @@ EOF
 check "the changes since the last save, exactly" same_text second
 diff_run second-json --exclude /opt/t/cache --json
 check "--json names the last save as the base" eval '[[ $(json_get "$SCRATCH/second-json.out" "j[\"base\"]") == "{\"kind\": \"last-save\", \"path\": \"$RECORD\", \"manifest_digest\": \"$LAST\"}" ]]'
+printf '[nbsnapd]\nroot = %s\nstate_dir = %s\nexclude = /opt/t/cache\n' "$M" "$STATE" >"$SCRATCH/nbsnapd.conf"
+run_nbsnap "$SCRATCH/second-config" diff --config "$SCRATCH/nbsnapd.conf"
+check "--config: root, state_dir and exclude= from nbsnapd's config, the same preview" \
+    eval 'cmp -s "$SCRATCH/second.want" "$SCRATCH/second-config.out" && grep -qF "compared with the record of the last save ($LAST" "$SCRATCH/second-config.err"'
 diff_run second-full --exclude /opt/t/cache --full
 check "--full compares with the container-start baseline" eval 'grep -qF "compared with the container-start baseline" "$SCRATCH/second-full.err" && grep -qxF "A /opt/t/new/big.bin" "$SCRATCH/second-full.out" && grep -qxF "D /etc/hostname" "$SCRATCH/second-full.out"'
 check "the state dir is unchanged after the previews" state_same
@@ -249,5 +253,20 @@ if sorted(layer) != sorted(preview):
     print("  layer:   %s\n  preview: %s" % (sorted(layer), sorted(preview)))
     sys.exit(1)
 EOF
+
+step "--config: the agent's secrets inside the root are left out, as nbsnapd's saves leave them out"
+state_sig >"$SCRATCH/state.0"
+echo 'not to be saved' >"$M/opt/t/secret-token"
+printf '[nbsnapd]\nroot = %s\nstate_dir = %s\nexclude = /opt/t/cache\ntoken_file = %s\n' "$M" "$STATE" "$M/opt/t/secret-token" >"$SCRATCH/nbsnapd-token.conf"
+run_nbsnap "$SCRATCH/token-config" diff --config "$SCRATCH/nbsnapd-token.conf"
+check "the token file is not listed with --config" eval '[[ $NBSNAP_RC -eq 0 ]] && ! grep -q secret-token "$SCRATCH/token-config.out"'
+check "  ... and other excludes than the last save's mean the container-start baseline" \
+    grep -qF "not the last save: the excluded paths (or the mount points) differ from the last save's" "$SCRATCH/token-config.err"
+diff_run token-plain --exclude /opt/t/cache
+check "without --config the token file is a change like any other" grep -qxF "A /opt/t/secret-token" "$SCRATCH/token-plain.out"
+bad bad-config "nbsnap diff: --config:" --config "$SCRATCH/no-such.conf"
+printf '[nbsnapd]\nno_such_key = 1\n' >"$SCRATCH/bad.conf"
+bad bad-config-key "nbsnap diff: --config:" --config "$SCRATCH/bad.conf"
+check "the state dir is unchanged after the previews" state_same
 
 finish_checks
