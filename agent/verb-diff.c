@@ -92,8 +92,10 @@ typedef struct DiffArgs {
         /* --exclude, then (--config) the config's exclude= and the agent's secrets inside the root */
         const char *excludes[NB_EXCLUDES_MAX + NB_EXCLUDES_CONFIG_MAX + 2];
         size_t n_excludes;
-        char *secrets[2]; /* owned */
+        char *secrets[2];    /* owned */
+        unsigned max_layers; /* of the save: --config's max_layers, else NB_LAYERS_DEFAULT */
         bool json, full;
+        bool no_incremental; /* --config says incremental = false */
 } DiffArgs;
 
 /* What the preview compares with. */
@@ -195,6 +197,8 @@ static int apply_config(DiffArgs *a, NbConfig *cfg)
                 a->state_dir = cfg->state_dir ? cfg->state_dir : NB_DEFAULT_STATE_DIR;
         if (!a->authfile)
                 a->authfile = cfg->authfile;
+        a->max_layers = cfg->max_layers ? cfg->max_layers : NB_LAYERS_DEFAULT;
+        a->no_incremental = !cfg->incremental;
         for (size_t i = 0; i < cfg->n_exclude; i++)
                 a->excludes[a->n_excludes++] = cfg->exclude[i];
         const char *secrets[] = {cfg->token_file, cfg->tls_key};
@@ -224,8 +228,16 @@ static int diff_base_pick(const DiffArgs *a, const SnapExcludes *ex, DiffBase *r
         NbError e = {0};
         int r = a->full ? 0 : nb_chain_load(a->state_dir, &c, &e);
         char digest[NB_DIGEST_STR_MAX];
+        unsigned max_layers = a->max_layers ? a->max_layers : NB_LAYERS_DEFAULT;
         if (r < 0)
                 snprintf(ret->why, sizeof(ret->why), "%s", e.msg);
+        else if (r > 0 && a->no_incremental)
+                snprintf(ret->why, sizeof(ret->why), "the config says incremental = false");
+        else if (r > 0 && c.layers + 1 > max_layers)
+                snprintf(ret->why, sizeof(ret->why),
+                         "the last save's image has %" PRIu64
+                         " layers: one more would exceed %u (max_layers)",
+                         c.layers, max_layers);
         else if (r > 0 && nb_chain_excludes_digest(ex, digest) < 0)
                 r = -ENOMEM;
         else if (r > 0 && strcmp(c.excludes, digest) != 0)

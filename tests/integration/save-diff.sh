@@ -212,6 +212,15 @@ printf '[nbsnapd]\nroot = %s\nstate_dir = %s\nexclude = /opt/t/cache\n' "$M" "$S
 run_nbsnap "$SCRATCH/second-config" diff --config "$SCRATCH/nbsnapd.conf"
 check "--config: root, state_dir and exclude= from nbsnapd's config, the same preview" \
     eval 'cmp -s "$SCRATCH/second.want" "$SCRATCH/second-config.out" && grep -qF "compared with the record of the last save ($LAST" "$SCRATCH/second-config.err"'
+printf 'incremental = false\n' >>"$SCRATCH/nbsnapd.conf"
+run_nbsnap "$SCRATCH/second-config-full" diff --config "$SCRATCH/nbsnapd.conf"
+check "--config with incremental = false: the container-start baseline, and why" \
+    grep -qF "not the last save: the config says incremental = false" "$SCRATCH/second-config-full.err"
+printf '[nbsnapd]\nroot = %s\nstate_dir = %s\nexclude = /opt/t/cache\nmax_layers = %s\n' "$M" "$STATE" \
+    "$(json_get "$STATE/last-save.json" 'j["layers"]')" >"$SCRATCH/nbsnapd-layers.conf"
+run_nbsnap "$SCRATCH/second-config-layers" diff --config "$SCRATCH/nbsnapd-layers.conf"
+check "--config whose max_layers leaves no room for one more layer: the container-start baseline, and why" \
+    grep -qF "one more would exceed" "$SCRATCH/second-config-layers.err"
 diff_run second-full --exclude /opt/t/cache --full
 check "--full compares with the container-start baseline" eval 'grep -qF "compared with the container-start baseline" "$SCRATCH/second-full.err" && grep -qxF "A /opt/t/new/big.bin" "$SCRATCH/second-full.out" && grep -qxF "D /etc/hostname" "$SCRATCH/second-full.out"'
 check "the state dir is unchanged after the previews" state_same
