@@ -55,11 +55,11 @@ static const char *const usage_diff =
         "  --json            print one JSON document instead: {\"base\", \"entries\", \"summary\"}\n"
         "  --full            compare with the container-start baseline, as a full save does\n"
         "\n"
-        "Compared with: the record of the last save, when the state dir has one made with the same "
-        "excluded\n"
-        "paths (what an incremental save packs: --incremental, nbsnapd's default); otherwise the\n"
-        "container-start baseline. stderr names the one used. The registry is not asked whether the last\n"
-        "save's image is still there: when it is gone, the save is a full one.\n"
+        "Compared with: the record of the last save, when the state dir has one made with the same\n"
+        "excluded paths and room for one more layer (what an incremental save packs: --incremental,\n"
+        "nbsnapd's default); otherwise the container-start baseline. stderr names the one used. The\n"
+        "registry is not asked whether the last save's image is still there: when it is gone, the save\n"
+        "is a full one.\n"
         "\n"
         "Exit status: 0 success, 1 the tree or the state dir cannot be read, 2 usage.\n";
 
