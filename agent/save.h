@@ -44,7 +44,7 @@ const char *nb_phase_to_string(NbPhase p);
 
 /* While content bytes flow into the layer, a save reports its progress at least this often (besides every
  * few thousand entries walked and at each phase change). */
-#define NB_PROGRESS_REPORT_USEC (500ull * 1000)
+#define NB_PROGRESS_REPORT_USEC (250ull * 1000)
 
 /* What a save reports (agent/progress.h turns it into a percent, a rate and a time left). */
 typedef struct NbProgress {

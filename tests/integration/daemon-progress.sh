@@ -4,7 +4,7 @@
 # (one entry: a count of entries would sit still while it streams). Polled every 100 ms over the API, the
 # image's percent is computed in bytes: it passes 25, 50 and 75 while the save is CREATING, never goes back,
 # is never 100 before the image is ACTIVE, and moves at least every 2 s while bytes flow (the save reports
-# every NB_PROGRESS_REPORT_USEC, 500 ms); the `progress` object has the byte counts, a rate and a time left
+# every NB_PROGRESS_REPORT_USEC, 250 ms); the `progress` object has the byte counts, a rate and a time left
 # that agree with what was polled, and status_message shows the percent, MB/s and ETA. `nbsnap status --wait`
 # on a terminal (script(1)) draws the percent, MB/s and ETA too.
 #
