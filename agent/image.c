@@ -116,6 +116,7 @@ int nb_image_copy(const NbImage *src, NbImage *ret)
         c.create_at = src->create_at;
         c.update_at = src->update_at;
         c.size_kb = src->size_kb;
+        c.progress = src->progress;
         int r = 0;
         for (size_t i = 0; r >= 0 && i < ELEMENTSOF(string_fields); i++) {
                 size_t off = string_fields[i].offset;
@@ -216,6 +217,20 @@ static cJSON *strv_json(char *const *v)
         return a;
 }
 
+/* An extension of the API object: the numbers status_message shows, for programs. */
+static bool progress_json(cJSON *o, const NbImageProgress *p)
+{
+        cJSON *j = cJSON_AddObjectToObject(o, "progress");
+        return j && cJSON_AddNumberToObject(j, "percent", p->percent) &&
+               cJSON_AddNumberToObject(j, "bytes_done", (double)p->bytes_done) &&
+               cJSON_AddNumberToObject(j, "bytes_total", (double)p->bytes_total) &&
+               (p->bytes_per_second > 0 ? cJSON_AddNumberToObject(j, "bytes_per_second",
+                                                                  (double)(uint64_t)p->bytes_per_second)
+                                        : cJSON_AddNullToObject(j, "bytes_per_second")) &&
+               (p->eta_seconds >= 0 ? cJSON_AddNumberToObject(j, "eta_seconds", (double)p->eta_seconds)
+                                    : cJSON_AddNullToObject(j, "eta_seconds"));
+}
+
 cJSON *nb_image_to_json(const NbImage *img)
 {
         cJSON *o = cJSON_CreateObject();
@@ -243,6 +258,11 @@ cJSON *nb_image_to_json(const NbImage *img)
         S("visibility", "PRIVATE");
         S("workspace_id", img->workspace_id ? img->workspace_id : "0");
 #undef S
+        if (img->progress.set && (img->status == NB_STATUS_INIT || img->status == NB_STATUS_CREATING) &&
+            !progress_json(o, &img->progress)) {
+                cJSON_Delete(o);
+                return NULL;
+        }
         return o;
 }
 
@@ -277,6 +297,7 @@ cJSON *nb_image_record_json(const NbImage *img)
         cJSON *j = nb_image_to_json(img);
         if (!j)
                 return NULL;
+        cJSON_DeleteItemFromObjectCaseSensitive(j, "progress"); /* of the running process only */
         if (!cJSON_AddStringToObject(j, "manifest_digest",
                                      img->manifest_digest ? img->manifest_digest : "") ||
             !cJSON_AddStringToObject(j, "repository", img->repository ? img->repository : "")) {

@@ -29,6 +29,16 @@ typedef enum NbStatus {
         _NB_STATUS_MAX,
 } NbStatus;
 
+/* A running save's progress (agent/progress.h): the API object shows it as `progress` while the image is
+ * INIT or CREATING; never recorded. */
+typedef struct NbImageProgress {
+        bool set;
+        unsigned percent;
+        uint64_t bytes_done, bytes_total; /* content bytes packed, and to pack */
+        double bytes_per_second;          /* 0: not known yet */
+        int64_t eta_seconds;              /* -1: not known */
+} NbImageProgress;
+
 typedef struct NbImage {
         char id[37];
         char *name, *namespace, *tag, *description, *workspace_id;
@@ -41,6 +51,7 @@ typedef struct NbImage {
         NbStatus status;
         int64_t create_at, update_at; /* UTC ms */
         int64_t size_kb;
+        NbImageProgress progress;
         /* not in the API object: what the agent needs to find the image again */
         char *manifest_digest;
         char *repository;

@@ -42,6 +42,7 @@ struct Job {
         bool have_gated;
         /* loop side */
         uint64_t baseline_entries;
+        unsigned shown_percent; /* the percent never goes back */
         int64_t started_ms;
 };
 
@@ -175,54 +176,29 @@ int job_join(Job *j, NbImage *ret_img, NbError *ret_e)
         return j->result;
 }
 
-/* Overall percent: packing is the long part, measured by entries walked against the baseline's count. */
-static unsigned progress_percent(const Job *j, const NbProgress *p)
+void job_progress_view(Job *j, const NbProgress *p, NbProgressView *ret)
 {
-        switch (p->phase) {
-        case NB_PHASE_RESOLVING:
-                return 1;
-        case NB_PHASE_BASE_LAYERS:
-                return 3;
-        case NB_PHASE_PACKING:
-                if (p->expected > 0)
-                        return 5 +
-                               (unsigned)(90.0 * (double)(p->sent < p->expected ? p->sent : p->expected) /
-                                          (double)p->expected);
-                if (j->baseline_entries > 0)
-                        return 5 +
-                               (unsigned)(90.0 *
-                                          (double)(p->entries < j->baseline_entries ? p->entries
-                                                                                    : j->baseline_entries) /
-                                          (double)j->baseline_entries);
-                return 5;
-        case NB_PHASE_CONFIG:
-                return 96;
-        case NB_PHASE_MANIFEST:
-                return 98;
-        default:
-                return 0;
-        }
+        nb_progress_view(p, j->baseline_entries, j->shown_percent, ret);
+        j->shown_percent = ret->percent;
 }
 
-void job_progress_message(const Job *j, const NbProgress *p, char *buf, size_t size)
+void job_progress_message(const Job *j, const NbProgress *p, const NbProgressView *v, char *buf, size_t size)
 {
-        unsigned pct = progress_percent(j, p);
         const char *phase = nb_phase_to_string(p->phase);
         if (p->phase < NB_PHASE_PACKING) {
-                snprintf(buf, size, "%s: %u%%", phase, pct);
+                snprintf(buf, size, "%s: %u%%", phase, v->percent);
                 return;
         }
-        char total[64] = "";
-        if (p->expected > 0)
-                snprintf(total, sizeof(total), " of ~%.1f MB", (double)p->expected / 1e6);
-        char entries[64];
+        char rate[32], eta[32], entries[64];
         if (j->baseline_entries > 0)
                 snprintf(entries, sizeof(entries), "%" PRIu64 "/~%" PRIu64 " entries", p->entries,
                          j->baseline_entries);
         else
                 snprintf(entries, sizeof(entries), "%" PRIu64 " entries", p->entries);
-        snprintf(buf, size, "%s: %u%% (%s walked, %.1f MB read, %.1f MB%s sent)", phase, pct, entries,
-                 (double)p->read / 1e6, (double)p->sent / 1e6, total);
+        snprintf(buf, size, "%s: %u%% (%.1f of %.1f MB packed, %s, %s; %s walked, %.1f MB sent)", phase,
+                 v->percent, (double)(p->done < p->total ? p->done : p->total) / 1e6, (double)p->total / 1e6,
+                 nb_progress_rate_format(v->rate, rate), nb_progress_eta_format(v->eta_sec, eta), entries,
+                 (double)p->sent / 1e6);
 }
 
 static uint64_t baseline_count(const char *state_dir)
@@ -237,8 +213,7 @@ static uint64_t baseline_count(const char *state_dir)
         return n;
 }
 
-/* HOST_PATH as a path inside the container whose root is ROOT, or NULL when it is outside (or missing). */
-static char *container_path(const char *root, const char *host_path)
+char *job_container_path(const char *root, const char *host_path)
 {
         char r[PATH_MAX], h[PATH_MAX];
         if (!host_path || !realpath(root, r) || !realpath(host_path, h))
@@ -260,7 +235,7 @@ static int job_excludes(Job *j, const NbConfig *c)
         for (size_t i = 0; i < c->n_exclude; i++)
                 j->excludes[i] = c->exclude[i];
         for (size_t i = 0; i < ELEMENTSOF(secrets); i++) {
-                char *p = container_path(j->o.root, secrets[i]);
+                char *p = job_container_path(j->o.root, secrets[i]);
                 if (p)
                         j->excludes[c->n_exclude + j->n_secret_excludes++] = p;
         }

@@ -12,6 +12,7 @@
 
 #include "agent/config.h"
 #include "agent/image.h"
+#include "agent/progress.h"
 #include "agent/save.h"
 #include "common/error.h"
 
@@ -39,13 +40,23 @@ void job_cancel(Job *j);
 void job_poll(Job *j, JobState *ret);
 /* The loop tried to record phase: the worker may start its work. */
 void job_recorded(Job *j, NbPhase phase);
-/* "packing: 42% (1234/~3000 entries walked, 12.0 MB read, 3.1 MB of ~7.0 MB sent)" */
-void job_progress_message(const Job *j, const NbProgress *p, char *buf, size_t size);
+/* The percent, rate and time left of p (agent/progress.h), the percent never below the one computed last.
+ * Loop side. */
+void job_progress_view(Job *j, const NbProgress *p, NbProgressView *ret);
+/* "packing and uploading layer: 42% (120.0 of 300.0 MB packed, 85.3 MB/s, ETA 3s; 1234/~3000 entries
+ * walked, 118.2 MB sent)"; "resolving base image: 1%" before packing. */
+void job_progress_message(const Job *j, const NbProgress *p, const NbProgressView *v, char *buf,
+                          size_t size);
 
 /* The worker's copy of the image: id, namespace, name and tag never change while it runs; the rest is the
  * worker's until job_join(). */
 const NbImage *job_image(const Job *j);
 int64_t job_started_ms(const Job *j);
+
+/* HOST_PATH as a path inside the container whose root is ROOT (malloc'ed), or NULL when it is outside (or
+ * missing): how a save of nbsnapd excludes the agent's secrets (token_file, tls_key) that live in the tree.
+ */
+char *job_container_path(const char *root, const char *host_path);
 
 /* Joins the worker; moves its image (ACTIVE or CREATE_FAILED as nb_save() left it) to *ret_img and the
  * save's error to *ret_e. Returns nb_save()'s result. Once only. */

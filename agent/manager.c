@@ -233,8 +233,18 @@ static void save_progress(Manager *m, NbImage *img, const NbProgress *p)
         char msg[NB_STATUS_MESSAGE_MAX];
         NbError e = {0};
         int r = 0;
-        job_progress_message(s->job, p, msg, sizeof(msg));
+        NbProgressView v;
+        job_progress_view(s->job, p, &v);
+        job_progress_message(s->job, p, &v, msg, sizeof(msg));
         if (image_transition(img, NB_STATUS_CREATING, "%s", msg) >= 0) {
+                img->progress = (NbImageProgress){
+                        .set = true,
+                        .percent = v.percent,
+                        .bytes_done = p->done < p->total ? p->done : p->total,
+                        .bytes_total = p->total,
+                        .bytes_per_second = v.rate,
+                        .eta_seconds = v.eta_sec,
+                };
                 if (!s->creating_recorded) {
                         s->creating_recorded = true;
                         s->shown_phase = p->phase;

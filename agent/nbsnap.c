@@ -19,6 +19,7 @@ static const char *const usage_main =
         "Commands:\n"
         "  baseline   record the root filesystem as it is now (run once, at container start)\n"
         "  save       pack what changed since the baseline into one layer and push the image\n"
+        "  diff       show what the next save would pack (A/C/D lines and a summary), writing nothing\n"
         "\n"
         "Through the agent (nbsnapd, on its unix socket):\n"
         "  create-image   ask the agent to save this instance as an image (prints the image object)\n"
@@ -64,6 +65,8 @@ int main(int argc, char **argv)
                 return verb_baseline(argc - 1, argv + 1);
         if (strcmp(cmd, "save") == 0)
                 return verb_save(argc - 1, argv + 1);
+        if (strcmp(cmd, "diff") == 0)
+                return verb_diff(argc - 1, argv + 1);
         if (strcmp(cmd, "create-image") == 0)
                 return verb_api(argc - 1, argv + 1, 'c');
         if (strcmp(cmd, "status") == 0)

@@ -62,10 +62,14 @@ typedef struct Save {
         SnapLayer *layer;
         SnapPlan *plan; /* the counting pass, kept for the hard links of a split */
         _Atomic uint64_t sent;
-        uint64_t blob_sent; /* compressed bytes of the current layer, on the output thread */
-        uint64_t blob_max;  /* max_layer_size */
-        bool in_skeleton;   /* writing the first layer's directories and deletions: no cut allowed */
-        bool error_final;   /* e holds the words the save fails with: pack_error() must not add to them */
+        bool in_content;        /* the pass that packs the changes' content runs (progress counts it) */
+        uint64_t content_from;  /* the layer's data_bytes when that pass began */
+        uint64_t flow_start;    /* nb_now_usec() of its first content byte, 0 before */
+        uint64_t reported_usec; /* nb_now_usec() of the last report */
+        uint64_t blob_sent;     /* compressed bytes of the current layer, on the output thread */
+        uint64_t blob_max;      /* max_layer_size */
+        bool in_skeleton;       /* writing the first layer's directories and deletions: no cut allowed */
+        bool error_final; /* e holds the words the save fails with: pack_error() must not add to them */
         NbProgress progress;
         SnapCompressResult *parts; /* the new layers, bottom first: max_layers of them at most */
         size_t n_parts;
@@ -105,8 +109,16 @@ static void save_done(Save *s)
 
 static void report(Save *s, NbPhase phase)
 {
+        uint64_t now = nb_now_usec();
         s->progress.phase = phase;
         s->progress.sent = atomic_load(&s->sent);
+        if (s->in_content) {
+                s->progress.read = snap_layer_stats(s->layer)->data_bytes;
+                s->progress.done = s->progress.read - s->content_from;
+                if (s->flow_start > 0)
+                        s->progress.flow_usec = now - s->flow_start;
+        }
+        s->reported_usec = now;
         if (s->o->progress)
                 s->o->progress(s->o->userdata, &s->progress);
 }
@@ -585,6 +597,14 @@ static int on_tar_output(void *userdata, const void *data, size_t size)
         Save *s = userdata;
         if (cancelled(s))
                 return -ECANCELED;
+        /* a big file is one entry: the bytes, not the walk, must move the progress while it streams */
+        if (s->in_content) {
+                uint64_t now = nb_now_usec();
+                if (s->flow_start == 0 && snap_layer_stats(s->layer)->data_bytes > s->content_from)
+                        s->flow_start = now;
+                if (now - s->reported_usec >= NB_PROGRESS_REPORT_USEC)
+                        report(s, NB_PHASE_PACKING);
+        }
         return snap_compressor_write(s->compressor, data, size, &s->compress_error);
 }
 
@@ -597,7 +617,6 @@ static void on_diff_progress(void *userdata, const SnapDiffStats *st)
 {
         Save *s = userdata;
         s->progress.entries = st->live;
-        s->progress.read = snap_layer_stats(s->layer)->data_bytes;
         report(s, NB_PHASE_PACKING);
 }
 
@@ -776,6 +795,7 @@ static int plan_changes(Save *s, NbError *e)
                 note(s,
                      "incremental save on %s (save %" PRIu64 " of the chain): only what changed since then",
                      s->base->manifest_digest, s->chain.saves + 1);
+        s->progress.total = st->bytes;
         char h[NB_SIZE_STR_MAX];
         note(s, "changes: %" PRIu64 " entries, %" PRIu64 " files of %s, %" PRIu64 " deleted", st->entries,
              st->files, nb_size_format(st->bytes, h), st->deleted);
@@ -843,9 +863,19 @@ static int diff_pass(Save *s, SnapDiffPart part, SnapBaselineWriter *record, Sna
                 r = snap_walk_new(s->root, s->ex, &walk, e);
         if (r < 0)
                 return r;
-        /* the skeleton pass is short (no content): progress counts the content pass's walk alone */
-        return snap_diff_layer_part(base, walk, s->ex, s->layer, part, record,
-                                    part == SNAP_DIFF_SKELETON ? NULL : on_diff_progress, s, st, e);
+        /* the skeleton pass is short (no content): progress counts the content pass's walk and bytes alone
+         */
+        if (part != SNAP_DIFF_SKELETON) {
+                s->in_content = true;
+                s->content_from = snap_layer_stats(s->layer)->data_bytes;
+        }
+        r = snap_diff_layer_part(base, walk, s->ex, s->layer, part, record,
+                                 part == SNAP_DIFF_SKELETON ? NULL : on_diff_progress, s, st, e);
+        if (s->in_content) {
+                report(s, NB_PHASE_PACKING); /* the last bytes; the flow ends here */
+                s->in_content = false;
+        }
+        return r;
 }
 
 /* This save's record (snapshot.h): written by the pass that meets every entry, committed with it. When

@@ -42,12 +42,19 @@ typedef enum NbPhase {
 
 const char *nb_phase_to_string(NbPhase p);
 
+/* While content bytes flow into the layer, a save reports its progress at least this often (besides every
+ * few thousand entries walked and at each phase change). */
+#define NB_PROGRESS_REPORT_USEC (250ull * 1000)
+
+/* What a save reports (agent/progress.h turns it into a percent, a rate and a time left). */
 typedef struct NbProgress {
         NbPhase phase;
-        uint64_t entries;  /* entries walked */
-        uint64_t read;     /* file bytes read into the layer */
-        uint64_t sent;     /* compressed bytes uploaded */
-        uint64_t expected; /* estimate of compressed bytes, 0 when unknown */
+        uint64_t entries;   /* entries walked */
+        uint64_t read;      /* file bytes read into the layer (a squash's merged layers included) */
+        uint64_t sent;      /* compressed bytes uploaded */
+        uint64_t done;      /* content bytes of the changes packed so far (read, less a squash's) */
+        uint64_t total;     /* content bytes of the changes the counting pass found (SnapPlanStats.bytes) */
+        uint64_t flow_usec; /* time since the first content byte was packed, to the last one of packing */
 } NbProgress;
 
 typedef struct NbSaveOptions {

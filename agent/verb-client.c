@@ -12,6 +12,7 @@
 #include "agent/client.h"
 #include "agent/config.h"
 #include "agent/image.h"
+#include "agent/progress.h"
 #include "agent/verb.h"
 
 static const char *const usage_api =
@@ -208,16 +209,30 @@ static int message_percent(const char *msg)
         return -1;
 }
 
-static void draw_bar(const char *status, const char *msg)
+/* The bar, the percent, the rate and the time left of the image's `progress` (the percent of status_message
+ * from an agent without it), then status_message. */
+static void draw_bar(const char *status, const cJSON *progress, const char *msg)
 {
-        int pct = message_percent(msg);
+        const cJSON *pc = cJSON_GetObjectItemCaseSensitive(progress, "percent");
+        const cJSON *bps = cJSON_GetObjectItemCaseSensitive(progress, "bytes_per_second");
+        const cJSON *eta = cJSON_GetObjectItemCaseSensitive(progress, "eta_seconds");
+        int pct = cJSON_IsNumber(pc) && pc->valuedouble >= 0 && pc->valuedouble <= 100
+                          ? (int)pc->valuedouble
+                          : message_percent(msg);
+        char rate_s[32], eta_s[32];
+        nb_progress_rate_format(cJSON_IsNumber(bps) ? bps->valuedouble : 0, rate_s);
+        nb_progress_eta_format(cJSON_IsNumber(eta) && eta->valuedouble < (double)NB_ETA_MAX_SEC
+                                       ? (int64_t)eta->valuedouble
+                                       : -1,
+                               eta_s);
         char bar[31];
         int fill = pct < 0 ? 0 : pct * 30 / 100;
         for (int i = 0; i < 30; i++)
                 bar[i] = i < fill ? '#' : '.';
         bar[30] = '\0';
-        char line[160];
-        snprintf(line, sizeof(line), "%-8s [%s] %3d%% %s", status, bar, pct < 0 ? 0 : pct, msg ? msg : "");
+        char line[256];
+        snprintf(line, sizeof(line), "%-8s [%s] %3d%% %11s %-10s %s", status, bar, pct < 0 ? 0 : pct, rate_s,
+                 eta_s, msg ? msg : "");
         fprintf(stderr, "\r\033[K%.*s", 150, line);
 }
 
@@ -259,7 +274,8 @@ static int wait_for_image(const ApiArgs *a, const char *project, const char *id)
                         return rc == 0 && s == NB_STATUS_ACTIVE ? 0 : 1;
                 }
                 if (tty)
-                        draw_bar(st->valuestring, cJSON_IsString(msg) ? msg->valuestring : "");
+                        draw_bar(st->valuestring, cJSON_GetObjectItemCaseSensitive(j, "progress"),
+                                 cJSON_IsString(msg) ? msg->valuestring : "");
                 nb_response_done(&r);
                 usleep(NB_WAIT_POLL_US);
         }

@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "agent/chain.h"
+#include "agent/progress.h"
 #include "agent/save.h"
 #include "agent/verb.h"
 #include "common/clock.h"
@@ -382,12 +383,14 @@ int verb_baseline(int argc, char **argv)
         return 0;
 }
 
-/* Progress on stderr: one rewritten line on a terminal, plain lines (phase changes, every 5 s) otherwise. */
+/* Progress on stderr: one rewritten line on a terminal, plain lines (phase changes, every 5 s) otherwise;
+ * the percent, rate and time left of agent/progress.h. */
 typedef struct Progress {
         pthread_mutex_t lock;
         bool tty;
         NbPhase last_phase;
         time_t last_line;
+        unsigned shown_percent; /* never goes back */
 } Progress;
 
 static void on_progress(void *userdata, const NbProgress *p)
@@ -395,12 +398,23 @@ static void on_progress(void *userdata, const NbProgress *p)
         Progress *pr = userdata;
         pthread_mutex_lock(&pr->lock);
         time_t now = time(NULL);
+        NbProgressView v;
+        nb_progress_view(p, 0, pr->shown_percent, &v);
+        pr->shown_percent = v.percent;
+        char rate[32], eta[32];
+        nb_progress_rate_format(v.rate, rate);
+        nb_progress_eta_format(v.eta_sec, eta);
+        uint64_t done = p->done < p->total ? p->done : p->total;
         if (pr->tty) {
-                fprintf(stderr, "\r\033[K%-28s %10" PRIu64 " entries %9.1f MB read %9.1f MB sent",
-                        nb_phase_to_string(p->phase), p->entries, p->read / 1e6, p->sent / 1e6);
+                fprintf(stderr, "\r\033[K%-28s %3u%% %9.1f of %.1f MB %11s %-10s %9.1f MB sent",
+                        nb_phase_to_string(p->phase), v.percent, done / 1e6, p->total / 1e6, rate, eta,
+                        p->sent / 1e6);
         } else if (p->phase != pr->last_phase || now - pr->last_line >= 5) {
-                fprintf(stderr, "nbsnap: %s: %" PRIu64 " entries, %.1f MB read, %.1f MB sent\n",
-                        nb_phase_to_string(p->phase), p->entries, p->read / 1e6, p->sent / 1e6);
+                fprintf(stderr,
+                        "nbsnap: %s: %u%%, %.1f of %.1f MB packed, %s, %s, %" PRIu64
+                        " entries, %.1f MB sent\n",
+                        nb_phase_to_string(p->phase), v.percent, done / 1e6, p->total / 1e6, rate, eta,
+                        p->entries, p->sent / 1e6);
                 pr->last_line = now;
         }
         pr->last_phase = p->phase;

@@ -6,5 +6,7 @@
 
 int verb_baseline(int argc, char **argv);
 int verb_save(int argc, char **argv);
+/* verb-diff.c: the preview of a save, run in this process. */
+int verb_diff(int argc, char **argv);
 /* cmd: 'c' create-image, 's' status, 'l' list. */
 int verb_api(int argc, char **argv, char cmd);

@@ -48,6 +48,19 @@ static int drop(Diff *d, const SnapEntry *en, NbError *e)
         return d->sink->drop ? d->sink->drop(d->sink->userdata, en, e) : 0;
 }
 
+static int changed(Diff *d, SnapChangeKind kind, const SnapEntry *en, NbError *e)
+{
+        if (!d->sink->change)
+                return 0;
+        const SnapChange c = {
+                .kind = kind,
+                .path = en->path,
+                .mode = en->mode,
+                .size = kind != SNAP_CHANGE_DELETED && S_ISREG(en->mode) ? en->size : 0,
+        };
+        return d->sink->change(d->sink->userdata, &c, e);
+}
+
 static int skip_below(Diff *d, const SnapEntry *en, bool drops, NbError *e)
 {
         d->skip_drops = drops;
@@ -81,7 +94,9 @@ static int gone(Diff *d, const SnapExcludes *ex, NbError *e)
 {
         bool excluded = snap_excludes_covers(ex, d->b->path, d->b->path_len);
         if (!excluded) {
-                int r = d->sink->whiteout(d->sink->userdata, d->b->path, e);
+                int r = changed(d, SNAP_CHANGE_DELETED, d->b, e);
+                if (r >= 0)
+                        r = d->sink->whiteout(d->sink->userdata, d->b->path, e);
                 if (r >= 0)
                         r = drop(d, d->b, e);
                 if (r < 0)
@@ -98,7 +113,9 @@ static int both(Diff *d, NbError *e)
         int r;
         if ((b->mode ^ l->mode) & S_IFMT) {
                 d->stats.modified++;
-                r = drop(d, b, e);
+                r = changed(d, SNAP_CHANGE_CHANGED, l, e);
+                if (r >= 0)
+                        r = drop(d, b, e);
                 if (r >= 0)
                         r = add_live(d, e);
                 if (r >= 0 && S_ISDIR(b->mode))
@@ -107,7 +124,9 @@ static int both(Diff *d, NbError *e)
         }
         if (S_ISDIR(l->mode) && b->ino != l->ino) {
                 d->stats.recreated++;
-                r = drop(d, b, e);
+                r = changed(d, SNAP_CHANGE_CHANGED, l, e);
+                if (r >= 0)
+                        r = drop(d, b, e);
                 if (r >= 0)
                         r = add_live(d, e);
                 if (r >= 0)
@@ -122,7 +141,9 @@ static int both(Diff *d, NbError *e)
                 return d->record ? snap_baseline_writer_add(d->record, b, e) : 0;
         }
         d->stats.modified++;
-        r = drop(d, b, e);
+        r = changed(d, SNAP_CHANGE_CHANGED, l, e);
+        if (r >= 0)
+                r = drop(d, b, e);
         return r < 0 ? r : add_live(d, e);
 }
 
@@ -145,7 +166,9 @@ static int step(Diff *d, const SnapExcludes *ex, NbError *e)
         }
         if (c > 0) {
                 d->stats.added++;
-                r = add_live(d, e);
+                r = changed(d, SNAP_CHANGE_ADDED, d->l, e);
+                if (r >= 0)
+                        r = add_live(d, e);
                 return r < 0 ? r : next_live(d, e);
         }
         r = both(d, e);

@@ -16,6 +16,9 @@ typedef struct SnapDiffSink {
          * or replaced directory too; excluded entries never) */
         int (*drop)(void *userdata, const SnapEntry *entry, NbError *e);
         void *userdata;
+        /* NULL, or: each change as a person reads it (snapshot.h, SnapChange), before the calls above make
+         * it; called with userdata */
+        int (*change)(void *userdata, const SnapChange *c, NbError *e);
 } SnapDiffSink;
 
 /* record: NULL, or the record of the save to write as the join goes (snapshot.h). */

@@ -35,6 +35,8 @@ struct SnapPlan {
         Inode *inodes;
         size_t n_inodes, inodes_allocated; /* allocated: a power of two, or 0 */
         size_t n_names;
+        snap_change_fn change; /* snap_diff_preview() */
+        void *change_userdata;
 };
 
 SnapPlan *snap_plan_free(SnapPlan *p)
@@ -297,12 +299,21 @@ static int plan_drop(void *u, const SnapEntry *en, NbError *e)
         return 0;
 }
 
-int snap_diff_plan(SnapBaseline *base, SnapWalk *live, const SnapExcludes *ex, SnapPlan **ret, NbError *e)
+static int plan_change(void *u, const SnapChange *c, NbError *e)
+{
+        SnapPlan *p = u;
+        return p->change(p->change_userdata, c, e);
+}
+
+int snap_diff_preview(SnapBaseline *base, SnapWalk *live, const SnapExcludes *ex, snap_change_fn change,
+                      void *userdata, SnapPlan **ret, NbError *e)
 {
         SnapPlan *p = calloc(1, sizeof(SnapPlan));
         if (!p)
                 return nb_error_oom(e);
-        const SnapDiffSink sink = {plan_add, plan_marker, plan_marker, plan_drop, p};
+        p->change = change, p->change_userdata = userdata;
+        const SnapDiffSink sink = {plan_add,  plan_marker, plan_marker,
+                                   plan_drop, p,           change ? plan_change : NULL};
         int r = snap_diff_run(base, live, ex, &sink, NULL, NULL, NULL, NULL, e);
         if (r < 0) {
                 snap_plan_free(p);
@@ -318,4 +329,9 @@ int snap_diff_plan(SnapBaseline *base, SnapWalk *live, const SnapExcludes *ex, S
         }
         *ret = p;
         return 0;
+}
+
+int snap_diff_plan(SnapBaseline *base, SnapWalk *live, const SnapExcludes *ex, SnapPlan **ret, NbError *e)
+{
+        return snap_diff_preview(base, live, ex, NULL, NULL, ret, e);
 }

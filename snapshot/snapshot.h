@@ -204,6 +204,35 @@ typedef struct SnapPlanStats {
 
 int snap_diff_plan(SnapBaseline *base, SnapWalk *live, const SnapExcludes *excludes, SnapPlan **ret,
                    NbError *e);
+
+/* The preview of a save (nbsnap diff): the counting pass, which also hands out each change it counts, in the
+ * order the save writes them (tree order), the way `docker diff` shows a container's changes:
+ *  - ADDED: a live entry the baseline does not have, every entry below a directory that was deleted and
+ *    recreated included;
+ *  - CHANGED: an entry in both whose stat data differ (saved whole again), a type change, a directory
+ *    deleted and recreated (its old content gone: an opaque marker);
+ *  - DELETED: the top-most path that is gone (a whiteout; nothing below it is listed).
+ * Excluded paths are never listed. Nothing is read but stat data and nothing is written. */
+typedef enum SnapChangeKind {
+        SNAP_CHANGE_ADDED,
+        SNAP_CHANGE_CHANGED,
+        SNAP_CHANGE_DELETED,
+        _SNAP_CHANGE_MAX,
+} SnapChangeKind;
+
+typedef struct SnapChange {
+        SnapChangeKind kind;
+        const char *path; /* relative, without a leading '/'; valid during the call */
+        uint32_t mode;    /* st_mode of the live entry (of the baseline's for DELETED) */
+        uint64_t size;    /* content bytes the layer carries for it: a regular file's size, else 0 (each name
+                             of a hard-linked file counts it here; SnapPlanStats.bytes counts it once) */
+} SnapChange;
+
+/* Returns >= 0 to go on, or a negative errno that stops the pass. */
+typedef int (*snap_change_fn)(void *userdata, const SnapChange *c, NbError *e);
+/* snap_diff_plan() with change called for each change (NULL: snap_diff_plan() itself). */
+int snap_diff_preview(SnapBaseline *base, SnapWalk *live, const SnapExcludes *excludes,
+                      snap_change_fn change, void *userdata, SnapPlan **ret, NbError *e);
 SnapPlan *snap_plan_free(SnapPlan *p);
 const SnapPlanStats *snap_plan_stats(const SnapPlan *p);
 

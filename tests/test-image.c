@@ -106,10 +106,58 @@ static void test_copy_and_json(void)
         cJSON_Delete(j);
 }
 
+/* A running save's progress: in the API object while INIT or CREATING, never in the record. */
+static void test_progress(void)
+{
+        const NbImageNames names = {"ns1", "img", "v1", NULL, NULL};
+        _cleanup_nb_image_ NbImage *img = NULL;
+        ASSERT_OK(nb_image_new(&names, 1, &img));
+        cJSON *j = nb_image_to_json(img);
+        ASSERT_TRUE(cJSON_GetObjectItem(j, "progress") == NULL); /* none posted yet */
+        cJSON_Delete(j);
+
+        ASSERT_OK(nb_image_set_status(img, NB_STATUS_CREATING, "packing"));
+        img->progress = (NbImageProgress){.set = true,
+                                          .percent = 42,
+                                          .bytes_done = 1000,
+                                          .bytes_total = 3000,
+                                          .bytes_per_second = 250.7,
+                                          .eta_seconds = 8};
+        j = nb_image_to_json(img);
+        const cJSON *p = cJSON_GetObjectItem(j, "progress");
+        ASSERT_TRUE(cJSON_IsObject(p));
+        ASSERT_EQ(cJSON_GetNumberValue(cJSON_GetObjectItem(p, "percent")), 42);
+        ASSERT_EQ(cJSON_GetNumberValue(cJSON_GetObjectItem(p, "bytes_done")), 1000);
+        ASSERT_EQ(cJSON_GetNumberValue(cJSON_GetObjectItem(p, "bytes_total")), 3000);
+        ASSERT_EQ(cJSON_GetNumberValue(cJSON_GetObjectItem(p, "bytes_per_second")), 250); /* whole bytes */
+        ASSERT_EQ(cJSON_GetNumberValue(cJSON_GetObjectItem(p, "eta_seconds")), 8);
+        cJSON_Delete(j);
+
+        /* not known yet: null */
+        img->progress.bytes_per_second = 0, img->progress.eta_seconds = -1;
+        j = nb_image_to_json(img);
+        p = cJSON_GetObjectItem(j, "progress");
+        ASSERT_TRUE(cJSON_IsNull(cJSON_GetObjectItem(p, "bytes_per_second")));
+        ASSERT_TRUE(cJSON_IsNull(cJSON_GetObjectItem(p, "eta_seconds")));
+        cJSON_Delete(j);
+
+        /* never recorded */
+        j = nb_image_record_json(img);
+        ASSERT_TRUE(cJSON_GetObjectItem(j, "progress") == NULL);
+        cJSON_Delete(j);
+
+        /* gone once the save ended */
+        ASSERT_OK(nb_image_set_status(img, NB_STATUS_ACTIVE, "saved"));
+        j = nb_image_to_json(img);
+        ASSERT_TRUE(cJSON_GetObjectItem(j, "progress") == NULL);
+        cJSON_Delete(j);
+}
+
 int main(void)
 {
         test_new();
         test_copy_and_json();
+        test_progress();
         printf("test-image: all passed\n");
         return 0;
 }

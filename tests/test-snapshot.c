@@ -2,6 +2,7 @@
  * the diff's decisions, and the layer bytes read back with libarchive. (The overlayfs + registry + skopeo +
  * umoci round trip is tests/integration/save-roundtrip.sh.) */
 #include <stdarg.h>
+#include <inttypes.h>
 #include <archive.h>
 #include <archive_entry.h>
 #include <fcntl.h>
@@ -496,6 +497,75 @@ static void test_plan(void)
         snap_plan_free(plan);
 }
 
+/* The preview (nbsnap diff): each change with its kind, in tree order, and the plan's numbers beside them.
+ */
+static int preview_line(void *userdata, const SnapChange *c, NbError *e)
+{
+        (void)e;
+        char line[600];
+        snprintf(line, sizeof(line), "%c %s %s %" PRIu64 "\n", "ACD"[c->kind], c -> path,
+                 S_ISDIR(c->mode)   ? "dir"
+                 : S_ISREG(c->mode) ? "file"
+                                    : "other",
+                 c->size);
+        return test_buf_write(userdata, line, strlen(line));
+}
+
+static int preview_stop(void *userdata, const SnapChange *c, NbError *e)
+{
+        (void)userdata, (void)c;
+        return nb_error_set(e, -EINTR, "stopped by the callback");
+}
+
+static void test_preview(void)
+{
+        char root[512], state[512], base_path[600];
+        /* redo is recreated with a new inode (the new one exists before the old one goes) */
+        SnapPlan *plan =
+                plan_change("preview",
+                            "mkdir -p keep gone/sub redo && echo k > keep/k && echo g > gone/sub/g && "
+                            "echo r > redo/old && echo t > t2d",
+                            "echo new > keep/n && ln keep/n keep/n2 && chmod 600 keep/k && rm -r gone "
+                            "&& mkdir redo.new && echo x > redo.new/new && rm -r redo && "
+                            "mv redo.new redo && rm t2d && mkdir t2d",
+                            root, state);
+        snap_plan_free(plan);
+        snprintf(base_path, sizeof(base_path), "%s/baseline", state);
+        NbError e = {0};
+        _cleanup_snap_baseline_ SnapBaseline *b = NULL;
+        _cleanup_snap_walk_ SnapWalk *w = NULL;
+        TestBuf out = {0};
+        ASSERT_OK(snap_baseline_open(base_path, &b, &e));
+        ASSERT_OK(snap_walk_new(root, NULL, &w, &e));
+        ASSERT_OK(snap_diff_preview(b, w, NULL, preview_line, &out, &plan, &e));
+        test_buf_write(&out, "", 1);
+        ASSERT_STREQ((const char *)out.data, "D gone dir 0\n"
+                                             "C keep dir 0\n"
+                                             "C keep/k file 2\n"
+                                             "A keep/n file 4\n"
+                                             "A keep/n2 file 4\n"
+                                             "C redo dir 0\n"
+                                             "A redo/new file 2\n"
+                                             "C t2d dir 0\n");
+        /* the plan of the same pass: the hard-linked file once */
+        const SnapPlanStats *st = snap_plan_stats(plan);
+        ASSERT_EQ(st->bytes, 2 + 4 + 2);
+        ASSERT_EQ(st->files, 3);
+        ASSERT_EQ(st->deleted, 2); /* the whiteout and the opaque marker */
+        snap_plan_free(plan);
+        free(out.data);
+
+        /* the callback's error stops the pass, and no plan is handed out */
+        snap_baseline_free(b), b = NULL;
+        snap_walk_free(w), w = NULL;
+        ASSERT_OK(snap_baseline_open(base_path, &b, &e));
+        ASSERT_OK(snap_walk_new(root, NULL, &w, &e));
+        plan = NULL;
+        ASSERT_EQ(snap_diff_preview(b, w, NULL, preview_stop, NULL, &plan, &e), -EINTR);
+        ASSERT_TRUE(plan == NULL);
+        ASSERT_TRUE(strstr(e.msg, "stopped by the callback") != NULL);
+}
+
 /* Split layers: the parts of one stream, cut where the cut callback was called. */
 typedef struct Parts {
         TestBuf buf;
@@ -641,6 +711,7 @@ int main(void)
         test_diff(root, state);
         test_excludes_mountinfo(state);
         test_plan();
+        test_preview();
         test_record();
         test_record_links();
         test_split();

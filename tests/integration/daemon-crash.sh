@@ -112,7 +112,7 @@ faults '{"rules": []}'
 api POST "$CREATE" -d '{"name":"crash-walk","tag":"v1"}'
 ID=$(jget 'j["id"]')
 throttle_start "$DAEMON_PID"
-wait_for "the walk" 120 status_is "$ID" '^CREATING: packing[^:]*: .*\([1-9][0-9]*(/~[0-9]+)? entries walked, 0\.0 MB read, 0\.0 MB( of ~[0-9.]+ MB)? sent\)' ||
+wait_for "the walk" 120 status_is "$ID" '^CREATING: packing[^:]*: [0-9]+% \(0\.0 of [0-9.]+ MB packed, [^;]*; [1-9][0-9]*(/~[0-9]+)? entries walked, 0\.0 MB sent\)' ||
     soft_fail "walk: never seen walking with nothing read yet (seen: $(sort -u "$SCRATCH/polled.txt" | head -c 2000))"
 throttle_stop
 crash_after walk packing
