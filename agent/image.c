@@ -120,6 +120,8 @@ int nb_image_copy(const NbImage *src, NbImage *ret)
         c.create_at = src->create_at;
         c.update_at = src->update_at;
         c.size_kb = src->size_kb;
+        c.layer_bytes = src->layer_bytes;
+        c.layer_bytes_uncompressed = src->layer_bytes_uncompressed;
         int r = 0;
         for (size_t i = 0; r >= 0 && i < ELEMENTSOF(string_fields); i++) {
                 size_t off = string_fields[i].offset;

@@ -49,6 +49,9 @@ typedef struct NbImage {
         /* not in the API object: what the agent needs to find the image again */
         char *manifest_digest;
         char *repository;
+        /* not recorded either: the new layers of the save that made it (compressed blob bytes, uncompressed
+         * tar bytes), for the metrics; 0 when unknown */
+        uint64_t layer_bytes, layer_bytes_uncompressed;
 } NbImage;
 
 const char *nb_status_to_string(NbStatus s);

@@ -206,6 +206,9 @@ static void save_finish(Manager *m)
                                     s->store_error.msg);
         nb_metrics_count_save(&m->metrics, img->status, st.progress.sent, secs);
         if (img->status == NB_STATUS_ACTIVE)
+                nb_metrics_count_success(&m->metrics, img->update_at, img->layer_bytes,
+                                         img->layer_bytes_uncompressed);
+        if (img->status == NB_STATUS_ACTIVE)
                 log_image(LOG_NOTICE, img->id, "done", "saved as %s (%s), %" PRId64 " KB", img->swr_path,
                           img->manifest_digest, img->size_kb);
         else
@@ -600,6 +603,7 @@ void manager_health(Manager *m, ManagerHealth *ret)
 int manager_metrics(Manager *m, char **ret, NbError *e)
 {
         NbMetricsNow now = {.saving = m->save.job != NULL, .phase = -1, .outbox = nb_outbox_count(m->store)};
+        reg_retry_counts(now.retries);
         if (m->save.job) {
                 JobState st;
                 job_poll(m->save.job, &st);

@@ -130,7 +130,7 @@ expect() {
     shift 2
     case $code in
     400) want=ModelArts.0104 ;; 413) want=NBSNAP.BODY_TOO_LARGE ;; 404) want=NBSNAP.NOT_FOUND ;;
-    405) want=NBSNAP.METHOD_NOT_ALLOWED ;; *) want=? ;;
+    405) want=NBSNAP.METHOD_NOT_ALLOWED ;; *) want=unknown ;;
     esac
     want=${ERROR_CODE:-$want}
     api "$@"
