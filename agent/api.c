@@ -492,18 +492,14 @@ static void handle_get(Manager *m, const char *id, NbReply *r)
 typedef struct ListArgs {
         NbListQuery q;
         NbError e;
-        size_t n;
         int r;
 } ListArgs;
 
+/* Each parameter once (a repeat is refused), each known: the first bad one ends the walk. */
 static enum MHD_Result list_arg(void *cls, enum MHD_ValueKind kind, const char *key, const char *value)
 {
         ListArgs *la = cls;
-        if (++la->n > NB_LIST_PARAMS_MAX)
-                la->r = nb_error_set(&la->e, -EINVAL, "the query has more than %d parameters",
-                                     NB_LIST_PARAMS_MAX);
-        else
-                la->r = nb_list_query_set(&la->q, key, value, &la->e);
+        la->r = nb_list_query_set(&la->q, key, value, &la->e);
         return la->r < 0 ? MHD_NO : MHD_YES;
 }
 

@@ -15,7 +15,6 @@
 #define NB_LIST_LIMIT_DEFAULT 200
 #define NB_LIST_LIMIT_MAX     1000
 #define NB_LIST_OFFSET_MAX    1000000 /* far past the records kept (NB_STORE_IMAGES_MAX): an empty page */
-#define NB_LIST_PARAMS_MAX    16      /* query parameters looked at before giving up */
 
 typedef enum NbListSortKey {
         NB_LIST_SORT_CREATE_AT,

@@ -37,7 +37,7 @@ static const char *const usage_api =
         "  --status STATUS     list only images in STATUS (INIT CREATING ACTIVE CREATE_FAILED ERROR "
         "DELETED)\n"
         "  --limit N           list at most N images (1-1000, default 200)\n"
-        "  --offset N          list from the Nth matching image on (records skipped, default 0)\n"
+        "  --offset N          skip the first N matching images (default 0)\n"
         "  --project-id ID, --notebook-id ID\n"
         "                      the instance's ids (default: asked from the agent)\n"
         "\n"
