@@ -6,7 +6,8 @@
 #    ModelArts.0104 (naming the field or query parameter and the rule), ModelArts.6309 (another notebook),
 #    ModelArts.6404 (no such image), NBSNAP.NOT_FOUND, METHOD_NOT_ALLOWED, BODY_TOO_LARGE, BUSY (a save held
 #    at its manifest PUT), UNAUTHORIZED (TCP), REGISTRY_FAILED (a DELETE the registry answers 500 until the
-#    retry deadline), FORBIDDEN (a DELETE the registry refuses);
+#    retry deadline), FORBIDDEN (a DELETE the registry refuses), TOO_MANY_REQUESTS (a fifth registry
+#    deletion while four wait on the registry);
 #  - the SDKs' swr_instance_id / swr_instance_domain round-trip (response, GET on both listeners, record);
 #    a typo of a field ("descripton") and bad SDK values refused, naming them;
 #  - ListImage over three saves: limit=1 pages, an offset inside and past the end, sort_dir, name (fuzzy and
@@ -14,8 +15,9 @@
 #    --limit/--offset`;
 #  - /metrics after saves that the proxy made retry (a 429 and a 503): nbsnap_registry_retries_total by
 #    reason, nbsnap_last_success_timestamp_seconds, nbsnap_layer_bytes, nbsnap_build_info, HELP/TYPE lines.
-# (NBSNAP.STATE_DIR_FULL and NBSNAP.INTERNAL: daemon-crash.sh; FORBIDDEN for a peer: daemon-api.sh; every
-# row of the table: tests/test-api.c.)
+# (NBSNAP.STATE_DIR_FULL and NBSNAP.INTERNAL: daemon-crash.sh; FORBIDDEN for a peer: daemon-api.sh;
+# NBSNAP.STOPPING, which only a request racing the agent's stop gets, and every row of the table:
+# tests/test-api.c.)
 #
 # Run: ctest -R integration/daemon-modelarts
 set -euo pipefail
@@ -238,6 +240,31 @@ faults '{"rules": [{"method": "DELETE", "path": "/manifests/", "action": "status
   "body": "{\"errors\": [{\"code\": \"UNSUPPORTED\", \"message\": \"The operation is unsupported.\"}]}"}]}'
 for how in unix tcp; do
     expect "$how" 403 NBSNAP.FORBIDDEN "refused to delete" "the registry refuses" DELETE "$P/images/$ID_C"
+done
+
+step "more registry deletions at once than NB_DELETES_MAX (4): 429 NBSNAP.TOO_MANY_REQUESTS"
+faults '{"rules": []}'
+MORE=()
+for n in d e; do
+    call unix POST "$CREATE" -d "{\"name\": \"more-$n\", \"tag\": \"v1\"}"
+    MORE+=("$(jget 'j["id"]')")
+    wait_image "${MORE[-1]}" ACTIVE CREATE_FAILED ERROR --timeout 120 || fail "save more-$n did not end"
+done
+faults '{"rules": [{"method": "DELETE", "path": "/manifests/", "action": "delay", "seconds": 5, "count": 0}]}'
+PIDS=()
+for id in "$ID_A" "$ID_B" "${MORE[@]}"; do
+    curl -s -o "$SCRATCH/del-$id.json" -w '%{http_code}' --unix-socket "$SOCK" -X DELETE \
+        "http://localhost$P/images/$id" >"$SCRATCH/del-$id.code" &
+    PIDS+=($!)
+done
+# the four reach the agent at once (a local socket) and wait on the registry for 5 s
+sleep 1
+for how in unix tcp; do
+    expect "$how" 429 NBSNAP.TOO_MANY_REQUESTS "too many deletions running" "a fifth deletion" DELETE "$P/images/$ID_C"
+done
+for pid in "${PIDS[@]}"; do wait "$pid" || true; done
+for id in "$ID_A" "$ID_B" "${MORE[@]}"; do
+    check "the deletion of $id that waited: 200 DELETED" test "$(cat "$SCRATCH/del-$id.code"):$(json_get "$SCRATCH/del-$id.json" 'j["status"]')" = 200:DELETED
 done
 faults '{"rules": []}'
 call tcp DELETE "$P/images/$ID_C"
