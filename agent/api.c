@@ -76,19 +76,23 @@ typedef struct Request {
  */
 
 static const NbApiError errors[] = {
-        {EINVAL, 400, "ModelArts.6101", "bad request"},  /* body, field, rule, ?status=, framing */
-        {EACCES, 401, "ModelArts.6201", "unauthorized"}, /* TCP: no or wrong bearer token */
-        {EPERM, 403, "ModelArts.6203", "forbidden"},     /* peer not allowed; the registry refused */
-        {ENOENT, 404, "ModelArts.6404", "not found"},    /* path, project, notebook or image */
-        {EOPNOTSUPP, 405, "ModelArts.6405", "method not allowed"},
-        {EBUSY, 409, "ModelArts.6409", "conflict"},  /* a save is running; the image is being saved */
-        {E2BIG, 413, "ModelArts.6413", "too large"}, /* body over NB_REQUEST_BODY_MAX */
-        {EREMOTEIO, 502, "ModelArts.6502", "registry failed"},
-        {ESHUTDOWN, 503, "ModelArts.6503", "stopping"},
-        {EAGAIN, 503, "ModelArts.6503", "too many deletions"},
-        {ENOSPC, 507, "ModelArts.6507", "state dir full"},
-        {EDQUOT, 507, "ModelArts.6507", "state dir over quota"},
-        {0, 500, "ModelArts.6500", "internal"}, /* last: everything else */
+        /* ModelArts' own codes, where ModelArts has one for the condition */
+        {EINVAL, 400, "ModelArts.0104", "parameter error"}, /* body, field, query parameter, framing */
+        {ENXIO, 400, "ModelArts.6309", "no such notebook instance"}, /* another notebook id in the path */
+        {ENOENT, 404, "ModelArts.6404", "no such image"},            /* Terraform reads it as "gone" */
+        /* the rest: this project's codes, which no client can take for a ModelArts one */
+        {EACCES, 401, "NBSNAP.UNAUTHORIZED", "unauthorized"},   /* TCP: no or wrong token */
+        {EPERM, 403, "NBSNAP.FORBIDDEN", "forbidden"},          /* peer not allowed; the registry refused */
+        {EBADRQC, 404, "NBSNAP.NOT_FOUND", "no such resource"}, /* unknown path, another project */
+        {EOPNOTSUPP, 405, "NBSNAP.METHOD_NOT_ALLOWED", "method not allowed"},
+        {EBUSY, 409, "NBSNAP.BUSY", "busy"},                     /* a save runs; the image is being saved */
+        {E2BIG, 413, "NBSNAP.BODY_TOO_LARGE", "body too large"}, /* body over NB_REQUEST_BODY_MAX */
+        {EAGAIN, 429, "NBSNAP.TOO_MANY_REQUESTS", "too many deletions running"},
+        {EREMOTEIO, 502, "NBSNAP.REGISTRY_FAILED", "registry failed"},
+        {ESHUTDOWN, 503, "NBSNAP.STOPPING", "stopping"},
+        {ENOSPC, 507, "NBSNAP.STATE_DIR_FULL", "state dir full"},
+        {EDQUOT, 507, "NBSNAP.STATE_DIR_FULL", "state dir over quota"},
+        {0, 500, "NBSNAP.INTERNAL", "internal"}, /* last: everything else */
 };
 
 const NbApiError *nb_api_error_table(size_t *ret_n)
@@ -205,23 +209,45 @@ static bool peer_allowed(NbApi *a, int fd)
         return false;
 }
 
-static bool token_ok(NbApi *a, struct MHD_Connection *c)
+/* Whether t (n bytes, surrounding spaces already dropped) is the token: digests of equal length compared in
+ * constant time, so that neither the token nor its length leaks through the timing. */
+static bool token_matches(NbApi *a, const char *t, size_t n)
 {
-        const char *h = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION);
-        if (!h || strncasecmp(h, "Bearer ", 7) != 0)
-                return false;
-        const char *t = h + 7;
-        while (*t == ' ')
-                t++;
-        size_t n = strlen(t);
-        while (n > 0 && t[n - 1] == ' ')
-                n--;
-        /* digests of equal length, compared in constant time: neither the token nor its length leaks */
         unsigned char d[EVP_MAX_MD_SIZE];
         unsigned dlen = 0;
         if (n == 0 || n > NB_TOKEN_MAX || EVP_Digest(t, n, d, &dlen, EVP_sha256(), NULL) != 1 || dlen != 32)
                 return false;
         return CRYPTO_memcmp(d, a->token_digest, 32) == 0;
+}
+
+/* The value of a token header without its surrounding spaces: *ret_n bytes from the result. */
+static const char *header_token(const char *h, size_t *ret_n)
+{
+        while (*h == ' ')
+                h++;
+        size_t n = strlen(h);
+        while (n > 0 && h[n - 1] == ' ')
+                n--;
+        *ret_n = n;
+        return h;
+}
+
+/* "Authorization: Bearer <token>" or, as ModelArts clients send their IAM token, "X-Auth-Token: <token>":
+ * either one carrying the configured token lets the request in. */
+static bool token_ok(NbApi *a, struct MHD_Connection *c)
+{
+        const char *h = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION);
+        size_t n;
+        if (h && strncasecmp(h, "Bearer ", 7) == 0) {
+                const char *t = header_token(h + 7, &n);
+                if (token_matches(a, t, n))
+                        return true;
+        }
+        h = MHD_lookup_connection_value(c, MHD_HEADER_KIND, NB_API_HEADER_AUTH_TOKEN);
+        if (!h)
+                return false;
+        const char *t = header_token(h, &n);
+        return token_matches(a, t, n);
 }
 
 /* false with rq->reply set when the request must be refused. */
@@ -245,7 +271,8 @@ static bool check_access(Listener *l, Request *rq, struct MHD_Connection *c, con
                 return true;
         }
         nb_reply_error(&rq->reply, EACCES,
-                       "this listener requires \"Authorization: Bearer <token>\" with the configured token");
+                       "this listener requires the configured token, as \"Authorization: Bearer "
+                       "<token>\" or as \"" NB_API_HEADER_AUTH_TOKEN ": <token>\"");
         rq->reply.challenge = true;
         return false;
 }
@@ -462,20 +489,46 @@ static void handle_get(Manager *m, const char *id, NbReply *r)
                 reply_json(r, 200, nb_image_to_json(img));
 }
 
-static void handle_list(Manager *m, const char *status, NbReply *r)
+typedef struct ListArgs {
+        NbListQuery q;
+        NbError e;
+        int r;
+} ListArgs;
+
+/* Each parameter once (a repeat is refused), each known: the first bad one ends the walk. */
+static enum MHD_Result list_arg(void *cls, enum MHD_ValueKind kind, const char *key, const char *value)
 {
-        NbError e = {0};
+        ListArgs *la = cls;
+        la->r = nb_list_query_set(&la->q, key, value, &la->e);
+        return la->r < 0 ? MHD_NO : MHD_YES;
+}
+
+/* ListImage: {"current", "data", "pages", "size", "total"} (agent/list.h). */
+static void handle_list(Manager *m, struct MHD_Connection *c, NbReply *r)
+{
+        ListArgs la = {0};
+        nb_list_query_init(&la.q);
+        MHD_get_connection_values(c, MHD_GET_ARGUMENT_KIND, list_arg, &la);
         _cleanup_free_ const NbImage **v = NULL;
         size_t n = 0;
-        int k = manager_list_images(m, status, &v, &n, &e);
-        if (k < 0) {
-                reply_failure(r, k, &e);
+        if (la.r >= 0)
+                la.r = manager_list_images(m, &la.q, &v, &n, &la.e);
+        if (la.r < 0) {
+                nb_list_query_done(&la.q);
+                reply_failure(r, la.r, &la.e);
                 return;
         }
-        cJSON *j = cJSON_CreateObject(), *a = cJSON_AddArrayToObject(j, "images");
-        for (size_t i = 0; a && i < n; i++)
-                cJSON_AddItemToArray(a, nb_image_to_json(v[i]));
-        cJSON_AddNumberToObject(j, "total", (double)n);
+        NbListPage page;
+        nb_list_page(&la.q, n, &page);
+        nb_list_query_done(&la.q);
+        cJSON *j = cJSON_CreateObject();
+        cJSON_AddNumberToObject(j, "current", (double)page.current);
+        cJSON *a = cJSON_AddArrayToObject(j, "data");
+        for (size_t i = 0; a && i < page.count; i++)
+                cJSON_AddItemToArray(a, nb_image_to_json(v[page.first + i]));
+        cJSON_AddNumberToObject(j, "pages", (double)page.pages);
+        cJSON_AddNumberToObject(j, "size", (double)page.size);
+        cJSON_AddNumberToObject(j, "total", (double)page.total);
         reply_json(r, 200, j);
 }
 
@@ -522,7 +575,7 @@ static void route(Listener *l, Request *rq, struct MHD_Connection *c, const char
         bool list = n == 3 && strcmp(parts[2], "images") == 0;
         bool one = n == 4 && strcmp(parts[2], "images") == 0;
         if (bad || n < 3 || strcmp(parts[0], "v1") != 0 || !(create || list || one)) {
-                nb_reply_error(r, ENOENT, "no such resource: %.256s", url);
+                nb_reply_error(r, EBADRQC, "no such resource: %.256s", url);
                 return;
         }
         if ((create && !method_is(method, "POST")) || (list && !method_is(method, "GET")) ||
@@ -531,17 +584,19 @@ static void route(Listener *l, Request *rq, struct MHD_Connection *c, const char
                 return;
         }
         if (strcmp(parts[1], manager_project_id(m)) != 0) {
-                nb_reply_error(r, ENOENT, "project %.128s is not this instance's project", parts[1]);
+                nb_reply_error(r, EBADRQC, "project_id %.128s is not this instance's project (%s)", parts[1],
+                               manager_project_id(m));
                 return;
         }
         if (create && strcmp(parts[3], manager_notebook_id(m)) != 0) {
-                nb_reply_error(r, ENOENT, "notebook %.128s is not this instance", parts[3]);
+                nb_reply_error(r, ENXIO, "notebook id %.128s is not this instance (%s)", parts[3],
+                               manager_notebook_id(m));
                 return;
         }
         if (create)
                 handle_create(m, rq, r);
         else if (list)
-                handle_list(m, MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "status"), r);
+                handle_list(m, c, r);
         else if (method_is(method, "GET"))
                 handle_get(m, parts[3], r);
         else
@@ -791,7 +846,7 @@ static int listener_add(NbApi *a, int fd, bool local, const char *name, NbError 
         sd_event_source_set_enabled(l->timer, SD_EVENT_OFF);
         sd_event_source_set_enabled(l->sweep, SD_EVENT_OFF);
         a->listeners[a->n_listeners++] = l;
-        log_info("listening on %s%s", name, local ? "" : tls ? " (TLS, bearer token)" : " (bearer token)");
+        log_info("listening on %s%s", name, local ? "" : tls ? " (TLS, token)" : " (token)");
         return 0;
 }
 

@@ -2,12 +2,15 @@
  * driven by the sd-event loop (the MHD epoll fd as an IO source, MHD's timeout as a timer), so that the
  * handlers run on the loop with the manager. Unix sockets (socket-activated or bound here with no window of
  * wider permissions) admit root, this process's user and the configured group (SO_PEERCRED,
- * SO_PEERGROUPS); TCP listeners require "Authorization: Bearer <token>" (compared in constant time) and
- * speak TLS when a certificate is configured. Routing, limits and the ModelArts error bodies live here;
- * the answers come from agent/manager.h, and one table (nb_api_error()) turns every failure into its HTTP
- * status and ModelArts error code. Against hostile clients: header memory per connection, a deadline per
- * request (a client sending a byte at a time is cut off), a connection limit derived from RLIMIT_NOFILE, and
- * paths taken as sent (no percent-decoding, no "." or ".." segments). */
+ * SO_PEERGROUPS); TCP listeners require the token, as "Authorization: Bearer <token>" or as ModelArts
+ * clients send it, "X-Auth-Token: <token>" (compared in constant time), and speak TLS when a certificate is
+ * configured. Routing, limits, ListImage's query and the error bodies live here; the answers come from
+ * agent/manager.h, and one table (nb_api_error()) turns every failure into its HTTP status and error code:
+ * ModelArts' own code where ModelArts has one (ModelArts.0104 parameter error, ModelArts.6309 no such
+ * notebook, ModelArts.6404 no such image), else one of this project's, NBSNAP.<NAME>, which no client can
+ * take for a ModelArts one. Against hostile clients: header memory per connection, a deadline per request
+ * (a client sending a byte at a time is cut off), a connection limit derived from RLIMIT_NOFILE, and paths
+ * taken as sent (no percent-decoding, no "." or ".." segments). */
 #pragma once
 
 #include <stdbool.h>
@@ -28,6 +31,7 @@
 #define NB_API_REQUEST_TIMEOUT    10 /* seconds for a whole request, first byte to answer (slow clients) */
 #define NB_API_URL_MAX            1024
 #define NB_API_LISTENERS_MAX      (NB_LISTEN_MAX + 8)
+#define NB_API_HEADER_AUTH_TOKEN  "X-Auth-Token" /* ModelArts' token header, beside Authorization: Bearer */
 
 /* An answer: status, body, and the headers some statuses need. */
 typedef struct NbReply {
@@ -41,12 +45,13 @@ typedef struct NbReply {
 void nb_reply_done(NbReply *r);
 
 /* The conditions the agent answers with an error, each an errno: the manager's (agent/manager.h) and the
- * API's own (-EACCES: no or wrong bearer token, -EPERM: a peer not allowed on the socket, -ENOENT: an
- * unknown path, -EOPNOTSUPP: a method not allowed). */
+ * API's own (-EACCES: no or wrong token, -EPERM: a peer not allowed on the socket, -EBADRQC: an unknown
+ * path or another project, -ENXIO: another notebook, -EOPNOTSUPP: a method not allowed, -EINVAL: a bad
+ * query parameter or request framing). */
 typedef struct NbApiError {
         int errno_;        /* positive */
         unsigned status;   /* HTTP */
-        const char *code;  /* "ModelArts.6404" */
+        const char *code;  /* "ModelArts.6404", "NBSNAP.BUSY" */
         const char *label; /* for people and tests */
 } NbApiError;
 

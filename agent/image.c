@@ -50,6 +50,8 @@ static const Field string_fields[] = {
         {"tag", offsetof(NbImage, tag), NB_TAG_MAX, true},
         {"description", offsetof(NbImage, description), NB_DESCRIPTION_MAX * 4, false},
         {"workspace_id", offsetof(NbImage, workspace_id), NB_WORKSPACE_ID_MAX, false},
+        {"swr_instance_id", offsetof(NbImage, swr_instance_id), NB_SWR_INSTANCE_ID_MAX, false},
+        {"swr_instance_domain", offsetof(NbImage, swr_instance_domain), NB_SWR_INSTANCE_DOMAIN_MAX, false},
         {"arch", offsetof(NbImage, arch), 32, false},
         {"swr_path", offsetof(NbImage, swr_path), 1024, false},
         {"service_type", offsetof(NbImage, service_type), 32, false},
@@ -65,6 +67,8 @@ void nb_image_done(NbImage *img)
         free(img->tag);
         free(img->description);
         free(img->workspace_id);
+        free(img->swr_instance_id);
+        free(img->swr_instance_domain);
         free(img->arch);
         free(img->swr_path);
         free(img->service_type);
@@ -117,6 +121,8 @@ int nb_image_copy(const NbImage *src, NbImage *ret)
         c.update_at = src->update_at;
         c.size_kb = src->size_kb;
         c.progress = src->progress;
+        c.layer_bytes = src->layer_bytes;
+        c.layer_bytes_uncompressed = src->layer_bytes_uncompressed;
         int r = 0;
         for (size_t i = 0; r >= 0 && i < ELEMENTSOF(string_fields); i++) {
                 size_t off = string_fields[i].offset;
@@ -196,6 +202,8 @@ int nb_image_new(const NbImageNames *names, int64_t now, NbImage **ret)
                 {&img->description, names->description ? names->description : ""},
                 {&img->workspace_id, names->workspace_id ? names->workspace_id : "0"},
                 {&img->service_type, "UNKNOWN"},
+                {&img->swr_instance_id, names->swr_instance_id},
+                {&img->swr_instance_domain, names->swr_instance_domain},
         };
         for (size_t i = 0; i < ELEMENTSOF(set); i++)
                 if (nb_image_set(set[i].field, set[i].value) < 0)
@@ -251,6 +259,10 @@ cJSON *nb_image_to_json(const NbImage *img)
         S("status", nb_status_to_string(img->status));
         S("status_message", img->status_message);
         cJSON_AddItemToObject(o, "support_res_categories", strv_json(img->resource_categories));
+        if (img->swr_instance_domain)
+                S("swr_instance_domain", img->swr_instance_domain);
+        if (img->swr_instance_id)
+                S("swr_instance_id", img->swr_instance_id);
         S("swr_path", img->swr_path);
         S("tag", img->tag);
         S("type", "DEDICATED");
@@ -493,6 +505,31 @@ bool nb_workspace_id_valid(const char *id, NbError *e)
         if (n == 0 || n > NB_WORKSPACE_ID_MAX || !all_in(id, "-_", true))
                 return nb_error_set(e, -EINVAL, "workspace_id must be 1 to %d letters, digits, '-' or '_'",
                                     NB_WORKSPACE_ID_MAX),
+                       false;
+        return true;
+}
+
+bool nb_swr_instance_id_valid(const char *id, NbError *e)
+{
+        size_t n = id ? strlen(id) : 0;
+        if (n == 0 || n > NB_SWR_INSTANCE_ID_MAX || !all_in(id, "-_", true))
+                return nb_error_set(e, -EINVAL,
+                                    "swr_instance_id must be 1 to %d letters, digits, '-' or '_'",
+                                    NB_SWR_INSTANCE_ID_MAX),
+                       false;
+        return true;
+}
+
+bool nb_swr_instance_domain_valid(const char *domain, NbError *e)
+{
+        size_t n = domain ? strlen(domain) : 0;
+        if (n == 0 || n > NB_SWR_INSTANCE_DOMAIN_MAX || !all_in(domain, ".-:", true) || !alnum(domain[0]) ||
+            !alnum(domain[n - 1]) || strstr(domain, ".."))
+                return nb_error_set(
+                               e, -EINVAL,
+                               "swr_instance_domain must be a host name of 1 to %d letters, digits, '.', "
+                               "'-' and ':' (a port), starting and ending with a letter or digit",
+                               NB_SWR_INSTANCE_DOMAIN_MAX),
                        false;
         return true;
 }

@@ -18,6 +18,10 @@
 #define NB_NAMESPACE_MAX      64
 #define NB_WORKSPACE_ID_MAX   64
 #define NB_STATUS_MESSAGE_MAX 1024
+/* The SDKs' SWR enterprise instance fields: recorded on the image, not used for the push (that goes to the
+ * configured registry). An instance id is a UUID-like token; a domain a DNS name (RFC 1035: 253). */
+#define NB_SWR_INSTANCE_ID_MAX     64
+#define NB_SWR_INSTANCE_DOMAIN_MAX 253
 
 typedef enum NbStatus {
         NB_STATUS_INIT,
@@ -42,9 +46,10 @@ typedef struct NbImageProgress {
 typedef struct NbImage {
         char id[37];
         char *name, *namespace, *tag, *description, *workspace_id;
-        char *arch;         /* "X86_64" / "AARCH64" */
-        char *swr_path;     /* "<registry host>/<namespace>/<name>:<tag>" */
-        char *service_type; /* "UNKNOWN" unless configured */
+        char *swr_instance_id, *swr_instance_domain; /* NULL when the request named none */
+        char *arch;                                  /* "X86_64" / "AARCH64" */
+        char *swr_path;                              /* "<registry host>/<namespace>/<name>:<tag>" */
+        char *service_type;                          /* "UNKNOWN" unless configured */
         char *status_message;
         char **dev_services;        /* NULL-terminated */
         char **resource_categories; /* NULL-terminated */
@@ -55,6 +60,9 @@ typedef struct NbImage {
         /* not in the API object: what the agent needs to find the image again */
         char *manifest_digest;
         char *repository;
+        /* not recorded either: the new layers of the save that made it (compressed blob bytes, uncompressed
+         * tar bytes), for the metrics; 0 when unknown */
+        uint64_t layer_bytes, layer_bytes_uncompressed;
 } NbImage;
 
 const char *nb_status_to_string(NbStatus s);
@@ -63,8 +71,9 @@ NbStatus nb_status_from_string(const char *s);
 /* What a save request names. */
 typedef struct NbImageNames {
         const char *namespace, *name, *tag;
-        const char *description;  /* NULL: "" */
-        const char *workspace_id; /* NULL: "0" */
+        const char *description;                           /* NULL: "" */
+        const char *workspace_id;                          /* NULL: "0" */
+        const char *swr_instance_id, *swr_instance_domain; /* NULL: none */
 } NbImageNames;
 
 /* A new image in INIT: a fresh id, the names, service type UNKNOWN, dev services NOTEBOOK and SSH, resource
@@ -81,7 +90,8 @@ NbImage *nb_image_free(NbImage *img);
 int nb_image_set(char **field, const char *value);
 int nb_image_set_status(NbImage *img, NbStatus status, const char *fmt, ...) _printf_(3, 4);
 
-/* The API object with every response field of the seed. */
+/* The API object with every response field of the seed, and swr_instance_id / swr_instance_domain when the
+ * request gave them. */
 cJSON *nb_image_to_json(const NbImage *img);
 char *nb_image_to_string(const NbImage *img, bool pretty);
 
@@ -97,6 +107,8 @@ bool nb_tag_valid(const char *tag, NbError *e);
 bool nb_namespace_valid(const char *ns, NbError *e);
 bool nb_description_valid(const char *description, NbError *e);
 bool nb_workspace_id_valid(const char *id, NbError *e);
+bool nb_swr_instance_id_valid(const char *id, NbError *e);
+bool nb_swr_instance_domain_valid(const char *domain, NbError *e);
 
 static inline void nb_image_freep(NbImage **img)
 {

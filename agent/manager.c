@@ -11,6 +11,7 @@
 
 #include "agent/chain.h"
 #include "agent/job.h"
+#include "agent/list.h"
 #include "agent/log.h"
 #include "agent/manager.h"
 #include "agent/metrics.h"
@@ -21,8 +22,6 @@
 #include "common/clock.h"
 #include "common/uuid.h"
 #include "registry/registry.h"
-
-#define NB_LIST_MAX NB_STORE_IMAGES_MAX
 
 typedef struct DeleteTask {
         Manager *m;
@@ -207,6 +206,9 @@ static void save_finish(Manager *m)
                                     s->store_error.msg);
         nb_metrics_count_save(&m->metrics, img->status, st.progress.sent, secs);
         if (img->status == NB_STATUS_ACTIVE)
+                nb_metrics_count_success(&m->metrics, img->update_at, img->layer_bytes,
+                                         img->layer_bytes_uncompressed);
+        if (img->status == NB_STATUS_ACTIVE)
                 log_image(LOG_NOTICE, img->id, "done", "saved as %s (%s), %" PRId64 " KB", img->swr_path,
                           img->manifest_digest, img->size_kb);
         else
@@ -314,7 +316,13 @@ const char *manager_notebook_id(const Manager *m)
 
 static int image_new(Manager *m, const NbCreateRequest *rq, int64_t now, NbImage **ret)
 {
-        const NbImageNames names = {rq->namespace, rq->name, rq->tag, rq->description, rq->workspace_id};
+        const NbImageNames names = {.namespace = rq->namespace,
+                                    .name = rq->name,
+                                    .tag = rq->tag,
+                                    .description = rq->description,
+                                    .workspace_id = rq->workspace_id,
+                                    .swr_instance_id = rq->swr_instance_id,
+                                    .swr_instance_domain = rq->swr_instance_domain};
         _cleanup_nb_image_ NbImage *img = NULL;
         _cleanup_free_ char *swr = NULL, *repo = NULL;
         char arch[NB_ARCH_MAX];
@@ -447,30 +455,22 @@ int manager_get_image(Manager *m, const char *id, const NbImage **ret, NbError *
         return 0;
 }
 
-static int cmp_newest(const void *a, const void *b)
+static int cmp_query(const void *a, const void *b, void *userdata)
 {
-        const NbImage *x = *(NbImage *const *)a, *y = *(NbImage *const *)b;
-        if (x->create_at != y->create_at)
-                return x->create_at > y->create_at ? -1 : 1;
-        return strcmp(x->id, y->id);
+        return nb_list_query_compare(userdata, *(NbImage *const *)a, *(NbImage *const *)b);
 }
 
-int manager_list_images(Manager *m, const char *status, const NbImage ***ret, size_t *ret_n, NbError *e)
+int manager_list_images(Manager *m, const NbListQuery *q, const NbImage ***ret, size_t *ret_n, NbError *e)
 {
-        NbStatus want = _NB_STATUS_MAX;
-        if (status && (want = nb_status_from_string(status)) == _NB_STATUS_MAX)
-                return nb_error_set(
-                        e, -EINVAL,
-                        "status must be one of INIT, CREATING, ACTIVE, CREATE_FAILED, ERROR, DELETED");
-        if (m->n_images > 1)
-                qsort(m->images, m->n_images, sizeof(*m->images), cmp_newest);
         const NbImage **v = calloc(m->n_images + 1, sizeof(*v));
         if (!v)
                 return nb_error_oom(e);
         size_t n = 0;
-        for (size_t i = 0; i < m->n_images && n < NB_LIST_MAX; i++)
-                if (!status || m->images[i]->status == want)
+        for (size_t i = 0; i < m->n_images; i++)
+                if (nb_list_query_match(q, m->images[i]))
                         v[n++] = m->images[i];
+        if (n > 1)
+                qsort_r(v, n, sizeof(*v), cmp_query, (void *)q);
         *ret = v;
         *ret_n = n;
         return 0;
@@ -613,6 +613,7 @@ void manager_health(Manager *m, ManagerHealth *ret)
 int manager_metrics(Manager *m, char **ret, NbError *e)
 {
         NbMetricsNow now = {.saving = m->save.job != NULL, .phase = -1, .outbox = nb_outbox_count(m->store)};
+        reg_retry_counts(now.retries);
         if (m->save.job) {
                 JobState st;
                 job_poll(m->save.job, &st);

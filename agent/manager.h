@@ -7,7 +7,7 @@
  *
  * No HTTP here. Each verb returns 0 (a result in its ret_ parameters) or one of these errnos, with the
  * reason for people in its NbError; agent/api.c maps them to answers:
- *   -EINVAL     the request breaks a rule (body, field, ?status=)
+ *   -EINVAL     the request breaks a rule (body, field)
  *   -E2BIG      the request is too large
  *   -ENOENT     no such image
  *   -EBUSY      a save is running, or the image is being saved or deleted
@@ -24,6 +24,7 @@
 
 #include "agent/config.h"
 #include "agent/image.h"
+#include "agent/list.h"
 #include "common/error.h"
 
 #define NB_DELETES_MAX 4 /* registry deletions running at once */
@@ -63,9 +64,9 @@ const char *manager_notebook_id(const Manager *m);
  * save. *ret points into the manager, valid until the next call. */
 int manager_create_image(Manager *m, const char *body, size_t size, const NbImage **ret, NbError *e);
 int manager_get_image(Manager *m, const char *id, const NbImage **ret, NbError *e);
-/* Newest first, only those with status S when status is not NULL. *ret (free it, not its items) points
- * into the manager. */
-int manager_list_images(Manager *m, const char *status, const NbImage ***ret, size_t *ret_n, NbError *e);
+/* The images q selects, in its order (agent/list.h), all of them: the caller takes its page. *ret (free it,
+ * not its items) points into the manager. */
+int manager_list_images(Manager *m, const NbListQuery *q, const NbImage ***ret, size_t *ret_n, NbError *e);
 
 /* r and e as for the other verbs; img is the DELETED image when r is 0. */
 typedef void (*ManagerDeleted)(void *userdata, int r, const NbImage *img, const NbError *e);

@@ -3,6 +3,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 
+#include "agent/agent-version.h"
 #include "agent/metrics.h"
 #include "agent/save.h"
 #include "common/macro.h"
@@ -25,6 +26,14 @@ void nb_metrics_count_save(NbMetrics *m, NbStatus status, uint64_t sent, double 
         m->duration_counts[b]++;
         m->duration_sum += secs;
         m->duration_count++;
+}
+
+void nb_metrics_count_success(NbMetrics *m, int64_t at_ms, uint64_t layer_bytes,
+                              uint64_t layer_bytes_uncompressed)
+{
+        m->last_success_ms = at_ms;
+        m->layer_bytes = layer_bytes;
+        m->layer_bytes_uncompressed = layer_bytes_uncompressed;
 }
 
 typedef struct Buf {
@@ -108,11 +117,42 @@ static void print_gauges(Buf *b, const NbMetricsNow *now)
                    now->outbox);
 }
 
+static void print_registry(Buf *b, const NbMetricsNow *now)
+{
+        buf_printf(b, "# HELP nbsnap_registry_retries_total Registry requests tried again, by reason.\n"
+                      "# TYPE nbsnap_registry_retries_total counter\n");
+        for (int i = 0; i < _REG_RETRY_REASON_MAX; i++)
+                buf_printf(b, "nbsnap_registry_retries_total{reason=\"%s\"} %" PRIu64 "\n",
+                           reg_retry_reason_to_string((RegRetryReason)i), now->retries[i]);
+}
+
+static void print_last_save(Buf *b, const NbMetrics *m)
+{
+        buf_printf(b,
+                   "# HELP nbsnap_last_success_timestamp_seconds When the last successful save ended (Unix "
+                   "time; 0: none since the agent started).\n"
+                   "# TYPE nbsnap_last_success_timestamp_seconds gauge\n"
+                   "nbsnap_last_success_timestamp_seconds %.3f\n",
+                   (double)m->last_success_ms / 1000.0);
+        buf_printf(b,
+                   "# HELP nbsnap_layer_bytes Bytes of the new layers of the last successful save.\n"
+                   "# TYPE nbsnap_layer_bytes gauge\n"
+                   "nbsnap_layer_bytes{kind=\"compressed\"} %" PRIu64 "\n"
+                   "nbsnap_layer_bytes{kind=\"uncompressed\"} %" PRIu64 "\n",
+                   m->layer_bytes, m->layer_bytes_uncompressed);
+        buf_printf(b,
+                   "# HELP nbsnap_build_info The agent's version.\n# TYPE nbsnap_build_info gauge\n"
+                   "nbsnap_build_info{version=\"%s\"} 1\n",
+                   nbsnap_version());
+}
+
 int nb_metrics_text(const NbMetrics *m, const NbMetricsNow *now, char **ret, NbError *e)
 {
         Buf b = {0};
         print_counters(&b, m, now);
         print_gauges(&b, now);
+        print_registry(&b, now);
+        print_last_save(&b, m);
         if (b.failed) {
                 free(b.data);
                 return nb_error_oom(e);

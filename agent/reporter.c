@@ -13,7 +13,7 @@
 
 struct NbReporter {
         NbStore *store;
-        char *url, *auth_header, *ca_file;
+        char *url, *auth_header, *token_header, *ca_file;
         unsigned retry_max_ms;
         pthread_t thread;
         bool started;
@@ -63,6 +63,8 @@ static int post_one(NbReporter *r, uint64_t seq, const char *json, char *err, si
                 h = NULL;
         if (n && r->auth_header && !(n = curl_slist_append(h, r->auth_header)))
                 h = NULL;
+        if (n && r->token_header && !(n = curl_slist_append(h, r->token_header)))
+                h = NULL;
         if (!c || !n) {
                 snprintf(err, err_size, "out of memory");
                 return -ENOMEM;
@@ -98,6 +100,13 @@ static int post_one(NbReporter *r, uint64_t seq, const char *json, char *err, si
                 return -EPROTO;
         }
         return 0;
+}
+
+/* "Name: value", malloc'ed; NULL when out of memory. */
+static char *header_new(const char *prefix, const char *value)
+{
+        char *h = NULL;
+        return asprintf(&h, "%s%s", prefix, value) < 0 ? NULL : h;
 }
 
 /* Waits until kicked, stopped, or ms passed (ms == 0: until kicked or stopped). true when stopping. */
@@ -205,8 +214,8 @@ int nb_reporter_new(NbStore *store, const char *url, const char *token, const ch
         if (r->retry_max_ms < NB_REPORT_BACKOFF_MS)
                 r->retry_max_ms = NB_REPORT_BACKOFF_MS;
         if (!(r->url = strdup(url)) || (ca_file && !(r->ca_file = strdup(ca_file))) ||
-            (token && asprintf(&r->auth_header, "Authorization: Bearer %s", token) < 0)) {
-                r->auth_header = NULL;
+            (token && (!(r->auth_header = header_new("Authorization: Bearer ", token)) ||
+                       !(r->token_header = header_new("X-Auth-Token: ", token))))) {
                 nb_reporter_free(r);
                 return nb_error_oom(e);
         }
@@ -246,6 +255,9 @@ NbReporter *nb_reporter_free(NbReporter *r)
         if (r->auth_header)
                 explicit_bzero(r->auth_header, strlen(r->auth_header));
         free(r->auth_header);
+        if (r->token_header)
+                explicit_bzero(r->token_header, strlen(r->token_header));
+        free(r->token_header);
         free(r->url);
         free(r->ca_file);
         free(r);

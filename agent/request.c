@@ -15,6 +15,8 @@ void nb_create_request_done(NbCreateRequest *r)
         free(r->tag);
         free(r->description);
         free(r->workspace_id);
+        free(r->swr_instance_id);
+        free(r->swr_instance_domain);
         *r = (NbCreateRequest){0};
 }
 
@@ -30,6 +32,9 @@ static const RequestField fields[] = {
         {"namespace", offsetof(NbCreateRequest, namespace), nb_namespace_valid},
         {"tag", offsetof(NbCreateRequest, tag), nb_tag_valid},
         {"workspace_id", offsetof(NbCreateRequest, workspace_id), nb_workspace_id_valid},
+        {"swr_instance_id", offsetof(NbCreateRequest, swr_instance_id), nb_swr_instance_id_valid},
+        {"swr_instance_domain", offsetof(NbCreateRequest, swr_instance_domain),
+         nb_swr_instance_domain_valid},
 };
 
 static int set_field(NbCreateRequest *req, const cJSON *item, NbError *e)
@@ -42,7 +47,7 @@ static int set_field(NbCreateRequest *req, const cJSON *item, NbError *e)
                 return nb_error_set(
                         e, -EINVAL,
                         "unknown field \"%.64s\" (the body may have description, name, namespace, "
-                        "tag, workspace_id)",
+                        "tag, workspace_id, swr_instance_id, swr_instance_domain)",
                         item->string ? item->string : "");
         char **slot = (char **)((char *)req + f->offset);
         if (*slot)
@@ -54,7 +59,7 @@ static int set_field(NbCreateRequest *req, const cJSON *item, NbError *e)
         /* the description may be empty; the others, when given, must follow their rule */
         if (!(f->valid == nb_description_valid && item->valuestring[0] == '\0') &&
             !f->valid(item->valuestring, e))
-                return -EINVAL;
+                return nb_error_wrap(e, -EINVAL, "field \"%s\"", f->name);
         *slot = strdup(item->valuestring);
         return *slot ? 0 : nb_error_oom(e);
 }

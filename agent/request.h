@@ -1,6 +1,8 @@
 /* request.h: the body of POST /v1/{project_id}/notebooks/{id}/create-image (shared/seed/CreateImage.rst,
- * Table 2), read strictly: a JSON object of strings, no unknown or repeated field, each by the seed's rules,
- * within named limits; then the agent's defaults for what it leaves out. Used by the daemon and its fuzzer.
+ * Table 2, plus the official SDKs' swr_instance_id and swr_instance_domain), read strictly: a JSON object of
+ * strings, no unknown or repeated field, each by the seed's rules, within named limits; every refusal names
+ * the field and the rule ("field \"tag\": image tag must be ..."); then the agent's defaults for what it
+ * leaves out. Used by the daemon and its fuzzer.
  */
 #pragma once
 
@@ -14,6 +16,7 @@
 
 typedef struct NbCreateRequest {
         char *name, *namespace, *tag, *description, *workspace_id; /* NULL when left out */
+        char *swr_instance_id, *swr_instance_domain; /* the SDKs' SWR enterprise instance: recorded only */
         bool tag_defaulted; /* the tag is the time of the request, not the caller's */
 } NbCreateRequest;
 

@@ -1164,8 +1164,12 @@ static int push_manifest(Save *s, NbError *e)
         if (r < 0)
                 return nb_error_wrap(e, r, "cannot push the manifest");
         uint64_t total = s->config.size;
-        for (size_t i = 0; i < s->n_parts; i++)
+        s->img->layer_bytes = s->img->layer_bytes_uncompressed = 0;
+        for (size_t i = 0; i < s->n_parts; i++) {
                 total += s->parts[i].size_out;
+                s->img->layer_bytes += s->parts[i].size_out;
+                s->img->layer_bytes_uncompressed += s->parts[i].size_in;
+        }
         for (size_t i = 0; i < kept(s); i++)
                 total += (uint64_t)s->base->layers[i].size;
         s->img->size_kb = (int64_t)((total + 1023) / 1024);

@@ -1,5 +1,6 @@
 /* verb-client.c: nbsnap create-image, status and list: requests to nbsnapd over its unix socket
- * (agent/client.c), the JSON it answers printed on stdout, and --wait's polling with a progress bar. */
+ * (agent/client.c), the JSON it answers printed on stdout (list: one ListImage page, --limit/--offset), and
+ * --wait's polling with a progress bar. */
 #include <errno.h>
 #include <getopt.h>
 #include <stdio.h>
@@ -13,20 +14,22 @@
 #include "agent/config.h"
 #include "agent/image.h"
 #include "agent/progress.h"
+#include "agent/list.h"
 #include "agent/verb.h"
 
 static const char *const usage_api =
         "Usage: nbsnap create-image [--name NAME] [--namespace NS] [--tag TAG] [--description TEXT]\n"
         "                           [--workspace-id ID] [--wait] [--socket PATH]\n"
         "       nbsnap status IMAGE_ID [--wait] [--socket PATH]\n"
-        "       nbsnap list [--status STATUS] [--socket PATH]\n"
+        "       nbsnap list [--status STATUS] [--limit N] [--offset N] [--socket PATH]\n"
         "\n"
         "Talk to nbsnapd, the agent, over its unix socket and print the JSON its API returns on stdout.\n"
         "create-image asks for a save of this instance (POST "
         "/v1/{project_id}/notebooks/{id}/create-image);\n"
         "the agent answers at once with the image object (status INIT) and saves in the background. Fields\n"
         "left out get the agent's defaults: namespace from its config, name from the base image, tag = UTC\n"
-        "time YYYYMMDDHHMMSS, workspace \"0\". status shows one image, list all of them (newest first).\n"
+        "time YYYYMMDDHHMMSS, workspace \"0\". status shows one image, list a page of them (ListImage:\n"
+        "{\"current\", \"data\", \"pages\", \"size\", \"total\"}, newest first).\n"
         "\n"
         "  --socket PATH       the agent's socket (default " NB_DEFAULT_SOCKET ")\n"
         "  --wait              follow the save (a progress bar on a terminal) until it ends; exit 0 when "
@@ -34,6 +37,8 @@ static const char *const usage_api =
         "                      image is ACTIVE, 1 when it is CREATE_FAILED or ERROR\n"
         "  --status STATUS     list only images in STATUS (INIT CREATING ACTIVE CREATE_FAILED ERROR "
         "DELETED)\n"
+        "  --limit N           list at most N images (1-1000, default 200)\n"
+        "  --offset N          skip the first N matching images (default 0)\n"
         "  --project-id ID, --notebook-id ID\n"
         "                      the instance's ids (default: asked from the agent)\n"
         "\n"
@@ -54,6 +59,8 @@ enum {
         API_TAG,
         API_DESCRIPTION,
         API_WORKSPACE,
+        API_LIMIT,
+        API_OFFSET,
 };
 
 static const struct option api_options[] = {
@@ -68,12 +75,15 @@ static const struct option api_options[] = {
         {"tag", required_argument, NULL, API_TAG},
         {"description", required_argument, NULL, API_DESCRIPTION},
         {"workspace-id", required_argument, NULL, API_WORKSPACE},
+        {"limit", required_argument, NULL, API_LIMIT},
+        {"offset", required_argument, NULL, API_OFFSET},
         {},
 };
 
 typedef struct ApiArgs {
         const char *socket, *status, *project, *notebook;
-        const char *fields[5]; /* name, namespace, tag, description, workspace_id */
+        const char *limit, *offset; /* list: checked by nb_list_query_set() */
+        const char *fields[5];      /* name, namespace, tag, description, workspace_id */
         const char *id;
         bool wait;
 } ApiArgs;
@@ -101,6 +111,14 @@ static int parse_api_args(int argc, char **argv, char cmd, ApiArgs *a)
                         break;
                 case API_STATUS:
                         a->status = optarg;
+                        ok = cmd == 'l';
+                        break;
+                case API_LIMIT:
+                        a->limit = optarg;
+                        ok = cmd == 'l';
+                        break;
+                case API_OFFSET:
+                        a->offset = optarg;
                         ok = cmd == 'l';
                         break;
                 case API_PROJECT:
@@ -307,17 +325,53 @@ static int cmd_create_image(const ApiArgs *a, const char *project, const char *n
         return wait_for_image(a, project, id->valuestring);
 }
 
+/* The --limit, --offset and --status values, checked here as the agent would (agent/list.h), so that a bad
+ * one is a usage error. */
+static int list_args_check(const ApiArgs *a)
+{
+        const char *const keys[] = {"limit", "offset", "status"};
+        const char *const values[] = {a->limit, a->offset, a->status};
+        NbListQuery q;
+        nb_list_query_init(&q);
+        for (size_t i = 0; i < ELEMENTSOF(keys); i++) {
+                NbError e = {0};
+                if (values[i] && nb_list_query_set(&q, keys[i], values[i], &e) < 0) {
+                        nb_list_query_done(&q);
+                        fprintf(stderr, "nbsnap list: --%s: %s\n", keys[i], e.msg);
+                        return -EINVAL;
+                }
+        }
+        nb_list_query_done(&q);
+        return 0;
+}
+
+/* "/v1/{project}/images[?status=S&limit=N&offset=N]" */
+static int list_path(const ApiArgs *a, const char *project, char **ret)
+{
+        const char *const keys[] = {"status", "limit", "offset"};
+        const char *const values[] = {a->status, a->limit, a->offset};
+        char query[256] = "";
+        size_t len = 0;
+        for (size_t i = 0; i < ELEMENTSOF(keys); i++) {
+                if (!values[i])
+                        continue;
+                int n = snprintf(query + len, sizeof(query) - len, "%c%s=%s", len ? '&' : '?', keys[i],
+                                 values[i]);
+                if (n < 0 || (size_t)n >= sizeof(query) - len)
+                        return -EINVAL;
+                len += (size_t)n;
+        }
+        return asprintf(ret, "/v1/%s/images%s", project, query) < 0 ? -ENOMEM : 0;
+}
+
 int verb_api(int argc, char **argv, char cmd)
 {
         ApiArgs a = {0};
         int r = parse_api_args(argc, argv, cmd, &a);
         if (r <= 0)
                 return r < 0 ? 2 : 0;
-        if (a.status && nb_status_from_string(a.status) == _NB_STATUS_MAX) {
-                fprintf(stderr, "nbsnap list: --status takes one of INIT CREATING ACTIVE CREATE_FAILED "
-                                "ERROR DELETED\n");
+        if (cmd == 'l' && list_args_check(&a) < 0)
                 return 2;
-        }
         if (a.id && !path_component_ok(a.id)) {
                 fprintf(stderr, "nbsnap status: '%s' is not an image id\n", a.id);
                 return 2;
@@ -333,8 +387,7 @@ int verb_api(int argc, char **argv, char cmd)
                 return wait_for_image(&a, project, a.id);
         _cleanup_free_ char *path = NULL;
         if (cmd == 's' ? asprintf(&path, "/v1/%s/images/%s", project, a.id) < 0
-                       : asprintf(&path, "/v1/%s/images%s%s", project, a.status ? "?status=" : "",
-                                  a.status ? a.status : "") < 0)
+                       : list_path(&a, project, &path) < 0)
                 return 1;
         NbResponse resp = {0};
         NbError e = {0};

@@ -186,6 +186,7 @@ int reg_blob_upload_buffer(RegClient *c, const char *repository, const char *dig
                         return 0;
                 if (!lost || attempt + 1 >= REG_UPLOAD_RESTARTS_MAX)
                         return r;
+                reg_retry_count(REG_RETRY_OTHER); /* the registry lost the session: a new one */
         }
 }
 
@@ -226,6 +227,7 @@ struct RegUpload {
         unsigned recoveries, restarts;
         RegRetry retry; /* failures since the last chunk that went through */
         char retry_after[64];
+        RegRetryReason retry_reason; /* of the last OUTCOME_RETRY */
         char lost_code[64];
         EVP_MD_CTX *md; /* sha256 of everything written */
         reg_progress_fn progress;
@@ -379,8 +381,10 @@ static uint8_t *upload_at(RegUpload *u, uint64_t pos)
 /* What a failed PATCH means for the upload. */
 static Outcome patch_outcome(RegUpload *u, int r, const RegResponse *resp)
 {
-        if (r < 0)
+        if (r < 0) {
+                u->retry_reason = reg_retry_reason_errno(r);
                 return reg_errno_transient(r) ? OUTCOME_RETRY : OUTCOME_FATAL;
+        }
         if (reg_code_session_lost(resp->status, resp->error_code)) {
                 snprintf(u->lost_code, sizeof(u->lost_code), "%s", resp->error_code);
                 return OUTCOME_LOST;
@@ -390,6 +394,7 @@ static Outcome patch_outcome(RegUpload *u, int r, const RegResponse *resp)
         if (reg_status_transient(resp->status, resp->error_code)) {
                 snprintf(u->retry_after, sizeof(u->retry_after), "%s",
                          resp->retry_after ? resp->retry_after : "");
+                u->retry_reason = reg_retry_reason_status(resp->status);
                 return OUTCOME_RETRY;
         }
         return OUTCOME_FATAL;
@@ -518,11 +523,14 @@ static int upload_recover(RegUpload *u, Outcome o, int r, NbError *e)
                 return nb_error_wrap(e, r, "giving up on the upload after %u recoveries", u->recoveries - 1);
         if (o != OUTCOME_RESYNC || u->retry.attempt > 0) {
                 /* Repeated disagreement counts as failures too: it must not loop. */
-                if (reg_retry_wait(u->c, &u->retry, u->retry_after[0] ? u->retry_after : NULL) < 0)
+                RegRetryReason why = o == OUTCOME_RETRY ? u->retry_reason : REG_RETRY_OTHER;
+                if (reg_retry_wait(u->c, &u->retry, why, u->retry_after[0] ? u->retry_after : NULL) < 0)
                         return nb_error_wrap(e, r, "giving up after %u attempts in %ld s", u->retry.attempt,
                                              u->c->retry_deadline_s);
-        } else
-                u->retry.attempt++;
+        } else {
+                u->retry.attempt++; /* resent at once from where the registry is: a retry all the same */
+                reg_retry_count(REG_RETRY_OTHER);
+        }
         u->retry_after[0] = 0;
         return o == OUTCOME_LOST ? upload_restart(u, r, e) : upload_resync(u, e);
 }

@@ -404,7 +404,7 @@ static int sleep_ms(RegClient *c, unsigned ms)
         return cancelled(c) ? -ECANCELED : 0;
 }
 
-int reg_retry_wait(RegClient *c, RegRetry *rt, const char *retry_after)
+int reg_retry_wait(RegClient *c, RegRetry *rt, RegRetryReason reason, const char *retry_after)
 {
         uint64_t now = nb_now_usec();
         if (rt->first_failure_usec == 0)
@@ -418,7 +418,10 @@ int reg_retry_wait(RegClient *c, RegRetry *rt, const char *retry_after)
         uint64_t deadline = rt->first_failure_usec + (uint64_t)c->retry_deadline_s * 1000000u;
         if (now + (uint64_t)ms * 1000u >= deadline)
                 return -ETIMEDOUT;
-        return sleep_ms(c, ms);
+        int r = sleep_ms(c, ms);
+        if (r >= 0)
+                reg_retry_count(reason);
+        return r;
 }
 
 /* A URL curl refused by its scheme (CURLOPT_PROTOCOLS_STR, CURLOPT_REDIR_PROTOCOLS_STR): an https registry
@@ -719,13 +722,14 @@ static int request_retrying(RegClient *c, const RegRequest *rq, const char *auth
                                                         : strerror(-r));
                 bool again = rq->retry && sunk == 0;
                 if (cc != CURLE_OK) {
-                        if (!again || !curl_retryable(cc) || reg_retry_wait(c, &rt, NULL) < 0)
+                        if (!again || !curl_retryable(cc) ||
+                            reg_retry_wait(c, &rt, reg_retry_reason_errno(curl_errno(cc)), NULL) < 0)
                                 return transport_error(c, rq, cc, errbuf, tries, e);
                         continue;
                 }
                 /* After the last attempt the failing answer is returned as it is: callers report it. */
                 if (again && reg_status_transient(resp.status, resp.error_code) &&
-                    reg_retry_wait(c, &rt, resp.retry_after) == 0)
+                    reg_retry_wait(c, &rt, reg_retry_reason_status(resp.status), resp.retry_after) == 0)
                         continue;
                 *ret = resp;
                 resp = (RegResponse){0};

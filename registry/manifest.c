@@ -102,7 +102,8 @@ int reg_manifest_put(RegClient *c, const char *repository, const char *reference
                 r = manifest_blob_unknown(c, repository, data, size, what, e);
                 if (r < 0)
                         return r;
-                if (attempt + 1 >= REG_MANIFEST_BLOB_RETRIES || reg_retry_wait(c, &rt, NULL) < 0)
+                if (attempt + 1 >= REG_MANIFEST_BLOB_RETRIES ||
+                    reg_retry_wait(c, &rt, REG_RETRY_OTHER, NULL) < 0)
                         return nb_error_set(
                                 e, -ENOLINK,
                                 "%s: the registry still answers MANIFEST_BLOB_UNKNOWN although it "

@@ -239,10 +239,16 @@ typedef struct RegRetry {
         unsigned attempt;
         uint64_t first_failure_usec; /* monotonic; 0 before the first failure */
 } RegRetry;
-/* After a failure: sleeps for the backoff with jitter (or the server's Retry-After, capped) and returns 0
- * when one more attempt fits within REG_RETRIES_MAX and the client's retry deadline; -ETIMEDOUT without
- * sleeping otherwise. */
-int reg_retry_wait(RegClient *c, RegRetry *rt, const char *retry_after);
+/* After a failure for reason: sleeps for the backoff with jitter (or the server's Retry-After, capped) and
+ * returns 0 when one more attempt fits within REG_RETRIES_MAX and the client's retry deadline (the retry is
+ * counted under reason, reg_retry_counts()); -ETIMEDOUT without sleeping otherwise. */
+int reg_retry_wait(RegClient *c, RegRetry *rt, RegRetryReason reason, const char *retry_after);
+/* The reason of a retry after a failing status (408, 429, 5xx) or a transport errno (as reg_request returns
+ * them: -ETIMEDOUT, -ECONNREFUSED, -EHOSTUNREACH, -ECONNRESET ...). */
+RegRetryReason reg_retry_reason_status(long status);
+RegRetryReason reg_retry_reason_errno(int r);
+/* Counts one retry (reg_retry_wait() does). */
+void reg_retry_count(RegRetryReason reason);
 /* Transport errors (as reg_request returns them) that another attempt may cure. */
 bool reg_errno_transient(int r);
 /* A failing status that another attempt may cure: 408, 429, 500, 502, 503, 504 without a final error code.

@@ -267,6 +267,26 @@ int reg_manifest_blobs_missing(RegClient *c, const char *repository, const void 
 /* DELETE /v2/<repository>/manifests/<digest>. -EPERM with the registry's words when deletion is disabled. */
 int reg_manifest_delete(RegClient *c, const char *repository, const char *digest, NbError *e);
 
+/* ---- retry counters (retry.c)
+ * -----------------------------------------------------------------------------
+ */
+
+/* Why a step was tried again. */
+typedef enum RegRetryReason {
+        REG_RETRY_HTTP_429, /* 429 Too Many Requests */
+        REG_RETRY_HTTP_5XX, /* 500, 502, 503, 504 */
+        REG_RETRY_TIMEOUT,  /* 408, or a transfer that timed out */
+        REG_RETRY_CONNECT,  /* the host could not be resolved or reached, or the TLS handshake failed */
+        REG_RETRY_OTHER, /* a reset connection, a lost or disagreeing upload session, a lagging registry */
+        _REG_RETRY_REASON_MAX,
+} RegRetryReason;
+
+/* "http_429", "http_5xx", "timeout", "connect", "other" ("unknown" out of range). */
+const char *reg_retry_reason_to_string(RegRetryReason reason);
+/* The retries every client of this process has made since it started, by reason: process-wide atomic
+ * counters, counted as each retry starts (nothing is logged). Callers export them as they see fit. */
+void reg_retry_counts(uint64_t ret[static _REG_RETRY_REASON_MAX]);
+
 /* ---- cleanup helpers -------------------------------------------------------------------------------------
  */
 

@@ -1,8 +1,9 @@
 /* retry.c: when to try again: Retry-After, backoff with jitter, environment overrides of the retry
- * settings, and the Range header of an upload session. */
+ * settings, the Range header of an upload session, and the process-wide count of retries by reason. */
 #include <ctype.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <stdatomic.h>
 #include <string.h>
 #include <strings.h>
 #include <sys/stat.h>
@@ -92,4 +93,54 @@ unsigned reg_backoff_ms(unsigned attempt, uint64_t *state)
                 ms = REG_BACKOFF_CAP_MS;
         /* Full jitter over the upper half: spreads clients without making a retry instant. */
         return (unsigned)(ms / 2 + (x * 0x2545F4914F6CDD1Dull) % (ms / 2 + 1));
+}
+
+/* ---- retry counters ------------------------------------------------------------------------------------
+ */
+
+static _Atomic uint64_t retry_counts[_REG_RETRY_REASON_MAX];
+
+static const char *const retry_reasons[_REG_RETRY_REASON_MAX] = {
+        [REG_RETRY_HTTP_429] = "http_429", [REG_RETRY_HTTP_5XX] = "http_5xx",
+        [REG_RETRY_TIMEOUT] = "timeout",   [REG_RETRY_CONNECT] = "connect",
+        [REG_RETRY_OTHER] = "other",
+};
+
+const char *reg_retry_reason_to_string(RegRetryReason reason)
+{
+        return reason < _REG_RETRY_REASON_MAX ? retry_reasons[reason] : "unknown";
+}
+
+void reg_retry_count(RegRetryReason reason)
+{
+        atomic_fetch_add(&retry_counts[reason < _REG_RETRY_REASON_MAX ? reason : REG_RETRY_OTHER], 1);
+}
+
+void reg_retry_counts(uint64_t ret[static _REG_RETRY_REASON_MAX])
+{
+        for (size_t i = 0; i < _REG_RETRY_REASON_MAX; i++)
+                ret[i] = atomic_load(&retry_counts[i]);
+}
+
+RegRetryReason reg_retry_reason_status(long status)
+{
+        if (status == 429)
+                return REG_RETRY_HTTP_429;
+        if (status == 408)
+                return REG_RETRY_TIMEOUT;
+        return status >= 500 && status <= 599 ? REG_RETRY_HTTP_5XX : REG_RETRY_OTHER;
+}
+
+RegRetryReason reg_retry_reason_errno(int r)
+{
+        switch (r) {
+        case -ETIMEDOUT:
+                return REG_RETRY_TIMEOUT;
+        case -ECONNREFUSED:
+        case -EHOSTUNREACH:
+        case -EPROTO: /* the TLS handshake */
+                return REG_RETRY_CONNECT;
+        default:
+                return REG_RETRY_OTHER;
+        }
 }

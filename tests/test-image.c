@@ -92,9 +92,11 @@ static void test_copy_and_json(void)
         ASSERT_STREQ(back.status_message, img->status_message);
         nb_image_done(&back);
 
-        /* the API object has no record fields */
+        /* the API object has no record fields, and no SDK fields the request did not give */
         j = nb_image_to_json(img);
         ASSERT_TRUE(cJSON_GetObjectItem(j, "manifest_digest") == NULL);
+        ASSERT_TRUE(cJSON_GetObjectItem(j, "swr_instance_id") == NULL);
+        ASSERT_TRUE(cJSON_GetObjectItem(j, "swr_instance_domain") == NULL);
         ASSERT_STREQ(cJSON_GetStringValue(cJSON_GetObjectItem(j, "status")), "ACTIVE");
         cJSON_Delete(j);
 
@@ -153,11 +155,43 @@ static void test_progress(void)
         cJSON_Delete(j);
 }
 
+/* The SDKs' SWR instance fields: on the image, in its API object, and read back from its record. */
+static void test_swr_instance(void)
+{
+        const NbImageNames names = {.namespace = "ns1",
+                                    .name = "img",
+                                    .tag = "v1",
+                                    .swr_instance_id = "inst-1",
+                                    .swr_instance_domain = "swr-ee.example.com"};
+        _cleanup_nb_image_ NbImage *img = NULL;
+        ASSERT_OK(nb_image_new(&names, 1, &img));
+        ASSERT_STREQ(img->swr_instance_id, "inst-1");
+        ASSERT_STREQ(img->swr_instance_domain, "swr-ee.example.com");
+        NbImage copy = {0};
+        ASSERT_OK(nb_image_copy(img, &copy));
+        ASSERT_STREQ(copy.swr_instance_id, "inst-1");
+        nb_image_done(&copy);
+        cJSON *j = nb_image_to_json(img);
+        ASSERT_STREQ(cJSON_GetStringValue(cJSON_GetObjectItem(j, "swr_instance_id")), "inst-1");
+        ASSERT_STREQ(cJSON_GetStringValue(cJSON_GetObjectItem(j, "swr_instance_domain")),
+                     "swr-ee.example.com");
+        cJSON_Delete(j);
+        j = nb_image_record_json(img);
+        NbImage back = {0};
+        NbError e = {0};
+        ASSERT_OK(nb_image_from_json(j, &back, &e));
+        cJSON_Delete(j);
+        ASSERT_STREQ(back.swr_instance_id, "inst-1");
+        ASSERT_STREQ(back.swr_instance_domain, "swr-ee.example.com");
+        nb_image_done(&back);
+}
+
 int main(void)
 {
         test_new();
         test_copy_and_json();
         test_progress();
+        test_swr_instance();
         printf("test-image: all passed\n");
         return 0;
 }

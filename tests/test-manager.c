@@ -125,14 +125,21 @@ static void test_queries(Manager *m, const char *id)
         size_t n = 0;
         NbError e = {0};
         ASSERT_EQ(manager_get_image(m, "00000000-0000-4000-8000-000000000000", &img, &e), -ENOENT);
-        ASSERT_EQ(manager_list_images(m, "FINISHED", &v, &n, &e), -EINVAL);
-        ASSERT_OK(manager_list_images(m, "CREATE_FAILED", &v, &n, &e));
+        NbListQuery q;
+        nb_list_query_init(&q);
+        ASSERT_EQ(nb_list_query_set(&q, "status", "FINISHED", &e), -EINVAL);
+        nb_list_query_done(&q);
+        ASSERT_OK(nb_list_query_set(&q, "status", "CREATE_FAILED", &e));
+        ASSERT_OK(manager_list_images(m, &q, &v, &n, &e));
         ASSERT_EQ(n, 1);
         ASSERT_STREQ(v[0]->id, id);
         free(v);
-        ASSERT_OK(manager_list_images(m, "ACTIVE", &v, &n, &e));
+        nb_list_query_done(&q);
+        ASSERT_OK(nb_list_query_set(&q, "status", "ACTIVE", &e));
+        ASSERT_OK(manager_list_images(m, &q, &v, &n, &e));
         ASSERT_EQ(n, 0);
         free(v);
+        nb_list_query_done(&q);
 }
 
 /* Nothing was pushed: the record alone becomes DELETED; deleting it again answers it as it is. */

@@ -451,6 +451,27 @@ static void test_ranges(void)
 }
 
 /* Retries end at the deadline, counted from the first failure, and never sleep past it. */
+/* Each failure's reason, and the counters' names (the agent's metrics labels). */
+static void test_retry_reasons(void)
+{
+        ASSERT_EQ(reg_retry_reason_status(429), REG_RETRY_HTTP_429);
+        ASSERT_EQ(reg_retry_reason_status(500), REG_RETRY_HTTP_5XX);
+        ASSERT_EQ(reg_retry_reason_status(503), REG_RETRY_HTTP_5XX);
+        ASSERT_EQ(reg_retry_reason_status(504), REG_RETRY_HTTP_5XX);
+        ASSERT_EQ(reg_retry_reason_status(408), REG_RETRY_TIMEOUT);
+        ASSERT_EQ(reg_retry_reason_status(416), REG_RETRY_OTHER);
+        ASSERT_EQ(reg_retry_reason_errno(-ETIMEDOUT), REG_RETRY_TIMEOUT);
+        ASSERT_EQ(reg_retry_reason_errno(-ECONNREFUSED), REG_RETRY_CONNECT);
+        ASSERT_EQ(reg_retry_reason_errno(-EHOSTUNREACH), REG_RETRY_CONNECT);
+        ASSERT_EQ(reg_retry_reason_errno(-ECONNRESET), REG_RETRY_OTHER);
+        ASSERT_STREQ(reg_retry_reason_to_string(REG_RETRY_HTTP_429), "http_429");
+        ASSERT_STREQ(reg_retry_reason_to_string(REG_RETRY_HTTP_5XX), "http_5xx");
+        ASSERT_STREQ(reg_retry_reason_to_string(REG_RETRY_TIMEOUT), "timeout");
+        ASSERT_STREQ(reg_retry_reason_to_string(REG_RETRY_CONNECT), "connect");
+        ASSERT_STREQ(reg_retry_reason_to_string(REG_RETRY_OTHER), "other");
+        ASSERT_STREQ(reg_retry_reason_to_string(_REG_RETRY_REASON_MAX), "unknown");
+}
+
 static void test_retry_deadline(void)
 {
         RegClientOptions o = {.url = "http://127.0.0.1:9", .authfile = "/dev/null", .retry_deadline_s = 1};
@@ -463,15 +484,16 @@ static void test_retry_deadline(void)
         ASSERT_OK(reg_client_new(&o, &c, &e));
         RegRetry rt = {0};
         uint64_t t0 = nb_now_usec();
-        ASSERT_EQ(reg_retry_wait(c, &rt, "5"), -ETIMEDOUT); /* Retry-After past the deadline */
+        ASSERT_EQ(reg_retry_wait(c, &rt, REG_RETRY_OTHER, "5"),
+                  -ETIMEDOUT); /* Retry-After past the deadline */
         ASSERT_INT(nb_now_usec() - t0, <, 100000);
         rt = (RegRetry){0};
-        ASSERT_EQ(reg_retry_wait(c, &rt, "0"), 0);
+        ASSERT_EQ(reg_retry_wait(c, &rt, REG_RETRY_OTHER, "0"), 0);
         ASSERT_EQ(rt.attempt, 1);
         ASSERT_TRUE(rt.first_failure_usec != 0);
         /* attempts are capped even when the server says "now" every time */
         unsigned n = 1;
-        while (reg_retry_wait(c, &rt, "0") == 0)
+        while (reg_retry_wait(c, &rt, REG_RETRY_OTHER, "0") == 0)
                 n++;
         ASSERT_EQ(n, REG_RETRIES_MAX - 1);
         reg_client_free(c);
@@ -846,10 +868,16 @@ static void test_retries(void)
         RegClient *c = mock_client(&a, false);
         RegResponse resp;
         NbError e = {0};
+        uint64_t before[_REG_RETRY_REASON_MAX], after[_REG_RETRY_REASON_MAX];
+        reg_retry_counts(before);
         ASSERT_OK(mock_get(c, &a, "/v2/r/manifests/x", true, &resp, &e));
         ASSERT_EQ(resp.status, 200);
         reg_response_done(&resp);
         ASSERT_EQ(a.n_requests, 3);
+        /* both retries counted, as 5xx, and nothing else */
+        reg_retry_counts(after);
+        for (size_t i = 0; i < _REG_RETRY_REASON_MAX; i++)
+                ASSERT_EQ(after[i] - before[i], i == REG_RETRY_HTTP_5XX ? 2u : 0u);
         ASSERT_OK(mock_get(c, &a, "/v2/r/manifests/x", true, &resp, &e)); /* DENIED: not retried */
         ASSERT_EQ(resp.status, 503);
         ASSERT_STREQ(resp.error_code, "DENIED");
@@ -865,6 +893,8 @@ static void test_retries(void)
         ASSERT_EQ(mock_get(c, &a, "/v2/r/manifests/x", true, &resp, &e), -EACCES);
         ASSERT_TRUE(strstr(e.msg, "without an authentication challenge") != NULL);
         ASSERT_EQ(a.n_requests, 7);
+        reg_retry_counts(before); /* what is not retried is not counted */
+        ASSERT_EQ(before[REG_RETRY_HTTP_5XX], after[REG_RETRY_HTTP_5XX]);
         mock_stop(&a);
         reg_client_free(c);
 }
@@ -1053,6 +1083,7 @@ int main(void)
         test_urls();
         test_retry_after();
         test_ranges();
+        test_retry_reasons();
         test_retry_deadline();
         test_error_bodies();
         test_digests();

@@ -84,6 +84,66 @@ static void test_rejects(void)
         nb_create_request_done(&r);
 }
 
+/* The SDKs' fields are taken (strings, by their rule, within their named limits); a typo of a field is not;
+ * every refusal names the field and says the rule. */
+static void test_sdk_fields(void)
+{
+        NbCreateRequest r;
+        NbError e = {0};
+        ASSERT_OK(parse("{\"swr_instance_id\": \"a1b2c3d4-e5f6-7890-abcd-ef0123456789\", "
+                        "\"swr_instance_domain\": \"swr-ee.cn-north-4.example.com\"}",
+                        &r, &e));
+        ASSERT_STREQ(r.swr_instance_id, "a1b2c3d4-e5f6-7890-abcd-ef0123456789");
+        ASSERT_STREQ(r.swr_instance_domain, "swr-ee.cn-north-4.example.com");
+        nb_create_request_done(&r);
+
+        static const struct {
+                const char *body, *words[2];
+        } bad[] = {
+                {"{\"descripton\": \"x\"}", {"unknown field \"descripton\"", "description"}},
+                {"{\"swr_instance_id\": 7}", {"\"swr_instance_id\"", "must be a string"}},
+                {"{\"swr_instance_id\": \"\"}", {"\"swr_instance_id\"", "1 to 64"}},
+                {"{\"swr_instance_id\": \"a b\"}", {"\"swr_instance_id\"", "letters, digits"}},
+                {"{\"swr_instance_domain\": \"-x.com\"}", {"\"swr_instance_domain\"", "host name"}},
+                {"{\"swr_instance_domain\": \"a/b\"}", {"\"swr_instance_domain\"", "host name"}},
+                {"{\"swr_instance_domain\": null}", {"\"swr_instance_domain\"", "must be a string"}},
+                {"{\"tag\": \"a b\"}", {"field \"tag\"", "1 to 64 characters"}},
+                {"{\"name\": \"Upper\"}", {"field \"name\"", "lowercase"}},
+                {"{\"namespace\": \"-x\"}", {"field \"namespace\"", "starting and ending"}},
+                {"{\"workspace_id\": \"a b\"}", {"field \"workspace_id\"", "letters, digits"}},
+        };
+        for (size_t i = 0; i < ELEMENTSOF(bad); i++) {
+                nb_error_clear(&e);
+                ASSERT_EQ(parse(bad[i].body, &r, &e), -EINVAL);
+                for (size_t w = 0; w < 2; w++)
+                        if (!strstr(e.msg, bad[i].words[w])) {
+                                fprintf(stderr, "%s: \"%s\" does not say \"%s\"\n", bad[i].body, e.msg,
+                                        bad[i].words[w]);
+                                ASSERT_TRUE(false);
+                        }
+        }
+        /* the limits, by name */
+        char v[NB_SWR_INSTANCE_DOMAIN_MAX + 2], json[NB_SWR_INSTANCE_DOMAIN_MAX + 64];
+        memset(v, 'a', sizeof(v) - 1);
+        v[NB_SWR_INSTANCE_ID_MAX] = '\0';
+        snprintf(json, sizeof(json), "{\"swr_instance_id\": \"%s\"}", v);
+        ASSERT_OK(parse(json, &r, &e));
+        nb_create_request_done(&r);
+        v[NB_SWR_INSTANCE_ID_MAX] = 'a';
+        v[NB_SWR_INSTANCE_ID_MAX + 1] = '\0';
+        snprintf(json, sizeof(json), "{\"swr_instance_id\": \"%s\"}", v);
+        ASSERT_EQ(parse(json, &r, &e), -EINVAL);
+        memset(v, 'a', sizeof(v) - 1);
+        v[NB_SWR_INSTANCE_DOMAIN_MAX] = '\0';
+        snprintf(json, sizeof(json), "{\"swr_instance_domain\": \"%s\"}", v);
+        ASSERT_OK(parse(json, &r, &e));
+        nb_create_request_done(&r);
+        v[NB_SWR_INSTANCE_DOMAIN_MAX] = 'a';
+        v[NB_SWR_INSTANCE_DOMAIN_MAX + 1] = '\0';
+        snprintf(json, sizeof(json), "{\"swr_instance_domain\": \"%s\"}", v);
+        ASSERT_EQ(parse(json, &r, &e), -EINVAL);
+}
+
 static void test_limits(void)
 {
         size_t n = NB_REQUEST_BODY_MAX + 1;
@@ -176,6 +236,7 @@ int main(void)
 {
         test_seed_example();
         test_rejects();
+        test_sdk_fields();
         test_limits();
         test_defaults();
         test_unique_tag();

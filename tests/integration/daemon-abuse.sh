@@ -211,7 +211,7 @@ for field in name tag namespace; do
         [[ $field == tag && $v == UPPER ]] && continue # tags may have uppercase letters
         api POST "$CREATE" -d "{\"$field\": \"$v\"}"
         check "$field \"$v\": 400 (got $HTTP_CODE)" test "$HTTP_CODE" = 400
-        check "$field \"$v\": ModelArts.6101" test "$(jget 'j.get("error_code")' 2>/dev/null)" = ModelArts.6101
+        check "$field \"$v\": ModelArts.0104" test "$(jget 'j.get("error_code")' 2>/dev/null)" = ModelArts.0104
         n=$((n + 1))
     done
 done

@@ -81,7 +81,7 @@ check "CREATING shows packing progress with a percent ($msg)" test "$seen_progre
 check "progress tells bytes" grep -q 'MB' <<<"$msg"
 api POST "$CREATE" -d '{"name":"second","tag":"t2"}'
 check "a second save is 409" test "$HTTP_CODE" = 409
-check "409 has a ModelArts error body" grep -Eq '^ModelArts\.[0-9]{4}$' <<<"$(jget 'j["error_code"]')"
+check "409 is NBSNAP.BUSY" test "$(jget 'j["error_code"]')" = NBSNAP.BUSY
 check "409 says why" grep -q 'already running' <<<"$(jget 'j["error_msg"]')"
 api DELETE "$P/images/$ID"
 check "DELETE while CREATING is 409 (got $HTTP_CODE)" test "$HTTP_CODE" = 409
@@ -122,26 +122,38 @@ check "its default tag is a new one ($(jget 'j["tag"]') after $TAG2)" test "$(jg
 wait_image "$ID3" ACTIVE CREATE_FAILED --timeout 300 || fail "save without body did not end"
 
 step "errors: 400 413 404 405"
-expect() { # expect CODE DESCRIPTION METHOD PATH [-d DATA]
-    local code=$1 what=$2
+# expect CODE DESCRIPTION METHOD PATH [-d DATA]: HTTP CODE with the error_code ModelArts.0104 (400),
+# NBSNAP.BODY_TOO_LARGE (413), NBSNAP.NOT_FOUND (404) or NBSNAP.METHOD_NOT_ALLOWED (405); ERROR_CODE= and
+# SAYS= in the environment override the code and ask for words in error_msg
+expect() {
+    local code=$1 what=$2 want
     shift 2
+    case $code in
+    400) want=ModelArts.0104 ;; 413) want=NBSNAP.BODY_TOO_LARGE ;; 404) want=NBSNAP.NOT_FOUND ;;
+    405) want=NBSNAP.METHOD_NOT_ALLOWED ;; *) want=unknown ;;
+    esac
+    want=${ERROR_CODE:-$want}
     api "$@"
     check "$what: HTTP $code (got $HTTP_CODE)" test "$HTTP_CODE" = "$code"
-    check "$what: ModelArts error body" grep -Eq '^ModelArts\.[0-9]{4}$' <<<"$(jget 'j.get("error_code","")' 2>/dev/null)"
+    check "$what: error_code $want" test "$(jget 'j.get("error_code","")' 2>/dev/null)" = "$want"
     check "$what: error_msg" test -n "$(jget 'j.get("error_msg","")' 2>/dev/null)"
+    if [[ -n ${SAYS:-} ]]; then
+        check "$what: error_msg says '$SAYS' ($(jget 'j.get("error_msg","")' 2>/dev/null))" \
+            grep -qF -- "$SAYS" <<<"$(jget 'j.get("error_msg","")' 2>/dev/null)"
+    fi
 }
 expect 400 "malformed JSON" POST "$CREATE" -d '{"name": "x",'
 expect 400 "not an object" POST "$CREATE" -d '["name"]'
 expect 400 "trailing data" POST "$CREATE" -d '{} {}'
 expect 400 "wrong type" POST "$CREATE" -d '{"name": 12}'
 expect 400 "null field" POST "$CREATE" -d '{"tag": null}'
-expect 400 "unknown field" POST "$CREATE" -d '{"name": "ok", "flavor": "x"}'
+SAYS='unknown field "flavor"' expect 400 "unknown field" POST "$CREATE" -d '{"name": "ok", "flavor": "x"}'
 expect 400 "repeated field" POST "$CREATE" -d '{"name": "ok", "name": "ok2"}'
-expect 400 "uppercase name" POST "$CREATE" -d '{"name": "Bad"}'
+SAYS='field "name": image name must be 1 to 512' expect 400 "uppercase name" POST "$CREATE" -d '{"name": "Bad"}'
 expect 400 "name with a slash" POST "$CREATE" -d '{"name": "a/b"}'
 expect 400 "empty name" POST "$CREATE" -d '{"name": ""}'
 expect 400 "tag with a space" POST "$CREATE" -d '{"tag": "a b"}'
-expect 400 "tag of 65 characters" POST "$CREATE" -d "{\"tag\": \"$(printf 't%.0s' $(seq 65))\"}"
+SAYS='field "tag": image tag must be 1 to 64' expect 400 "tag of 65 characters" POST "$CREATE" -d "{\"tag\": \"$(printf 't%.0s' $(seq 65))\"}"
 expect 400 "description of 513 characters" POST "$CREATE" -d "{\"description\": \"$(printf 'd%.0s' $(seq 513))\"}"
 expect 400 "bad namespace" POST "$CREATE" -d '{"namespace": "-x-"}'
 expect 400 "bad workspace_id" POST "$CREATE" -d '{"workspace_id": "a b"}'
@@ -151,9 +163,11 @@ HTTP_CODE=$(curl -s -o "$SCRATCH/resp.json" -w '%{http_code}' --unix-socket "$SO
     -H 'Content-Type: application/json' --data-binary "@$SCRATCH/big.json" "http://localhost$CREATE")
 check "chunked body over 64 KiB: 413 (got $HTTP_CODE)" test "$HTTP_CODE" = 413
 expect 404 "other project" POST /v1/other/notebooks/nb-1/create-image -d '{}'
-expect 404 "other notebook" POST /v1/proj-1/notebooks/nb-2/create-image -d '{}'
+ERROR_CODE=ModelArts.6309 SAYS='notebook id nb-2 is not this instance' expect 400 "other notebook" \
+    POST /v1/proj-1/notebooks/nb-2/create-image -d '{}'
 expect 404 "other project's images" GET /v1/other/images
-expect 404 "unknown image" GET "$P/images/00000000-0000-4000-8000-000000000000"
+ERROR_CODE=ModelArts.6404 expect 404 "unknown image" GET "$P/images/00000000-0000-4000-8000-000000000000"
+ERROR_CODE=ModelArts.6404 expect 404 "DELETE of an unknown image" DELETE "$P/images/00000000-0000-4000-8000-000000000000"
 expect 404 "unknown path" GET /v2/proj-1/images
 expect 404 "unknown path below v1" GET "$P/imagez"
 expect 404 "trailing slash" GET "$P/images/"
@@ -164,18 +178,19 @@ expect 405 "PUT an image" PUT "$P/images/$ID" -d '{}'
 expect 405 "POST health" POST /health -d '{}'
 allow=$(curl -s -o /dev/null -D - --unix-socket "$SOCK" -X PUT "http://localhost$P/images/$ID" | tr -d '\r' | sed -n 's/^Allow: //Ip')
 check "405 says Allow ($allow)" grep -q DELETE <<<"$allow"
-expect 400 "list with a bad status" GET "$P/images?status=BOGUS"
+SAYS='"status" must be one of' expect 400 "list with a bad status" GET "$P/images?status=BOGUS"
 
 step "list: newest first, status filter"
 api GET "$P/images"
 check "list is 200" test "$HTTP_CODE" = 200
 check "list has the 3 images" test "$(jget 'j["total"]')" = 3
-check "newest first" test "$(jget '",".join(i["id"] for i in j["images"])')" = "$ID3,$ID2,$ID"
-check "list items are full image objects" "$PYTHON" -c 'import json,sys; l=json.load(open(sys.argv[1]))["images"]; a=json.load(open(sys.argv[2])); sys.exit(0 if all(sorted(i)==sorted(a) for i in l) else 1)' "$SCRATCH/resp.json" "$SCRATCH/active.json"
+check "newest first" test "$(jget '",".join(i["id"] for i in j["data"])')" = "$ID3,$ID2,$ID"
+check "ListImage's page fields (current 0, pages 1, size 200)" test "$(jget '"%d %d %d" % (j["current"], j["pages"], j["size"])')" = "0 1 200"
+check "list items are full image objects" "$PYTHON" -c 'import json,sys; l=json.load(open(sys.argv[1]))["data"]; a=json.load(open(sys.argv[2])); sys.exit(0 if all(sorted(i)==sorted(a) for i in l) else 1)' "$SCRATCH/resp.json" "$SCRATCH/active.json"
 api GET "$P/images?status=ACTIVE"
-check "?status=ACTIVE" test "$(jget 'len(j["images"])')" = 3
+check "?status=ACTIVE" test "$(jget 'len(j["data"])')" = 3
 api GET "$P/images?status=DELETED"
-check "?status=DELETED is empty" test "$(jget 'len(j["images"])')" = 0
+check "?status=DELETED is empty" test "$(jget 'len(j["data"])')" = 0
 
 step "nbsnap create-image / status / list"
 run_nbsnap "$SCRATCH/cli-create" create-image --socket "$SOCK" --name cli-img --tag v1 --description "from the CLI"
@@ -190,7 +205,7 @@ check "nbsnap status exits 0" test "$NBSNAP_RC" = 0
 check "nbsnap status prints the image" test "$(json_get "$SCRATCH/cli-status.out" 'j["swr_path"]')" = "$REGISTRY_HOST/nbsnap-it/cli-img:v1"
 run_nbsnap "$SCRATCH/cli-list" list --socket "$SOCK"
 check "nbsnap list exits 0" test "$NBSNAP_RC" = 0
-check "nbsnap list shows 4 images, newest first" test "$(json_get "$SCRATCH/cli-list.out" 'str(j["total"]) + j["images"][0]["id"]')" = "4$CLI_ID"
+check "nbsnap list shows 4 images, newest first" test "$(json_get "$SCRATCH/cli-list.out" 'str(j["total"]) + j["data"][0]["id"]')" = "4$CLI_ID"
 run_nbsnap "$SCRATCH/cli-list2" list --status DELETED --socket "$SOCK"
 check "nbsnap list --status" test "$(json_get "$SCRATCH/cli-list2.out" 'j["total"]')" = 0
 run_nbsnap "$SCRATCH/cli-create2" create-image --socket "$SOCK" --name cli-img --tag v2 --wait
@@ -222,7 +237,7 @@ code=$(setpriv --reuid=65534 --regid=65534 --clear-groups curl -s -w '\n%{http_c
 printf '%s\n' "$code" | head -n -1 >"$SCRATCH/peer.json"
 code=$(tail -n 1 <<<"$code")
 check "a user outside root and the group gets 403 (got $code)" test "$code" = 403
-check "403 has a ModelArts body" grep -q 'ModelArts' "$SCRATCH/peer.json"
+check "403 is NBSNAP.FORBIDDEN" test "$(json_get "$SCRATCH/peer.json" 'j["error_code"]')" = NBSNAP.FORBIDDEN
 chmod 0660 "$SOCK"
 chmod 0700 "$SCRATCH"
 
@@ -254,7 +269,7 @@ check "GET shows DELETED" test "$(jget 'j["status"]')" = DELETED
 api DELETE "$P/images/$ID2"
 check "DELETE again is 200" test "$HTTP_CODE" = 200
 api GET "$P/images?status=DELETED"
-check "?status=DELETED lists it" test "$(jget 'j["images"][0]["id"]')" = "$ID2"
+check "?status=DELETED lists it" test "$(jget 'j["data"][0]["id"]')" = "$ID2"
 
 step "DELETE refused by the registry (deletion disabled)"
 port=$REGISTRY_PORT
@@ -265,6 +280,7 @@ REGISTRY_PID=$!
 for ((i = 0; i < 100; i++)); do curl -sf -o /dev/null "http://127.0.0.1:$port/v2/" && break; sleep 0.1; done
 api DELETE "$P/images/$ID3"
 check "registry refusal: 403 ($(head -c 300 "$SCRATCH/resp.json"))" test "$HTTP_CODE" = 403
+check "registry refusal: NBSNAP.FORBIDDEN" test "$(jget 'j["error_code"]')" = NBSNAP.FORBIDDEN
 check "refusal carries the registry's words" grep -qi 'unsupported\|disabled\|405' <<<"$(jget 'j["error_msg"]')"
 api GET "$P/images/$ID3"
 check "refused image stays ACTIVE" test "$(jget 'j["status"]')" = ACTIVE

@@ -260,7 +260,7 @@ EOF
 
 # receiver_start NAME FAILS: a control-plane stand-in on 127.0.0.1 (python3 http.server). Its first FAILS
 # POSTs get 500; later ones 200. Every attempt goes to $SCRATCH/NAME.attempts (one line each), every accepted
-# report to $SCRATCH/NAME.jsonl as {"auth": ..., "seq": ..., "body": <the image object>}. Exports
+# report to $SCRATCH/NAME.jsonl as {"auth": ..., "xauth": ..., "seq": ..., "body": <the image object>}. Exports
 # RECEIVER_URL, RECEIVER_PID. The port is kept in RECEIVER_PORT so that it can be restarted on it.
 receiver_start() {
     local name=$1 fails=$2 port=${RECEIVER_PORT:-} i
@@ -278,7 +278,8 @@ class H(http.server.BaseHTTPRequestHandler):
             f.write("%d\n" % state["n"])
         if state["n"] <= fails:
             self.send_response(500); self.end_headers(); self.wfile.write(b"try later"); return
-        rec = {"auth": self.headers.get("Authorization"), "seq": self.headers.get("X-Nbsnap-Sequence"),
+        rec = {"auth": self.headers.get("Authorization"), "xauth": self.headers.get("X-Auth-Token"),
+               "seq": self.headers.get("X-Nbsnap-Sequence"),
                "path": self.path, "body": json.loads(body)}
         with open(out + ".jsonl", "a") as f:
             f.write(json.dumps(rec) + "\n")

@@ -7,7 +7,7 @@
 #    was CREATING at <time>: <phase> ...); save again"), reported to the control plane, no temporary file in
 #    the state dir, the tag absent from the registry, no save left running (no stale lock: a new save works);
 #  - a temporary record a crash left between write and rename is removed at the next start;
-#  - state dir full (a tmpfs filled up): create-image gets 507 ModelArts.6507 saying the state dir is full,
+#  - state dir full (a tmpfs filled up): create-image gets 507 NBSNAP.STATE_DIR_FULL saying the state dir is full,
 #    nothing is written, no retry; a state dir that fills up during a save: the save's end is still recorded
 #    and reported (the store's reserve), then new saves get 507 until there is room again;
 #  - state dir read-only: create-image gets 500 saying so, nothing changes, the daemon keeps serving.
@@ -161,7 +161,7 @@ check "the store keeps a reserve" test -s "$FULL/.reserve"
 check "the tmpfs is filled up" fill_up "$FULL"
 api POST "$CREATE" -d '{"name":"full","tag":"v1"}'
 check "create-image: 507 (got $HTTP_CODE)" test "$HTTP_CODE" = 507
-check "ModelArts.6507" test "$(jget 'j["error_code"]')" = ModelArts.6507
+check "NBSNAP.STATE_DIR_FULL" test "$(jget 'j["error_code"]')" = NBSNAP.STATE_DIR_FULL
 check "saying the state dir is full ($(jget 'j["error_msg"]'))" grep -q "state dir $FULL is full" <<<"$(jget 'j["error_msg"]')"
 check "nothing recorded" test -z "$(find "$FULL/images" "$FULL/outbox" -mindepth 1)"
 check "nothing half-written" no_half_written "$FULL"
@@ -207,7 +207,7 @@ daemon_start ro "${FLAGS[@]}" --state-dir "$RO"
 check "it starts, and warns that saves are refused" grep -q "state dir $RO cannot be written (Read-only file system).*saves are refused" "$SCRATCH/ro.log"
 api POST "$CREATE" -d '{"name":"ro","tag":"v1"}'
 check "create-image: 500 (got $HTTP_CODE)" test "$HTTP_CODE" = 500
-check "ModelArts.6500" test "$(jget 'j["error_code"]')" = ModelArts.6500
+check "NBSNAP.INTERNAL" test "$(jget 'j["error_code"]')" = NBSNAP.INTERNAL
 check "saying it is read-only ($(jget 'j["error_msg"]'))" grep -q "state dir $RO cannot be written (Read-only file system)" <<<"$(jget 'j["error_msg"]')"
 check "nothing recorded" test -z "$(find "$RO/images" "$RO/outbox" -mindepth 1)"
 api GET "$P/images"

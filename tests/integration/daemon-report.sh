@@ -34,6 +34,7 @@ check "reports: INIT,CREATING,ACTIVE in order, none lost or repeated ($(reports 
     test "$(reports cp "$ID")" = INIT,CREATING,ACTIVE
 check "the receiver failed 3 times first" test "$(wc -l <"$SCRATCH/cp.attempts")" -ge 6
 check "reports carry the bearer token" "$PYTHON" -c 'import json,sys; sys.exit(0 if all(json.loads(l)["auth"] == "Bearer " + sys.argv[2] for l in open(sys.argv[1])) else 1)' "$SCRATCH/cp.jsonl" "$TOKEN"
+check "reports carry the token as X-Auth-Token too" "$PYTHON" -c 'import json,sys; sys.exit(0 if all(json.loads(l)["xauth"] == sys.argv[2] for l in open(sys.argv[1])) else 1)' "$SCRATCH/cp.jsonl" "$TOKEN"
 check "sequence numbers increase" "$PYTHON" -c 'import json,sys; s=[int(json.loads(l)["seq"]) for l in open(sys.argv[1])]; sys.exit(0 if s == sorted(s) and len(set(s)) == len(s) else 1)' "$SCRATCH/cp.jsonl"
 check "the report is the image object" "$PYTHON" -c 'import json,sys; r=[json.loads(l)["body"] for l in open(sys.argv[1])][-1]; sys.exit(0 if r["swr_path"].endswith("/nbsnap-it/reported:v1") and "status_message" in r and "create_at" in r else 1)' "$SCRATCH/cp.jsonl"
 check "the outbox is empty" test -z "$(ls -A "$STATE/outbox")"
