@@ -1,12 +1,14 @@
 /* request.h: the body of POST /v1/{project_id}/notebooks/{id}/create-image (shared/seed/CreateImage.rst,
- * Table 2), read strictly: a JSON object of strings, no unknown or repeated field, each by the seed's rules,
- * within named limits; then the agent's defaults for what it leaves out. Used by the daemon and its fuzzer.
+ * Table 2), read strictly: a JSON object of strings (and the extension exclude_paths, an array of paths), no
+ * unknown or repeated field, each by the seed's rules, within named limits; then the agent's defaults for
+ * what it leaves out. Used by the daemon and its fuzzer.
  */
 #pragma once
 
 #include <stdbool.h>
 #include <stddef.h>
 
+#include "agent/image.h"
 #include "common/error.h"
 
 #define NB_REQUEST_BODY_MAX   (64u * 1024) /* bytes; larger bodies get 413 */
@@ -14,6 +16,11 @@
 
 typedef struct NbCreateRequest {
         char *name, *namespace, *tag, *description, *workspace_id; /* NULL when left out */
+        /* exclude_paths: an array of at most NB_EXCLUDE_PATHS_MAX absolute container paths (image.h,
+         * nb_exclude_path_valid()) left out of this save besides the configured excludes */
+        char *exclude_paths[NB_EXCLUDE_PATHS_MAX];
+        size_t n_exclude_paths;
+        bool have_exclude_paths;
         bool tag_defaulted; /* the tag is the time of the request, not the caller's */
 } NbCreateRequest;
 
