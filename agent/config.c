@@ -87,7 +87,7 @@ static const Key keys[] = {
         {"incremental", KEY_BOOL, offsetof(NbConfig, incremental), 0, 0, 0, false, "BOOL",
          "build on the last save's image: one layer of what changed since (default true)"},
         {"allow_overwrite", KEY_BOOL, offsetof(NbConfig, allow_overwrite), 0, 0, 0, false, "BOOL",
-         "a save may replace a tag already in the registry (default false: it fails)"},
+         "replace a tag the registry already has (default false)"},
         {"max_layers", KEY_UINT, offsetof(NbConfig, max_layers), 0, 0, NB_LAYERS_MAX, false, "N",
          "the saved image never has more layers (2-1000, default 125)", NB_LAYERS_MIN},
         UINT("chain_waste_max", chain_waste_max, NB_CHAIN_WASTE_MAX, "PERCENT",
