@@ -1,5 +1,5 @@
 #!/bin/bash
-# shellcheck disable=SC2016 # check "..." '...' assertions expand when they run
+# shellcheck disable=SC2016,SC2119 # check "..." '...' assertions expand when they run; helpers without args
 # The controls users expect (issue #10, "controls"), against a real registry and an overlay "notebook":
 #  - per-request excludes: CreateImage's exclude_paths leaves those paths out of that save only: skopeo + umoci
 #    unpack the image to the live tree minus them (treecmp), their entries are absent from the new layer, GET
@@ -68,8 +68,7 @@ pull_image nbsnap-it/excl:v2 "$SCRATCH/p-excl2" || fail "cannot pull/unpack nbsn
 check "v2 has /opt/t/cache" cmp "$M/opt/t/cache/pip/wheel.bin" "$SCRATCH/p-excl2/bundle/rootfs/opt/t/cache/pip/wheel.bin"
 
 step "bad exclude_paths: HTTP 400 naming the field and the rule, nothing recorded"
-api GET "$P/images"
-N_BEFORE=$(ls "$STATE/images" | wc -l)
+N_BEFORE=$(find "$STATE/images" -mindepth 1 | wc -l)
 bad() { # bad DESCRIPTION JSON-VALUE EXPECTED-TEXT
     api POST "$CREATE" -d "{\"name\":\"bad\",\"tag\":\"v1\",\"exclude_paths\":$2}"
     local msg
@@ -93,7 +92,7 @@ bad "65 paths" "$MANY" 'field "exclude_paths" has more than 64 paths'
 bad "a control character" '["/opt/t\ncache"]' 'contains a control character'
 api POST "$CREATE" -d '{"name":"bad","exclude_paths":["/a"],"exclude_paths":["/b"]}'
 check "exclude_paths twice: 400" test "$HTTP_CODE:$(jget 'j.get("error_msg","")')" = '400:field "exclude_paths" is given twice'
-check "nothing was recorded" test "$(ls "$STATE/images" | wc -l)" = "$N_BEFORE"
+check "nothing was recorded" test "$(find "$STATE/images" -mindepth 1 | wc -l)" = "$N_BEFORE"
 api POST "$CREATE" -d "{\"name\":\"edge\",\"tag\":\"v1\",\"exclude_paths\":[\"${LONG:0:4095}\"]}"
 check "a path of exactly 4095 bytes is taken (HTTP $HTTP_CODE)" test "$HTTP_CODE" = 200
 wait_image "$(jget 'j["id"]')" ACTIVE CREATE_FAILED --timeout 120 || fail "the save did not end"
