@@ -110,6 +110,10 @@ check "v3 has neither path" test ! -e "$SCRATCH/p-excl3/bundle/rootfs/opt/t/cach
 run_nbsnap "$SCRATCH/cli-excl-bad" create-image --socket "$SOCK" --name excl --tag v4 --exclude rel/path
 check "a relative --exclude: exit 1" test "$NBSNAP_RC" = 1
 check "and the 400 body names the rule" grep -q 'is not an absolute path' "$SCRATCH/cli-excl-bad.out"
+mapfile -t EXCL65 < <(for i in $(seq 65); do printf -- '--exclude\n/opt/p%d\n' "$i"; done)
+run_nbsnap "$SCRATCH/cli-excl-65" create-image --socket "$SOCK" --name excl --tag v5 "${EXCL65[@]}"
+check "65 --exclude: exit 2 before any request" test "$NBSNAP_RC" = 2
+check "and says the limit" grep -q 'at most 64 --exclude paths' "$SCRATCH/cli-excl-65.err"
 
 step "the daemon refuses an existing tag: CREATE_FAILED right after INIT, nothing uploaded"
 DIGEST_V1=$(curl -sSf -o /dev/null -D - -H 'Accept: application/vnd.oci.image.manifest.v1+json' -H 'Accept: application/vnd.docker.distribution.manifest.v2+json' \
