@@ -86,6 +86,8 @@ static const Key keys[] = {
          NB_LAYER_SIZE_MIN},
         {"incremental", KEY_BOOL, offsetof(NbConfig, incremental), 0, 0, 0, false, "BOOL",
          "build on the last save's image: one layer of what changed since (default true)"},
+        {"allow_overwrite", KEY_BOOL, offsetof(NbConfig, allow_overwrite), 0, 0, 0, false, "BOOL",
+         "replace a tag the registry already has (default false)"},
         {"max_layers", KEY_UINT, offsetof(NbConfig, max_layers), 0, 0, NB_LAYERS_MAX, false, "N",
          "the saved image never has more layers (2-1000, default 125)", NB_LAYERS_MIN},
         UINT("chain_waste_max", chain_waste_max, NB_CHAIN_WASTE_MAX, "PERCENT",
@@ -297,6 +299,30 @@ static void help_row(const char *left, const char *help)
         }
 }
 
+const char *nb_config_default_path(void)
+{
+        const char *p = secure_getenv("NBSNAP_CONFIG");
+        return p && p[0] ? p : NB_CONFIG_DEFAULT_PATH;
+}
+
+int nb_config_socket(const char *path, char **ret, NbError *e)
+{
+        _cleanup_(nb_config_done) NbConfig c;
+        nb_config_init(&c);
+        int r = nb_config_parse_file(&c, path, e);
+        if (r < 0)
+                return r;
+        for (size_t i = 0; i < c.n_listen; i++)
+                if (strncmp(c.listen[i], "unix:", 5) == 0 && c.listen[i][5] == '/') {
+                        char *s = strdup(c.listen[i] + 5);
+                        if (!s)
+                                return nb_error_oom(e);
+                        *ret = s;
+                        return 1;
+                }
+        return 0;
+}
+
 void nb_config_help(void)
 {
         printf("Usage: nbsnapd [--config FILE] [--KEY VALUE]...\n"
@@ -304,7 +330,7 @@ void nb_config_help(void)
                "The nbsnap agent: serves the CreateImage API on a unix socket (socket-activated\n"
                "or bound here) and optionally on TCP, and saves this container as an image on\n"
                "request. Every key of the config file (INI, section [nbsnapd]; "
-               "default\n" NB_CONFIG_DEFAULT_PATH ") can be given as a flag (nbsnapd.conf(5)):\n"
+               "default\n" NB_CONFIG_DEFAULT_PATH " or $NBSNAP_CONFIG) can be given as a flag (nbsnapd.conf(5)):\n"
                "\n");
         help_row("--config FILE", "read FILE instead of " NB_CONFIG_DEFAULT_PATH);
         for (const Key *k = keys; k < keys + ELEMENTSOF(keys); k++) {
@@ -376,8 +402,10 @@ int nb_config_parse_argv(NbConfig *c, int argc, char **argv)
                 return -EINVAL;
         }
         NbError e = {0};
-        if (!config)
-                config = NB_CONFIG_DEFAULT_PATH;
+        if (!config) { /* $NBSNAP_CONFIG names a file that must be there, as --config does */
+                config = nb_config_default_path();
+                explicit = strcmp(config, NB_CONFIG_DEFAULT_PATH) != 0;
+        }
         if (explicit || access(config, F_OK) == 0) {
                 if (nb_config_parse_file(c, config, &e) < 0) {
                         fprintf(stderr, "nbsnapd: %s\n", e.msg);

@@ -39,6 +39,7 @@ typedef struct NbConfig {
         uint64_t max_image_size;  /* bytes of changed files a save may pack, 0: no limit */
         uint64_t max_layer_size;  /* bytes of one pushed layer blob (NB_LAYER_SIZE_DEFAULT) */
         bool incremental;         /* build on the last save (default true) */
+        bool allow_overwrite;     /* a save may replace a tag that exists in the registry (default false) */
         unsigned max_layers;      /* NB_LAYERS_MIN..NB_LAYERS_MAX (NB_LAYERS_DEFAULT) */
         unsigned chain_waste_max; /* percent (NB_CHAIN_WASTE_DEFAULT) */
         bool level_set;
@@ -54,6 +55,16 @@ int nb_config_set(NbConfig *c, const char *key, const char *value, NbError *e);
 /* "key = value" lines, [nbsnapd] or no section; errors name the line. */
 int nb_config_parse_string(NbConfig *c, const char *text, NbError *e);
 int nb_config_parse_file(NbConfig *c, const char *path, NbError *e);
+
+/* The config file read when none is given: $NBSNAP_CONFIG when set and not empty, else
+ * NB_CONFIG_DEFAULT_PATH. nbsnapd reads it, and nbsnap reads it to find the socket. */
+const char *nb_config_default_path(void);
+
+/* The unix socket nbsnapd serves on, as its config file at path says: 1 and the path of the first
+ * listen = unix:PATH entry, 0 when the file has none (the daemon then takes its socket from systemd or
+ * binds NB_DEFAULT_SOCKET), negative when the file cannot be read (-ENOENT, -EACCES, ...) or is not a valid
+ * config (e says why and where). */
+int nb_config_socket(const char *path, char **ret, NbError *e);
 
 /* Parses argv: --config FILE first, then every other key as --key VALUE. Returns 1 to run, 0 after
  * --help/--version (printed), negative on a usage error (printed to stderr). */

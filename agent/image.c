@@ -77,6 +77,7 @@ void nb_image_done(NbImage *img)
         free(img->repository);
         strv_free(img->dev_services);
         strv_free(img->resource_categories);
+        strv_free(img->exclude_paths);
         *img = (NbImage){0};
 }
 
@@ -132,6 +133,8 @@ int nb_image_copy(const NbImage *src, NbImage *ret)
                 r = strv_copy(src->dev_services, &c.dev_services);
         if (r >= 0)
                 r = strv_copy(src->resource_categories, &c.resource_categories);
+        if (r >= 0)
+                r = strv_copy(src->exclude_paths, &c.exclude_paths);
         if (r < 0) {
                 nb_image_done(&c);
                 return -ENOMEM;
@@ -147,6 +150,23 @@ int nb_image_set(char **field, const char *value)
                 return -ENOMEM;
         free(*field);
         *field = copy;
+        return 0;
+}
+
+int nb_image_set_exclude_paths(NbImage *img, char *const *paths, size_t n)
+{
+        char **v = NULL;
+        if (n > 0) {
+                if (!(v = calloc(n + 1, sizeof(char *))))
+                        return -ENOMEM;
+                for (size_t i = 0; i < n; i++)
+                        if (!(v[i] = strdup(paths[i]))) {
+                                strv_free(v);
+                                return -ENOMEM;
+                        }
+        }
+        strv_free(img->exclude_paths);
+        img->exclude_paths = v;
         return 0;
 }
 
@@ -249,6 +269,7 @@ cJSON *nb_image_to_json(const NbImage *img)
         cJSON_AddNumberToObject(o, "create_at", (double)img->create_at);
         S("description", img->description);
         cJSON_AddItemToObject(o, "dev_services", strv_json(img->dev_services));
+        cJSON_AddItemToObject(o, "exclude_paths", strv_json(img->exclude_paths));
         S("id", img->id);
         S("name", img->name);
         S("namespace", img->namespace);
@@ -343,6 +364,25 @@ static int strv_from_json(const cJSON *a, char ***ret)
         return 0;
 }
 
+/* The record's exclude_paths, by the request's rules (an edited record must not widen them). */
+static int exclude_paths_from_json(const cJSON *a, NbImage *img)
+{
+        if (!a)
+                return 0;
+        int n = cJSON_GetArraySize(a);
+        if (!cJSON_IsArray(a) || n > NB_EXCLUDE_PATHS_MAX)
+                return -EBADMSG;
+        char *v[NB_EXCLUDE_PATHS_MAX];
+        size_t k = 0;
+        for (const cJSON *x = a->child; x; x = x->next) {
+                NbError ignored = {0};
+                if (!cJSON_IsString(x) || !nb_exclude_path_valid(x->valuestring, "exclude_paths", &ignored))
+                        return -EBADMSG;
+                v[k++] = x->valuestring;
+        }
+        return nb_image_set_exclude_paths(img, v, k) < 0 ? -ENOMEM : 0;
+}
+
 static int number_field(const cJSON *j, const char *name, int64_t *ret)
 {
         const cJSON *x = cJSON_GetObjectItemCaseSensitive(j, name);
@@ -383,7 +423,8 @@ int nb_image_from_json(const cJSON *j, NbImage *ret, NbError *e)
              number_field(j, "update_at", &img.update_at) < 0 || number_field(j, "size", &img.size_kb) < 0 ||
              strv_from_json(cJSON_GetObjectItemCaseSensitive(j, "dev_services"), &img.dev_services) < 0 ||
              strv_from_json(cJSON_GetObjectItemCaseSensitive(j, "resource_categories"),
-                            &img.resource_categories) < 0))
+                            &img.resource_categories) < 0 ||
+             exclude_paths_from_json(cJSON_GetObjectItemCaseSensitive(j, "exclude_paths"), &img) < 0))
                 r = nb_error_set(e, -EBADMSG, "image record %s: bad number or list", img.id);
         if (r < 0) {
                 nb_image_done(&img);
@@ -530,6 +571,45 @@ bool nb_swr_instance_domain_valid(const char *domain, NbError *e)
                                "swr_instance_domain must be a host name of 1 to %d letters, digits, '.', "
                                "'-' and ':' (a port), starting and ending with a letter or digit",
                                NB_SWR_INSTANCE_DOMAIN_MAX),
+                       false;
+        return true;
+}
+
+bool nb_exclude_path_valid(const char *path, const char *field, NbError *e)
+{
+        size_t n = strlen(path);
+        if (n == 0 || path[0] != '/')
+                return nb_error_set(e, -EINVAL,
+                                    "%s: \"%.64s\" is not an absolute path: exclude paths are container "
+                                    "paths starting with '/'",
+                                    field, path),
+                       false;
+        if (n > NB_EXCLUDE_PATH_MAX)
+                return nb_error_set(e, -EINVAL, "%s: the path is %zu bytes; at most %d are allowed", field,
+                                    n, NB_EXCLUDE_PATH_MAX),
+                       false;
+        for (const char *p = path; *p; p++)
+                if ((unsigned char)*p < 0x20 || *p == 0x7f)
+                        return nb_error_set(e, -EINVAL, "%s: \"%.64s\" contains a control character", field,
+                                            path),
+                               false;
+        bool component = false;
+        for (const char *p = path; *p;) {
+                while (*p == '/')
+                        p++;
+                size_t len = strcspn(p, "/");
+                if ((len == 1 && p[0] == '.') || (len == 2 && p[0] == '.' && p[1] == '.'))
+                        return nb_error_set(e, -EINVAL,
+                                            "%s: \"%.64s\" has a '%.*s' component: exclude paths must be "
+                                            "plain absolute paths",
+                                            field, path, (int)len, p),
+                               false;
+                component = component || len > 0;
+                p += len;
+        }
+        if (!component)
+                return nb_error_set(e, -EINVAL, "%s: \"%s\" names the whole root, which cannot be excluded",
+                                    field, path),
                        false;
         return true;
 }

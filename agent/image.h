@@ -6,6 +6,7 @@
 #pragma once
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #include <cjson/cJSON.h>
@@ -22,6 +23,9 @@
  * configured registry). An instance id is a UUID-like token; a domain a DNS name (RFC 1035: 253). */
 #define NB_SWR_INSTANCE_ID_MAX     64
 #define NB_SWR_INSTANCE_DOMAIN_MAX 253
+/* exclude_paths of one request: absolute container paths left out of that save only */
+#define NB_EXCLUDE_PATHS_MAX 64
+#define NB_EXCLUDE_PATH_MAX  4095 /* bytes of one path: PATH_MAX less its NUL */
 
 typedef enum NbStatus {
         NB_STATUS_INIT,
@@ -53,6 +57,7 @@ typedef struct NbImage {
         char *status_message;
         char **dev_services;        /* NULL-terminated */
         char **resource_categories; /* NULL-terminated */
+        char **exclude_paths;       /* the request's exclude_paths, NULL-terminated; NULL: none */
         NbStatus status;
         int64_t create_at, update_at; /* UTC ms */
         int64_t size_kb;
@@ -88,6 +93,8 @@ void nb_image_done(NbImage *img);
 NbImage *nb_image_free(NbImage *img);
 /* Sets a string field, replacing the old value. */
 int nb_image_set(char **field, const char *value);
+/* Sets exclude_paths to a copy of the n paths (n 0: none), replacing the old ones. */
+int nb_image_set_exclude_paths(NbImage *img, char *const *paths, size_t n);
 int nb_image_set_status(NbImage *img, NbStatus status, const char *fmt, ...) _printf_(3, 4);
 
 /* The API object with every response field of the seed, and swr_instance_id / swr_instance_domain when the
@@ -109,6 +116,9 @@ bool nb_description_valid(const char *description, NbError *e);
 bool nb_workspace_id_valid(const char *id, NbError *e);
 bool nb_swr_instance_id_valid(const char *id, NbError *e);
 bool nb_swr_instance_domain_valid(const char *domain, NbError *e);
+/* One of exclude_paths: absolute, 1 to NB_EXCLUDE_PATH_MAX bytes, below the root (not "/"), no "." or ".."
+ * component, no control character. field names it in the message ("exclude_paths[2]"). */
+bool nb_exclude_path_valid(const char *path, const char *field, NbError *e);
 
 static inline void nb_image_freep(NbImage **img)
 {

@@ -24,8 +24,10 @@ struct Job {
         bool joined;
         NbImage img; /* the worker's copy: the loop reads more than its names only after the join */
         NbSaveOptions o;
-        char **excludes; /* the configured ones, then the agent's own secrets inside the root */
-        size_t n_secret_excludes;
+        /* the configured ones, the request's exclude_paths (in img), then the agent's own secrets inside
+         * the root (owned here) */
+        char **excludes;
+        size_t n_request_excludes, n_secret_excludes;
         _Atomic bool cancel;
         pthread_mutex_t lock; /* guards the fields below */
         pthread_cond_t recorded_cond;
@@ -123,7 +125,7 @@ static void job_release(Job *j)
 {
         nb_image_done(&j->img);
         for (size_t i = 0; i < j->n_secret_excludes; i++)
-                free(j->excludes[j->cfg->n_exclude + i]);
+                free(j->excludes[j->cfg->n_exclude + j->n_request_excludes + i]);
         free(j->excludes);
         pthread_cond_destroy(&j->recorded_cond);
         pthread_mutex_destroy(&j->lock);
@@ -224,23 +226,33 @@ char *job_container_path(const char *root, const char *host_path)
         return strncmp(h, r, n) == 0 && h[n] == '/' ? strdup(h + n) : NULL;
 }
 
-/* The save excludes the state dir and the registry credentials itself; the agent adds its own secrets (the
- * bearer token, the TLS key) when they live inside the saved tree, whatever exclude= says. */
+/* The save excludes the state dir and the registry credentials itself; to the configured excludes it adds
+ * the request's exclude_paths (this save only), and the agent's own secrets (the bearer token, the TLS key)
+ * when they live inside the saved tree, whatever exclude= says. */
 static int job_excludes(Job *j, const NbConfig *c)
 {
         const char *secrets[] = {c->token_file, c->tls_key};
-        j->excludes = calloc(c->n_exclude + ELEMENTSOF(secrets) + 1, sizeof(char *));
+        size_t n_request = 0;
+        while (j->img.exclude_paths && j->img.exclude_paths[n_request])
+                n_request++;
+        j->excludes = calloc(c->n_exclude + n_request + ELEMENTSOF(secrets) + 1, sizeof(char *));
         if (!j->excludes)
                 return -ENOMEM;
+        size_t n = 0;
         for (size_t i = 0; i < c->n_exclude; i++)
-                j->excludes[i] = c->exclude[i];
+                j->excludes[n++] = c->exclude[i];
+        for (size_t i = 0; i < n_request; i++)
+                j->excludes[n++] = j->img.exclude_paths[i];
+        j->n_request_excludes = n_request;
         for (size_t i = 0; i < ELEMENTSOF(secrets); i++) {
                 char *p = job_container_path(j->o.root, secrets[i]);
-                if (p)
-                        j->excludes[c->n_exclude + j->n_secret_excludes++] = p;
+                if (p) {
+                        j->excludes[n++] = p;
+                        j->n_secret_excludes++;
+                }
         }
         j->o.excludes = (const char *const *)j->excludes;
-        j->o.n_excludes = c->n_exclude + j->n_secret_excludes;
+        j->o.n_excludes = n;
         return 0;
 }
 
@@ -270,6 +282,8 @@ static void save_options(Job *j, const NbConfig *c)
                 .incremental = c->incremental,
                 .max_layers = c->max_layers,
                 .chain_waste_max = (int)c->chain_waste_max,
+                .overwrite = c->allow_overwrite,
+                .overwrite_how = "set allow_overwrite = true in nbsnapd's config",
                 .cancel = &j->cancel,
                 .progress = on_save_progress,
                 .note = on_save_note,

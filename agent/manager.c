@@ -330,7 +330,8 @@ static int image_new(Manager *m, const NbCreateRequest *rq, int64_t now, NbImage
             nb_swr_path(m->registry_host, rq->namespace, rq->name, rq->tag, &swr) < 0 ||
             asprintf(&repo, "%s/%s", rq->namespace, rq->name) < 0 || nb_image_set(&img->swr_path, swr) < 0 ||
             nb_image_set(&img->repository, repo) < 0 ||
-            nb_image_set(&img->arch, nb_machine_arch_modelarts(arch)) < 0)
+            nb_image_set(&img->arch, nb_machine_arch_modelarts(arch)) < 0 ||
+            nb_image_set_exclude_paths(img, rq->exclude_paths, rq->n_exclude_paths) < 0)
                 return -ENOMEM;
         *ret = TAKE_PTR(img);
         return 0;
@@ -431,6 +432,8 @@ int manager_create_image(Manager *m, const char *body, size_t size, const NbImag
                 r = create_record(m, &rq, now, &img, e);
         if (r < 0)
                 return r;
+        if (!img) /* cannot happen: create_record() sets it on success (said for the compiler's sake) */
+                return nb_error_set(e, -EIO, "internal error: no image record");
         log_image(LOG_NOTICE, img->id, "init", "save requested: %s (%s)", img->swr_path,
                   img->description[0] ? img->description : "no description");
         r = save_start(m, img, e);

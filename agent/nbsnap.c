@@ -8,11 +8,13 @@
 #include <sys/resource.h>
 
 #include "agent/agent-version.h"
+#include "agent/config.h"
+#include "agent/log.h"
 #include "agent/verb.h"
 #include "snapshot/snapshot.h"
 
 static const char *const usage_main =
-        "Usage: nbsnap COMMAND [OPTIONS]\n"
+        "Usage: nbsnap [--socket PATH] COMMAND [OPTIONS]\n"
         "\n"
         "Save a running notebook container as a container image.\n"
         "\n"
@@ -27,6 +29,8 @@ static const char *const usage_main =
         "  list           show the images saved from this instance, newest first\n"
         "\n"
         "Options:\n"
+        "  --socket PATH  the agent's socket, for the commands above that talk to it (default: the\n"
+        "                 listen = unix:PATH of nbsnapd's config file, else " NB_DEFAULT_SOCKET ")\n"
         "  -h, --help     show this help (nbsnap COMMAND --help for a command's options)\n"
         "  --version      show the version\n"
         "\n"
@@ -42,10 +46,42 @@ static void raise_fd_limit(void)
         }
 }
 
+const char *arg_socket = NULL;
+
+/* Options before the command (nbsnap --socket PATH status ID, as docker -H): returns how many argv entries
+ * they took, or -1 on a usage error (printed). */
+static int parse_global(int argc, char **argv)
+{
+        int i = 1;
+        while (i < argc && strncmp(argv[i], "--socket", 8) == 0) {
+                if (argv[i][8] == '=')
+                        arg_socket = argv[i] + 9;
+                else if (argv[i][8] == '\0' && i + 1 < argc)
+                        arg_socket = argv[++i];
+                else if (argv[i][8] == '\0') {
+                        fprintf(stderr, "nbsnap: --socket needs a path\n");
+                        return -1;
+                } else
+                        break; /* --socketX: not ours, the dispatch names it */
+                if (!arg_socket[0]) {
+                        fprintf(stderr, "nbsnap: --socket needs a path\n");
+                        return -1;
+                }
+                i++;
+        }
+        return i - 1;
+}
+
 int main(int argc, char **argv)
 {
         setlocale(LC_ALL, "C.UTF-8");
         raise_fd_limit();
+        nb_log_init("nbsnap");
+        int g = parse_global(argc, argv);
+        if (g < 0)
+                return 2;
+        argc -= g;
+        argv += g;
         if (argc < 2) {
                 fputs(usage_main, stderr);
                 return 2;
@@ -60,6 +96,11 @@ int main(int argc, char **argv)
                        snap_compression_engine(SNAP_COMPRESSION_GZIP),
                        snap_compression_engine(SNAP_COMPRESSION_ZSTD));
                 return 0;
+        }
+        if (arg_socket && (strcmp(cmd, "baseline") == 0 || strcmp(cmd, "save") == 0)) {
+                fprintf(stderr, "nbsnap: --socket is for the commands that talk to nbsnapd; %s runs here\n",
+                        cmd);
+                return 2;
         }
         if (strcmp(cmd, "baseline") == 0)
                 return verb_baseline(argc - 1, argv + 1);

@@ -17,6 +17,8 @@ void nb_create_request_done(NbCreateRequest *r)
         free(r->workspace_id);
         free(r->swr_instance_id);
         free(r->swr_instance_domain);
+        for (size_t i = 0; i < r->n_exclude_paths; i++)
+                free(r->exclude_paths[i]);
         *r = (NbCreateRequest){0};
 }
 
@@ -37,8 +39,37 @@ static const RequestField fields[] = {
          nb_swr_instance_domain_valid},
 };
 
+/* "exclude_paths": ["/home/ma-user/.cache", ...] */
+static int set_exclude_paths(NbCreateRequest *req, const cJSON *item, NbError *e)
+{
+        if (req->have_exclude_paths)
+                return nb_error_set(e, -EINVAL, "field \"exclude_paths\" is given twice");
+        if (!cJSON_IsArray(item))
+                return nb_error_set(e, -EINVAL,
+                                    "field \"exclude_paths\" must be an array of absolute paths");
+        req->have_exclude_paths = true;
+        size_t i = 0;
+        for (const cJSON *x = item->child; x; x = x->next, i++) {
+                char field[32];
+                snprintf(field, sizeof(field), "exclude_paths[%zu]", i);
+                if (i >= NB_EXCLUDE_PATHS_MAX)
+                        return nb_error_set(e, -EINVAL, "field \"exclude_paths\" has more than %d paths",
+                                            NB_EXCLUDE_PATHS_MAX);
+                if (!cJSON_IsString(x) || !x->valuestring)
+                        return nb_error_set(e, -EINVAL, "%s must be a string (an absolute path)", field);
+                if (!nb_exclude_path_valid(x->valuestring, field, e))
+                        return -EINVAL;
+                if (!(req->exclude_paths[i] = strdup(x->valuestring)))
+                        return nb_error_oom(e);
+                req->n_exclude_paths = i + 1;
+        }
+        return 0;
+}
+
 static int set_field(NbCreateRequest *req, const cJSON *item, NbError *e)
 {
+        if (item->string && strcmp(item->string, "exclude_paths") == 0)
+                return set_exclude_paths(req, item, e);
         const RequestField *f = NULL;
         for (size_t i = 0; i < ELEMENTSOF(fields); i++)
                 if (item->string && strcmp(item->string, fields[i].name) == 0)
@@ -46,8 +77,8 @@ static int set_field(NbCreateRequest *req, const cJSON *item, NbError *e)
         if (!f)
                 return nb_error_set(
                         e, -EINVAL,
-                        "unknown field \"%.64s\" (the body may have description, name, namespace, "
-                        "tag, workspace_id, swr_instance_id, swr_instance_domain)",
+                        "unknown field \"%.64s\" (the body may have description, exclude_paths, name, "
+                        "namespace, tag, workspace_id, swr_instance_id, swr_instance_domain)",
                         item->string ? item->string : "");
         char **slot = (char **)((char *)req + f->offset);
         if (*slot)

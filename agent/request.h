@@ -1,14 +1,15 @@
 /* request.h: the body of POST /v1/{project_id}/notebooks/{id}/create-image (shared/seed/CreateImage.rst,
- * Table 2, plus the official SDKs' swr_instance_id and swr_instance_domain), read strictly: a JSON object of
- * strings, no unknown or repeated field, each by the seed's rules, within named limits; every refusal names
- * the field and the rule ("field \"tag\": image tag must be ..."); then the agent's defaults for what it
- * leaves out. Used by the daemon and its fuzzer.
+ * Table 2, plus the official SDKs' swr_instance_id and swr_instance_domain and the extension exclude_paths,
+ * an array of paths), read strictly: a JSON object of strings, no unknown or repeated field, each by the
+ * seed's rules, within named limits; every refusal names the field and the rule ("field \"tag\": image
+ * tag must be ..."); then the agent's defaults for what it leaves out. Used by the daemon and its fuzzer.
  */
 #pragma once
 
 #include <stdbool.h>
 #include <stddef.h>
 
+#include "agent/image.h"
 #include "common/error.h"
 
 #define NB_REQUEST_BODY_MAX   (64u * 1024) /* bytes; larger bodies get 413 */
@@ -17,6 +18,11 @@
 typedef struct NbCreateRequest {
         char *name, *namespace, *tag, *description, *workspace_id; /* NULL when left out */
         char *swr_instance_id, *swr_instance_domain; /* the SDKs' SWR enterprise instance: recorded only */
+        /* exclude_paths: an array of at most NB_EXCLUDE_PATHS_MAX absolute container paths (image.h,
+         * nb_exclude_path_valid()) left out of this save besides the configured excludes */
+        char *exclude_paths[NB_EXCLUDE_PATHS_MAX];
+        size_t n_exclude_paths;
+        bool have_exclude_paths;
         bool tag_defaulted; /* the tag is the time of the request, not the caller's */
 } NbCreateRequest;
 

@@ -283,6 +283,32 @@ static int connect_registries(Save *s, NbError *e)
         return 0;
 }
 
+/* No silent overwrite: unless the caller allows it, a tag that already exists in the registry fails the
+ * save before anything is uploaded. A registry that cannot say (refused: 401/403, or unreachable after the
+ * retries) fails it too: the push would need the same access and the same registry. */
+static int check_tag_free(Save *s, NbError *e)
+{
+        const NbSaveOptions *o = s->o;
+        if (o->overwrite)
+                return 0;
+        const char *how = o->overwrite_how ? o->overwrite_how : "give --overwrite";
+        _cleanup_free_ char *digest = NULL;
+        int r = reg_manifest_exists(s->dst, s->dst_repo, o->tag, &digest, e);
+        if (r < 0)
+                return nb_error_wrap(
+                        e, r,
+                        "cannot check whether %s/%s:%s already exists in %s, and a save does not "
+                        "replace a tag unchecked (%s to push without the check)",
+                        o->namespace, o->name, o->tag, reg_client_host(s->dst), how);
+        if (r > 0)
+                return nb_error_set(e, -EEXIST,
+                                    "%s/%s:%s already exists in %s%s%.71s; save under another tag, or %s to "
+                                    "replace it",
+                                    o->namespace, o->name, o->tag, reg_client_host(s->dst),
+                                    digest ? " as " : "", digest ? digest : "", how);
+        return 0;
+}
+
 static int resolve_base(Save *s, NbError *e)
 {
         report(s, NB_PHASE_RESOLVING);
@@ -1210,6 +1236,8 @@ int nb_save(const NbSaveOptions *o, NbImage *img, NbError *e)
                 r = connect_registries(&s, e);
         if (r >= 0)
                 r = fill_request_fields(&s) < 0 ? nb_error_oom(e) : 0;
+        if (r >= 0)
+                r = check_tag_free(&s, e);
         if (r >= 0)
                 r = nb_image_set_status(img, NB_STATUS_CREATING, "%s",
                                         nb_phase_to_string(NB_PHASE_RESOLVING));

@@ -92,6 +92,12 @@ typedef struct NbSaveOptions {
         /* Percent: an incremental save that would leave more than this share of the chain's own bytes
          * dead (deleted or replaced by later layers) is a full save instead. -1: NB_CHAIN_WASTE_DEFAULT. */
         int chain_waste_max;
+        /* Push even when namespace/name:tag already exists in the registry. false: the save asks the
+         * registry first (HEAD of the manifest) and fails before anything is uploaded when the tag exists,
+         * or when the registry cannot say. overwrite_how says how the caller allows it ("give --overwrite")
+         * in those messages. */
+        bool overwrite;
+        const char *overwrite_how;
         const _Atomic bool *cancel; /* set from another thread: the save stops soon with -ECANCELED */
         void (*progress)(void *userdata, const NbProgress *p);
         void (*note)(void *userdata, const char *message);

@@ -15,11 +15,12 @@
 #include "agent/image.h"
 #include "agent/progress.h"
 #include "agent/list.h"
+#include "agent/log.h"
 #include "agent/verb.h"
 
 static const char *const usage_api =
         "Usage: nbsnap create-image [--name NAME] [--namespace NS] [--tag TAG] [--description TEXT]\n"
-        "                           [--workspace-id ID] [--wait] [--socket PATH]\n"
+        "                           [--workspace-id ID] [--exclude PATH]... [--wait] [--socket PATH]\n"
         "       nbsnap status IMAGE_ID [--wait] [--socket PATH]\n"
         "       nbsnap list [--status STATUS] [--limit N] [--offset N] [--socket PATH]\n"
         "\n"
@@ -31,7 +32,11 @@ static const char *const usage_api =
         "time YYYYMMDDHHMMSS, workspace \"0\". status shows one image, list a page of them (ListImage:\n"
         "{\"current\", \"data\", \"pages\", \"size\", \"total\"}, newest first).\n"
         "\n"
-        "  --socket PATH       the agent's socket (default " NB_DEFAULT_SOCKET ")\n"
+        "  --socket PATH       the agent's socket (also accepted before the command: nbsnap --socket PATH\n"
+        "                      status ID); default: the first listen = unix:PATH of nbsnapd's config file\n"
+        "                      (" NB_CONFIG_DEFAULT_PATH ", or $NBSNAP_CONFIG), else " NB_DEFAULT_SOCKET "\n"
+        "  --exclude PATH      create-image: a container path (absolute) left out of this save besides the\n"
+        "                      agent's configured excludes (repeatable, at most 64: exclude_paths)\n"
         "  --wait              follow the save (a progress bar on a terminal) until it ends; exit 0 when "
         "the\n"
         "                      image is ACTIVE, 1 when it is CREATE_FAILED or ERROR\n"
@@ -61,6 +66,7 @@ enum {
         API_WORKSPACE,
         API_LIMIT,
         API_OFFSET,
+        API_EXCLUDE,
 };
 
 static const struct option api_options[] = {
@@ -77,6 +83,7 @@ static const struct option api_options[] = {
         {"workspace-id", required_argument, NULL, API_WORKSPACE},
         {"limit", required_argument, NULL, API_LIMIT},
         {"offset", required_argument, NULL, API_OFFSET},
+        {"exclude", required_argument, NULL, API_EXCLUDE},
         {},
 };
 
@@ -84,6 +91,8 @@ typedef struct ApiArgs {
         const char *socket, *status, *project, *notebook;
         const char *limit, *offset; /* list: checked by nb_list_query_set() */
         const char *fields[5];      /* name, namespace, tag, description, workspace_id */
+        const char *excludes[NB_EXCLUDE_PATHS_MAX];
+        size_t n_excludes;
         const char *id;
         bool wait;
 } ApiArgs;
@@ -95,7 +104,7 @@ static const char *const api_field_names[] = {"name", "namespace", "tag", "descr
 static int parse_api_args(int argc, char **argv, char cmd, ApiArgs *a)
 {
         int c;
-        a->socket = NB_DEFAULT_SOCKET;
+        a->socket = arg_socket;
         while ((c = getopt_long(argc, argv, "h", api_options, NULL)) >= 0) {
                 bool ok = true;
                 switch (c) {
@@ -135,6 +144,16 @@ static int parse_api_args(int argc, char **argv, char cmd, ApiArgs *a)
                         a->fields[c - API_NAME] = optarg;
                         ok = cmd == 'c';
                         break;
+                case API_EXCLUDE:
+                        ok = cmd == 'c';
+                        if (ok && a->n_excludes >= NB_EXCLUDE_PATHS_MAX) {
+                                fprintf(stderr, "nbsnap create-image: at most %d --exclude paths\n",
+                                        NB_EXCLUDE_PATHS_MAX);
+                                return -E2BIG;
+                        }
+                        if (ok)
+                                a->excludes[a->n_excludes++] = optarg;
+                        break;
                 default:
                         ok = false;
                         break;
@@ -155,6 +174,27 @@ static int parse_api_args(int argc, char **argv, char cmd, ApiArgs *a)
                 return -EINVAL;
         }
         return 1;
+}
+
+/* No --socket: the socket nbsnapd's config file names, else the default. The CLI runs where the config may
+ * be missing or unreadable to its user: that is said at debug level only (NBSNAP_LOG_LEVEL=debug); a file
+ * that is there but is not a valid config gets a warning (the daemon would refuse it too). */
+static const char *default_socket(char **buf)
+{
+        const char *path = nb_config_default_path();
+        NbError e = {0};
+        int r = nb_config_socket(path, buf, &e);
+        if (r > 0) {
+                log_debug("socket %s, from the config file %s", *buf, path);
+                return *buf;
+        }
+        if (r == 0)
+                log_debug("the config file %s names no unix socket: using %s", path, NB_DEFAULT_SOCKET);
+        else if (r == -ENOENT || r == -EACCES || r == -EPERM || r == -EISDIR || r == -ENOTDIR)
+                log_debug("%s: using %s", e.msg, NB_DEFAULT_SOCKET);
+        else
+                log_warning("%s; using the socket %s, ignoring the file", e.msg, NB_DEFAULT_SOCKET);
+        return NB_DEFAULT_SOCKET;
 }
 
 static void cjson_deletep(cJSON **j)
@@ -305,6 +345,14 @@ static int cmd_create_image(const ApiArgs *a, const char *project, const char *n
         for (size_t i = 0; body && i < ELEMENTSOF(api_field_names); i++)
                 if (a->fields[i] && !cJSON_AddStringToObject(body, api_field_names[i], a->fields[i]))
                         return 1;
+        if (body && a->n_excludes > 0) {
+                cJSON *x = cJSON_AddArrayToObject(body, "exclude_paths");
+                for (size_t i = 0; x && i < a->n_excludes; i++)
+                        if (!cJSON_AddItemToArray(x, cJSON_CreateString(a->excludes[i])))
+                                return 1;
+                if (!x)
+                        return 1;
+        }
         _cleanup_free_ char *json = body ? cJSON_PrintUnformatted(body) : NULL, *path = NULL;
         if (!json || asprintf(&path, "/v1/%s/notebooks/%s/create-image", project, notebook) < 0)
                 return 1;
@@ -376,6 +424,13 @@ int verb_api(int argc, char **argv, char cmd)
                 fprintf(stderr, "nbsnap status: '%s' is not an image id\n", a.id);
                 return 2;
         }
+        _cleanup_free_ char *socket_buf = NULL;
+        if (a.socket && !a.socket[0]) {
+                fprintf(stderr, "nbsnap: --socket needs a path\n");
+                return 2;
+        }
+        if (!a.socket)
+                a.socket = default_socket(&socket_buf);
         curl_global_init(CURL_GLOBAL_DEFAULT);
         _cleanup_free_ char *project = NULL, *notebook = NULL;
         r = api_ids(&a, &project, &notebook);

@@ -46,7 +46,7 @@ static const char *const usage_save =
         "                   [--workspace-id ID] [--authfile FILE] [--ca-file FILE] [--threads N]\n"
         "                   [--compression gzip|zstd] [--level N] [--max-image-size SIZE]\n"
         "                   [--max-layer-size SIZE] [--incremental] [--max-layers N]\n"
-        "                   [--chain-waste-max PERCENT]\n"
+        "                   [--chain-waste-max PERCENT] [--overwrite]\n"
         "\n"
         "Packs what changed under --root since the baseline into one OCI layer and pushes the image\n"
         "<registry host>/NS/NAME:TAG = the base image's layers (reused, never uploaded again) + that "
@@ -94,6 +94,9 @@ static const char *const usage_save =
         "                        a full save instead of an incremental one when the files deleted or\n"
         "                        replaced since the chain began would exceed PERCENT of the bytes in its\n"
         "                        layers (0-100, default 25)\n"
+        "  --overwrite           replace NS/NAME:TAG when the registry already has it; without it such a\n"
+        "                        save fails before anything is uploaded (so does one whose registry\n"
+        "                        cannot say whether the tag exists)\n"
         "\n"
         "Never saved: /proc /sys /dev /run, every mount point below the root, the state dir, the "
         "credentials\n"
@@ -128,6 +131,7 @@ enum {
         OPT_INCREMENTAL,
         OPT_MAX_LAYERS,
         OPT_CHAIN_WASTE_MAX,
+        OPT_OVERWRITE,
         OPT_VERSION,
 };
 
@@ -156,6 +160,7 @@ static const struct option long_options[] = {
         {"incremental", no_argument, NULL, OPT_INCREMENTAL},
         {"max-layers", required_argument, NULL, OPT_MAX_LAYERS},
         {"chain-waste-max", required_argument, NULL, OPT_CHAIN_WASTE_MAX},
+        {"overwrite", no_argument, NULL, OPT_OVERWRITE},
         {"mountinfo", required_argument, NULL, OPT_MOUNTINFO}, /* tests: another mount table */
         {},
 };
@@ -294,6 +299,9 @@ static int parse_args(int argc, char **argv, const char *usage, Args *a)
                         break;
                 case OPT_INCREMENTAL:
                         o->incremental = true;
+                        break;
+                case OPT_OVERWRITE:
+                        o->overwrite = true;
                         break;
                 case OPT_MAX_LAYERS:
                         if (parse_uint(optarg, "--max-layers", NB_LAYERS_MIN, NB_LAYERS_MAX, &v) < 0)
@@ -445,6 +453,7 @@ int verb_save(int argc, char **argv)
         if (r <= 0)
                 return r < 0 ? 2 : 0;
         Progress pr = {.lock = PTHREAD_MUTEX_INITIALIZER, .tty = isatty(STDERR_FILENO), .last_phase = -1};
+        a.save.overwrite_how = "give --overwrite";
         a.save.progress = on_progress;
         a.save.note = on_note;
         a.save.userdata = &pr;

@@ -4,6 +4,10 @@
  * returns the exit status (0 success, 1 failure, 2 usage, 3 the agent cannot be reached). */
 #pragma once
 
+/* --socket PATH given before the command (nbsnap --socket PATH COMMAND ...), NULL when not; a --socket
+ * after the command wins over it. */
+extern const char *arg_socket;
+
 int verb_baseline(int argc, char **argv);
 int verb_save(int argc, char **argv);
 /* verb-diff.c: the preview of a save, run in this process. */

@@ -24,6 +24,40 @@ static void fetched_done(Fetched *f)
         *f = (Fetched){0};
 }
 
+int reg_manifest_exists(RegClient *c, const char *repository, const char *reference, char **ret_digest,
+                        NbError *e)
+{
+        if (!reg_repository_valid(repository))
+                return nb_error_set(e, -EINVAL, "invalid repository name \"%s\"",
+                                    repository ? repository : "");
+        if (!reference || (!reg_tag_valid(reference) && !reg_digest_valid(reference)))
+                return nb_error_set(e, -EINVAL, "invalid tag or digest \"%s\"", reference ? reference : "");
+        _cleanup_free_ char *url = NULL, *scope = NULL;
+        if (reg_client_v2_url(c, repository, "manifests", reference, &url) < 0 ||
+            reg_scope(repository, "pull", &scope) < 0)
+                return nb_error_oom(e);
+        RegRequest rq = {.method = "HEAD",
+                         .url = url,
+                         .scope = scope,
+                         .accept = accept_all,
+                         .retry = true,
+                         .follow = true};
+        _cleanup_(reg_response_done) RegResponse resp = {0};
+        char what[REG_URL_MAX];
+        snprintf(what, sizeof(what), "checking manifest %s%s%s in %s", repository,
+                 reg_digest_valid(reference) ? "@" : ":", reference, c->host);
+        int r = reg_request(c, &rq, &resp, e);
+        if (r < 0)
+                return nb_error_wrap(e, r, "%s", what);
+        if (resp.status == 404)
+                return 0;
+        if (resp.status != 200)
+                return reg_response_error(&resp, e, what);
+        if (ret_digest)
+                *ret_digest = TAKE_PTR(resp.docker_content_digest);
+        return 1;
+}
+
 /* GET manifests/<reference>; checks the body against the digest asked for, or the one the registry said. */
 static int manifest_get(RegClient *c, const char *repository, const char *reference, Fetched *ret,
                         NbError *e)

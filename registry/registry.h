@@ -264,6 +264,12 @@ int reg_manifest_put(RegClient *c, const char *repository, const char *reference
  * (0: all there); *ret_first_missing (when not NULL) gets the digest of the first one missing. */
 int reg_manifest_blobs_missing(RegClient *c, const char *repository, const void *manifest, size_t size,
                                char **ret_first_missing, NbError *e);
+/* HEAD /v2/<repository>/manifests/<reference> (a tag or a digest), every manifest type accepted. Returns 1
+ * when the registry has it (*ret_digest, when not NULL, gets its Docker-Content-Digest or NULL when the
+ * registry sent none), 0 on 404 (no such tag or repository), negative with the registry's words otherwise
+ * (401/403 after authentication: -EACCES). */
+int reg_manifest_exists(RegClient *c, const char *repository, const char *reference, char **ret_digest,
+                        NbError *e);
 /* DELETE /v2/<repository>/manifests/<digest>. -EPERM with the registry's words when deletion is disabled. */
 int reg_manifest_delete(RegClient *c, const char *repository, const char *digest, NbError *e);
 

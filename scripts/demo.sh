@@ -111,10 +111,13 @@ echo 'my experiment results' >"$U/work/results.csv"
 echo "changed since the baseline (under /home/ma-user):"
 find "$M/home/ma-user" -newer "$STATE" -not -path "$M/home/ma-user/work*" 2>/dev/null | sed "s|^$M||" | head -n 30 || true
 
-banner "6. nbsnap save -> $REGISTRY_HOST/demo/my-notebook:v1"
+# A tag of its own per run: nbsnap refuses to replace a tag the registry already has (--overwrite would),
+# and a demo dir given again (NBSNAP_DEMO_DIR) keeps its registry.
+TAG=v1-$(date -u +%Y%m%d%H%M%S)
+banner "6. nbsnap save -> $REGISTRY_HOST/demo/my-notebook:$TAG"
 set +e
 "$NBSNAP" save --root "$M" --state-dir "$STATE" --registry "$REGISTRY_URL" --base-image demo/notebook-base:v1 \
-    --namespace demo --name my-notebook --tag v1 --description 'demo: pip package + VS Code extension' \
+    --namespace demo --name my-notebook --tag "$TAG" --description 'demo: pip package + VS Code extension' \
     --exclude /home/ma-user/.cache/pip --workspace-id demo-workspace >"$DEMO/save.json" 2>"$DEMO/save.log"
 rc=$?
 set -e
@@ -125,13 +128,13 @@ if [[ $rc -ne 0 ]]; then
     fail "nbsnap save failed"
 fi
 
-banner "skopeo inspect docker://$REGISTRY_HOST/demo/my-notebook:v1"
-skopeo inspect --tls-verify=false "docker://$REGISTRY_HOST/demo/my-notebook:v1"
-skopeo inspect --tls-verify=false --config "docker://$REGISTRY_HOST/demo/my-notebook:v1" |
+banner "skopeo inspect docker://$REGISTRY_HOST/demo/my-notebook:$TAG"
+skopeo inspect --tls-verify=false "docker://$REGISTRY_HOST/demo/my-notebook:$TAG"
+skopeo inspect --tls-verify=false --config "docker://$REGISTRY_HOST/demo/my-notebook:$TAG" |
     "$PYTHON" -c 'import json,sys; j=json.load(sys.stdin); print("history:"); [print("  ", h) for h in j.get("history", [])]'
 
 banner "the new layer"
-LAYER=$(skopeo inspect --tls-verify=false --raw "docker://$REGISTRY_HOST/demo/my-notebook:v1" |
+LAYER=$(skopeo inspect --tls-verify=false --raw "docker://$REGISTRY_HOST/demo/my-notebook:$TAG" |
     "$PYTHON" -c 'import json,sys; print(json.load(sys.stdin)["layers"][-1]["digest"])')
 fetch_blob demo/my-notebook "$LAYER" "$DEMO/new-layer.tar.gz"
 echo "$LAYER ($(stat -c %s "$DEMO/new-layer.tar.gz") bytes compressed)"
@@ -147,5 +150,5 @@ banner "7. clean up"
 notebook_umount "$DEMO/notebook"
 registry_stop
 echo "registry stopped; its data (with both images) is kept in $DEMO/registry/data"
-echo "to look again: docker-registry serve $DEMO/registry/config.yml, then skopeo inspect --tls-verify=false docker://$REGISTRY_HOST/demo/my-notebook:v1"
+echo "to look again: docker-registry serve $DEMO/registry/config.yml, then skopeo inspect --tls-verify=false docker://$REGISTRY_HOST/demo/my-notebook:$TAG"
 echo "remove everything with: rm -rf $DEMO"

@@ -182,8 +182,63 @@ static void test_flags(void)
         unlink(path);
 }
 
+/* allow_overwrite: a boolean, false by default. */
+static void test_allow_overwrite(void)
+{
+        NbConfig c;
+        NbError e = {0};
+        nb_config_init(&c);
+        ASSERT_TRUE(!c.allow_overwrite);
+        ASSERT_OK(nb_config_parse_string(&c, "[nbsnapd]\nallow_overwrite = true\n", &e));
+        ASSERT_TRUE(c.allow_overwrite);
+        ASSERT_OK(nb_config_set(&c, "allow-overwrite", "no", &e));
+        ASSERT_TRUE(!c.allow_overwrite);
+        ASSERT_TRUE(nb_config_set(&c, "allow_overwrite", "sometimes", &e) < 0);
+        ASSERT_TRUE(strstr(e.msg, "allow_overwrite takes true or false") != NULL);
+        ASSERT_TRUE(!c.allow_overwrite);
+        nb_config_done(&c);
+}
+
+/* The CLI's socket from nbsnapd's config: the first listen = unix:PATH; none; a file that is not there or
+ * not a config. $NBSNAP_CONFIG names the default file. */
+static void test_socket(void)
+{
+        char path[] = "/tmp/test-config-socket.XXXXXX";
+        int fd = mkstemp(path);
+        ASSERT_TRUE(fd >= 0);
+        static const char text[] = "# the API\n[nbsnapd]\nlisten = tcp:127.0.0.1:8443\n"
+                                   "listen = unix:/run/x/agent.sock\nlisten = unix:/run/y.sock\n";
+        ASSERT_EQ(write(fd, text, sizeof(text) - 1), (ssize_t)(sizeof(text) - 1));
+        close(fd);
+        char *sock = NULL;
+        NbError e = {0};
+        ASSERT_EQ(nb_config_socket(path, &sock, &e), 1);
+        ASSERT_STREQ(sock, "/run/x/agent.sock");
+        free(sock);
+
+        ASSERT_TRUE(truncate(path, 0) == 0);
+        ASSERT_EQ(nb_config_socket(path, &sock, &e), 0);
+        FILE *f = fopen(path, "w");
+        ASSERT_TRUE(f);
+        fputs("listen = unix:/a.sock\nbogus line\n", f);
+        fclose(f);
+        ASSERT_EQ(nb_config_socket(path, &sock, &e), -EINVAL);
+        ASSERT_TRUE(strstr(e.msg, "line 2") != NULL);
+        unlink(path);
+        ASSERT_EQ(nb_config_socket(path, &sock, &e), -ENOENT);
+
+        ASSERT_OK(setenv("NBSNAP_CONFIG", "/etc/other.conf", 1));
+        ASSERT_STREQ(nb_config_default_path(), "/etc/other.conf");
+        ASSERT_OK(setenv("NBSNAP_CONFIG", "", 1));
+        ASSERT_STREQ(nb_config_default_path(), NB_CONFIG_DEFAULT_PATH);
+        ASSERT_OK(unsetenv("NBSNAP_CONFIG"));
+        ASSERT_STREQ(nb_config_default_path(), NB_CONFIG_DEFAULT_PATH);
+}
+
 int main(void)
 {
+        test_allow_overwrite();
+        test_socket();
         test_file();
         test_errors();
         test_size_keys();

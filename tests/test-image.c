@@ -66,12 +66,17 @@ static void test_copy_and_json(void)
         ASSERT_OK(nb_image_set(&img->arch, "X86_64"));
         ASSERT_OK(nb_image_set_status(img, NB_STATUS_ACTIVE, "saved as %s", img->swr_path));
         img->size_kb = 12345;
+        char cache[] = "/home/ma-user/.cache", data[] = "/data/set";
+        char *const excl[] = {cache, data};
+        ASSERT_OK(nb_image_set_exclude_paths(img, excl, 2));
 
         NbImage copy = {0};
         ASSERT_OK(nb_image_copy(img, &copy));
         check_same(img, &copy);
         ASSERT_TRUE(copy.name != img->name && copy.dev_services != img->dev_services);
         ASSERT_STREQ(copy.manifest_digest, img->manifest_digest);
+        ASSERT_TRUE(copy.exclude_paths != img->exclude_paths);
+        ASSERT_STREQ(copy.exclude_paths[1], "/data/set");
         nb_image_done(&copy);
 
         cJSON *j = nb_image_record_json(img);
@@ -90,6 +95,9 @@ static void test_copy_and_json(void)
         ASSERT_STREQ(back.manifest_digest, img->manifest_digest);
         ASSERT_STREQ(back.arch, "X86_64");
         ASSERT_STREQ(back.status_message, img->status_message);
+        ASSERT_STREQ(back.exclude_paths[0], "/home/ma-user/.cache");
+        ASSERT_STREQ(back.exclude_paths[1], "/data/set");
+        ASSERT_TRUE(back.exclude_paths[2] == NULL);
         nb_image_done(&back);
 
         /* the API object has no record fields, and no SDK fields the request did not give */
@@ -98,6 +106,22 @@ static void test_copy_and_json(void)
         ASSERT_TRUE(cJSON_GetObjectItem(j, "swr_instance_id") == NULL);
         ASSERT_TRUE(cJSON_GetObjectItem(j, "swr_instance_domain") == NULL);
         ASSERT_STREQ(cJSON_GetStringValue(cJSON_GetObjectItem(j, "status")), "ACTIVE");
+        cJSON_Delete(j);
+
+        /* the API object shows exclude_paths, always a list */
+        j = nb_image_to_json(img);
+        ASSERT_EQ(cJSON_GetArraySize(cJSON_GetObjectItem(j, "exclude_paths")), 2);
+        cJSON_Delete(j);
+        ASSERT_OK(nb_image_set_exclude_paths(img, NULL, 0));
+        j = nb_image_to_json(img);
+        ASSERT_TRUE(cJSON_IsArray(cJSON_GetObjectItem(j, "exclude_paths")));
+        ASSERT_EQ(cJSON_GetArraySize(cJSON_GetObjectItem(j, "exclude_paths")), 0);
+        cJSON_Delete(j);
+
+        /* a record whose exclude_paths break the request's rules is refused */
+        j = cJSON_Parse("{\"id\":\"0f8e4a2c-1b3d-4e5f-8a9b-0c1d2e3f4a5b\",\"name\":\"a\",\"namespace\":"
+                        "\"b\",\"tag\":\"c\",\"status\":\"INIT\",\"exclude_paths\":[\"rel\"]}");
+        ASSERT_EQ(nb_image_from_json(j, &back, &e), -EBADMSG);
         cJSON_Delete(j);
 
         /* a record without a valid id is refused with a message */

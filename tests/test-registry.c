@@ -764,6 +764,39 @@ static int mock_get(RegClient *c, const Mock *m, const char *path, bool retry, R
         return reg_request(c, &rq, resp, e);
 }
 
+/* reg_manifest_exists(): HEAD of the manifest by tag, every manifest type accepted; 200 is 1 with the
+ * registry's digest, 404 is 0, 403 is -EACCES naming the request; a bad tag is refused before any network.
+ */
+static void test_manifest_exists(void)
+{
+        Mock m;
+        mock_start(&m, "127.0.0.1");
+        snprintf(m.replies[0], 1024, "HTTP/1.1 200 OK\r\nDocker-Content-Digest: %s\r\n", DA);
+        snprintf(m.replies[1], 1024, "HTTP/1.1 404 Not Found\r\n");
+        snprintf(m.replies[2], 1024, "HTTP/1.1 403 Forbidden\r\n");
+        m.n_replies = 3;
+        mock_go(&m);
+        RegClient *c = mock_client(&m, false);
+        NbError e = {0};
+        char *digest = NULL;
+        ASSERT_EQ(reg_manifest_exists(c, "ns/img", "v1", &digest, &e), 1);
+        ASSERT_STREQ(digest, DA);
+        free(digest);
+        ASSERT_EQ(reg_manifest_exists(c, "ns/img", "v2", NULL, &e), 0);
+        ASSERT_EQ(reg_manifest_exists(c, "ns/img", "v3", NULL, &e), -EACCES);
+        ASSERT_TRUE(strstr(e.msg, "checking manifest ns/img:v3 in 127.0.0.1:") != NULL);
+        ASSERT_TRUE(strstr(e.msg, "HTTP 403") != NULL);
+        ASSERT_EQ(reg_manifest_exists(c, "ns/img", "bad tag", NULL, &e), -EINVAL);
+        reg_client_free(c);
+        mock_stop(&m);
+        ASSERT_EQ(m.n_requests, 3);
+        ASSERT_TRUE(strstr(m.requests[0], "HEAD /v2/ns/img/manifests/v1 HTTP/1.1\r\n") != NULL);
+        ASSERT_TRUE(strcasestr(m.requests[0], REG_MEDIA_OCI_MANIFEST) != NULL);
+        ASSERT_TRUE(strcasestr(m.requests[0], REG_MEDIA_DOCKER_MANIFEST) != NULL);
+        ASSERT_TRUE(strcasestr(m.requests[0], REG_MEDIA_OCI_INDEX) != NULL);
+        ASSERT_TRUE(strcasestr(m.requests[0], REG_MEDIA_DOCKER_LIST) != NULL);
+}
+
 /* A redirect to storage on another host gets no Authorization; the registry does. */
 static void test_redirect_drops_auth(void)
 {
@@ -1089,6 +1122,7 @@ int main(void)
         test_digests();
         test_client_options();
         test_redirect_drops_auth();
+        test_manifest_exists();
         test_blob_get_redirect();
         test_retries();
         test_upload_locations();

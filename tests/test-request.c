@@ -232,9 +232,79 @@ static void test_unique_tag(void)
         nb_create_request_done(&r);
 }
 
+/* exclude_paths: an array of at most NB_EXCLUDE_PATHS_MAX absolute paths of at most NB_EXCLUDE_PATH_MAX
+ * bytes; each bad value is refused with a message naming the entry and the rule. */
+static void test_exclude_paths(void)
+{
+        NbCreateRequest r;
+        NbError e = {0};
+        ASSERT_OK(parse("{\"exclude_paths\": [\"/home/ma-user/.cache\", \"/data//x/\"]}", &r, &e));
+        ASSERT_EQ(r.n_exclude_paths, 2u);
+        ASSERT_STREQ(r.exclude_paths[0], "/home/ma-user/.cache");
+        ASSERT_STREQ(r.exclude_paths[1], "/data//x/");
+        nb_create_request_done(&r);
+        ASSERT_OK(parse("{\"exclude_paths\": []}", &r, &e));
+        ASSERT_EQ(r.n_exclude_paths, 0u);
+        nb_create_request_done(&r);
+
+        static const struct {
+                const char *body, *msg;
+        } bad[] = {
+                {"{\"exclude_paths\": [\"a/b\"]}", "exclude_paths[0]: \"a/b\" is not an absolute path"},
+                {"{\"exclude_paths\": [\"/a\", \"\"]}", "exclude_paths[1]: \"\" is not an absolute path"},
+                {"{\"exclude_paths\": [\"/a/../b\"]}", "has a '..' component"},
+                {"{\"exclude_paths\": [\"/..\"]}", "has a '..' component"},
+                {"{\"exclude_paths\": [\"/a/./b\"]}", "has a '.' component"},
+                {"{\"exclude_paths\": [\"/a/.\"]}", "has a '.' component"},
+                {"{\"exclude_paths\": [\"/\"]}", "names the whole root"},
+                {"{\"exclude_paths\": [\"//\"]}", "names the whole root"},
+                {"{\"exclude_paths\": [\"/a\\tb\"]}", "contains a control character"},
+                {"{\"exclude_paths\": [1]}", "exclude_paths[0] must be a string"},
+                {"{\"exclude_paths\": [[\"/a\"]]}", "exclude_paths[0] must be a string"},
+                {"{\"exclude_paths\": \"/a\"}", "\"exclude_paths\" must be an array"},
+                {"{\"exclude_paths\": {}}", "\"exclude_paths\" must be an array"},
+                {"{\"exclude_paths\": null}", "\"exclude_paths\" must be an array"},
+                {"{\"exclude_paths\": [], \"exclude_paths\": []}", "\"exclude_paths\" is given twice"},
+        };
+        for (size_t i = 0; i < ELEMENTSOF(bad); i++) {
+                ASSERT_EQ(parse(bad[i].body, &r, &e), -EINVAL);
+                if (!strstr(e.msg, bad[i].msg))
+                        fprintf(stderr, "%s: %s\n", bad[i].body, e.msg);
+                ASSERT_TRUE(strstr(e.msg, bad[i].msg) != NULL);
+        }
+
+        /* the limits, at and over */
+        char *json = malloc(NB_EXCLUDE_PATH_MAX + 64);
+        ASSERT_TRUE(json);
+        int k = snprintf(json, 64, "{\"exclude_paths\": [\"/");
+        memset(json + k, 'p', NB_EXCLUDE_PATH_MAX - 1);
+        memcpy(json + k + NB_EXCLUDE_PATH_MAX - 1, "\"]}", 4);
+        ASSERT_OK(parse(json, &r, &e));
+        ASSERT_EQ(strlen(r.exclude_paths[0]), (size_t)NB_EXCLUDE_PATH_MAX);
+        nb_create_request_done(&r);
+        json[k + NB_EXCLUDE_PATH_MAX - 1] = 'p';
+        memcpy(json + k + NB_EXCLUDE_PATH_MAX, "\"]}", 4);
+        ASSERT_EQ(parse(json, &r, &e), -EINVAL);
+        ASSERT_TRUE(strstr(e.msg, "at most 4095") != NULL);
+        free(json);
+
+        char many[2048];
+        size_t n = (size_t)snprintf(many, sizeof(many), "{\"exclude_paths\": [");
+        for (int i = 0; i < NB_EXCLUDE_PATHS_MAX; i++)
+                n += (size_t)snprintf(many + n, sizeof(many) - n, "%s\"/p%d\"", i ? "," : "", i);
+        snprintf(many + n, sizeof(many) - n, "]}");
+        ASSERT_OK(parse(many, &r, &e));
+        ASSERT_EQ(r.n_exclude_paths, (size_t)NB_EXCLUDE_PATHS_MAX);
+        nb_create_request_done(&r);
+        snprintf(many + n, sizeof(many) - n, ",\"/one-more\"]}");
+        ASSERT_EQ(parse(many, &r, &e), -EINVAL);
+        ASSERT_TRUE(strstr(e.msg, "more than 64 paths") != NULL);
+}
+
 int main(void)
 {
         test_seed_example();
+        test_exclude_paths();
         test_rejects();
         test_sdk_fields();
         test_limits();
