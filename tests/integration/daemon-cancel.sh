@@ -157,6 +157,10 @@ run_nbsnap "$SCRATCH/cli-noid" cancel --socket "$SOCK"
 check "nbsnap cancel without an id: usage, exit 2 (got $NBSNAP_RC)" test "$NBSNAP_RC" = 2
 check "saying an id is required" grep -q 'nbsnap cancel: an image id is required' "$SCRATCH/cli-noid.err"
 
+step "metrics"
+api GET /metrics
+check "the cancelled saves are counted (3)" grep -Eq '^nbsnap_saves_total\{result="DELETED"\} 3$' "$SCRATCH/resp.json"
+
 step "DELETE of an unknown id"
 api DELETE "$P/images/00000000-0000-4000-8000-000000000000"
 check "404 (got $HTTP_CODE)" test "$HTTP_CODE" = 404
