@@ -10,8 +10,12 @@
 #  - the same with the registry frozen (SIGSTOP) when the DELETE arrives: DELETED well within the stop
 #    timeout, a new save accepted while the registry is frozen, and once the registry is back (SIGCONT) the
 #    chunk that was on the wire finishes, the upload session is deleted, the new save ends ACTIVE, no tag;
+#  - a cancel while the manifest PUT is on the wire (held 4 s by the proxy): the PUT is let finish, so the
+#    registry tags the image after the DELETE answered; the agent deletes that manifest by digest once the
+#    worker has ended, and the tag is gone;
 #  - the CLI: `nbsnap cancel ID` on a running save, `nbsnap delete ID` on an ACTIVE image (the manifest is
 #    deleted from the registry) and on an unknown id (exit 1, the error code and message on stderr);
+#  - nbsnap_saves_total{result="DELETED"} counts the cancelled saves;
 #  - DELETE of an unknown id: 404 ModelArts.6404.
 #
 # Run: ctest -R integration/daemon-cancel   (or: sudo NBSNAP=build/agent/nbsnap NBSNAPD=build/agent/nbsnapd bash ...)
@@ -126,6 +130,29 @@ api GET "$P/images/$ID_FROZEN"
 check "frozen: still DELETED" test "$(jget 'j["status"]')" = DELETED
 check "no 'wrong offset' in the registry's log" eval '! grep -q "wrong offest" "$REGISTRY_DIR/registry.log"'
 
+step "cancel while the manifest PUT is on the wire"
+# The PUT is held 4 s by the proxy, then forwarded: it is let finish (the drain), so the registry tags the
+# image after the DELETE answered; the agent then deletes that manifest by digest, and the tag goes with it.
+faults '{"rules": [{"id": "hold-manifest", "method": "PUT", "path": "/manifests/", "action": "delay", "seconds": 4}]}'
+api POST "$CREATE" -d '{"name":"cancel-manifest","tag":"v1"}'
+ID_MANIFEST=$(jget 'j["id"]')
+in_manifest() {
+    api GET "$P/images/$1"
+    [[ "$(jget 'j["status"] + ": " + j["status_message"]')" == "CREATING: pushing manifest"* ]]
+}
+wait_for "the manifest phase" 60 in_manifest "$ID_MANIFEST" || fail "never saw the save pushing its manifest"
+sleep 1 # the PUT is in the proxy's delay now
+api DELETE "$P/images/$ID_MANIFEST"
+check "manifest: DELETE 200 (got $HTTP_CODE)" test "$HTTP_CODE" = 200
+check "manifest: DELETED" test "$(jget 'j["status"]')" = DELETED
+check "manifest: cancelled in the manifest phase ($(jget 'j["status_message"]'))" \
+    grep -Eq '^cancelled during the save \(it was CREATING: pushing manifest.*\); nothing was tagged$' <<<"$(jget 'j["status_message"]')"
+faults "$FAST"
+wait_for "the pushed manifest deleted" 60 grep -q "which the cancelled save pushed" "$SCRATCH/cancel.log" || true
+check "manifest: the agent deleted the manifest the drained PUT pushed" \
+    grep -Eq "deleted nbsnap-it/cancel-manifest@sha256:[0-9a-f]{64}, which the cancelled save pushed" "$SCRATCH/cancel.log"
+no_tag nbsnap-it/cancel-manifest v1
+
 step "the CLI: nbsnap cancel, nbsnap delete"
 faults "$SLOW"
 MARK=$(slow_patches)
@@ -159,7 +186,7 @@ check "saying an id is required" grep -q 'nbsnap cancel: an image id is required
 
 step "metrics"
 api GET /metrics
-check "the cancelled saves are counted (3)" grep -Eq '^nbsnap_saves_total\{result="DELETED"\} 3$' "$SCRATCH/resp.json"
+check "the cancelled saves are counted (4)" grep -Eq '^nbsnap_saves_total\{result="DELETED"\} 4$' "$SCRATCH/resp.json"
 
 step "DELETE of an unknown id"
 api DELETE "$P/images/00000000-0000-4000-8000-000000000000"
