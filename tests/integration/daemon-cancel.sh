@@ -1,5 +1,5 @@
 #!/bin/bash
-# shellcheck disable=SC2016 # check "..." '...' assertions expand when they run
+# shellcheck disable=SC2016,SC2119 # check "..." '...' assertions expand when they run; helpers take no arguments here
 # Cancel a running save: DELETE /v1/{project_id}/images/{id} on an image that is CREATING, for real. The
 # agent pushes through tests/lib/faultproxy.py, which delays each PATCH of the saves to be cancelled (a
 # local registry takes the whole change set in well under a second) and forwards everything else as it is:
