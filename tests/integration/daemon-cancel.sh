@@ -13,6 +13,8 @@
 #  - a cancel while the manifest PUT is on the wire (held 4 s by the proxy): the PUT is let finish, so the
 #    registry tags the image after the DELETE answered; the agent deletes that manifest by digest once the
 #    worker has ended, and the tag is gone;
+#  - NB_CANCELLED_MAX: 4 cancelled saves still ending (their chunks held 15 s by the proxy): a 5th cancel is
+#    503 and changes nothing; accepted once one has ended; no session left, no tag;
 #  - the CLI: `nbsnap cancel ID` on a running save, `nbsnap delete ID` on an ACTIVE image (the manifest is
 #    deleted from the registry) and on an unknown id (exit 1, the error code and message on stderr);
 #  - nbsnap_saves_total{result="DELETED"} counts the cancelled saves;
@@ -153,6 +155,42 @@ check "manifest: the agent deleted the manifest the drained PUT pushed" \
     grep -Eq "deleted nbsnap-it/cancel-manifest@sha256:[0-9a-f]{64}, which the cancelled save pushed" "$SCRATCH/cancel.log"
 no_tag nbsnap-it/cancel-manifest v1
 
+step "NB_CANCELLED_MAX (4) cancelled saves still ending"
+# Each save's chunks are held 15 s by the proxy: a cancelled save lets its chunk on the wire finish, so it
+# is still ending while the next ones start and are cancelled.
+faults '{"rules": [{"id": "hold", "method": "PATCH", "count": 0, "action": "delay", "seconds": 15}]}'
+packing() {
+    api GET "$P/images/$1"
+    [[ "$(jget 'j["status"] + ": " + j["status_message"]')" == "CREATING: packing"* ]]
+}
+HELD=()
+for i in 1 2 3 4 5; do
+    api POST "$CREATE" -d "{\"name\":\"held-$i\",\"tag\":\"v1\"}"
+    check "held-$i: create-image 200 (got $HTTP_CODE $(jget 'j.get("error_msg", "")'))" test "$HTTP_CODE" = 200
+    HELD+=("$(jget 'j["id"]')")
+    wait_for "held-$i packing" 60 packing "${HELD[-1]}" || fail "held-$i never packed"
+    sleep 1 # its first chunk is in the proxy now
+    api DELETE "$P/images/${HELD[-1]}"
+    if [[ $i -le 4 ]]; then
+        check "held-$i: DELETE 200 (got $HTTP_CODE)" test "$HTTP_CODE" = 200
+    fi
+done
+check "the 5th cancel while 4 are still ending: 503 (got $HTTP_CODE)" test "$HTTP_CODE" = 503
+check "saying why ($(jget 'j["error_msg"]'))" \
+    grep -q '^4 cancelled saves are still ending (deleting their upload sessions on the registry); try again later$' <<<"$(jget 'j["error_msg"]')"
+api GET "$P/images/${HELD[4]}"
+check "the refused cancel changed nothing: held-5 is CREATING" test "$(jget 'j["status"]')" = CREATING
+faults "$FAST"
+cancel_again() {
+    api DELETE "$P/images/${HELD[4]}"
+    [[ $HTTP_CODE == 200 ]]
+}
+wait_for "a cancelled save ended: the 5th cancel accepted" 60 cancel_again
+check "held-5: cancelled once the others ended ($HTTP_CODE)" test "$(jget 'j["status"]')" = DELETED
+wait_for "no session" 60 no_sessions || true
+check "held: no upload session left ($(sessions) files)" no_sessions
+for i in 1 2 3 4 5; do no_tag "nbsnap-it/held-$i" v1; done
+
 step "the CLI: nbsnap cancel, nbsnap delete"
 faults "$SLOW"
 MARK=$(slow_patches)
@@ -186,7 +224,7 @@ check "saying an id is required" grep -q 'nbsnap cancel: an image id is required
 
 step "metrics"
 api GET /metrics
-check "the cancelled saves are counted (4)" grep -Eq '^nbsnap_saves_total\{result="DELETED"\} 4$' "$SCRATCH/resp.json"
+check "the cancelled saves are counted (9)" grep -Eq '^nbsnap_saves_total\{result="DELETED"\} 9$' "$SCRATCH/resp.json"
 
 step "DELETE of an unknown id"
 api DELETE "$P/images/00000000-0000-4000-8000-000000000000"
