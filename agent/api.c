@@ -87,7 +87,7 @@ static const NbApiError errors[] = {
         {EOPNOTSUPP, 405, "NBSNAP.METHOD_NOT_ALLOWED", "method not allowed"},
         {EBUSY, 409, "NBSNAP.BUSY", "busy"},                     /* a save runs; the image is being saved */
         {E2BIG, 413, "NBSNAP.BODY_TOO_LARGE", "body too large"}, /* body over NB_REQUEST_BODY_MAX */
-        {EAGAIN, 429, "NBSNAP.TOO_MANY_REQUESTS", "too many deletions running"},
+        {EAGAIN, 429, "NBSNAP.TOO_MANY_REQUESTS", "too many deletions or cancels running"},
         {EREMOTEIO, 502, "NBSNAP.REGISTRY_FAILED", "registry failed"},
         {ESHUTDOWN, 503, "NBSNAP.STOPPING", "stopping"},
         {ENOSPC, 507, "NBSNAP.STATE_DIR_FULL", "state dir full"},

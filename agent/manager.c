@@ -28,7 +28,7 @@ typedef struct DeleteTask {
         pthread_t thread;
         char id[37];
         char *repository, *digest;
-        ManagerDeleted done;
+        ManagerDeleted done; /* NULL: a cleanup after a cancelled save (the record is DELETED already) */
         void *userdata;
         /* worker result, read after the join */
         int result;
@@ -54,6 +54,10 @@ struct Manager {
         size_t n_images;
         Saving save; /* save.job NULL when none runs */
         bool save_abandoned;
+        /* saves cancelled by a DELETE: their records are DELETED, their workers still end (a chunk on the
+         * wire finishes, the upload session is deleted on the registry) */
+        Job *cancelled[NB_CANCELLED_MAX];
+        bool cancelled_abandoned;
         DeleteTask *deletes[NB_DELETES_MAX];
         int wake_fd;
         bool ready, stopping;
@@ -129,6 +133,21 @@ static void images_prune(Manager *m)
         }
 }
 
+/* The report of img's status into the outbox (durable), then the reporter; a failure is logged. */
+static int image_report(Manager *m, const NbImage *img, NbError *ret_e)
+{
+        if (!m->cfg->report_url)
+                return 0;
+        _cleanup_free_ char *json = nb_image_to_string(img, false);
+        int q = json ? nb_outbox_push(m->store, json, NULL, ret_e) : nb_error_oom(ret_e);
+        if (q < 0)
+                log_image(LOG_ERR, img->id, NULL, "cannot queue the report of status %s: %s",
+                          nb_status_to_string(img->status), ret_e->msg);
+        else
+                nb_reporter_kick(m->reporter);
+        return q;
+}
+
 /* Every state change: the record first (durable), then the outbox (durable), then the reporter. Each
  * failure is logged here; the first one is also returned in *ret_e (may be NULL). */
 static int image_record_e(Manager *m, const NbImage *img, bool report, NbError *ret_e)
@@ -137,16 +156,7 @@ static int image_record_e(Manager *m, const NbImage *img, bool report, NbError *
         int r = nb_store_put_image(m->store, img, &e);
         if (r < 0)
                 log_image(LOG_ERR, img->id, NULL, "%s", e.msg);
-        int q = 0;
-        if (report && m->cfg->report_url) {
-                _cleanup_free_ char *json = nb_image_to_string(img, false);
-                q = json ? nb_outbox_push(m->store, json, NULL, &q_e) : nb_error_oom(&q_e);
-                if (q < 0)
-                        log_image(LOG_ERR, img->id, NULL, "cannot queue the report of status %s: %s",
-                                  nb_status_to_string(img->status), q_e.msg);
-                else
-                        nb_reporter_kick(m->reporter);
-        }
+        int q = report ? image_report(m, img, &q_e) : 0;
         if (ret_e && (r < 0 || q < 0))
                 *ret_e = r < 0 ? e : q_e;
         return r < 0 ? r : q;
@@ -285,8 +295,22 @@ static int save_start(Manager *m, const NbImage *img, NbError *e)
         return 0;
 }
 
+static bool cancelled_running(const Manager *m)
+{
+        for (size_t i = 0; i < NB_CANCELLED_MAX; i++)
+                if (m->cancelled[i])
+                        return true;
+        return false;
+}
+
 void manager_abandon_save(Manager *m, unsigned waited_sec)
 {
+        if (cancelled_running(m)) {
+                log_warning("%u s after the stop, a cancelled save is still deleting its upload session; "
+                            "leaving it for the exit",
+                            waited_sec);
+                m->cancelled_abandoned = true;
+        }
         if (!m->save.job)
                 return;
         NbImage *img = image_find(m, m->save.id);
@@ -531,28 +555,40 @@ static void delete_finish(Manager *m, DeleteTask *t)
 {
         NbError e = {0};
         pthread_join(t->thread, NULL);
+        if (!t->done) {
+                if (t->result >= 0 || t->error.http_status == 404)
+                        log_image(LOG_NOTICE, t->id, NULL, "deleted %s@%s, which the cancelled save pushed",
+                                  t->repository, t->digest);
+                else
+                        log_image(LOG_ERR, t->id, NULL,
+                                  "cannot delete %s@%s, which the cancelled save pushed: %s", t->repository,
+                                  t->digest, t->error.msg);
+                delete_free(t);
+                return;
+        }
         NbImage *img = image_find(m, t->id);
         int r = delete_outcome(m, t, img, &e);
         t->done(t->userdata, r, r >= 0 ? img : NULL, &e);
         delete_free(t);
 }
 
-static int delete_start(Manager *m, const NbImage *img, ManagerDeleted done, void *userdata, NbError *e)
+/* A registry deletion of repository@digest on a worker for image id; done NULL: a cleanup (logged only). */
+static int delete_start(Manager *m, const char *id, const char *repository, const char *digest,
+                        ManagerDeleted done, void *userdata, NbError *e)
 {
         size_t slot = 0;
         while (slot < NB_DELETES_MAX && m->deletes[slot])
                 slot++;
-        if (slot == NB_DELETES_MAX || m->stopping)
+        if (slot == NB_DELETES_MAX || (m->stopping && done))
                 return nb_error_set(e, -EAGAIN, "too many deletions running; try again");
         DeleteTask *t = calloc(1, sizeof(*t));
-        if (!t || !(t->repository = strdup(img->repository)) ||
-            !(t->digest = strdup(img->manifest_digest))) {
+        if (!t || !(t->repository = strdup(repository)) || !(t->digest = strdup(digest))) {
                 if (t)
                         delete_free(t);
                 return nb_error_oom(e);
         }
         t->m = m;
-        memcpy(t->id, img->id, sizeof(t->id));
+        snprintf(t->id, sizeof(t->id), "%s", id);
         t->done = done;
         t->userdata = userdata;
         int r = pthread_create(&t->thread, NULL, delete_thread, t);
@@ -565,15 +601,107 @@ static int delete_start(Manager *m, const NbImage *img, ManagerDeleted done, voi
         return 1;
 }
 
+/* ---- cancel: DELETE of the running save ------------------------------------------------------------- */
+
+/* The cancelled save's worker ended. Its image is dropped (the record says DELETED); if it pushed its
+ * manifest before it saw the cancel (a PUT on the wire is let finish), the manifest is deleted. */
+static void cancelled_finish(Manager *m, Job *j)
+{
+        NbImage done = {0};
+        NbError e = {0};
+        int r = job_join(j, &done, &e);
+        job_free(j);
+        if (r >= 0 && done.status == NB_STATUS_ACTIVE && done.manifest_digest && done.repository) {
+                log_image(LOG_WARNING, done.id, NULL,
+                          "the cancelled save pushed its manifest before it stopped; deleting %s@%s",
+                          done.repository, done.manifest_digest);
+                NbError de = {0};
+                if (delete_start(m, done.id, done.repository, done.manifest_digest, NULL, NULL, &de) < 0)
+                        log_image(LOG_ERR, done.id, NULL, "cannot delete %s@%s: %s", done.repository,
+                                  done.manifest_digest, de.msg);
+        } else if (r == -ECANCELED)
+                log_image(LOG_INFO, done.id, NULL, "the cancelled save has ended");
+        else
+                log_image(LOG_INFO, done.id, NULL, "the cancelled save has ended: %s", e.msg);
+        nb_image_done(&done);
+}
+
+static void cancelled_sync(Manager *m, bool wait)
+{
+        bool any = false;
+        for (size_t i = 0; i < NB_CANCELLED_MAX; i++) {
+                Job *j = m->cancelled[i];
+                JobState st = {0};
+                if (j && !wait)
+                        job_poll(j, &st);
+                if (j && (wait || st.done)) {
+                        m->cancelled[i] = NULL;
+                        cancelled_finish(m, j);
+                        any = true;
+                }
+        }
+        if (any)
+                changed(m);
+}
+
+/* DELETE of the running save: its record becomes DELETED (written to the state dir before it is reported;
+ * when it cannot be written, nothing changes), the worker is told to stop and set aside to end on its own
+ * (the chunk on the wire finishes, the upload session is deleted), and the save slot is free at once. */
+static int save_cancel(Manager *m, NbImage *img, NbError *e)
+{
+        size_t slot = 0;
+        while (slot < NB_CANCELLED_MAX && m->cancelled[slot])
+                slot++;
+        if (slot == NB_CANCELLED_MAX)
+                return nb_error_set(e, -EAGAIN,
+                                    "%d cancelled saves are still ending (deleting their upload sessions on "
+                                    "the registry); try again later",
+                                    NB_CANCELLED_MAX);
+        NbImage next = {0};
+        if (nb_image_copy(img, &next) < 0)
+                return nb_error_oom(e);
+        image_transition(&next, NB_STATUS_DELETED,
+                         "cancelled during the save (it was %s: %.600s); nothing was tagged",
+                         nb_status_to_string(img->status),
+                         img->status_message && img->status_message[0] ? img->status_message : "starting");
+        int r = nb_store_put_image(m->store, &next, e);
+        if (r < 0) {
+                log_image(LOG_ERR, img->id, NULL, "cannot cancel the save: %s", e->msg);
+                NbError w = *e;
+                nb_error_set(e, r, "cannot record the cancel in the state dir, the save goes on: %s", w.msg);
+                nb_image_done(&next);
+                return store_failure(r);
+        }
+        nb_image_done(img);
+        *img = next; /* moved */
+        job_cancel(m->save.job);
+        m->cancelled[slot] = m->save.job;
+        m->save = (Saving){0};
+        nb_metrics_count_result(&m->metrics, NB_STATUS_DELETED);
+        log_image(LOG_NOTICE, img->id, "deleted", "%s", img->status_message);
+        NbError q = {0};
+        (void)image_report(m, img, &q);
+        changed(m);
+        return 0;
+}
+
 int manager_delete_image(Manager *m, const char *id, ManagerDeleted done, void *userdata,
                          const NbImage **ret, NbError *e)
 {
         NbImage *img = image_find(m, id);
         if (!img)
                 return nb_error_set(e, -ENOENT, "image %.64s not found", id);
+        if (image_saving(m, id))
+                save_sync(m); /* a save that has ended (not yet seen) is taken as it ended */
+        if (image_saving(m, id)) {
+                int r = save_cancel(m, img, e);
+                if (r < 0)
+                        return r;
+                *ret = img;
+                return 0;
+        }
         if (image_busy(m, img))
-                return nb_error_set(e, -EBUSY, "image %s is %s; it can be deleted when that ends", id,
-                                    image_saving(m, id) ? "still being saved" : "being deleted");
+                return nb_error_set(e, -EBUSY, "image %s is being deleted; try again when that ends", id);
         if (img->status != NB_STATUS_DELETED &&
             (img->status != NB_STATUS_ACTIVE || !img->manifest_digest || !img->repository)) {
                 /* nothing was pushed under its tag: only the record changes */
@@ -586,7 +714,7 @@ int manager_delete_image(Manager *m, const char *id, ManagerDeleted done, void *
                 *ret = img;
                 return 0;
         }
-        return delete_start(m, img, done, userdata, e);
+        return delete_start(m, img->id, img->repository, img->manifest_digest, done, userdata, e);
 }
 
 static void deletes_sync(Manager *m, bool wait)
@@ -640,6 +768,8 @@ void manager_dispatch(Manager *m)
         (void)eventfd_read(m->wake_fd, &v);
         if (m->save.job && !m->save_abandoned)
                 save_sync(m);
+        if (!m->cancelled_abandoned)
+                cancelled_sync(m, false);
         deletes_sync(m, false);
 }
 
@@ -679,6 +809,8 @@ Manager *manager_free(Manager *m)
 {
         if (!m)
                 return NULL;
+        if (!m->cancelled_abandoned)
+                cancelled_sync(m, true);
         deletes_sync(m, true);
         if (m->save.job && !m->save_abandoned) {
                 job_cancel(m->save.job);
@@ -690,7 +822,7 @@ Manager *manager_free(Manager *m)
                 nb_image_free(m->images[i]);
         free(m->images);
         free(m->registry_host);
-        if (!m->save_abandoned) {
+        if (!m->save_abandoned && !m->cancelled_abandoned) {
                 nb_store_free(m->store);
                 if (m->wake_fd >= 0)
                         close(m->wake_fd);
@@ -762,7 +894,7 @@ bool manager_stop(Manager *m)
 {
         m->stopping = true;
         if (!m->save.job)
-                return false;
+                return cancelled_running(m);
         log_image(LOG_NOTICE, m->save.id, NULL, "stopping: cancelling the save (waiting up to %u s)",
                   m->cfg->stop_timeout_sec);
         job_cancel(m->save.job);
@@ -771,7 +903,7 @@ bool manager_stop(Manager *m)
 
 bool manager_saving(const Manager *m)
 {
-        return m->save.job != NULL;
+        return m->save.job != NULL || cancelled_running(m);
 }
 
 void manager_describe(Manager *m, char *buf, size_t size)

@@ -10,7 +10,7 @@
  *   -EINVAL     the request breaks a rule (body, field)
  *   -E2BIG      the request is too large
  *   -ENOENT     no such image
- *   -EBUSY      a save is running, or the image is being saved or deleted
+ *   -EBUSY      a save is running, or the image is being deleted
  *   -ESHUTDOWN  the agent is stopping
  *   -EAGAIN     too many deletions running
  *   -ENOSPC, -EDQUOT  the state dir cannot take the record (full)
@@ -27,7 +27,8 @@
 #include "agent/list.h"
 #include "common/error.h"
 
-#define NB_DELETES_MAX 4 /* registry deletions running at once */
+#define NB_DELETES_MAX   4 /* registry deletions running at once */
+#define NB_CANCELLED_MAX 4 /* cancelled saves still ending (deleting their upload sessions) at once */
 
 typedef struct Manager Manager;
 
@@ -49,10 +50,13 @@ typedef void (*ManagerChanged)(void *userdata);
 void manager_set_changed(Manager *m, ManagerChanged changed, void *userdata);
 
 void manager_set_ready(Manager *m);
-/* No new save or deletion from now on; the running save is cancelled. Returns whether one runs. */
+/* No new save or deletion from now on; the running save is cancelled. Returns whether a save worker still
+ * runs (the save, or saves cancelled by a DELETE that are still ending). */
 bool manager_stop(Manager *m);
+/* A save worker runs: the save, or a cancelled save still ending (its image already DELETED). */
 bool manager_saving(const Manager *m);
-/* The running save did not stop in time: its record says so, and it is left running for the exit. */
+/* The save workers did not stop in time: the running save's record says so, and they are left running for
+ * the exit. */
 void manager_abandon_save(Manager *m, unsigned waited_sec);
 /* One line for people: "saving ns/name:tag (image ID): packing: 40% ..." or "idle; 3 image(s), 2 active". */
 void manager_describe(Manager *m, char *buf, size_t size);
@@ -70,7 +74,17 @@ int manager_list_images(Manager *m, const NbListQuery *q, const NbImage ***ret, 
 
 /* r and e as for the other verbs; img is the DELETED image when r is 0. */
 typedef void (*ManagerDeleted)(void *userdata, int r, const NbImage *img, const NbError *e);
-/* 0: done, *ret is the image (DELETED); 1: the registry is asked on a worker, done(userdata, ...) is called
+/* DELETE of an image, by status:
+ *  INIT, CREATING (its save runs): the save is cancelled. The record is DELETED at once (written before it
+ *    is reported; -ENOSPC/-EIO and nothing changes when it cannot be written), a new save may start at once,
+ *    and the worker ends on its own: the transfer in flight is aborted (a chunk or manifest PUT on the wire
+ *    finishes first, at most REG_CANCEL_DRAIN_S), the upload session is DELETEd on the registry, nothing is
+ *    tagged (a manifest the save pushed before it saw the cancel is deleted). -EAGAIN when
+ *    NB_CANCELLED_MAX cancelled saves are still ending.
+ *  ACTIVE: the manifest is deleted from the registry on a worker, then the record is DELETED.
+ *  CREATE_FAILED, ERROR: the record is DELETED (nothing of it is in the registry under its tag).
+ *  DELETED: nothing changes; the image is answered again.
+ * 0: done, *ret is the image (DELETED); 1: the registry is asked on a worker, done(userdata, ...) is called
  * from the loop later; negative: refused. */
 int manager_delete_image(Manager *m, const char *id, ManagerDeleted done, void *userdata,
                          const NbImage **ret, NbError *e);

@@ -71,10 +71,10 @@ static void buf_printf(Buf *b, const char *fmt, ...)
 
 static void print_counters(Buf *b, const NbMetrics *m, const NbMetricsNow *now)
 {
-        buf_printf(
-                b,
-                "# HELP nbsnap_saves_total Saves finished, by result.\n# TYPE nbsnap_saves_total counter\n");
-        static const NbStatus results[] = {NB_STATUS_ACTIVE, NB_STATUS_CREATE_FAILED, NB_STATUS_ERROR};
+        buf_printf(b, "# HELP nbsnap_saves_total Saves finished, by result (DELETED: cancelled).\n"
+                      "# TYPE nbsnap_saves_total counter\n");
+        static const NbStatus results[] = {NB_STATUS_ACTIVE, NB_STATUS_CREATE_FAILED, NB_STATUS_ERROR,
+                                           NB_STATUS_DELETED};
         for (size_t i = 0; i < ELEMENTSOF(results); i++)
                 buf_printf(b, "nbsnap_saves_total{result=\"%s\"} %" PRIu64 "\n",
                            nb_status_to_string(results[i]), m->saves[results[i]]);

@@ -1,7 +1,8 @@
 /* nbsnap: the command line. `baseline` records the root filesystem at container start; `save` packs what
  * changed since then into one layer and pushes base layers + that layer as a new image (agent/verb-save.c).
- * `create-image`, `status` and `list` ask nbsnapd (the agent) over its unix socket and print the JSON its
- * API returns (agent/verb-client.c). This file: the dispatch, the general help, --version. */
+ * `create-image`, `status`, `list`, `delete` and `cancel` ask nbsnapd (the agent) over its unix socket and
+ * print the JSON its API returns (agent/verb-client.c). This file: the dispatch, the general help,
+ * --version. */
 #include <locale.h>
 #include <stdio.h>
 #include <string.h>
@@ -27,6 +28,8 @@ static const char *const usage_main =
         "  create-image   ask the agent to save this instance as an image (prints the image object)\n"
         "  status ID      show one image; --wait follows the save until it ends\n"
         "  list           show the images saved from this instance, newest first\n"
+        "  delete ID      delete an image; a save that runs is cancelled (nothing is tagged)\n"
+        "  cancel ID      the same request as delete\n"
         "\n"
         "Options:\n"
         "  --socket PATH  the agent's socket, for the commands above that talk to it (default: the\n"
@@ -114,6 +117,8 @@ int main(int argc, char **argv)
                 return verb_api(argc - 1, argv + 1, 's');
         if (strcmp(cmd, "list") == 0)
                 return verb_api(argc - 1, argv + 1, 'l');
+        if (strcmp(cmd, "delete") == 0 || strcmp(cmd, "cancel") == 0)
+                return verb_api(argc - 1, argv + 1, 'd');
         fprintf(stderr, "nbsnap: unknown command '%s'\n%s", cmd, usage_main);
         return 2;
 }

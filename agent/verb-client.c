@@ -1,6 +1,6 @@
-/* verb-client.c: nbsnap create-image, status and list: requests to nbsnapd over its unix socket
- * (agent/client.c), the JSON it answers printed on stdout (list: one ListImage page, --limit/--offset), and
- * --wait's polling with a progress bar. */
+/* verb-client.c: nbsnap create-image, status, list, delete and cancel: requests to nbsnapd over its unix
+ * socket (agent/client.c), the JSON it answers printed on stdout (list: one ListImage page,
+ * --limit/--offset), and --wait's polling with a progress bar. */
 #include <errno.h>
 #include <getopt.h>
 #include <stdio.h>
@@ -23,6 +23,8 @@ static const char *const usage_api =
         "                           [--workspace-id ID] [--exclude PATH]... [--wait] [--socket PATH]\n"
         "       nbsnap status IMAGE_ID [--wait] [--socket PATH]\n"
         "       nbsnap list [--status STATUS] [--limit N] [--offset N] [--socket PATH]\n"
+        "       nbsnap delete IMAGE_ID [--socket PATH]\n"
+        "       nbsnap cancel IMAGE_ID [--socket PATH]\n"
         "\n"
         "Talk to nbsnapd, the agent, over its unix socket and print the JSON its API returns on stdout.\n"
         "create-image asks for a save of this instance (POST "
@@ -31,6 +33,10 @@ static const char *const usage_api =
         "left out get the agent's defaults: namespace from its config, name from the base image, tag = UTC\n"
         "time YYYYMMDDHHMMSS, workspace \"0\". status shows one image, list a page of them (ListImage:\n"
         "{\"current\", \"data\", \"pages\", \"size\", \"total\"}, newest first).\n"
+        "delete and cancel are the same request (DELETE /v1/{project_id}/images/{id}): a save that runs\n"
+        "(INIT, CREATING) is cancelled, nothing is tagged and the image is DELETED at once; an ACTIVE "
+        "image\n"
+        "is deleted from the registry; a failed one only changes its status to DELETED.\n"
         "\n"
         "  --socket PATH       the agent's socket (also accepted before the command: nbsnap --socket PATH\n"
         "                      status ID); default: the first listen = unix:PATH of nbsnapd's config file\n"
@@ -99,8 +105,8 @@ typedef struct ApiArgs {
 
 static const char *const api_field_names[] = {"name", "namespace", "tag", "description", "workspace_id"};
 
-/* cmd: 'c' create-image, 's' status, 'l' list. Returns 1 to run, 0 after --help, negative on a usage error.
- */
+/* cmd: 'c' create-image, 's' status, 'l' list, 'd' delete or cancel. Returns 1 to run, 0 after --help,
+ * negative on a usage error. */
 static int parse_api_args(int argc, char **argv, char cmd, ApiArgs *a)
 {
         int c;
@@ -116,7 +122,7 @@ static int parse_api_args(int argc, char **argv, char cmd, ApiArgs *a)
                         break;
                 case API_WAIT:
                         a->wait = true;
-                        ok = cmd != 'l';
+                        ok = cmd == 'c' || cmd == 's';
                         break;
                 case API_STATUS:
                         a->status = optarg;
@@ -163,10 +169,11 @@ static int parse_api_args(int argc, char **argv, char cmd, ApiArgs *a)
                         return -EINVAL;
                 }
         }
-        if (cmd == 's' && optind < argc)
+        bool one = cmd == 's' || cmd == 'd';
+        if (one && optind < argc)
                 a->id = argv[optind++];
-        if (cmd == 's' && !a->id) {
-                fprintf(stderr, "nbsnap status: an image id is required\n");
+        if (one && !a->id) {
+                fprintf(stderr, "nbsnap %s: an image id is required\n", argv[0]);
                 return -EINVAL;
         }
         if (optind < argc) {
@@ -412,6 +419,31 @@ static int list_path(const ApiArgs *a, const char *project, char **ret)
         return asprintf(ret, "/v1/%s/images%s", project, query) < 0 ? -ENOMEM : 0;
 }
 
+/* DELETE /v1/{p}/images/{id}: the answer on stdout; an error answer's code and message on stderr too. */
+static int cmd_delete(const ApiArgs *a, const char *verb, const char *project)
+{
+        _cleanup_free_ char *path = NULL;
+        if (asprintf(&path, "/v1/%s/images/%s", project, a->id) < 0)
+                return 1;
+        NbResponse r = {0};
+        NbError e = {0};
+        if (nb_client_request(a->socket, "DELETE", path, NULL, &r, &e) < 0) {
+                fprintf(stderr, "nbsnap: %s\n", e.msg);
+                return 3;
+        }
+        int rc = print_response(&r);
+        if (r.status < 200 || r.status >= 300) {
+                _cleanup_(cjson_deletep) cJSON *j = cJSON_Parse(r.body);
+                const cJSON *code = cJSON_GetObjectItemCaseSensitive(j, "error_code");
+                const cJSON *msg = cJSON_GetObjectItemCaseSensitive(j, "error_msg");
+                fprintf(stderr, "nbsnap %s: %s: %s\n", verb,
+                        cJSON_IsString(code) ? code->valuestring : "error",
+                        cJSON_IsString(msg) ? msg->valuestring : "the agent answered an error");
+        }
+        nb_response_done(&r);
+        return rc;
+}
+
 int verb_api(int argc, char **argv, char cmd)
 {
         ApiArgs a = {0};
@@ -421,7 +453,7 @@ int verb_api(int argc, char **argv, char cmd)
         if (cmd == 'l' && list_args_check(&a) < 0)
                 return 2;
         if (a.id && !path_component_ok(a.id)) {
-                fprintf(stderr, "nbsnap status: '%s' is not an image id\n", a.id);
+                fprintf(stderr, "nbsnap %s: '%s' is not an image id\n", argv[0], a.id);
                 return 2;
         }
         _cleanup_free_ char *socket_buf = NULL;
@@ -438,6 +470,8 @@ int verb_api(int argc, char **argv, char cmd)
                 return r;
         if (cmd == 'c')
                 return cmd_create_image(&a, project, notebook);
+        if (cmd == 'd')
+                return cmd_delete(&a, argv[0], project);
         if (cmd == 's' && a.wait)
                 return wait_for_image(&a, project, a.id);
         _cleanup_free_ char *path = NULL;

@@ -47,12 +47,13 @@ int reg_blob_exists(RegClient *c, const char *repository, const char *digest, in
         return 1;
 }
 
-/* DELETE an upload session; errors are ignored (the registry expires sessions anyway). */
+/* DELETE an upload session; errors are ignored (the registry expires sessions anyway). A cleanup request:
+ * sent after a cancel too. */
 static void session_cancel(RegClient *c, const char *location, const char *scope)
 {
         if (!location)
                 return;
-        RegRequest rq = {.method = "DELETE", .url = location, .scope = scope};
+        RegRequest rq = {.method = "DELETE", .url = location, .scope = scope, .cleanup = true};
         RegResponse resp = {0};
         NbError ignored = {0};
         if (reg_request(c, &rq, &resp, &ignored) >= 0)
@@ -82,7 +83,7 @@ int reg_blob_mount(RegClient *c, const char *repository, const char *digest, con
         if (mount_url(c, repository, digest, from_repository, &url) < 0 ||
             asprintf(&scope, "repository:%s:pull,push repository:%s:pull", repository, from_repository) < 0)
                 return nb_error_oom(e);
-        RegRequest rq = {.method = "POST", .url = url, .scope = scope, .retry = true};
+        RegRequest rq = {.method = "POST", .url = url, .scope = scope, .retry = true, .drain = true};
         _cleanup_(reg_response_done) RegResponse resp = {0};
         char what[REG_URL_MAX];
         snprintf(what, sizeof(what), "mounting blob %s from %s into %s/%s", digest, from_repository, c->host,
@@ -107,7 +108,7 @@ static int session_open(RegClient *c, const char *repository, const char *scope,
         _cleanup_free_ char *url = NULL;
         if (reg_client_v2_url(c, repository, "blobs/uploads", NULL, &url) < 0)
                 return nb_error_oom(e);
-        RegRequest rq = {.method = "POST", .url = url, .scope = scope, .retry = true};
+        RegRequest rq = {.method = "POST", .url = url, .scope = scope, .retry = true, .drain = true};
         _cleanup_(reg_response_done) RegResponse resp = {0};
         char what[REG_URL_MAX];
         snprintf(what, sizeof(what), "starting an upload to %s/%s", c->host, repository);
@@ -139,7 +140,8 @@ static int session_commit(RegClient *c, const char *location, const char *scope,
                          .content_type = octet_stream,
                          .body = body ? body : "",
                          .body_size = size,
-                         .retry = true};
+                         .retry = true,
+                         .drain = true};
         _cleanup_(reg_response_done) RegResponse resp = {0};
         int r = reg_request(c, &rq, &resp, e);
         if (r < 0) {
@@ -440,7 +442,8 @@ static int send_chunk(RegUpload *u, uint64_t end, Outcome *ret, NbError *e)
                          .content_range = range,
                          .body = upload_at(u, u->offset),
                          .body_size = (size_t)(end - u->offset),
-                         .no_rewind = true};
+                         .no_rewind = true,
+                         .drain = true};
         _cleanup_(reg_response_done) RegResponse resp = {0};
         int r = reg_request(u->c, &rq, &resp, e);
         if (r < 0) {
@@ -685,7 +688,8 @@ static int upload_put(RegUpload *u, const char *digest, NbError *e)
                          .scope = u->scope,
                          .content_type = octet_stream,
                          .body = "",
-                         .retry = true};
+                         .retry = true,
+                         .drain = true};
         _cleanup_(reg_response_done) RegResponse resp = {0};
         int r = reg_request(u->c, &rq, &resp, e);
         if (r >= 0 && (resp.status == 201 || resp.status == 204))

@@ -226,6 +226,9 @@ static int client_copy_options(RegClient *c, const RegClientOptions *o)
                                 ? o->replay_max
                                 : (size_t)reg_env_long("NBSNAP_REGISTRY_REPLAY_MAX", REG_REPLAY_DEFAULT);
         c->cancel = o->cancel;
+        c->cancel_drain_s = o->cancel_drain_s > 0
+                                    ? o->cancel_drain_s
+                                    : reg_env_long("NBSNAP_REGISTRY_CANCEL_DRAIN", REG_CANCEL_DRAIN_S);
         c->chunk_size = o->chunk_size ? o->chunk_size : REG_CHUNK_DEFAULT;
         if (c->chunk_size < REG_CHUNK_MIN_BYTES)
                 c->chunk_size = REG_CHUNK_MIN_BYTES;
@@ -284,6 +287,7 @@ int reg_client_clone(RegClient *c, RegClient **ret, NbError *e)
                 .retry_deadline_s = c->retry_deadline_s,
                 .replay_max = c->replay_max,
                 .cancel = c->cancel,
+                .cancel_drain_s = c->cancel_drain_s,
         };
         return reg_client_new(&o, ret, e);
 }

@@ -9,12 +9,14 @@
 #include "registry/registry-internal.h"
 
 typedef struct Transfer {
+        RegClient *c;
         const RegRequest *rq;
         RegResponse *resp;
         CURL *curl;
         size_t body_max, body_cap;
         size_t sent;
-        uint64_t sunk; /* bytes given to rq->sink */
+        uint64_t sunk;             /* bytes given to rq->sink */
+        uint64_t cancel_seen_usec; /* a drained request: when its progress callback first saw the cancel */
         bool overflow;
         int sink_error;
 } Transfer;
@@ -168,12 +170,22 @@ static bool cancelled(const RegClient *c)
         return c->cancel && atomic_load(c->cancel);
 }
 
-/* Called by curl about once a second even when nothing moves: a cancel aborts the transfer. */
+/* Called by curl about once a second even when nothing moves: a cancel aborts the transfer, but for a
+ * cleanup request (it has its own timeout) and a drained one, which is aborted only once it has had
+ * cancel_drain_s since the cancel was seen. */
 static int progress_cb(void *userdata, curl_off_t dltotal, curl_off_t dlnow, curl_off_t ultotal,
                        curl_off_t ulnow)
 {
+        Transfer *t = userdata;
         (void)dltotal, (void)dlnow, (void)ultotal, (void)ulnow;
-        return cancelled(userdata) ? 1 : 0;
+        if (!cancelled(t->c) || t->rq->cleanup)
+                return 0;
+        if (!t->rq->drain)
+                return 1;
+        uint64_t now = nb_now_usec();
+        if (t->cancel_seen_usec == 0)
+                t->cancel_seen_usec = now;
+        return now - t->cancel_seen_usec >= (uint64_t)t->c->cancel_drain_s * 1000000u ? 1 : 0;
 }
 
 static void setup_common(RegClient *c, const RegRequest *rq, Transfer *t, char *errbuf)
@@ -189,7 +201,9 @@ static void setup_common(RegClient *c, const RegRequest *rq, Transfer *t, char *
         curl_easy_setopt(curl, CURLOPT_LOW_SPEED_TIME, c->low_speed_time_s);
         /* A small exchange has a whole-request timeout too (a server that trickles above the low-speed
          * limit); chunks and streamed bodies have only the low-speed limit, their size sets their time. */
-        if (!rq->sink && rq->body_size <= REG_SMALL_BODY_MAX && strcmp(rq->method, "PATCH") != 0)
+        if (rq->cleanup)
+                curl_easy_setopt(curl, CURLOPT_TIMEOUT, (long)REG_CANCEL_CLEANUP_TIMEOUT_S);
+        else if (!rq->sink && rq->body_size <= REG_SMALL_BODY_MAX && strcmp(rq->method, "PATCH") != 0)
                 curl_easy_setopt(curl, CURLOPT_TIMEOUT, (long)REG_REQUEST_TIMEOUT_S);
         /* http only when the registry URL says so; never https -> http on a redirect. */
         curl_easy_setopt(curl, CURLOPT_PROTOCOLS_STR, c->plain_http ? "http,https" : "https");
@@ -213,7 +227,7 @@ static void setup_common(RegClient *c, const RegRequest *rq, Transfer *t, char *
         if (c->cancel) {
                 curl_easy_setopt(curl, CURLOPT_NOPROGRESS, 0L);
                 curl_easy_setopt(curl, CURLOPT_XFERINFOFUNCTION, progress_cb);
-                curl_easy_setopt(curl, CURLOPT_XFERINFODATA, c);
+                curl_easy_setopt(curl, CURLOPT_XFERINFODATA, t);
         }
         setup_method(curl, rq, t);
 }
@@ -283,14 +297,14 @@ static int collect_headers(CURL *curl, RegResponse *r)
 static int perform(RegClient *c, const RegRequest *rq, const char *authz, RegResponse *resp,
                    CURLcode *ret_cc, char *errbuf, uint64_t *ret_sunk)
 {
-        Transfer t = {.rq = rq, .resp = resp, .curl = c->curl};
+        Transfer t = {.c = c, .rq = rq, .resp = resp, .curl = c->curl};
         t.body_max = rq->body_max ? rq->body_max : REG_ERROR_BODY_MAX;
         _cleanup_slist_ struct curl_slist *headers = NULL;
         int r = build_headers(rq, authz, &headers);
         if (r < 0)
                 return r;
         errbuf[0] = 0;
-        if (cancelled(c))
+        if (cancelled(c) && !rq->cleanup)
                 return -ECANCELED;
         setup_common(c, rq, &t, errbuf);
         curl_easy_setopt(c->curl, CURLOPT_HTTPHEADER, headers);
@@ -576,7 +590,8 @@ static int token_answer_error(RegClient *c, const RegResponse *resp, const char 
         return r;
 }
 
-static int token_fetch(RegClient *c, const char *scope, const char *key, NbError *e)
+/* cleanup: for a cleanup request (RegRequest.cleanup), so sent after a cancel too. */
+static int token_fetch(RegClient *c, const char *scope, const char *key, bool cleanup, NbError *e)
 {
         _cleanup_free_ char *url = NULL;
         _cleanup_secret_ char *form = NULL, *basic = NULL, *token = NULL;
@@ -595,8 +610,9 @@ static int token_fetch(RegClient *c, const char *scope, const char *key, NbError
                 .body = form,
                 .body_size = form ? strlen(form) : 0,
                 .body_max = REG_TOKEN_MAX,
-                .retry = true,
+                .retry = !cleanup,
                 .follow = true,
+                .cleanup = cleanup,
         };
         _cleanup_(response_donep) RegResponse resp = {0};
         r = request_retrying(c, &rq, basic, &resp, e);
@@ -628,7 +644,7 @@ static int auth_header(RegClient *c, const RegRequest *rq, char **ret, NbError *
         const char *key = rq->scope ? rq->scope : "";
         RegToken *t = token_find(c, key);
         if (!t) {
-                int r = token_fetch(c, rq->scope, key, e);
+                int r = token_fetch(c, rq->scope, key, rq->cleanup, e);
                 if (r < 0)
                         return r;
                 t = token_find(c, key);
@@ -683,7 +699,7 @@ static int handle_401(RegClient *c, const RegRequest *rq, const RegResponse *res
         const char *key = rq->scope ? rq->scope : "";
         if (sent_auth)
                 token_drop(c, key);
-        int r = token_fetch(c, ch.scope ? ch.scope : rq->scope, key, e);
+        int r = token_fetch(c, ch.scope ? ch.scope : rq->scope, key, rq->cleanup, e);
         reg_challenge_done(&ch);
         return r;
 }

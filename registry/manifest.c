@@ -83,7 +83,8 @@ int reg_manifest_put(RegClient *c, const char *repository, const char *reference
                          .content_type = media_type,
                          .body = data,
                          .body_size = size,
-                         .retry = true};
+                         .retry = true,
+                         .drain = true};
         char what[REG_URL_MAX];
         snprintf(what, sizeof(what), "pushing manifest %s%s%s to %s", repository,
                  reg_digest_valid(reference) ? "@" : ":", reference, c->host);

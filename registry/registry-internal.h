@@ -177,6 +177,7 @@ struct RegClient {
         long connect_timeout_s;
         long low_speed_time_s;
         long retry_deadline_s;
+        long cancel_drain_s;
         size_t chunk_size;
         size_t replay_max;
         const _Atomic bool *cancel;
@@ -214,6 +215,9 @@ typedef struct RegRequest {
         bool follow;    /* follow redirects (GET/HEAD of blobs and manifests) */
         bool no_rewind; /* curl must not send the body again by itself (it does on a reused connection that
                            died): whether the registry kept any of it is asked first (upload chunks) */
+        bool drain;     /* a cancel does not cut it once sent: it may finish for the client's cancel_drain_s
+                           (writes to an upload session and manifest PUTs: see RegClientOptions.cancel) */
+        bool cleanup;   /* sent even after a cancel, with REG_CANCEL_CLEANUP_TIMEOUT_S and no retries */
 } RegRequest;
 
 typedef struct RegResponse {

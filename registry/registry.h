@@ -23,14 +23,16 @@
 #include "common/error.h"
 
 /* Named limits: what a server controls is bounded. */
-#define REG_MANIFEST_MAX     (4u * 1024 * 1024) /* manifests and indexes; registries must accept 4 MB */
-#define REG_CONFIG_MAX       (8u * 1024 * 1024) /* image config blob */
-#define REG_TOKEN_MAX        (64u * 1024)       /* token endpoint answer */
-#define REG_ERROR_BODY_MAX   (64u * 1024)       /* error bodies read; shown to people cut to 512 bytes */
-#define REG_LAYERS_MAX       1024               /* layers in a manifest */
-#define REG_CHUNK_DEFAULT    (8u * 1024 * 1024)
-#define REG_REPLAY_DEFAULT   (24u * 1024 * 1024) /* upload bytes kept to resend (at least 2 chunks) */
-#define REG_RETRY_DEADLINE_S 120 /* retries of one failing step end this long after it failed */
+#define REG_MANIFEST_MAX             (4u * 1024 * 1024) /* manifests and indexes; registries must accept 4 MB */
+#define REG_CONFIG_MAX               (8u * 1024 * 1024) /* image config blob */
+#define REG_TOKEN_MAX                (64u * 1024)       /* token endpoint answer */
+#define REG_ERROR_BODY_MAX           (64u * 1024) /* error bodies read; shown to people cut to 512 bytes */
+#define REG_LAYERS_MAX               1024         /* layers in a manifest */
+#define REG_CHUNK_DEFAULT            (8u * 1024 * 1024)
+#define REG_REPLAY_DEFAULT           (24u * 1024 * 1024) /* upload bytes kept to resend (at least 2 chunks) */
+#define REG_RETRY_DEADLINE_S         120 /* retries of one failing step end this long after it failed */
+#define REG_CANCEL_DRAIN_S           20 /* after a cancel, an upload request on the wire may finish for this long */
+#define REG_CANCEL_CLEANUP_TIMEOUT_S 10 /* a cleanup DELETE sent after a cancel takes at most this long */
 
 /* ---- references ----------------------------------------------------------------------------------------
  */
@@ -73,7 +75,15 @@ typedef struct RegClientOptions {
                                    0: $NBSNAP_REGISTRY_REPLAY_MAX, else REG_REPLAY_DEFAULT */
         const _Atomic bool *cancel; /* NULL, or set from another thread: the transfer in flight is aborted
                                        within about a second, waits between retries end, and requests fail
-                                       with -ECANCELED from then on */
+                                       with -ECANCELED from then on. Two exceptions keep the registry clean:
+                                       a request that writes to an upload session (POST, PATCH, PUT) or a
+                                       manifest PUT already on the wire is let finish, for at most
+                                       cancel_drain_s (cutting a PATCH after the registry stored its body
+                                       leaves the session at an offset no Location names: distribution then
+                                       refuses to DELETE it); and the cleanup requests (DELETE of an upload
+                                       session or a manifest) are still sent, with a whole-request timeout of
+                                       REG_CANCEL_CLEANUP_TIMEOUT_S */
+        long cancel_drain_s;        /* 0: REG_CANCEL_DRAIN_S */
 } RegClientOptions;
 
 typedef struct RegClient RegClient;
@@ -248,7 +258,10 @@ int reg_upload_write(RegUpload *u, const void *data, size_t size, NbError *e);
  * is never answered by sending the same bytes again: -EBADMSG. */
 int reg_upload_commit(RegUpload *u, const char *digest, NbError *e);
 /* Cancels an unfinished upload (DELETE on the session, errors ignored) and frees it; NULL is fine. After
- * reg_upload_commit() succeeded it only frees: call it in every case to release the upload. */
+ * reg_upload_commit() succeeded it only frees: call it in every case to release the upload. After the
+ * client's cancel flag was set, a chunk on the wire is first let finish (at most the client's drain time),
+ * so that the DELETE goes to the session's latest Location: this may take that long when the registry does
+ * not answer. */
 RegUpload *reg_upload_abort(RegUpload *u);
 
 /* ---- manifests -----------------------------------------------------------------------------------------

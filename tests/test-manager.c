@@ -11,6 +11,7 @@
 #include "agent/store.h"
 #include "agent/swr.h"
 #include "common/clock.h"
+#include "common/fileio.h"
 #include "common/uuid.h"
 #include "tests.h"
 
@@ -111,9 +112,8 @@ static void test_save_fails(Manager *m, char id[static 37])
         ASSERT_STREQ(img->arch, nb_machine_arch_modelarts(arch));
         memcpy(id, img->id, 37);
         ASSERT_TRUE(manager_saving(m));
-        /* one save at a time; a record being saved is not deleted */
+        /* one save at a time */
         ASSERT_EQ(manager_create_image(m, "{}", 2, &other, &e), -EBUSY);
-        ASSERT_EQ(manager_delete_image(m, id, NULL, NULL, &other, &e), -EBUSY);
         wait_save(m);
         ASSERT_EQ(status_of(m, id), NB_STATUS_CREATE_FAILED);
 }
@@ -155,6 +155,39 @@ static void test_delete(Manager *m, const char *id)
         ASSERT_EQ(manager_delete_image(m, id, NULL, NULL, &img, &e), 0);
         ASSERT_EQ(img->status, NB_STATUS_DELETED);
         ASSERT_EQ(img->update_at, when);
+}
+
+/* DELETE of the running save cancels it: the record is DELETED at once, on disk too, and a new save may
+ * start at once, while the cancelled worker still ends. (The save cannot fail before the DELETE: the
+ * registry's port refuses, and the first retry waits at least one backoff.) */
+static void test_cancel(Manager *m, const NbConfig *c)
+{
+        const NbImage *img = NULL, *next = NULL;
+        NbError e = {0};
+        ASSERT_OK(manager_create_image(m, "{\"name\":\"cancelled\",\"tag\":\"v1\"}", 31, &img, &e));
+        char id[37];
+        memcpy(id, img->id, sizeof(id));
+        ASSERT_EQ(manager_delete_image(m, id, NULL, NULL, &img, &e), 0);
+        ASSERT_EQ(img->status, NB_STATUS_DELETED);
+        ASSERT_TRUE(strncmp(img->status_message, "cancelled during the save (it was INIT", 38) == 0);
+        ASSERT_TRUE(strstr(img->status_message, "nothing was tagged") != NULL);
+        char path[600];
+        _cleanup_free_ char *json = NULL;
+        size_t size = 0;
+        snprintf(path, sizeof(path), "%s/images/%s.json", c->state_dir, id);
+        ASSERT_OK(nb_read_file(path, 1 << 20, &json, &size));
+        ASSERT_TRUE(strstr(json, "\"DELETED\"") != NULL);
+        /* deleting it again answers it as it is */
+        ASSERT_EQ(manager_delete_image(m, id, NULL, NULL, &next, &e), 0);
+        ASSERT_TRUE(next == img);
+        /* the slot is free at once */
+        ASSERT_OK(manager_create_image(m, "{\"name\":\"after\",\"tag\":\"v1\"}", 27, &next, &e));
+        char after[37];
+        memcpy(after, next->id, sizeof(after));
+        wait_save(m); /* the new save and the cancelled worker */
+        ASSERT_EQ(status_of(m, id), NB_STATUS_DELETED);
+        ASSERT_EQ(status_of(m, after), NB_STATUS_CREATE_FAILED);
+        ASSERT_TRUE(!manager_saving(m));
 }
 
 /* A record a crash left CREATING, written behind the manager's back. */
@@ -211,6 +244,7 @@ int main(void)
         test_save_fails(m, id);
         test_queries(m, id);
         test_delete(m, id);
+        test_cancel(m, &c);
         manager_free(m);
         test_reopen(&c, id);
         nb_config_done(&c);

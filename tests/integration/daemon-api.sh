@@ -83,8 +83,7 @@ api POST "$CREATE" -d '{"name":"second","tag":"t2"}'
 check "a second save is 409" test "$HTTP_CODE" = 409
 check "409 is NBSNAP.BUSY" test "$(jget 'j["error_code"]')" = NBSNAP.BUSY
 check "409 says why" grep -q 'already running' <<<"$(jget 'j["error_msg"]')"
-api DELETE "$P/images/$ID"
-check "DELETE while CREATING is 409 (got $HTTP_CODE)" test "$HTTP_CODE" = 409
+# (a DELETE now would cancel the save: daemon-cancel.sh)
 api GET /metrics
 check "metrics during the save show the phase" grep -q 'nbsnap_save_in_progress 1' "$SCRATCH/resp.json"
 kill -CONT "$REGISTRY_PID"
