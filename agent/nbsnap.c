@@ -100,7 +100,8 @@ int main(int argc, char **argv)
                        snap_compression_engine(SNAP_COMPRESSION_ZSTD));
                 return 0;
         }
-        if (arg_socket && (strcmp(cmd, "baseline") == 0 || strcmp(cmd, "save") == 0)) {
+        if (arg_socket &&
+            (strcmp(cmd, "baseline") == 0 || strcmp(cmd, "save") == 0 || strcmp(cmd, "diff") == 0)) {
                 fprintf(stderr, "nbsnap: --socket is for the commands that talk to nbsnapd; %s runs here\n",
                         cmd);
                 return 2;

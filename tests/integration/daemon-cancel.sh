@@ -14,7 +14,7 @@
 #    registry tags the image after the DELETE answered; the agent deletes that manifest by digest once the
 #    worker has ended, and the tag is gone;
 #  - NB_CANCELLED_MAX: 4 cancelled saves still ending (their chunks held 15 s by the proxy): a 5th cancel is
-#    503 and changes nothing; accepted once one has ended; no session left, no tag;
+#    429 and changes nothing; accepted once one has ended; no session left, no tag;
 #  - the CLI: `nbsnap cancel ID` on a running save, `nbsnap delete ID` on an ACTIVE image (the manifest is
 #    deleted from the registry) and on an unknown id (exit 1, the error code and message on stderr);
 #  - nbsnap_saves_total{result="DELETED"} counts the cancelled saves;
@@ -175,7 +175,8 @@ for i in 1 2 3 4 5; do
         check "held-$i: DELETE 200 (got $HTTP_CODE)" test "$HTTP_CODE" = 200
     fi
 done
-check "the 5th cancel while 4 are still ending: 503 (got $HTTP_CODE)" test "$HTTP_CODE" = 503
+check "the 5th cancel while 4 are still ending: 429 (got $HTTP_CODE)" test "$HTTP_CODE" = 429
+check "429 is NBSNAP.TOO_MANY_REQUESTS" test "$(jget 'j["error_code"]')" = NBSNAP.TOO_MANY_REQUESTS
 check "saying why ($(jget 'j["error_msg"]'))" \
     grep -q '^4 cancelled saves are still ending (deleting their upload sessions on the registry); try again later$' <<<"$(jget 'j["error_msg"]')"
 api GET "$P/images/${HELD[4]}"
