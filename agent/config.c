@@ -331,7 +331,7 @@ void nb_config_help(void)
                "or bound here) and optionally on TCP, and saves this container as an image on\n"
                "request. Every key of the config file (INI, section [nbsnapd]; "
                "default\n" NB_CONFIG_DEFAULT_PATH
-               " or $NBSNAP_CONFIG) can be given as a flag (nbsnapd.conf(5)):\n"
+               ", or $NBSNAP_CONFIG) can be given as a flag\n(nbsnapd.conf(5)):\n"
                "\n");
         help_row("--config FILE", "read FILE instead of " NB_CONFIG_DEFAULT_PATH);
         for (const Key *k = keys; k < keys + ELEMENTSOF(keys); k++) {

@@ -180,7 +180,7 @@ check "--status values ($got)" test "$got" = "CREATE_FAILED CREATING "
 got=$(complete_words save --compression z)
 check "--compression values ($got)" test "$got" = "zstd "
 got=$(complete_words diff --)
-check "diff's options ($got)" test "$got" = "--exclude --help --json --root --state-dir "
+check "diff's options ($got)" test "$got" = "--authfile --config --exclude --full --help --json --root --state-dir "
 mkdir -p "$SCRATCH/cdir/sub"
 got=$(complete_words baseline --root "$SCRATCH/cdir/s")
 check "--root completes directories ($got)" test "$got" = "$SCRATCH/cdir/sub "
