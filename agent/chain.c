@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "agent/chain.h"
+#include "agent/json.h"
 #include "common/fileio.h"
 #include "common/macro.h"
 #include "common/uuid.h"
@@ -17,11 +18,6 @@
 #include "snapshot/snapshot.h"
 
 #define CHAIN_VERSION 1
-
-static void json_freep(cJSON **p)
-{
-        cJSON_Delete(*p);
-}
 
 void nb_chain_done(NbChain *c)
 {
@@ -95,7 +91,7 @@ static bool record_name_valid(const char *s)
 
 static int parse(const char *json, const char *what, NbChain *c, NbError *e)
 {
-        _cleanup_(json_freep) cJSON *j = cJSON_Parse(json);
+        _cleanup_cjson_ cJSON *j = cJSON_Parse(json);
         const cJSON *v = cJSON_GetObjectItemCaseSensitive(j, "version");
         if (!cJSON_IsObject(j) || !cJSON_IsNumber(v) || v->valuedouble != CHAIN_VERSION)
                 return nb_error_set(e, -EBADMSG, "%s: not a record of a save of a known version", what);
@@ -145,7 +141,7 @@ int nb_chain_load(const char *state_dir, NbChain *ret, NbError *e)
 
 int nb_chain_store(const char *state_dir, const NbChain *c, NbError *e)
 {
-        _cleanup_(json_freep) cJSON *j = cJSON_CreateObject();
+        _cleanup_cjson_ cJSON *j = cJSON_CreateObject();
         bool ok = j && cJSON_AddNumberToObject(j, "version", CHAIN_VERSION);
         for (size_t i = 0; ok && i < ELEMENTSOF(fields); i++) {
                 const char *base = (const char *)c + fields[i].offset;
@@ -166,7 +162,7 @@ int nb_chain_store(const char *state_dir, const NbChain *c, NbError *e)
         return 0;
 }
 
-size_t nb_chain_prune(const char *state_dir, const char *keep)
+size_t nb_chain_prune(const char *state_dir, const char *keep, bool temporaries)
 {
         _cleanup_close_ int fd = open(state_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
         DIR *d = fd >= 0 ? fdopendir(fd) : NULL;
@@ -176,7 +172,9 @@ size_t nb_chain_prune(const char *state_dir, const char *keep)
         size_t n = 0;
         struct dirent *de;
         while ((de = readdir(d)))
-                if (strncmp(de->d_name, NB_RECORD_PREFIX, strlen(NB_RECORD_PREFIX)) == 0 &&
+                if ((record_name_valid(de->d_name) ||
+                     (temporaries &&
+                      strncmp(de->d_name, NB_RECORD_PREFIX, strlen(NB_RECORD_PREFIX)) == 0)) &&
                     (!keep || strcmp(de->d_name, keep) != 0) && unlinkat(dirfd(d), de->d_name, 0) == 0)
                         n++;
         closedir(d);
@@ -189,7 +187,7 @@ size_t nb_chain_cleanup(const char *state_dir)
         NbError ignored = {0};
         /* an unreadable last-save.json names no record: every record is then of no use */
         int r = nb_chain_load(state_dir, &c, &ignored);
-        size_t n = nb_chain_prune(state_dir, r > 0 ? c.record : NULL);
+        size_t n = nb_chain_prune(state_dir, r > 0 ? c.record : NULL, true);
         nb_chain_done(&c);
         return n;
 }

@@ -40,9 +40,10 @@ void nb_chain_done(NbChain *c);
 int nb_chain_load(const char *state_dir, NbChain *ret, NbError *e);
 /* Writes last-save.json atomically (temporary file, fsync, rename). */
 int nb_chain_store(const char *state_dir, const NbChain *c, NbError *e);
-/* Removes the records in the state dir other than keep (NULL: all), and temporary ones left by a crash.
- * Returns how many. */
-size_t nb_chain_prune(const char *state_dir, const char *keep);
+/* Removes the records in the state dir other than keep (NULL: all); with temporaries, also the temporary
+ * files of records (left by a crash: only when no save runs, as a new save may be writing one). Returns how
+ * many. */
+size_t nb_chain_prune(const char *state_dir, const char *keep, bool temporaries);
 /* At start, after a crash: removes the records no last-save.json names (those of saves that did not finish,
  * and their temporary files). Returns how many. */
 size_t nb_chain_cleanup(const char *state_dir);

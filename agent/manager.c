@@ -58,7 +58,8 @@ struct Manager {
          * wire finishes, the upload session is deleted on the registry) */
         Job *cancelled[NB_CANCELLED_MAX];
         bool cancelled_abandoned;
-        DeleteTask *deletes[NB_DELETES_MAX];
+        /* NB_DELETES_MAX asked for by DELETE, and room for the cleanups of cancelled saves besides */
+        DeleteTask *deletes[NB_DELETES_MAX + NB_CANCELLED_MAX];
         int wake_fd;
         bool ready, stopping;
         char *registry_host;
@@ -110,7 +111,7 @@ static bool image_busy(Manager *m, const NbImage *img)
 {
         if (image_saving(m, img->id))
                 return true;
-        for (size_t i = 0; i < NB_DELETES_MAX; i++)
+        for (size_t i = 0; i < ELEMENTSOF(m->deletes); i++)
                 if (m->deletes[i] && strcmp(m->deletes[i]->id, img->id) == 0)
                         return true;
         return false;
@@ -215,13 +216,12 @@ static void save_finish(Manager *m)
                                     m->cfg->state_dir ? m->cfg->state_dir : NB_DEFAULT_STATE_DIR,
                                     s->store_error.msg);
         nb_metrics_count_save(&m->metrics, img->status, st.progress.sent, secs);
-        if (img->status == NB_STATUS_ACTIVE)
+        if (img->status == NB_STATUS_ACTIVE) {
                 nb_metrics_count_success(&m->metrics, img->update_at, img->layer_bytes,
                                          img->layer_bytes_uncompressed);
-        if (img->status == NB_STATUS_ACTIVE)
                 log_image(LOG_NOTICE, img->id, "done", "saved as %s (%s), %" PRId64 " KB", img->swr_path,
                           img->manifest_digest, img->size_kb);
-        else
+        } else
                 log_image(LOG_ERR, img->id, "failed", "save failed: %s", img->status_message);
         image_record(m, img, true);
 }
@@ -576,10 +576,17 @@ static void delete_finish(Manager *m, DeleteTask *t)
 static int delete_start(Manager *m, const char *id, const char *repository, const char *digest,
                         ManagerDeleted done, void *userdata, NbError *e)
 {
-        size_t slot = 0;
-        while (slot < NB_DELETES_MAX && m->deletes[slot])
-                slot++;
-        if (slot == NB_DELETES_MAX || (m->stopping && done))
+        /* the DELETEs asked for share NB_DELETES_MAX slots; a cleanup (done NULL) takes any free one, so
+         * that the manifest of a cancelled save is deleted however many DELETEs run */
+        size_t slot = ELEMENTSOF(m->deletes), asked = 0;
+        for (size_t i = 0; i < ELEMENTSOF(m->deletes); i++)
+                if (!m->deletes[i] && slot == ELEMENTSOF(m->deletes))
+                        slot = i;
+                else if (m->deletes[i]->done)
+                        asked++;
+        if (done && m->stopping)
+                return nb_error_set(e, -ESHUTDOWN, "the agent is stopping: no new deletion");
+        if (slot == ELEMENTSOF(m->deletes) || (done && asked >= NB_DELETES_MAX))
                 return nb_error_set(e, -EAGAIN, "too many deletions running; try again");
         DeleteTask *t = calloc(1, sizeof(*t));
         if (!t || !(t->repository = strdup(repository)) || !(t->digest = strdup(digest))) {
@@ -700,10 +707,13 @@ int manager_delete_image(Manager *m, const char *id, ManagerDeleted done, void *
                 *ret = img;
                 return 0;
         }
+        if (img->status == NB_STATUS_DELETED) { /* also while a cancelled save's manifest is deleted */
+                *ret = img;
+                return 0;
+        }
         if (image_busy(m, img))
                 return nb_error_set(e, -EBUSY, "image %s is being deleted; try again when that ends", id);
-        if (img->status != NB_STATUS_DELETED &&
-            (img->status != NB_STATUS_ACTIVE || !img->manifest_digest || !img->repository)) {
+        if (img->status != NB_STATUS_ACTIVE || !img->manifest_digest || !img->repository) {
                 /* nothing was pushed under its tag: only the record changes */
                 NbStatus was = img->status;
                 image_transition(img, NB_STATUS_DELETED, "deleted (it was %s; nothing in the registry)",
@@ -719,7 +729,7 @@ int manager_delete_image(Manager *m, const char *id, ManagerDeleted done, void *
 
 static void deletes_sync(Manager *m, bool wait)
 {
-        for (size_t i = 0; i < NB_DELETES_MAX; i++) {
+        for (size_t i = 0; i < ELEMENTSOF(m->deletes); i++) {
                 DeleteTask *t = m->deletes[i];
                 if (t && (wait || atomic_load(&t->finished))) {
                         m->deletes[i] = NULL;

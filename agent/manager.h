@@ -12,7 +12,7 @@
  *   -ENOENT     no such image
  *   -EBUSY      a save is running, or the image is being deleted
  *   -ESHUTDOWN  the agent is stopping
- *   -EAGAIN     too many deletions running
+ *   -EAGAIN     too many deletions running, or NB_CANCELLED_MAX cancelled saves still ending
  *   -ENOSPC, -EDQUOT  the state dir cannot take the record (full)
  *   -EPERM      the registry refused (a deletion)
  *   -EREMOTEIO  the registry failed

@@ -36,7 +36,8 @@ typedef struct NbMetricsNow {
         uint64_t retries[_REG_RETRY_REASON_MAX]; /* reg_retry_counts() */
 } NbMetricsNow;
 
-/* A save ended with status (ACTIVE, CREATE_FAILED or ERROR; others count as ERROR). */
+/* A save ended with status (ACTIVE, CREATE_FAILED, ERROR, or DELETED when a DELETE cancelled it; others
+ * count as ERROR). */
 void nb_metrics_count_result(NbMetrics *m, NbStatus status);
 /* ... and it ran for seconds and pushed sent bytes. */
 void nb_metrics_count_save(NbMetrics *m, NbStatus status, uint64_t sent, double seconds);

@@ -484,7 +484,7 @@ static void chain_store(Save *s)
                 note(s, "the next save will be a full one: %s", e.msg);
                 return;
         }
-        nb_chain_prune(s->o->state_dir, s->record_name);
+        nb_chain_prune(s->o->state_dir, s->record_name, false);
 }
 
 /* The new image as the OCI model builds it: the base's layers kept, the packed layers on top (their digests,
@@ -1264,7 +1264,9 @@ int nb_save(const NbSaveOptions *o, NbImage *img, NbError *e)
                                  "the save was cancelled (the agent is stopping); save again");
         if (r >= 0)
                 r = push_manifest(&s, e);
-        if (r >= 0) {
+        /* A save cancelled while its manifest PUT was on the wire: the manager deletes that manifest, and a
+         * new save may already use the state dir; this one's record goes and the chain is left as it was. */
+        if (r >= 0 && !cancelled(&s)) {
                 s.record_done = true;
                 chain_store(&s);
         }

@@ -8,6 +8,7 @@
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 
+#include "agent/json.h"
 #include "agent/store.h"
 #include "common/fileio.h"
 
@@ -26,12 +27,6 @@ struct NbStore {
         _Atomic uint64_t acked_upto;
         bool unremoved;
 };
-
-static void cjson_deletep(cJSON **j)
-{
-        cJSON_Delete(*j);
-}
-#define _cleanup_cjson_ _cleanup_(cjson_deletep)
 
 static int mkdir_at(int dfd, const char *name, int *ret_fd)
 {

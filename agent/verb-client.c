@@ -13,9 +13,10 @@
 #include "agent/client.h"
 #include "agent/config.h"
 #include "agent/image.h"
-#include "agent/progress.h"
+#include "agent/json.h"
 #include "agent/list.h"
 #include "agent/log.h"
+#include "agent/progress.h"
 #include "agent/verb.h"
 
 static const char *const usage_api =
@@ -45,7 +46,8 @@ static const char *const usage_api =
         "                      agent's configured excludes (repeatable, at most 64: exclude_paths)\n"
         "  --wait              follow the save (a progress bar on a terminal) until it ends; exit 0 when "
         "the\n"
-        "                      image is ACTIVE, 1 when it is CREATE_FAILED or ERROR\n"
+        "                      image is ACTIVE, 1 when it is CREATE_FAILED, ERROR or\n"
+        "                      DELETED (cancelled)\n"
         "  --status STATUS     list only images in STATUS (INIT CREATING ACTIVE CREATE_FAILED ERROR "
         "DELETED)\n"
         "  --limit N           list at most N images (1-1000, default 200)\n"
@@ -204,11 +206,6 @@ static const char *default_socket(char **buf)
         return NB_DEFAULT_SOCKET;
 }
 
-static void cjson_deletep(cJSON **j)
-{
-        cJSON_Delete(*j);
-}
-
 /* A URL path component: nothing that would change the path or the query. */
 static bool path_component_ok(const char *s)
 {
@@ -230,7 +227,7 @@ static int api_ids(ApiArgs *a, char **ret_project, char **ret_notebook)
                         fprintf(stderr, "nbsnap: %s\n", e.msg);
                         return 3;
                 }
-                _cleanup_(cjson_deletep) cJSON *j = cJSON_Parse(r.body);
+                _cleanup_cjson_ cJSON *j = cJSON_Parse(r.body);
                 const cJSON *p = cJSON_GetObjectItemCaseSensitive(j, "project_id");
                 const cJSON *n = cJSON_GetObjectItemCaseSensitive(j, "notebook_id");
                 if (!cJSON_IsString(p) || !cJSON_IsString(n)) {
@@ -326,7 +323,7 @@ static int wait_for_image(const ApiArgs *a, const char *project, const char *id)
                         continue;
                 }
                 unreachable = 0;
-                _cleanup_(cjson_deletep) cJSON *j = cJSON_Parse(r.body);
+                _cleanup_cjson_ cJSON *j = cJSON_Parse(r.body);
                 const cJSON *st = cJSON_GetObjectItemCaseSensitive(j, "status");
                 const cJSON *msg = cJSON_GetObjectItemCaseSensitive(j, "status_message");
                 NbStatus s = cJSON_IsString(st) ? nb_status_from_string(st->valuestring) : _NB_STATUS_MAX;
@@ -348,7 +345,7 @@ static int wait_for_image(const ApiArgs *a, const char *project, const char *id)
 
 static int cmd_create_image(const ApiArgs *a, const char *project, const char *notebook)
 {
-        _cleanup_(cjson_deletep) cJSON *body = cJSON_CreateObject();
+        _cleanup_cjson_ cJSON *body = cJSON_CreateObject();
         for (size_t i = 0; body && i < ELEMENTSOF(api_field_names); i++)
                 if (a->fields[i] && !cJSON_AddStringToObject(body, api_field_names[i], a->fields[i]))
                         return 1;
@@ -369,7 +366,7 @@ static int cmd_create_image(const ApiArgs *a, const char *project, const char *n
                 fprintf(stderr, "nbsnap: %s\n", e.msg);
                 return 3;
         }
-        _cleanup_(cjson_deletep) cJSON *j = cJSON_Parse(r.body);
+        _cleanup_cjson_ cJSON *j = cJSON_Parse(r.body);
         const cJSON *id = cJSON_GetObjectItemCaseSensitive(j, "id");
         if (!a->wait || r.status != 200 || !cJSON_IsString(id) || !path_component_ok(id->valuestring)) {
                 int rc = print_response(&r);
@@ -433,7 +430,7 @@ static int cmd_delete(const ApiArgs *a, const char *verb, const char *project)
         }
         int rc = print_response(&r);
         if (r.status < 200 || r.status >= 300) {
-                _cleanup_(cjson_deletep) cJSON *j = cJSON_Parse(r.body);
+                _cleanup_cjson_ cJSON *j = cJSON_Parse(r.body);
                 const cJSON *code = cJSON_GetObjectItemCaseSensitive(j, "error_code");
                 const cJSON *msg = cJSON_GetObjectItemCaseSensitive(j, "error_msg");
                 fprintf(stderr, "nbsnap %s: %s: %s\n", verb,

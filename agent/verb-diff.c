@@ -26,6 +26,7 @@
 #include "agent/chain.h"
 #include "agent/config.h"
 #include "agent/job.h"
+#include "agent/json.h"
 #include "agent/save.h"
 #include "agent/verb.h"
 #include "common/size.h"
@@ -294,11 +295,6 @@ static const char *mode_type(uint32_t mode)
                                 : "other";
 }
 
-static void cjson_deletep(cJSON **j)
-{
-        cJSON_Delete(*j);
-}
-
 /* One entry: a line, or one element of the JSON array (printed as it comes: memory stays flat). */
 static int on_change(void *userdata, const SnapChange *c, NbError *e)
 {
@@ -311,7 +307,7 @@ static int on_change(void *userdata, const SnapChange *c, NbError *e)
                 return 0;
         }
         _cleanup_free_ char *path = NULL, *json = NULL;
-        _cleanup_(cjson_deletep) cJSON *o = cJSON_CreateObject();
+        _cleanup_cjson_ cJSON *o = cJSON_CreateObject();
         char kind[2] = {change_letter[c->kind], '\0'};
         if (!o || asprintf(&path, "/%s", c->path) < 0 || !cJSON_AddStringToObject(o, "kind", kind) ||
             !cJSON_AddStringToObject(o, "path", path) ||
@@ -338,7 +334,7 @@ static cJSON *base_json(const DiffBase *b)
 
 static cJSON *summary_json(const Preview *pv, const SnapPlanStats *st)
 {
-        _cleanup_(cjson_deletep) cJSON *o = cJSON_CreateObject();
+        _cleanup_cjson_ cJSON *o = cJSON_CreateObject();
         bool ok = o && cJSON_AddNumberToObject(o, "entries", (double)(pv->n[0] + pv->n[1] + pv->n[2])) &&
                   cJSON_AddNumberToObject(o, "added", (double)pv->n[SNAP_CHANGE_ADDED]) &&
                   cJSON_AddNumberToObject(o, "changed", (double)pv->n[SNAP_CHANGE_CHANGED]) &&
@@ -390,7 +386,7 @@ static int run_preview(const DiffArgs *a, const char *root, SnapExcludes *ex, co
         }
         _cleanup_free_ char *base_text = NULL;
         if (a->json) {
-                _cleanup_(cjson_deletep) cJSON *bj = base_json(b);
+                _cleanup_cjson_ cJSON *bj = base_json(b);
                 if (!bj || !(base_text = cJSON_PrintUnformatted(bj)))
                         return 1;
                 printf("{\n  \"base\": %s,\n  \"entries\": [", base_text);
@@ -402,7 +398,7 @@ static int run_preview(const DiffArgs *a, const char *root, SnapExcludes *ex, co
                 return 1;
         }
         if (a->json) {
-                _cleanup_(cjson_deletep) cJSON *sj = summary_json(&pv, snap_plan_stats(plan));
+                _cleanup_cjson_ cJSON *sj = summary_json(&pv, snap_plan_stats(plan));
                 _cleanup_free_ char *summary = sj ? cJSON_PrintUnformatted(sj) : NULL;
                 if (!summary)
                         return 1;

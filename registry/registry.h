@@ -80,8 +80,8 @@ typedef struct RegClientOptions {
                                        manifest PUT already on the wire is let finish, for at most
                                        cancel_drain_s (cutting a PATCH after the registry stored its body
                                        leaves the session at an offset no Location names: distribution then
-                                       refuses to DELETE it); and the cleanup requests (DELETE of an upload
-                                       session or a manifest) are still sent, with a whole-request timeout of
+                                       refuses to DELETE it); and the cleanup request (DELETE of an upload
+                                       session) is still sent, with a whole-request timeout of
                                        REG_CANCEL_CLEANUP_TIMEOUT_S */
         long cancel_drain_s;        /* 0: REG_CANCEL_DRAIN_S */
 } RegClientOptions;

@@ -114,22 +114,30 @@ static void test_bad(void)
         }
 }
 
+static bool exists(const char *name)
+{
+        char path[256];
+        snprintf(path, sizeof(path), "%s/%s", scratch, name);
+        return access(path, F_OK) == 0;
+}
+
 static void test_prune(void)
 {
-        write_text("saved-keep", "");
-        write_text("saved-old", "");
-        write_text("saved-x.tmp.abcdef", "");
+        const char *keep = "saved-00000000-0000-4000-8000-000000000001";
+        const char *old = "saved-00000000-0000-4000-8000-000000000002";
+        const char *tmp = "saved-00000000-0000-4000-8000-000000000003.tmp.abcdef";
+        write_text(keep, "");
+        write_text(old, "");
+        write_text(tmp, "");
+        write_text("saved-notes", ""); /* not a record's name */
         write_text("baseline", "");
-        nb_chain_prune(scratch, "saved-keep");
-        char path[256];
-        snprintf(path, sizeof(path), "%s/saved-keep", scratch);
-        ASSERT_OK(access(path, F_OK));
-        snprintf(path, sizeof(path), "%s/baseline", scratch);
-        ASSERT_OK(access(path, F_OK));
-        snprintf(path, sizeof(path), "%s/saved-old", scratch);
-        ASSERT_TRUE(access(path, F_OK) < 0);
-        snprintf(path, sizeof(path), "%s/saved-x.tmp.abcdef", scratch);
-        ASSERT_TRUE(access(path, F_OK) < 0);
+        /* after a save: another save may be writing its record, its temporary file stays */
+        ASSERT_EQ(nb_chain_prune(scratch, keep, false), 1u);
+        ASSERT_TRUE(exists(keep) && exists("baseline") && exists(tmp) && exists("saved-notes"));
+        ASSERT_TRUE(!exists(old));
+        /* at start, after a crash: the temporary files go too */
+        ASSERT_EQ(nb_chain_prune(scratch, keep, true), 2u);
+        ASSERT_TRUE(exists(keep) && exists("baseline") && !exists(tmp) && !exists("saved-notes"));
         char *name = NULL;
         ASSERT_OK(nb_chain_record_name(&name));
         ASSERT_EQ(strlen(name), strlen(NB_RECORD_PREFIX) + 36);
