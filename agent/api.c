@@ -68,6 +68,7 @@ typedef struct Request {
         struct MHD_Connection *connection;
         char *body;
         size_t size;
+        uint64_t dropped; /* bytes of a body over NB_REQUEST_BODY_MAX read and dropped */
         bool too_large, limited, replied, pending, ready;
         NbReply reply;
 } Request;
@@ -603,15 +604,16 @@ static void route(Listener *l, Request *rq, struct MHD_Connection *c, const char
                 handle_delete(m, rq, parts[3], r);
 }
 
-static bool content_length_too_large(struct MHD_Connection *c)
+/* The Content-Length announced: 0 when none, UINT64_MAX when it is not a number. */
+static uint64_t content_length(struct MHD_Connection *c)
 {
         const char *cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
         if (!cl)
-                return false;
+                return 0;
         char *end;
         errno = 0;
         unsigned long long v = strtoull(cl, &end, 10);
-        return errno != 0 || end == cl || v > NB_REQUEST_BODY_MAX;
+        return errno != 0 || end == cl ? UINT64_MAX : (uint64_t)v;
 }
 
 static enum MHD_Result count_framing(void *cls, enum MHD_ValueKind kind, const char *key, const char *value)
@@ -637,6 +639,7 @@ static void body_append(Request *rq, const char *data, size_t size)
 {
         if (rq->too_large || rq->size + size > NB_REQUEST_BODY_MAX) {
                 rq->too_large = true; /* keep reading and dropping; 413 at the end */
+                rq->dropped += size;
                 return;
         }
         char *b = realloc(rq->body, rq->size + size + 1);
@@ -673,11 +676,13 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
                                 "both");
                         return queue(c, rq);
                 }
-                if (content_length_too_large(c)) {
+                uint64_t announced = content_length(c);
+                if (announced > NB_REQUEST_DISCARD_MAX) {
                         nb_reply_error(&rq->reply, E2BIG, "the request body is over %u bytes",
                                        NB_REQUEST_BODY_MAX);
                         return queue(c, rq);
                 }
+                rq->too_large = announced > NB_REQUEST_BODY_MAX; /* read to the end, dropped: 413 then */
                 return MHD_YES;
         }
         if (rq->replied) {
@@ -687,6 +692,11 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         if (*upload_data_size > 0) {
                 body_append(rq, upload_data, *upload_data_size);
                 *upload_data_size = 0;
+                if (rq->dropped > NB_REQUEST_DISCARD_MAX) { /* a chunked body without end: answered now */
+                        nb_reply_error(&rq->reply, E2BIG, "the request body is over %u bytes",
+                                       NB_REQUEST_BODY_MAX);
+                        return queue(c, rq);
+                }
                 return MHD_YES;
         }
         if (rq->pending) {

@@ -12,8 +12,12 @@
 #include "agent/image.h"
 #include "common/error.h"
 
-#define NB_REQUEST_BODY_MAX   (64u * 1024) /* bytes; larger bodies get 413 */
-#define NB_REQUEST_FIELDS_MAX 16           /* members of the object looked at before giving up */
+#define NB_REQUEST_BODY_MAX (64u * 1024) /* bytes; larger bodies get 413 */
+/* A body over NB_REQUEST_BODY_MAX but within this is read to its end and dropped before the 413: answering
+ * before the client has sent it all closes the connection under its feet (a reset, no answer). A larger one
+ * is answered at once (curl asks with Expect: 100-continue above 1 MiB, so it sends nothing then). */
+#define NB_REQUEST_DISCARD_MAX (1024u * 1024)
+#define NB_REQUEST_FIELDS_MAX  16 /* members of the object looked at before giving up */
 
 typedef struct NbCreateRequest {
         char *name, *namespace, *tag, *description, *workspace_id; /* NULL when left out */
