@@ -192,6 +192,7 @@ check "nbsnap list --limit 1001 exits 2" test "$NBSNAP_RC" = 2
 check "and names the rule" grep -q 'from 1 to 1000' "$SCRATCH/cli-bad.err"
 run_nbsnap "$SCRATCH/cli-bad2" list --offset -1 --socket "$SOCK"
 check "nbsnap list --offset -1 exits 2" test "$NBSNAP_RC" = 2
+check "and names the rule ($(cat "$SCRATCH/cli-bad2.err"))" grep -qF 'offset" must be a whole number from 0 to 1000000' "$SCRATCH/cli-bad2.err"
 
 step "create-image: parameter errors name the field and the rule"
 for how in unix tcp; do
