@@ -171,16 +171,28 @@ run_nbsnap "$SCRATCH/sock-noarg" --socket
 check "--socket without a path: exit 2" test "$NBSNAP_RC" = 2
 run_nbsnap "$SCRATCH/sock-save" --socket "$SOCK" save --root /
 check "--socket with a local command: exit 2" test "$NBSNAP_RC" = 2
+check "and says what --socket is for ($(cat "$SCRATCH/sock-save.err"))" \
+    grep -qF -- '--socket is for the commands that talk to nbsnapd; save runs here' "$SCRATCH/sock-save.err"
+run_nbsnap "$SCRATCH/sock-diff" --socket "$SOCK" diff --root "$M" --state-dir "$STATE"
+check "--socket with diff (it runs here too): exit 2" test "$NBSNAP_RC" = 2
+check "and says what --socket is for ($(cat "$SCRATCH/sock-diff.err"))" \
+    grep -qF -- '--socket is for the commands that talk to nbsnapd; diff runs here' "$SCRATCH/sock-diff.err"
 NBSNAP_CONFIG=$SCRATCH/ctl.conf run_nbsnap "$SCRATCH/sock-conf" status "$OID"
 check "the socket from the config file (\$NBSNAP_CONFIG)" test "$NBSNAP_RC:$(json_get "$SCRATCH/sock-conf.out" 'j["id"]')" = "0:$OID"
 check "with nothing said about it" test ! -s "$SCRATCH/sock-conf.err"
 printf 'this is not a config\n' >"$SCRATCH/bad.conf"
 NBSNAP_CONFIG=$SCRATCH/bad.conf run_nbsnap "$SCRATCH/sock-badconf" status "$OID"
-check "a malformed config: the default socket (exit 3 here)" test "$NBSNAP_RC" = 3
+BADCONF_RC=$NBSNAP_RC
 check "and a warning naming the file" grep -q "bad.conf: line 1: .*using the socket /run/nbsnap/nbsnap.sock, ignoring the file" "$SCRATCH/sock-badconf.err"
 NBSNAP_CONFIG=$SCRATCH/missing.conf run_nbsnap "$SCRATCH/sock-noconf" status "$OID"
-check "a missing config: the default socket, no warning" test "$NBSNAP_RC" = 3 -a \
-    "$(cat "$SCRATCH/sock-noconf.err")" = "nbsnap: nbsnapd is not running on /run/nbsnap/nbsnap.sock (systemctl start nbsnapd.socket)"
+# the default socket is used: the exit and the exact message only on a host with no agent of its own there
+if [[ ! -e /run/nbsnap/nbsnap.sock ]]; then
+    check "a malformed config: the default socket (exit 3 here)" test "$BADCONF_RC" = 3
+    check "a missing config: the default socket, no warning" test "$NBSNAP_RC" = 3 -a \
+        "$(cat "$SCRATCH/sock-noconf.err")" = "nbsnap: nbsnapd is not running on /run/nbsnap/nbsnap.sock (systemctl start nbsnapd.socket)"
+else
+    note "/run/nbsnap/nbsnap.sock exists (an agent on this host): the default socket's exit and message not checked"
+fi
 NBSNAP_LOG_LEVEL=debug NBSNAP_CONFIG=$SCRATCH/missing.conf run_nbsnap "$SCRATCH/sock-noconf-dbg" status "$OID"
 check "a missing config is said at debug level" grep -q "missing.conf: No such file or directory: using /run/nbsnap/nbsnap.sock" "$SCRATCH/sock-noconf-dbg.err"
 NBSNAP_CONFIG=$SCRATCH/ctl.conf run_nbsnap "$SCRATCH/sock-conf-flag" status "$OID" --socket "$SCRATCH/none.sock"
