@@ -1,10 +1,11 @@
 #!/bin/bash
 # shellcheck disable=SC2016,SC2119 # check "..." '...' assertions expand when they run; helpers without args
 # The controls users expect (issue #10, "controls"), against a real registry and an overlay "notebook":
-#  - per-request excludes: CreateImage's exclude_paths leaves those paths out of that save only: skopeo + umoci
-#    unpack the image to the live tree minus them (treecmp), their entries are absent from the new layer, GET
-#    shows them, the next save without them is a full one (the excludes digest of the chain differs); each bad
-#    value gets HTTP 400 with a message naming the field and the rule, and records nothing;
+#  - per-request excludes: CreateImage's exclude_paths leaves those paths out of that save only, on top of the
+#    agent's configured excludes (--exclude): skopeo + umoci unpack the image to the live tree minus both
+#    (treecmp), their entries are absent from the new layer, GET shows them, the next save without them is a
+#    full one (the excludes digest of the chain differs); each bad value gets HTTP 400 with a message naming
+#    the field and the rule, and records nothing;
 #  - no silent overwrite: a save to a namespace/name:tag the registry has fails before anything is uploaded
 #    (nbsnap save: exit 1 and a message; nbsnapd: CREATE_FAILED right after INIT), and goes through with
 #    nbsnap save --overwrite / allow_overwrite = true;
@@ -26,11 +27,14 @@ head -c 300000 /dev/urandom >"$M/opt/t/cache/pip/wheel.bin"
 echo 'kept' >"$M/opt/t/keep/kept.txt"
 echo 'dataset row' >"$M/opt/t/data/rows.csv"
 echo 'kept too' >"$M/opt/t/data/other.txt"
+mkdir -p "$M/opt/t/conf-excluded"
+echo 'excluded by the agent' >"$M/opt/t/conf-excluded/secret.txt"
 IGNORE=(--ignore /home/ma-user/work --ignore /etc/hosts --ignore-mtime /home/ma-user)
 
-daemon_start ctl
+# a configured exclude the notebook has: a request's exclude_paths come on top of it
+daemon_start ctl --exclude /opt/t/conf-excluded
 
-step "exclude_paths: the paths are left out of this save"
+step "exclude_paths: the paths are left out of this save, with the configured excludes"
 api POST "$CREATE" -d '{"name":"excl","tag":"v1","exclude_paths":["/opt/t/cache","/opt/t/data/rows.csv"]}'
 check "create-image with exclude_paths is 200 ($(head -c 300 "$SCRATCH/resp.json"))" test "$HTTP_CODE" = 200
 ID=$(jget 'j["id"]')
@@ -41,10 +45,11 @@ check "GET shows exclude_paths" test "$(jget '",".join(j["exclude_paths"])')" = 
 check "the record keeps them" test "$(json_get "$STATE/images/$ID.json" '",".join(j["exclude_paths"])')" = /opt/t/cache,/opt/t/data/rows.csv
 pull_image nbsnap-it/excl:v1 "$SCRATCH/p-excl" || fail "cannot pull/unpack nbsnap-it/excl:v1"
 R=$SCRATCH/p-excl/bundle/rootfs
+check "/opt/t/conf-excluded (the agent's --exclude) is not in the image" test ! -e "$R/opt/t/conf-excluded"
 check "/opt/t/cache is not in the image" test ! -e "$R/opt/t/cache"
 check "/opt/t/data/rows.csv is not in the image" test ! -e "$R/opt/t/data/rows.csv"
 check "/opt/t/data/other.txt is" cmp "$M/opt/t/data/other.txt" "$R/opt/t/data/other.txt"
-"$PYTHON" "$LIB/treecmp.py" "${IGNORE[@]}" --ignore /opt/t/cache --ignore /opt/t/data/rows.csv "$M" "$R" \
+"$PYTHON" "$LIB/treecmp.py" "${IGNORE[@]}" --ignore /opt/t/conf-excluded --ignore /opt/t/cache --ignore /opt/t/data/rows.csv "$M" "$R" \
     >"$SCRATCH/treecmp-excl.txt" 2>&1 || true
 grep -v '^treecmp:' "$SCRATCH/treecmp-excl.txt" | head -20 >&2 || true
 check "everything else is byte-exact (treecmp)" grep -q ' 0 difference(s)' "$SCRATCH/treecmp-excl.txt"
@@ -56,6 +61,7 @@ layer_list "$SCRATCH/excl-top.tgz" "$SCRATCH/excl-top.list"
 check "the new layer has /opt/t/keep/kept.txt" test -n "$(layer_entries "$SCRATCH/excl-top.list" opt/t/keep/kept.txt)"
 check "the new layer has nothing below opt/t/cache" test -z "$(layer_below "$SCRATCH/excl-top.list" opt/t/cache)"
 check "the new layer has no opt/t/data/rows.csv" test -z "$(layer_entries "$SCRATCH/excl-top.list" opt/t/data/rows.csv)"
+check "the new layer has nothing below opt/t/conf-excluded" test -z "$(layer_below "$SCRATCH/excl-top.list" opt/t/conf-excluded)"
 
 step "the next save without them is a full one, and has them"
 api POST "$CREATE" -d '{"name":"excl","tag":"v2"}'
