@@ -4,8 +4,8 @@
 #  - per-request excludes: CreateImage's exclude_paths leaves those paths out of that save only, on top of the
 #    agent's configured excludes (--exclude): skopeo + umoci unpack the image to the live tree minus both
 #    (treecmp), their entries are absent from the new layer, GET shows them, the next save without them is a
-#    full one (the excludes digest of the chain differs); each bad value gets HTTP 400 with a message naming
-#    the field and the rule, and records nothing;
+#    full one (the excludes digest of the chain differs); each bad value gets HTTP 400 ModelArts.0104 with a
+#    message naming the field and the rule (over the unix socket and the TCP listener), and records nothing;
 #  - no silent overwrite: a save to a namespace/name:tag the registry has fails before anything is uploaded
 #    (nbsnap save: exit 1 and a message; nbsnapd: CREATE_FAILED right after INIT), and goes through with
 #    nbsnap save --overwrite / allow_overwrite = true;
@@ -31,8 +31,12 @@ mkdir -p "$M/opt/t/conf-excluded"
 echo 'excluded by the agent' >"$M/opt/t/conf-excluded/secret.txt"
 IGNORE=(--ignore /home/ma-user/work --ignore /etc/hosts --ignore-mtime /home/ma-user)
 
+TOKEN=ctl-token-$RANDOM$RANDOM
+printf '%s\n' "$TOKEN" >"$SCRATCH/token"
+PORT=$(free_port)
+U=http://127.0.0.1:$PORT
 # a configured exclude the notebook has: a request's exclude_paths come on top of it
-daemon_start ctl --exclude /opt/t/conf-excluded
+daemon_start ctl --exclude /opt/t/conf-excluded --listen "tcp:127.0.0.1:$PORT" --token-file "$SCRATCH/token"
 
 step "exclude_paths: the paths are left out of this save, with the configured excludes"
 api POST "$CREATE" -d '{"name":"excl","tag":"v1","exclude_paths":["/opt/t/cache","/opt/t/data/rows.csv"]}'
@@ -73,14 +77,22 @@ check "it was a full save: the excludes changed" grep -q 'full save: the exclude
 pull_image nbsnap-it/excl:v2 "$SCRATCH/p-excl2" || fail "cannot pull/unpack nbsnap-it/excl:v2"
 check "v2 has /opt/t/cache" cmp "$M/opt/t/cache/pip/wheel.bin" "$SCRATCH/p-excl2/bundle/rootfs/opt/t/cache/pip/wheel.bin"
 
-step "bad exclude_paths: HTTP 400 naming the field and the rule, nothing recorded"
+step "bad exclude_paths: HTTP 400 ModelArts.0104 naming the field and the rule, nothing recorded"
 N_BEFORE=$(find "$STATE/images" -mindepth 1 | wc -l)
-bad() { # bad DESCRIPTION JSON-VALUE EXPECTED-TEXT
-    api POST "$CREATE" -d "{\"name\":\"bad\",\"tag\":\"v1\",\"exclude_paths\":$2}"
-    local msg
+bad() { # bad DESCRIPTION JSON-VALUE EXPECTED-TEXT [tcp]: over the unix socket, or the TCP listener with the token
+    local body="{\"name\":\"bad\",\"tag\":\"v1\",\"exclude_paths\":$2}" what=$1 msg
+    if [[ ${4:-} == tcp ]]; then
+        what="tcp: $1"
+        HTTP_CODE=$(curl -s -o "$SCRATCH/resp.json" -w '%{http_code}' -X POST -H "X-Auth-Token: $TOKEN" \
+            -H 'Content-Type: application/json' --data-binary "$body" "$U$CREATE") || HTTP_CODE=000
+    else
+        api POST "$CREATE" -d "$body"
+    fi
     msg=$(jget 'j.get("error_msg","")' 2>/dev/null || true)
-    check "$1: HTTP 400 (got $HTTP_CODE)" test "$HTTP_CODE" = 400
-    check "$1: the message names the field and the rule ($msg)" grep -qF -- "$3" <<<"$msg"
+    check "$what: HTTP 400 (got $HTTP_CODE)" test "$HTTP_CODE" = 400
+    check "$what: error_code ModelArts.0104 ($(jget 'j.get("error_code","")' 2>/dev/null || true))" \
+        test "$(jget 'j.get("error_code","")' 2>/dev/null || true)" = ModelArts.0104
+    check "$what: the message names the field and the rule ($msg)" grep -qF -- "$3" <<<"$msg"
 }
 LONG=/$(printf 'p%.0s' $(seq 4095))
 MANY=$("$PYTHON" -c 'import json; print(json.dumps(["/p%d" % i for i in range(65)]))')
@@ -96,6 +108,10 @@ bad "null" 'null' 'field "exclude_paths" must be an array'
 bad "a path over 4095 bytes" "[\"$LONG\"]" 'exclude_paths[0]: the path is 4096 bytes; at most 4095'
 bad "65 paths" "$MANY" 'field "exclude_paths" has more than 64 paths'
 bad "a control character" '["/opt/t\ncache"]' 'contains a control character'
+bad "a relative path" '["opt/t/cache"]' 'exclude_paths[0]: "opt/t/cache" is not an absolute path' tcp
+bad "a .. component" '["/opt/../etc"]' "exclude_paths[0]: \"/opt/../etc\" has a '..' component" tcp
+bad "not an array" '"/opt/t/cache"' 'field "exclude_paths" must be an array' tcp
+bad "65 paths" "$MANY" 'field "exclude_paths" has more than 64 paths' tcp
 api POST "$CREATE" -d '{"name":"bad","exclude_paths":["/a"],"exclude_paths":["/b"]}'
 check "exclude_paths twice: 400" test "$HTTP_CODE:$(jget 'j.get("error_msg","")')" = '400:field "exclude_paths" is given twice'
 check "nothing was recorded" test "$(find "$STATE/images" -mindepth 1 | wc -l)" = "$N_BEFORE"
