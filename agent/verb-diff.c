@@ -62,7 +62,10 @@ static const char *const usage_diff =
         "registry is not asked whether the last save's image is still there: when it is gone, the save\n"
         "is a full one.\n"
         "\n"
-        "Exit status: 0 success, 1 the tree or the state dir cannot be read, 2 usage.\n";
+        "Exit status: 0 success, 1 the tree or the state dir cannot be read, 2 usage.\n"
+        "\n"
+        "Examples: nbsnap diff --root / --state-dir /var/lib/nbsnap --exclude /home/ma-user/data;\n"
+        "          nbsnap diff --config " NB_CONFIG_DEFAULT_PATH " --json\n";
 
 enum {
         OPT_ROOT = 0x100,

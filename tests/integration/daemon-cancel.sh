@@ -10,11 +10,13 @@
 #  - the same with the registry frozen (SIGSTOP) when the DELETE arrives: DELETED well within the stop
 #    timeout, a new save accepted while the registry is frozen, and once the registry is back (SIGCONT) the
 #    chunk that was on the wire finishes, the upload session is deleted, the new save ends ACTIVE, no tag;
-#  - a cancel while the manifest PUT is on the wire (held 4 s by the proxy): the PUT is let finish, so the
-#    registry tags the image after the DELETE answered; the agent deletes that manifest by digest once the
-#    worker has ended, and the tag is gone;
-#  - NB_CANCELLED_MAX: 4 cancelled saves still ending (their chunks held 15 s by the proxy): a 5th cancel is
-#    429 and changes nothing; accepted once one has ended; no session left, no tag;
+#  - a cancel while the manifest PUT is on the wire (held by the proxy, which logs it when it arrives, until
+#    the rules change after the DELETE answered): the PUT is let finish, so the registry tags the image after
+#    the DELETE answered; the agent deletes that manifest by digest once the worker has ended, and the tag is
+#    gone;
+#  - NB_CANCELLED_MAX: 4 cancelled saves still ending (their chunks held by the proxy for up to 60 s, within
+#    the daemon's NBSNAP_REGISTRY_CANCEL_DRAIN of 120 s, until the rules change): a 5th cancel is 429 and
+#    changes nothing; accepted once one has ended; no session left, no tag;
 #  - the CLI: `nbsnap cancel ID` on a running save, `nbsnap delete ID` on an ACTIVE image (the manifest is
 #    deleted from the registry) and on an unknown id (exit 1, the error code and message on stderr);
 #  - nbsnap_saves_total{result="DELETED"} counts the cancelled saves;
@@ -28,6 +30,8 @@ source "$(dirname "${BASH_SOURCE[0]}")/daemon-common.bash"
 daemon_test_init nbd-cancel
 : "${BULK_FILES:=32}" # of 1 MiB, incompressible: 512 PATCHes of 64 KiB
 STOP_TIMEOUT=20
+CANCEL_DRAIN=120 # s a cancelled save lets its request on the wire finish: longer than the proxy's holds
+HOLD=60          # s the proxy holds a request at most (released earlier when the rules change)
 SLOW='{"rules": [{"id": "slow", "method": "PATCH", "count": 0, "action": "delay", "seconds": 0.05}]}'
 FAST='{"rules": []}'
 
@@ -35,7 +39,7 @@ step "registry, base image, notebook, baseline, $BULK_FILES MiB of changes"
 notebook_setup
 make_bulk "$NB_MERGED/opt/t/bulk" "$BULK_FILES" 1048576
 faultproxy_start
-daemon_start cancel --registry "$PROXY_URL" --chunk-size 65536 --incremental false --stop-timeout "$STOP_TIMEOUT"
+NBSNAP_REGISTRY_CANCEL_DRAIN=$CANCEL_DRAIN daemon_start cancel --registry "$PROXY_URL" --chunk-size 65536 --incremental false --stop-timeout "$STOP_TIMEOUT"
 
 # Files of upload sessions in the registry's storage: distribution keeps startedat and data per session
 # (a session it deleted may leave its hashstates directory behind: files are counted, not directories).
@@ -61,6 +65,8 @@ no_tag() {
         eval '! skopeo inspect --tls-verify=false "docker://$REGISTRY_HOST/$1:$2" >/dev/null 2>&1'
 }
 ms() { date +%s%3N; }
+# held RULE N: the proxy has logged (on arrival) at least N requests held by the delay rule RULE
+held() { [[ $(grep -F '"status": "delayed"' "$SCRATCH/proxy.log" 2>/dev/null | grep -cF "\"rule\": \"$1\"") -ge $2 ]]; }
 
 step "cancel of a save while it uploads"
 faults "$SLOW"
@@ -77,7 +83,7 @@ check "the answer says DELETED" test "$(jget 'j["status"]')" = DELETED
 MSG=$(jget 'j["status_message"]')
 check "saying it was cancelled while packing ($MSG)" \
     grep -Eq '^cancelled during the save \(it was CREATING: packing.*\); nothing was tagged$' <<<"$MSG"
-check "answered at once ($((T1 - T0)) ms)" test $((T1 - T0)) -lt 2000
+check "answered at once ($((T1 - T0)) ms)" test $((T1 - T0)) -lt 5000
 faults "$FAST"
 check "the record in the state dir says DELETED" test "$(json_get "$STATE/images/$ID.json" 'j["status"]')" = DELETED
 api GET "$P/images/$ID"
@@ -110,7 +116,7 @@ HTTP_CODE=$(curl -s -m "$STOP_TIMEOUT" -o "$SCRATCH/resp.json" -w '%{http_code}'
 T1=$(ms)
 check "frozen: DELETE 200 (got $HTTP_CODE)" test "$HTTP_CODE" = 200
 check "frozen: DELETED" test "$(jget 'j["status"]')" = DELETED
-check "frozen: answered within the stop timeout, at once in fact ($((T1 - T0)) ms)" test $((T1 - T0)) -lt 2000
+check "frozen: answered within the stop timeout, at once in fact ($((T1 - T0)) ms)" test $((T1 - T0)) -lt 5000
 check "frozen: the record says DELETED" test "$(json_get "$STATE/images/$ID_FROZEN.json" 'j["status"]')" = DELETED
 faults "$FAST"
 api POST "$CREATE" -d '{"name":"frozen-after","tag":"v1"}'
@@ -133,9 +139,11 @@ check "frozen: still DELETED" test "$(jget 'j["status"]')" = DELETED
 check "no 'wrong offset' in the registry's log" eval '! grep -q "wrong offest" "$REGISTRY_DIR/registry.log"'
 
 step "cancel while the manifest PUT is on the wire"
-# The PUT is held 4 s by the proxy, then forwarded: it is let finish (the drain), so the registry tags the
-# image after the DELETE answered; the agent then deletes that manifest by digest, and the tag goes with it.
-faults '{"rules": [{"id": "hold-manifest", "method": "PUT", "path": "/manifests/", "action": "delay", "seconds": 4}]}'
+# The PUT is held by the proxy (logged when it arrives) until the rules change after the DELETE, then forwarded:
+# it is let finish (the drain), so the registry tags the image after the DELETE answered; the agent then
+# deletes that manifest by digest, and the tag goes with it.
+faults '{"rules": [{"id": "hold-manifest", "method": "PUT", "path": "/manifests/", "action": "delay",
+    "seconds": '"$HOLD"', "log": "arrival", "release": true}]}'
 api POST "$CREATE" -d '{"name":"cancel-manifest","tag":"v1"}'
 ID_MANIFEST=$(jget 'j["id"]')
 in_manifest() {
@@ -143,7 +151,7 @@ in_manifest() {
     [[ "$(jget 'j["status"] + ": " + j["status_message"]')" == "CREATING: pushing manifest"* ]]
 }
 wait_for "the manifest phase" 60 in_manifest "$ID_MANIFEST" || fail "never saw the save pushing its manifest"
-sleep 1 # the PUT is in the proxy's delay now
+wait_for "the manifest PUT held by the proxy" 60 held hold-manifest 1 || fail "the manifest PUT never reached the proxy"
 api DELETE "$P/images/$ID_MANIFEST"
 check "manifest: DELETE 200 (got $HTTP_CODE)" test "$HTTP_CODE" = 200
 check "manifest: DELETED" test "$(jget 'j["status"]')" = DELETED
@@ -156,9 +164,12 @@ check "manifest: the agent deleted the manifest the drained PUT pushed" \
 no_tag nbsnap-it/cancel-manifest v1
 
 step "NB_CANCELLED_MAX (4) cancelled saves still ending"
-# Each save's chunks are held 15 s by the proxy: a cancelled save lets its chunk on the wire finish, so it
-# is still ending while the next ones start and are cancelled.
-faults '{"rules": [{"id": "hold", "method": "PATCH", "count": 0, "action": "delay", "seconds": 15}]}'
+# Each save's chunks are held by the proxy (up to $HOLD s, logged when they arrive): a cancelled save lets its
+# chunk on the wire finish (for up to $CANCEL_DRAIN s), so it is still ending while the next ones start and
+# are cancelled. Changing the rules afterwards releases the held chunks.
+faults '{"rules": [{"id": "hold", "method": "PATCH", "count": 0, "action": "delay", "seconds": '"$HOLD"',
+    "log": "arrival", "release": true}]}'
+HOLD_MARK=$(grep -F '"status": "delayed"' "$SCRATCH/proxy.log" | grep -cF '"rule": "hold"' || true)
 packing() {
     api GET "$P/images/$1"
     [[ "$(jget 'j["status"] + ": " + j["status_message"]')" == "CREATING: packing"* ]]
@@ -169,7 +180,8 @@ for i in 1 2 3 4 5; do
     check "held-$i: create-image 200 (got $HTTP_CODE $(jget 'j.get("error_msg", "")'))" test "$HTTP_CODE" = 200
     HELD+=("$(jget 'j["id"]')")
     wait_for "held-$i packing" 60 packing "${HELD[-1]}" || fail "held-$i never packed"
-    sleep 1 # its first chunk is in the proxy now
+    wait_for "held-$i's first chunk held by the proxy" 60 held hold $((HOLD_MARK + i)) ||
+        fail "held-$i's first chunk never reached the proxy"
     api DELETE "$P/images/${HELD[-1]}"
     if [[ $i -le 4 ]]; then
         check "held-$i: DELETE 200 (got $HTTP_CODE)" test "$HTTP_CODE" = 200
@@ -181,13 +193,17 @@ check "saying why ($(jget 'j["error_msg"]'))" \
     grep -q '^4 cancelled saves are still ending (deleting their upload sessions on the registry); try again later$' <<<"$(jget 'j["error_msg"]')"
 api GET "$P/images/${HELD[4]}"
 check "the refused cancel changed nothing: held-5 is CREATING" test "$(jget 'j["status"]')" = CREATING
-faults "$FAST"
+# the held chunks go now; held-5 (not cancelled) goes on slowly, so it is still CREATING when a slot is free
+faults "$SLOW"
 cancel_again() {
     api DELETE "$P/images/${HELD[4]}"
     [[ $HTTP_CODE == 200 ]]
 }
 wait_for "a cancelled save ended: the 5th cancel accepted" 60 cancel_again
 check "held-5: cancelled once the others ended ($HTTP_CODE)" test "$(jget 'j["status"]')" = DELETED
+check "held-5: cancelled during the save ($(jget 'j["status_message"]'))" \
+    grep -q '^cancelled during the save (it was CREATING' <<<"$(jget 'j["status_message"]')"
+faults "$FAST"
 wait_for "no session" 60 no_sessions || true
 check "held: no upload session left ($(sessions) files)" no_sessions
 for i in 1 2 3 4 5; do no_tag "nbsnap-it/held-$i" v1; done

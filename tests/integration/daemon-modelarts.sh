@@ -192,6 +192,7 @@ check "nbsnap list --limit 1001 exits 2" test "$NBSNAP_RC" = 2
 check "and names the rule" grep -q 'from 1 to 1000' "$SCRATCH/cli-bad.err"
 run_nbsnap "$SCRATCH/cli-bad2" list --offset -1 --socket "$SOCK"
 check "nbsnap list --offset -1 exits 2" test "$NBSNAP_RC" = 2
+check "and names the rule ($(cat "$SCRATCH/cli-bad2.err"))" grep -qF 'offset" must be a whole number from 0 to 1000000' "$SCRATCH/cli-bad2.err"
 
 step "create-image: parameter errors name the field and the rule"
 for how in unix tcp; do
@@ -249,23 +250,27 @@ for n in d e; do
     MORE+=("$(jget 'j["id"]')")
     wait_image "${MORE[-1]}" ACTIVE CREATE_FAILED ERROR --timeout 120 || fail "save more-$n did not end"
 done
-faults '{"rules": [{"method": "DELETE", "path": "/manifests/", "action": "delay", "seconds": 5, "count": 0}]}'
+# the proxy holds each manifest DELETE up to 20 s (logging it when it arrives), until the rules change
+faults '{"rules": [{"id": "hold-delete", "method": "DELETE", "path": "/manifests/", "action": "delay", "seconds": 20,
+    "count": 0, "log": "arrival", "release": true}]}'
+HOLD_MARK=$(grep -F '"status": "delayed"' "$SCRATCH/proxy.log" | grep -cF '"rule": "hold-delete"' || true)
 PIDS=()
 for id in "$ID_A" "$ID_B" "${MORE[@]}"; do
     curl -s -o "$SCRATCH/del-$id.json" -w '%{http_code}' --unix-socket "$SOCK" -X DELETE \
         "http://localhost$P/images/$id" >"$SCRATCH/del-$id.code" &
     PIDS+=($!)
 done
-# the four reach the agent at once (a local socket) and wait on the registry for 5 s
-sleep 1
+# the four reach the agent at once (a local socket): each holds a slot once its DELETE is held by the proxy
+held_deletes() { [[ $(grep -F '"status": "delayed"' "$SCRATCH/proxy.log" | grep -cF '"rule": "hold-delete"') -ge $((HOLD_MARK + 4)) ]]; }
+wait_for "the four deletions held by the proxy" 15 held_deletes || fail "the four deletions never reached the registry"
 for how in unix tcp; do
     expect "$how" 429 NBSNAP.TOO_MANY_REQUESTS "too many deletions running" "a fifth deletion" DELETE "$P/images/$ID_C"
 done
+faults '{"rules": []}' # the held DELETEs go on to the registry now
 for pid in "${PIDS[@]}"; do wait "$pid" || true; done
 for id in "$ID_A" "$ID_B" "${MORE[@]}"; do
     check "the deletion of $id that waited: 200 DELETED" test "$(cat "$SCRATCH/del-$id.code"):$(json_get "$SCRATCH/del-$id.json" 'j["status"]')" = 200:DELETED
 done
-faults '{"rules": []}'
 call tcp DELETE "$P/images/$ID_C"
 check "then DELETE goes through: 200 DELETED" test "$HTTP_CODE:$(jget 'j["status"]')" = 200:DELETED
 call unix GET /metrics

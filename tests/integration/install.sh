@@ -198,7 +198,7 @@ check "nbsnapd --help: --chunk-size" grep -q -- '--chunk-size BYTES .*8 MiB' "$S
 check "nbsnapd --help: NBSNAP_LOG_LEVEL" grep -q 'NBSNAP_LOG_LEVEL=debug' "$SCRATCH/nbsnapd.help"
 check "nbsnapd --help: examples" grep -q '^Examples:' "$SCRATCH/nbsnapd.help"
 check "nbsnap save --help: --chunk-size" bash -c '"$1" save --help | grep -q -- "--chunk-size BYTES"' _ "$NBSNAP"
-for c in "" baseline save create-image status list; do
+for c in "" baseline save diff create-image status list delete cancel; do
     check "nbsnap $c --help: examples" bash -c '"$1" $2 --help | grep -q "^Examples\?: nbsnap "' _ "$NBSNAP" "$c"
 done
 

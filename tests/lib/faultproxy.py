@@ -38,7 +38,11 @@ A RULE matches requests by "method" (default any), "path" (a regex searched in p
                                                   close without answering; body: forward, send the headers and
                                                   half the body, wait, close
     {"action": "drop"}                            forward, then close without answering (answer lost)
-    {"action": "delay", "seconds": S}             wait, then forward normally
+    {"action": "delay", "seconds": S, "log": "arrival", "release": true}
+                                                  wait, then forward normally; log "arrival": the request is
+                                                  logged when it arrives (status "delayed"), so that tests see
+                                                  it while it is held (its answer is not logged then);
+                                                  release: forwarded at once when the rules are replaced
     {"action": "swallow"}                         do not forward; answer as if it worked (PATCH: 202 with the
                                                   same Location and Range up to the chunk's end; PUT: 201)
     {"action": "location", "form": "absolute"|"path"|"relative"|"other"|"plain"}
@@ -79,6 +83,8 @@ class State:
         self.rules = []
         self.seen = []
         self.bearer = False
+        self.changed = threading.Condition(self.lock)
+        self.rules_gen = 0
         self.generation = 1
         self.seq = 0
         self.log = open(args.log, "a", buffering=1)
@@ -95,6 +101,8 @@ class State:
             self.rules = list(spec.get("rules", []))
             self.seen = [0] * len(self.rules)
             self.bearer = bool(spec.get("bearer", False))
+            self.rules_gen += 1
+            self.changed.notify_all()
 
     def pick(self, listener, method, target):
         with self.lock:
@@ -429,7 +437,16 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.reset()
 
     def act_delay(self, rule, body, entry):
-        time.sleep(float(rule.get("seconds", 1)))
+        secs = float(rule.get("seconds", 1))
+        if rule.get("log") == "arrival":
+            entry["status"] = "delayed"
+            self.log_entry(entry)
+        if rule.get("release"):
+            with STATE.lock:
+                gen = STATE.rules_gen
+                STATE.changed.wait_for(lambda: STATE.rules_gen != gen, timeout=secs)
+        else:
+            time.sleep(secs)
         self.act_forward(rule, body, entry)
 
     def act_swallow(self, rule, body, entry):
