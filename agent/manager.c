@@ -579,11 +579,13 @@ static int delete_start(Manager *m, const char *id, const char *repository, cons
         /* the DELETEs asked for share NB_DELETES_MAX slots; a cleanup (done NULL) takes any free one, so
          * that the manifest of a cancelled save is deleted however many DELETEs run */
         size_t slot = ELEMENTSOF(m->deletes), asked = 0;
-        for (size_t i = 0; i < ELEMENTSOF(m->deletes); i++)
-                if (!m->deletes[i] && slot == ELEMENTSOF(m->deletes))
-                        slot = i;
-                else if (m->deletes[i]->done)
+        for (size_t i = 0; i < ELEMENTSOF(m->deletes); i++) {
+                if (!m->deletes[i]) {
+                        if (slot == ELEMENTSOF(m->deletes))
+                                slot = i;
+                } else if (m->deletes[i]->done)
                         asked++;
+        }
         if (done && m->stopping)
                 return nb_error_set(e, -ESHUTDOWN, "the agent is stopping: no new deletion");
         if (slot == ELEMENTSOF(m->deletes) || (done && asked >= NB_DELETES_MAX))
