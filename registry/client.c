@@ -268,7 +268,7 @@ int reg_client_new(const RegClientOptions *o, RegClient **ret, NbError *e)
         if (r < 0)
                 return r;
         c->have_creds = r > 0;
-        c->rand_state = nb_now_usec() ^ (uint64_t)(uintptr_t)c;
+        c->rand_state = reg_rand_seed(); /* per client: clones and threads draw apart */
         *ret = TAKE_PTR(c);
         return 0;
 }

@@ -424,18 +424,33 @@ int reg_retry_wait(RegClient *c, RegRetry *rt, RegRetryReason reason, const char
         if (rt->first_failure_usec == 0)
                 rt->first_failure_usec = now;
         unsigned attempt = rt->attempt++;
-        if (rt->attempt >= REG_RETRIES_MAX)
-                return -ETIMEDOUT;
-        unsigned ms;
-        if (reg_retry_after_parse(retry_after, time(NULL), &ms) < 0)
-                ms = reg_backoff_ms(attempt, &c->rand_state);
         uint64_t deadline = rt->first_failure_usec + (uint64_t)c->retry_deadline_s * 1000000u;
-        if (now + (uint64_t)ms * 1000u >= deadline)
+        if (rt->attempt >= REG_RETRY_ATTEMPTS_MAX || now >= deadline)
                 return -ETIMEDOUT;
+        uint64_t left_ms = (deadline - now) / 1000u;
+        unsigned ms;
+        /* "Retry-After: 0" is no advice: answered at once, a server that says it every time would be
+         * hammered until the deadline. Under the first backoff's ceiling the backoff decides. */
+        if (reg_retry_after_parse(retry_after, time(NULL), &ms) == 0 && ms >= REG_BACKOFF_BASE_MS) {
+                if (ms >= left_ms) /* the server's own wait reaches past the deadline: no use waiting */
+                        return -ETIMEDOUT;
+                ms = reg_retry_after_jitter_ms(ms, &c->rand_state);
+        } else
+                ms = reg_backoff_ms(attempt, &c->rand_state);
+        /* The last wait ends at the deadline: one more attempt then, none after it. */
+        if (ms > left_ms)
+                ms = (unsigned)left_ms;
         int r = sleep_ms(c, ms);
         if (r >= 0)
                 reg_retry_count(reason);
         return r;
+}
+
+long reg_retry_elapsed_s(const RegRetry *rt)
+{
+        if (rt->first_failure_usec == 0)
+                return 0;
+        return (long)((nb_now_usec() - rt->first_failure_usec + 500000u) / 1000000u);
 }
 
 /* A URL curl refused by its scheme (CURLOPT_PROTOCOLS_STR, CURLOPT_REDIR_PROTOCOLS_STR): an https registry

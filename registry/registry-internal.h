@@ -22,10 +22,14 @@
 #include "registry/registry.h"
 
 /* Named limits for what servers, files and callers control. */
-#define REG_RETRIES_MAX           8      /* attempts of one retryable step (within the deadline) */
-#define REG_BACKOFF_BASE_MS       250u   /* first backoff; doubles per attempt */
-#define REG_BACKOFF_CAP_MS        4000u  /* one backoff at most */
+/* Retries of a failing step end at the client's retry deadline, not at a count. This cap is only a safety
+ * net (a deadline set to days, a server answering "Retry-After: 0" for ever): a 429 storm answered with
+ * Retry-After: 1 fills the default 120 s with about 90 attempts, a backoff at the cap with about 60. */
+#define REG_RETRY_ATTEMPTS_MAX    1000
+#define REG_BACKOFF_BASE_MS       250u   /* ceiling of the first backoff; doubles per attempt */
+#define REG_BACKOFF_CAP_MS        4000u  /* ceiling of one backoff (full jitter: the wait is in [0, this]) */
 #define REG_RETRY_AFTER_CAP_MS    10000u /* a server's Retry-After is honoured up to this */
+#define REG_RETRY_AFTER_JITTER    50     /* a Retry-After of T is waited as T plus up to this % of T */
 #define REG_MESSAGE_MAX           512    /* registry text shown to people */
 #define REG_HEADER_MAX            8192   /* one response header value kept */
 #define REG_URL_MAX               8192   /* URLs built or resolved */
@@ -46,7 +50,7 @@
 #define REG_REQUEST_TIMEOUT_S     120 /* whole-request timeout of small requests (not chunks, not streams) */
 #define REG_SMALL_BODY_MAX        REG_MANIFEST_MAX /* a request body up to this size is "small" */
 #define REG_LOW_SPEED_BPS         1024L      /* below this for low_speed_time_s: the transfer is stuck */
-#define REG_UPLOAD_RECOVERIES_MAX 64         /* chunk resends / resyncs in one streamed upload */
+#define REG_UPLOAD_RECOVERIES_MAX 64         /* failure streaks of one upload without new bytes confirmed */
 #define REG_UPLOAD_RESTARTS_MAX   3          /* new sessions after the registry lost one, per upload */
 #define REG_MANIFEST_BLOB_RETRIES 3          /* manifest PUTs again after MANIFEST_BLOB_UNKNOWN */
 #define REG_ENV_LONG_MAX          (1L << 40) /* environment overrides are read up to this */
@@ -107,8 +111,13 @@ long reg_env_long(const char *name, long def);
 
 /* Retry-After: delta-seconds or an HTTP date, relative to now. Capped at REG_RETRY_AFTER_CAP_MS. */
 int reg_retry_after_parse(const char *value, time_t now, unsigned *ret_ms);
-/* Exponential backoff with jitter for attempt 0, 1, ...; state is a PRNG state the caller keeps. */
+/* A seed for a client's generator (RegClient.rand_state), from getrandom(); never 0. */
+uint64_t reg_rand_seed(void);
+/* The backoff before retry number attempt+1 (attempt from 0): full jitter, uniform in [0, min(cap,
+ * base * 2^attempt)]. Advances *state. */
 unsigned reg_backoff_ms(unsigned attempt, uint64_t *state);
+/* A server's Retry-After of ms, plus a random 0..REG_RETRY_AFTER_JITTER percent of it. Advances *state. */
+unsigned reg_retry_after_jitter_ms(unsigned ms, uint64_t *state);
 
 /* Distribution error bodies: {"errors":[{"code":"DENIED","message":"...","detail":...}]}. Fills code with
  * the first error code ("" if none) and msg with "CODE: message (detail); ..." or a short note for HTML /
@@ -243,10 +252,15 @@ typedef struct RegRetry {
         unsigned attempt;
         uint64_t first_failure_usec; /* monotonic; 0 before the first failure */
 } RegRetry;
-/* After a failure for reason: sleeps for the backoff with jitter (or the server's Retry-After, capped) and
- * returns 0 when one more attempt fits within REG_RETRIES_MAX and the client's retry deadline (the retry is
- * counted under reason, reg_retry_counts()); -ETIMEDOUT without sleeping otherwise. */
+/* After a failure for reason: sleeps, then returns 0 for one more attempt (the retry is counted under
+ * reason, reg_retry_counts()). The wait is the server's Retry-After (capped at REG_RETRY_AFTER_CAP_MS) plus
+ * jitter, or, without one (or with one under REG_BACKOFF_BASE_MS), the full-jitter backoff; it is cut at the
+ * client's retry deadline, counted from rt's first failure. Returns -ETIMEDOUT without sleeping when the
+ * deadline has passed, when the server's Retry-After alone reaches past it, or after
+ * REG_RETRY_ATTEMPTS_MAX attempts; -ECANCELED on a cancel. */
 int reg_retry_wait(RegClient *c, RegRetry *rt, RegRetryReason reason, const char *retry_after);
+/* Whole seconds since rt's first failure (0 before one): for "giving up after N attempts in S s". */
+long reg_retry_elapsed_s(const RegRetry *rt);
 /* The reason of a retry after a failing status (408, 429, 5xx) or a transport errno (as reg_request returns
  * them: -ETIMEDOUT, -ECONNREFUSED, -EHOSTUNREACH, -ECONNRESET ...). */
 RegRetryReason reg_retry_reason_status(long status);

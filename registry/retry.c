@@ -1,12 +1,15 @@
-/* retry.c: when to try again: Retry-After, backoff with jitter, environment overrides of the retry
- * settings, the Range header of an upload session, and the process-wide count of retries by reason. */
+/* retry.c: when to try again: Retry-After, backoff with jitter (a per-client generator seeded by
+ * getrandom()), environment overrides of the retry settings, the Range header of an upload session, and the
+ * process-wide count of retries by reason. */
 #include <ctype.h>
 #include <fcntl.h>
 #include <limits.h>
 #include <stdatomic.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/random.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "registry/registry-internal.h"
 
@@ -79,20 +82,48 @@ int reg_retry_after_parse(const char *value, time_t now, unsigned *ret_ms)
         return 0;
 }
 
-unsigned reg_backoff_ms(unsigned attempt, uint64_t *state)
+uint64_t reg_rand_seed(void)
+{
+        uint64_t seed = 0;
+        /* getrandom() of 8 bytes does not block once the pool is up, and is not cut short by a signal. */
+        if (getrandom(&seed, sizeof(seed), GRND_NONBLOCK) != (ssize_t)sizeof(seed))
+                seed = nb_now_usec() ^ ((uint64_t)getpid() << 32);
+        return seed ? seed : 0x9E3779B97F4A7C15ull; /* xorshift must not start at 0 */
+}
+
+/* xorshift64*: a fast generator for spreading waits, not for secrets. */
+static uint64_t rand_next(uint64_t *state)
 {
         uint64_t x = *state ? *state : 0x9E3779B97F4A7C15ull;
         x ^= x >> 12;
         x ^= x << 25;
         x ^= x >> 27;
         *state = x;
+        return x * 0x2545F4914F6CDD1Dull;
+}
+
+/* Uniform in [0, n]. The modulo bias is below 2^-40 for the n used here. */
+static uint64_t rand_upto(uint64_t *state, uint64_t n)
+{
+        return (rand_next(state) >> 11) % (n + 1);
+}
+
+unsigned reg_backoff_ms(unsigned attempt, uint64_t *state)
+{
         uint64_t ms = REG_BACKOFF_BASE_MS;
         for (unsigned i = 0; i < attempt && ms < REG_BACKOFF_CAP_MS; i++)
                 ms *= 2;
         if (ms > REG_BACKOFF_CAP_MS)
                 ms = REG_BACKOFF_CAP_MS;
-        /* Full jitter over the upper half: spreads clients without making a retry instant. */
-        return (unsigned)(ms / 2 + (x * 0x2545F4914F6CDD1Dull) % (ms / 2 + 1));
+        /* Full jitter ("Exponential Backoff And Jitter", AWS architecture blog): anywhere in [0, ms], so
+         * clients that failed together do not come back together; on average half the ceiling. */
+        return (unsigned)rand_upto(state, ms);
+}
+
+unsigned reg_retry_after_jitter_ms(unsigned ms, uint64_t *state)
+{
+        /* Never earlier than the server asked: a fleet told "1 s" comes back over [1 s, 1.5 s]. */
+        return ms + (unsigned)rand_upto(state, (uint64_t)ms * REG_RETRY_AFTER_JITTER / 100);
 }
 
 /* ---- retry counters ------------------------------------------------------------------------------------

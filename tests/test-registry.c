@@ -3,6 +3,7 @@
  * client options. Manifests and indexes are test-oci.c. */
 #include <arpa/inet.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <netinet/in.h>
 #include <pthread.h>
 #include <sys/socket.h>
@@ -382,16 +383,62 @@ static void test_retry_after(void)
         ASSERT_INT(reg_retry_after_parse("soon", now, &ms), <, 0);
         ASSERT_INT(reg_retry_after_parse("5s", now, &ms), <, 0);
         ASSERT_INT(reg_retry_after_parse(NULL, now, &ms), <, 0);
+}
 
-        uint64_t st = 42;
+/* The backoff is full jitter: every wait in [0, ceiling], the ceiling doubling from REG_BACKOFF_BASE_MS up
+ * to REG_BACKOFF_CAP_MS, and the draws spread over the whole range (a fleet does not come back in one wave).
+ * A Retry-After is never cut short and spread over REG_RETRY_AFTER_JITTER % more. */
+static void test_backoff_jitter(void)
+{
+        enum { DRAWS = 4000 };
+        uint64_t st = 42; /* a fixed seed: the same draws every run */
         for (unsigned a = 0; a < 12; a++) {
-                unsigned b = reg_backoff_ms(a, &st);
-                unsigned full = REG_BACKOFF_BASE_MS << (a < 4 ? a : 4);
-                if (full > REG_BACKOFF_CAP_MS)
-                        full = REG_BACKOFF_CAP_MS;
-                ASSERT_INT(b, >=, full / 2);
-                ASSERT_INT(b, <=, full);
+                uint64_t ceiling = (uint64_t)REG_BACKOFF_BASE_MS << (a < 8 ? a : 8);
+                if (ceiling > REG_BACKOFF_CAP_MS)
+                        ceiling = REG_BACKOFF_CAP_MS;
+                unsigned lo = UINT_MAX, hi = 0;
+                uint64_t sum = 0;
+                for (unsigned i = 0; i < DRAWS; i++) {
+                        unsigned b = reg_backoff_ms(a, &st);
+                        ASSERT_INT(b, <=, ceiling);
+                        lo = b < lo ? b : lo;
+                        hi = b > hi ? b : hi;
+                        sum += b;
+                }
+                ASSERT_INT(lo, <=, ceiling / 20);
+                ASSERT_INT(hi, >=, ceiling - ceiling / 20);
+                ASSERT_INT(sum / DRAWS, >=,
+                           ceiling * 45 / 100); /* uniform: the mean near half the ceiling */
+                ASSERT_INT(sum / DRAWS, <=, ceiling * 55 / 100);
         }
+        /* a 1 s Retry-After: [1 s, 1.5 s], spread over it */
+        unsigned lo = UINT_MAX, hi = 0;
+        for (unsigned i = 0; i < DRAWS; i++) {
+                unsigned w = reg_retry_after_jitter_ms(1000, &st);
+                ASSERT_INT(w, >=, 1000);
+                ASSERT_INT(w, <=, 1000 + 1000 * REG_RETRY_AFTER_JITTER / 100);
+                lo = w < lo ? w : lo;
+                hi = w > hi ? w : hi;
+        }
+        ASSERT_INT(lo, <=, 1020);
+        ASSERT_INT(hi, >=, 1000 + 1000 * REG_RETRY_AFTER_JITTER / 100 - 20);
+        ASSERT_EQ(reg_retry_after_jitter_ms(0, &st), 0);
+        /* two clients draw apart: seeds from getrandom(), never 0 */
+        uint64_t s1 = reg_rand_seed(), s2 = reg_rand_seed();
+        ASSERT_TRUE(s1 != 0 && s2 != 0 && s1 != s2);
+        /* a client's generator is seeded that way */
+        RegClientOptions o = {.url = "http://127.0.0.1:9", .authfile = "/dev/null"};
+        RegClient *c1 = NULL, *c2 = NULL;
+        NbError e = {0};
+        char auth[256];
+        snprintf(auth, sizeof(auth), "%s/jitter-auth.json", scratch);
+        write_file(auth, "{}");
+        o.authfile = auth;
+        ASSERT_OK(reg_client_new(&o, &c1, &e));
+        ASSERT_OK(reg_client_new(&o, &c2, &e));
+        ASSERT_TRUE(c1->rand_state != 0 && c1->rand_state != c2->rand_state);
+        reg_client_free(c1);
+        reg_client_free(c2);
 }
 
 /* ---- upload Range, environment knobs, what is transient ------------------------------------------------
@@ -491,11 +538,33 @@ static void test_retry_deadline(void)
         ASSERT_EQ(reg_retry_wait(c, &rt, REG_RETRY_OTHER, "0"), 0);
         ASSERT_EQ(rt.attempt, 1);
         ASSERT_TRUE(rt.first_failure_usec != 0);
-        /* attempts are capped even when the server says "now" every time */
+        /* "now" every time: the backoff applies (no hammering), and the deadline, not a count, ends it */
         unsigned n = 1;
         while (reg_retry_wait(c, &rt, REG_RETRY_OTHER, "0") == 0)
                 n++;
-        ASSERT_EQ(n, REG_RETRIES_MAX - 1);
+        uint64_t took = nb_now_usec() - rt.first_failure_usec;
+        ASSERT_INT(took, >=, 1000000 - 1000);
+        ASSERT_INT(took, <, 1500000);
+        ASSERT_INT(n, >=, 2);
+        ASSERT_INT(n, <, REG_RETRY_ATTEMPTS_MAX);
+        ASSERT_EQ(reg_retry_elapsed_s(&rt), 1);
+        /* the attempt cap is a safety net only */
+        rt = (RegRetry){.attempt = REG_RETRY_ATTEMPTS_MAX - 1};
+        ASSERT_EQ(reg_retry_wait(c, &rt, REG_RETRY_OTHER, NULL), -ETIMEDOUT);
+        /* a Retry-After inside the deadline is waited for, at least as long as asked */
+        reg_client_free(c);
+        o.retry_deadline_s = 5;
+        ASSERT_OK(reg_client_new(&o, &c, &e));
+        rt = (RegRetry){0};
+        t0 = nb_now_usec();
+        ASSERT_EQ(reg_retry_wait(c, &rt, REG_RETRY_OTHER, "1"), 0);
+        ASSERT_INT(nb_now_usec() - t0, >=, 1000000);
+        ASSERT_INT(nb_now_usec() - t0, <, 1000000 + 10000 * REG_RETRY_AFTER_JITTER + 200000);
+        /* ... and once the server's wait alone reaches past what is left, none */
+        rt.first_failure_usec = nb_now_usec() - 4500000;
+        t0 = nb_now_usec();
+        ASSERT_EQ(reg_retry_wait(c, &rt, REG_RETRY_OTHER, "1"), -ETIMEDOUT);
+        ASSERT_INT(nb_now_usec() - t0, <, 100000);
         reg_client_free(c);
 
         /* the environment sets what the options leave at 0 */
@@ -669,7 +738,7 @@ static void test_client_options(void)
 /* ---- the request helper against scripted loopback servers ------------------------------------------------
  */
 
-#define MOCK_MAX 8
+#define MOCK_MAX 32
 
 /* A one-request-per-connection HTTP server on one loopback address that answers from a script and keeps
  * what it was sent. */
@@ -680,6 +749,7 @@ typedef struct Mock {
         const char *bodies[MOCK_MAX];
         size_t n_replies;
         char requests[MOCK_MAX][4096];
+        uint64_t times[MOCK_MAX]; /* when each request was accepted, monotonic usec */
         size_t n_requests;
 } Mock;
 
@@ -690,7 +760,9 @@ static void *mock_run(void *userdata)
                 int fd = accept4(m->fd, NULL, NULL, SOCK_CLOEXEC);
                 if (fd < 0)
                         return NULL;
-                char *req = m->requests[m->n_requests < MOCK_MAX ? m->n_requests : MOCK_MAX - 1];
+                size_t slot = m->n_requests < MOCK_MAX ? m->n_requests : MOCK_MAX - 1;
+                m->times[slot] = nb_now_usec();
+                char *req = m->requests[slot];
                 size_t len = 0;
                 ssize_t r;
                 while (len + 1 < 4096 && (r = read(fd, req + len, 4095 - len)) > 0) {
@@ -932,6 +1004,74 @@ static void test_retries(void)
         reg_client_free(c);
 }
 
+#define REPLY_429 "HTTP/1.1 429 Too Many Requests\r\nRetry-After: 1\r\n"
+
+/* Gaps between the requests first..last-1 of a mock: each at least Retry-After: 1 and at most its jitter,
+ * and not all the same (the jitter spreads them). */
+static void gaps_spread(const Mock *m, size_t first, size_t last, size_t step)
+{
+        uint64_t lo = UINT64_MAX, hi = 0;
+        for (size_t i = first + step; i <= last; i += step) {
+                uint64_t gap = m->times[i] - m->times[i - step];
+                ASSERT_INT(gap, >=, 1000000 - 5000);
+                ASSERT_INT(gap, <, 1000000 + 10000 * REG_RETRY_AFTER_JITTER + 400000);
+                lo = gap < lo ? gap : lo;
+                hi = gap > hi ? gap : hi;
+        }
+        ASSERT_INT(hi - lo, >=, 20000);
+}
+
+/* A rate limit that lasts: twelve 429s with Retry-After: 1, then 200. Eight attempts used to end this; the
+ * deadline (120 s by default) does now, and each retry comes a jittered 1-1.5 s after the 429. */
+static void test_retry_storm(void)
+{
+        enum { STORM = 12 };
+        Mock a;
+        mock_start(&a, "127.0.0.1");
+        for (size_t i = 0; i < STORM; i++)
+                snprintf(a.replies[i], 1024, REPLY_429);
+        snprintf(a.replies[STORM], 1024, "HTTP/1.1 200 OK\r\n");
+        a.n_replies = STORM + 1;
+        mock_go(&a);
+        RegClient *c = mock_client(&a, false);
+        RegResponse resp;
+        NbError e = {0};
+        uint64_t before[_REG_RETRY_REASON_MAX], after[_REG_RETRY_REASON_MAX];
+        reg_retry_counts(before);
+        ASSERT_OK(mock_get(c, &a, "/v2/r/manifests/x", true, &resp, &e));
+        ASSERT_EQ(resp.status, 200);
+        reg_response_done(&resp);
+        reg_retry_counts(after);
+        ASSERT_EQ(after[REG_RETRY_HTTP_429] - before[REG_RETRY_HTTP_429], STORM);
+        mock_stop(&a);
+        ASSERT_EQ(a.n_requests, STORM + 1);
+        gaps_spread(&a, 0, STORM, 1);
+        reg_client_free(c);
+}
+
+/* An endless 5xx (the mock's "500 No script") ends at the deadline, after as many attempts as fit in it. */
+static void test_retry_endless(void)
+{
+        Mock a;
+        mock_start(&a, "127.0.0.1");
+        a.n_replies = 0;
+        mock_go(&a);
+        ASSERT_OK(setenv("NBSNAP_REGISTRY_RETRY_DEADLINE", "2", 1));
+        RegClient *c = mock_client(&a, false);
+        unsetenv("NBSNAP_REGISTRY_RETRY_DEADLINE");
+        RegResponse resp;
+        NbError e = {0};
+        uint64_t t0 = nb_now_usec();
+        ASSERT_OK(mock_get(c, &a, "/v2/r/manifests/x", true, &resp, &e));
+        ASSERT_EQ(resp.status, 500); /* the last answer, as it is: callers report it */
+        reg_response_done(&resp);
+        ASSERT_INT(nb_now_usec() - t0, >=, 2000000 - 5000);
+        ASSERT_INT(nb_now_usec() - t0, <, 3000000);
+        mock_stop(&a);
+        ASSERT_INT(a.n_requests, >=, 3);
+        reg_client_free(c);
+}
+
 /* An upload session that moves to another host: no Authorization there, the Location of the latest
  * response used, the digest appended to its query. */
 static void test_upload_locations(void)
@@ -1115,6 +1255,7 @@ int main(void)
         test_tokens();
         test_urls();
         test_retry_after();
+        test_backoff_jitter();
         test_ranges();
         test_retry_reasons();
         test_retry_deadline();
@@ -1125,6 +1266,8 @@ int main(void)
         test_manifest_exists();
         test_blob_get_redirect();
         test_retries();
+        test_retry_storm();
+        test_retry_endless();
         test_upload_locations();
         test_upload_resync();
         test_upload_session_lost();

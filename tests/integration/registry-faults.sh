@@ -253,9 +253,13 @@ if case_wanted 503-forever; then
     faults '{"rules": [{"id": "f503", "method": "PATCH", "nth": 2, "count": 0, "action": "status", "status": 503,
         "body": "<html><body>Service Unavailable</body></html>", "headers": {"Content-Type": "text/html"}}]}'
     save_case 503-forever
-    expect_fail 'HTTP 503.*HTML|giving up'
+    expect_fail 'giving up after [0-9]+ attempts in [0-9]+ s.*HTTP 503.*HTML'
     check "$CASE: gave up within the retry deadline (${CASE_SECS}s)" test "$CASE_SECS" -le 45
-    pcheck "bounded attempts" 'len(fired("f503")) <= 10'
+    # the deadline ends it, not a count of attempts; and the backoff keeps it from hammering the registry
+    pcheck "retried until the 20 s deadline" 'fired("f503")[-1]["t"] - fired("f503")[0]["t"] >= 15'
+    pcheck "attempts bounded by the backoff" '3 <= len(fired("f503")) <= 40'
+    pcheck "the waits are jittered (not all equal)" \
+        'len({round(b["t"] - a["t"], 2) for a, b in zip(fired("f503"), fired("f503")[1:])}) > 1'
 fi
 
 if case_wanted reset-patch; then
