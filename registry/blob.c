@@ -222,11 +222,13 @@ struct RegUpload {
         char *scope;
         char *location;
         uint8_t **blocks;
-        size_t n_blocks, cap; /* cap: the chunk size, and the size of one block */
-        uint64_t kept_from;   /* first byte still in memory */
-        uint64_t written;     /* bytes given by the caller */
-        uint64_t offset;      /* bytes the registry has confirmed */
-        unsigned recoveries, restarts;
+        size_t n_blocks, cap;   /* cap: the chunk size, and the size of one block */
+        uint64_t kept_from;     /* first byte still in memory */
+        uint64_t written;       /* bytes given by the caller */
+        uint64_t offset;        /* bytes the registry has confirmed */
+        uint64_t confirmed_max; /* the most the registry ever confirmed (the offset can go back) */
+        unsigned recoveries;    /* failure streaks since confirmed_max last grew */
+        unsigned restarts;
         RegRetry retry; /* failures since the last chunk that went through */
         char retry_after[64];
         RegRetryReason retry_reason; /* of the last OUTCOME_RETRY */
@@ -421,6 +423,10 @@ static int patch_accepted(RegUpload *u, RegResponse *resp, uint64_t end, Outcome
                                     (unsigned long long)have, (unsigned long long)end);
         upload_set_offset(u, end);
         u->retry = (RegRetry){0};
+        if (end > u->confirmed_max) { /* new bytes: the failures before them were survived */
+                u->confirmed_max = end;
+                u->recoveries = 0;
+        }
         if (u->progress)
                 u->progress(u->userdata, u->offset);
         return 0;
@@ -522,14 +528,22 @@ static int upload_resync(RegUpload *u, NbError *e)
 
 static int upload_recover(RegUpload *u, Outcome o, int r, NbError *e)
 {
-        if (++u->recoveries > REG_UPLOAD_RECOVERIES_MAX)
-                return nb_error_wrap(e, r, "giving up on the upload after %u recoveries", u->recoveries - 1);
+        /* A streak of failures on one chunk is bounded by the retry deadline (u->retry). What the deadline
+         * cannot see is a registry that accepts a chunk and then goes back (each accept starts a new
+         * streak): streaks are counted until new bytes are confirmed. */
+        if (u->retry.attempt == 0 && ++u->recoveries > REG_UPLOAD_RECOVERIES_MAX)
+                return nb_error_wrap(e, r, "giving up on the upload after %u failed chunks without progress",
+                                     u->recoveries - 1);
         if (o != OUTCOME_RESYNC || u->retry.attempt > 0) {
                 /* Repeated disagreement counts as failures too: it must not loop. */
                 RegRetryReason why = o == OUTCOME_RETRY ? u->retry_reason : REG_RETRY_OTHER;
-                if (reg_retry_wait(u->c, &u->retry, why, u->retry_after[0] ? u->retry_after : NULL) < 0)
-                        return nb_error_wrap(e, r, "giving up after %u attempts in %ld s", u->retry.attempt,
-                                             u->c->retry_deadline_s);
+                int k = reg_retry_wait(u->c, &u->retry, why, u->retry_after[0] ? u->retry_after : NULL);
+                if (k == -ECANCELED)
+                        return nb_error_wrap(e, k, "cancelled while waiting to retry");
+                if (k < 0)
+                        return nb_error_wrap(
+                                e, r, "giving up after %u attempts in %ld s (retry deadline %ld s)",
+                                u->retry.attempt, reg_retry_elapsed_s(&u->retry), u->c->retry_deadline_s);
         } else {
                 u->retry.attempt++; /* resent at once from where the registry is: a retry all the same */
                 reg_retry_count(REG_RETRY_OTHER);

@@ -1203,6 +1203,41 @@ static void test_upload_session_lost(void)
         ASSERT_TRUE(strcasestr(a.requests[4], "\r\nContent-Range: 0-99\r\n") != NULL);
 }
 
+/* The issue #12 failure: a chunk answered 429 (Retry-After: 1) more than eight times in a row. Each time the
+ * client waits, asks where the session stands and sends the chunk again; it goes through once the limit
+ * lifts. */
+static void test_upload_storm(void)
+{
+        enum { STORM = 10 };
+        Mock a;
+        mock_start(&a, "127.0.0.1");
+        size_t n = 0;
+        snprintf(a.replies[n++], 1024,
+                 "HTTP/1.1 202 Accepted\r\nLocation: /v2/r/blobs/uploads/u1?_state=a\r\n");
+        for (size_t i = 0; i < STORM; i++) {
+                snprintf(a.replies[n++], 1024, REPLY_429); /* the PATCH */
+                snprintf(a.replies[n++], 1024,
+                         "HTTP/1.1 204 No Content\r\nRange: 0-0\r\nLocation: "
+                         "/v2/r/blobs/uploads/u1?_state=a\r\n");
+        }
+        snprintf(a.replies[n++], 1024,
+                 "HTTP/1.1 202 Accepted\r\nRange: 0-99\r\nLocation: /v2/r/blobs/uploads/u1?_state=b\r\n");
+        snprintf(a.replies[n++], 1024, "HTTP/1.1 201 Created\r\n");
+        ASSERT_INT(n, <=, MOCK_MAX);
+        a.n_replies = n;
+        mock_go(&a);
+        NbError e = {0};
+        int r = scripted_upload(&a, &e);
+        if (r < 0)
+                fprintf(stderr, "upload storm: %s\n", e.msg);
+        ASSERT_OK(r);
+        mock_stop(&a);
+        ASSERT_EQ(a.n_requests, n);
+        ASSERT_TRUE(strstr(a.requests[n - 2], "PATCH /v2/r/blobs/uploads/u1?_state=a ") != NULL);
+        ASSERT_TRUE(strstr(a.requests[n - 1], "PUT /v2/r/blobs/uploads/u1?_state=b&digest=") != NULL);
+        gaps_spread(&a, 1, 1 + 2 * STORM, 2); /* PATCH to PATCH */
+}
+
 /* A Retry-After past the retry deadline: the upload gives up at once, saying why, and the commit's
  * DIGEST_INVALID is reported without sending anything again. */
 static void test_upload_gives_up(void)
@@ -1220,7 +1255,7 @@ static void test_upload_gives_up(void)
         uint64_t t0 = nb_now_usec();
         ASSERT_EQ(scripted_upload(&a, &e), -EIO);
         ASSERT_INT(nb_now_usec() - t0, <, 3000000);
-        ASSERT_TRUE(strstr(e.msg, "giving up after 1 attempts in 5 s") != NULL);
+        ASSERT_TRUE(strstr(e.msg, "giving up after 1 attempts in 0 s (retry deadline 5 s)") != NULL);
         ASSERT_TRUE(strstr(e.msg, "HTTP 503") != NULL);
         mock_stop(&a);
         ASSERT_EQ(a.n_requests, 3);
@@ -1271,6 +1306,7 @@ int main(void)
         test_upload_locations();
         test_upload_resync();
         test_upload_session_lost();
+        test_upload_storm();
         test_upload_gives_up();
         char cmd[300];
         snprintf(cmd, sizeof(cmd), "rm -rf -- '%s'", scratch);
