@@ -33,7 +33,8 @@ apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 # Debian's docker-registry and nginx packages may start services listening on :5000 and :80 on machines with
 # systemd; the tests start their own on 127.0.0.1 (free ports), so stop them where they exist.
 if command -v systemctl >/dev/null && [[ -d /run/systemd/system ]]; then
-    systemctl disable --now docker-registry.service nginx.service >/dev/null 2>&1 || true
+    systemctl disable --now docker-registry.service >/dev/null 2>&1 || true
+    systemctl disable --now nginx.service >/dev/null 2>&1 || true
 elif [[ -x /etc/init.d/nginx ]]; then
     /etc/init.d/nginx stop >/dev/null 2>&1 || true
 fi
