@@ -31,9 +31,13 @@
 #
 # Failover (what nginx does when a replica is gone): proxy_next_upstream error timeout http_502 passes a request
 # to the next replica when the connection fails, times out or a replica answers 502, but only for idempotent
-# methods (GET, HEAD, PUT, DELETE ...). nginx never passes on a POST, LOCK or PATCH that already went to an upstream
-# (non_idempotent is not set): a client whose POST/PATCH hit a dying replica sees a 502 and must retry itself.
-# A replica that failed once is skipped for fail_timeout (2 s), then tried again (a restarted one comes back).
+# methods (GET, HEAD, PUT, DELETE ...). A POST, LOCK or PATCH is passed on only when it could not be sent at all
+# (connection refused by a dead replica); once sent to a replica that then dies, nginx does not retry it
+# (non_idempotent is not set) and answers 502: the client (nbsnap) must retry it itself. A replica that failed
+# once is skipped for fail_timeout (2 s), then tried again (a restarted one comes back).
+#
+# The replicas and nginx are background jobs of the calling shell: never use a bare `wait` after
+# fleet_registry_start (it would wait for them); wait for the pids you started.
 
 # shellcheck source=tests/lib/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
@@ -155,8 +159,8 @@ EOF
         proxy_connect_timeout 2s;
         proxy_send_timeout 300s;
         proxy_read_timeout 300s;
-        # passive failover; nginx passes on only idempotent methods: a POST or PATCH that reached a dying replica
-        # is answered 502 (see the header of tests/lib/fleet-registry.sh)
+        # passive failover; a POST or PATCH is passed on only if it could not be sent; one that reached a dying
+        # replica is answered 502 (see the header of tests/lib/fleet-registry.sh)
         proxy_next_upstream error timeout http_502;
         location / {
 EOF
