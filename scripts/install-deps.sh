@@ -11,7 +11,8 @@ run=(ca-certificates curl)
 # podman + runc: save-podman runs the saved images under them (as root; podman brings conmon and containers-common;
 # its storage is kernel overlayfs and it runs with --network none, so no recommends are needed; see tests/lib/podman.sh)
 tests=(docker-registry skopeo umoci oci-image-tool isal pigz attr libcap2-bin python3 apache2-utils openssl time
-       systemd file tar gzip iproute2 golang-go dpkg-dev util-linux podman runc man-db groff-base)
+       systemd file tar gzip iproute2 golang-go dpkg-dev util-linux podman runc man-db groff-base
+       nginx) # nginx: the load balancer of tests/lib/fleet-registry.sh (run there with its own config, never as a service)
 
 missing=()
 for p in "${build[@]}" "${run[@]}" "${tests[@]}"; do
@@ -29,8 +30,11 @@ echo "install-deps: installing ${missing[*]}" >&2
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-# Debian's docker-registry package may start a service listening on :5000 on machines with systemd; the
-# tests start their own on 127.0.0.1, so stop it where it exists.
+# Debian's docker-registry and nginx packages may start services listening on :5000 and :80 on machines with
+# systemd; the tests start their own on 127.0.0.1 (free ports), so stop them where they exist.
 if command -v systemctl >/dev/null && [[ -d /run/systemd/system ]]; then
     systemctl disable --now docker-registry.service >/dev/null 2>&1 || true
+    systemctl disable --now nginx.service >/dev/null 2>&1 || true
+elif [[ -x /etc/init.d/nginx ]]; then
+    /etc/init.d/nginx stop >/dev/null 2>&1 || true
 fi
