@@ -758,10 +758,13 @@ static int request_retrying(RegClient *c, const RegRequest *rq, const char *auth
                                 return transport_error(c, rq, cc, errbuf, tries, e);
                         continue;
                 }
-                /* After the last attempt the failing answer is returned as it is: callers report it. */
+                /* After the last attempt the failing answer is returned as it is: callers report it,
+                 * with the attempts and the time spent (reg_response_error()). */
                 if (again && reg_status_transient(resp.status, resp.error_code) &&
                     reg_retry_wait(c, &rt, reg_retry_reason_status(resp.status), resp.retry_after) == 0)
                         continue;
+                resp.attempts = tries;
+                resp.retried_s = reg_retry_elapsed_s(&rt);
                 *ret = resp;
                 resp = (RegResponse){0};
                 return 0;
@@ -826,8 +829,12 @@ int reg_response_error(const RegResponse *r, NbError *e, const char *what)
 {
         char msg[REG_MESSAGE_MAX + 1], code[64];
         reg_error_body_parse(r->body, r->body_size, r->content_type, code, sizeof(code), msg, sizeof(msg));
-        int err = nb_error_set(e, status_errno(r->status, code), "%s: HTTP %ld%s%s", what, r->status,
-                               *msg ? ": " : "", msg);
+        char tries[96] = "";
+        if (r->attempts > 1)
+                snprintf(tries, sizeof(tries), " (giving up after %u attempts in %ld s)", r->attempts,
+                         r->retried_s);
+        int err = nb_error_set(e, status_errno(r->status, code), "%s: HTTP %ld%s%s%s", what, r->status,
+                               *msg ? ": " : "", msg, tries);
         if (e)
                 e->http_status = (int)r->status;
         return err;

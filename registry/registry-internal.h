@@ -243,6 +243,8 @@ typedef struct RegResponse {
         int64_t content_length; /* -1 when unknown */
         uint64_t chunk_min;     /* OCI-Chunk-Min-Length, 0 when absent */
         char error_code[64];    /* first distribution error code of the body, "" if none */
+        unsigned attempts;      /* requests sent for this answer: > 1 when transient answers were retried */
+        long retried_s;         /* seconds from the first failing answer to this one (with attempts > 1) */
 } RegResponse;
 
 void reg_response_done(RegResponse *r);

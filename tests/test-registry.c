@@ -1064,6 +1064,15 @@ static void test_retry_endless(void)
         uint64_t t0 = nb_now_usec();
         ASSERT_OK(mock_get(c, &a, "/v2/r/manifests/x", true, &resp, &e));
         ASSERT_EQ(resp.status, 500); /* the last answer, as it is: callers report it */
+        ASSERT_INT(resp.attempts, >=, 3);
+        ASSERT_INT(resp.retried_s, >=, 1);
+        /* ... with the attempts and the time spent */
+        ASSERT_INT(reg_response_error(&resp, &e, "GET manifest"), ==, -EIO);
+        char want[96];
+        snprintf(want, sizeof(want), "(giving up after %u attempts in ", resp.attempts);
+        if (!strstr(e.msg, want) || !strstr(e.msg, "GET manifest: HTTP 500"))
+                fprintf(stderr, "message: %s\n", e.msg);
+        ASSERT_OK(strstr(e.msg, want) && strstr(e.msg, "GET manifest: HTTP 500") ? 0 : -1);
         reg_response_done(&resp);
         ASSERT_INT(nb_now_usec() - t0, >=, 2000000 - 5000);
         ASSERT_INT(nb_now_usec() - t0, <, 3000000);
