@@ -91,4 +91,59 @@ for ((s = 0; s < SAMPLE; s++)); do
     check "fleet/nb$i:v1 unpacks to notebook $i's merged tree (treecmp)" grep -q ' 0 difference(s)' "$SCRATCH/treecmp$i.txt"
 done
 
+# ---------------------------------------------------------------------------------------------------------------
+step "a PATCH cut in the middle by a dying replica: the upload goes on on another replica"
+# One more notebook with 20 MiB of new bytes, sent in 1 MiB chunks (the whole layer stays within replay_max).
+# Replica 1 is frozen once the save's PATCHes are under way; once body bytes of a request wait unread in one of its sockets
+# (the Recv-Q of a connection to its port), it is SIGKILLed: nginx cannot pass a PATCH on once sent and
+# answers 502. Whether the replica had written any of it decides what nbsnap meets next: the session as it was
+# (GET 204 + Range, the chunk sent again) or a session refused for a wrong offset (a new session).
+sleep 2 # the limit's bucket refills
+nb=$FLEET_RUN_DIR/nb/cut
+notebook_mount "$nb" "$BASE_ROOTFS" >/dev/null
+run_nbsnap "$nb/baseline" baseline --root "$nb/merged" --state-dir "$nb/state"
+[[ $NBSNAP_RC -eq 0 ]] || fail "nbsnap baseline of the extra notebook exited $NBSNAP_RC"
+mkdir -p "$nb/merged/opt/fleet/cut"
+head -c $((20 * 1024 * 1024)) /dev/urandom >"$nb/merged/opt/fleet/cut/big.bin"
+MARK_CUT=$(fleet_log_mark)
+R1_PORT=${FLEET_REPLICA_PORTS[1]}
+( run_nbsnap "$nb/save" save --root "$nb/merged" --state-dir "$nb/state" --registry "$FLEET_URL" \
+    --base-image "$FLEET_BASE_REF" --namespace fleet --name cut --tag v1 --chunk-size 1048576
+  echo "$NBSNAP_RC" >"$nb/save.rc" ) &
+SAVE_PID=$!
+for ((k = 0; k < 400; k++)); do # 20 s at most: the upload is under way
+    (($(fleet_log_since "$MARK_CUT" | awk -F'\t' '$3 == "PATCH"' | wc -l) >= 2)) && break
+    sleep 0.05
+done
+kill -STOP "${FLEET_REPLICA_PIDS[1]}"
+queued=0
+for ((k = 0; k < 200; k++)); do # 10 s at most
+    queued=$(ss -Htn state established "( sport = :$R1_PORT )" 2>/dev/null | awk '$1 > q { q = $1 } END { print q + 0 }')
+    ((queued >= 65536)) && break
+    sleep 0.05
+done
+note "bytes of a request body waiting unread on the frozen replica 1: $queued"
+fleet_replica_kill 1
+wait "$SAVE_PID" || true
+fleet_replica_restart 1 || fail "replica 1 did not come back"
+check "body bytes were on their way to replica 1 when it died ($queued)" test "$queued" -ge 65536
+check "the save with a PATCH cut by the dying replica ends ACTIVE" test "$(cat "$nb/save.rc")" = 0
+fleet_log_since "$MARK_CUT" >"$SCRATCH/cut-access.log"
+check "nginx answered 502 to a PATCH of that save (cut in the middle)" \
+    test "$(awk -F'\t' '$3 == "PATCH" && $2 == 502' "$SCRATCH/cut-access.log" | wc -l)" -ge 1
+awk -F'\t' '$3 != "HEAD" || $2 >= 500 { print $2, $3, substr($4, 1, 60), $8 }' "$SCRATCH/cut-access.log" | grep -v ' 202 PATCH' | head -20 >&2 || true
+awk -F'\t' '$3 == "PATCH" && $2 >= 500 { if (match($4, /uploads\/[0-9a-f-]+/)) print substr($4, RSTART + 8, RLENGTH - 8) }' \
+    "$SCRATCH/cut-access.log" | sort -u >"$SCRATCH/cut-sessions2"
+find "$FLEET_STORAGE/docker/registry/v2/repositories/fleet/cut" -mindepth 2 -maxdepth 2 -path '*/_uploads/*' -type d \
+    -printf '%f\n' 2>/dev/null | sort >"$SCRATCH/left-sessions2" || true
+note "upload sessions left in fleet/cut: $(wc -l <"$SCRATCH/left-sessions2"), cut by the dying replica: $(wc -l <"$SCRATCH/cut-sessions2")"
+check "no upload session left by that save, but the one the dying replica cut" \
+    test -z "$(grep -vxFf "$SCRATCH/cut-sessions2" "$SCRATCH/left-sessions2" || true)"
+if pull_image fleet/cut:v1 "$SCRATCH/pullcut"; then
+    "$PYTHON" "$LIB/treecmp.py" "${IGNORE[@]}" "$nb/merged" "$SCRATCH/pullcut/bundle/rootfs" >"$SCRATCH/treecmpcut.txt" 2>&1 || true
+    check "fleet/cut:v1 unpacks to its notebook's merged tree (treecmp)" grep -q ' 0 difference(s)' "$SCRATCH/treecmpcut.txt"
+else
+    soft_fail "skopeo copy + umoci unpack of fleet/cut:v1"
+fi
+
 finish_checks
