@@ -59,8 +59,9 @@ if ((RETURNS >= 10)); then
         "$PYTHON" -c 'import json,sys; j=json.load(open(sys.argv[1])); sys.exit(0 if j["arrival_buckets_used"] > 1 and j["arrival_buckets_max_share"] <= 0.5 else 1)' "$F"
     check "the delays after a 429 are spread over >= 3 buckets of 100 ms ($(fig 'list(j["delay_buckets"])'))" \
         test "$(fig 'len(j["delay_buckets"])')" -ge 3
+    # 10 ms for the log's rounding (msec and request_time are both in whole milliseconds)
     check "no client came back before the Retry-After: 1 was over (shortest delay $(fig 'j["delay_ms_min"]') ms)" \
-        test "$(fig 'j["delay_ms_min"]')" -ge 1000
+        test "$(fig 'j["delay_ms_min"]')" -ge 990
 fi
 # skopeo's push of the base may have left a session of its own (it does not wait out a 429): the saves' count
 note "upload sessions in the storage: $(fleet_uploads_left) (before the saves: $UPLOADS_BEFORE)"
