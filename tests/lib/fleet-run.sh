@@ -9,12 +9,12 @@
 #       DIR/nb/I/state), then writes each one's change: 1-4 MiB of random bytes (distinct per notebook) in
 #       /opt/fleet/nbI/big.bin plus FLEET_SMALL_FILES small files, and a line appended to /opt/t/modify.txt.
 #       Sets FLEET_RUN_DIR, FLEET_RUN_N, FLEET_BASE_DIGESTS (the base's layer digests, array).
-#   fleet_run_saves [--kill-after S] [--down S]
+#   fleet_run_saves [--kill-after S] [--down S2] [--freeze F]
 #       all N `nbsnap save --namespace fleet --name nbI --tag v1` at once (each waits for one start file), in
 #       the background; replica 1 is SIGKILLed once a quarter of the saves have opened their upload session
 #       (POST answered 202 in the access log) or S seconds (default 3) after the start, whichever comes first
-#       (frozen by SIGSTOP for FLEET_FREEZE s, default 0.5, before the SIGKILL, so that it dies with requests in
-#       flight), and restarted S2 (default 3) seconds later (--kill-after 0: no kill). Waits for all saves. Per notebook: DIR/nb/I/save.{out,err,rc}.
+#       and restarted S2 (default 3) seconds later (--kill-after 0: no kill). --freeze F: the replica is frozen
+#       (SIGSTOP) for F s before the SIGKILL, so that it dies with requests in flight (default 0: a plain SIGKILL). Waits for all saves. Per notebook: DIR/nb/I/save.{out,err,rc}.
 #       Sets FLEET_SAVE_WALL (seconds, from the start to the last save's end), FLEET_LOG_START and FLEET_LOG_END
 #       (the access log's line marks around the saves), FLEET_SAVES_OK (saves that exited 0 and printed ACTIVE).
 #   fleet_run_analyze OUT.json
@@ -78,11 +78,12 @@ fleet_run_setup() {
 }
 
 fleet_run_saves() {
-    local kill_after=3 down=3 i nb pids=() t0 t1 go=$FLEET_RUN_DIR/go killer=''
+    local kill_after=3 down=3 freeze=0 i nb pids=() t0 t1 go=$FLEET_RUN_DIR/go killer=''
     while (($#)); do
         case $1 in
         --kill-after) kill_after=${2:?}; shift 2 ;;
         --down) down=${2:?}; shift 2 ;;
+        --freeze) freeze=${2:?}; shift 2 ;;
         *) note "fleet_run_saves: unknown argument '$1'"; return 1 ;;
         esac
     done
@@ -111,11 +112,14 @@ fleet_run_saves() {
             (($(fleet_log_since "$k0" | awk -F'\t' '$3 == "POST" && $2 == 202' | wc -l) >= want)) && break
             sleep 0.02
         done
-        # frozen first (SIGSTOP) for FLEET_FREEZE s, so that requests are in flight on it when it dies: nginx
-        # passes on what it can, and answers 502 for a PATCH or POST that the replica had begun to read
-        note "fleet: SIGSTOP, then SIGKILL, replica 1 ($(fleet_log_mark) requests so far)"
-        kill -STOP "${FLEET_REPLICA_PIDS[1]}" || killer=failed
-        sleep "${FLEET_FREEZE:-0.5}"
+        # --freeze: frozen first, so that requests are in flight on it when it dies: nginx passes on what it
+        # can, and answers 502 for a PATCH or POST that the replica had begun to read
+        if [[ $freeze != 0 ]]; then
+            note "fleet: SIGSTOP replica 1 for $freeze s ($(fleet_log_mark) requests so far)"
+            kill -STOP "${FLEET_REPLICA_PIDS[1]}" || killer=failed
+            sleep "$freeze"
+        fi
+        note "fleet: SIGKILL replica 1 ($(fleet_log_mark) requests so far)"
         fleet_replica_kill 1 || killer=failed
         sleep "$down"
         fleet_replica_restart 1 || killer=failed
