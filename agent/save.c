@@ -1117,12 +1117,44 @@ static int pack_layers(Save *s, SnapDiffStats *st, NbError *e)
         return r < 0 && !s->error_final ? pack_error(s, e, r) : r;
 }
 
+/* Before packing again: the stages of the failed pass go (in stream order, see save_done()), and so do its
+ * record and the layers it committed (blobs no manifest names: the registry's garbage collection takes
+ * them). */
+static void pack_reset(Save *s)
+{
+        s->layer = snap_layer_free(s->layer);
+        s->compressor = snap_compressor_free(s->compressor);
+        s->upload = reg_upload_abort(s->upload);
+        if (s->record_path && !s->record_done)
+                (void)unlink(s->record_path);
+        s->record_name = mfree(s->record_name);
+        s->record_path = mfree(s->record_path);
+        s->upload_error = (NbError){0};
+        s->compress_error = (NbError){0};
+        s->n_parts = 0;
+        s->blob_sent = 0;
+        atomic_store(&s->sent, 0);
+        s->in_content = s->in_skeleton = s->error_final = false;
+        s->flow_start = 0;
+}
+
 static int pack_and_upload(Save *s, NbError *e)
 {
         const NbSaveOptions *o = s->o;
         SnapDiffStats st = {0};
         report(s, NB_PHASE_PACKING);
         int r = pack_layers(s, &st, e);
+        /* The registry lost the upload session (a replica that died in the middle of a chunk leaves one that
+         * distribution refuses) past the bytes kept in memory: the layer is packed again from the tree, into
+         * a new session. */
+        for (unsigned again = 1; r == -ESTALE && again <= NB_SAVE_LAYER_AGAIN_MAX && !cancelled(s);
+             again++) {
+                note(s, "packing the layer again (%u of %u): %s", again, NB_SAVE_LAYER_AGAIN_MAX, e->msg);
+                pack_reset(s);
+                *e = (NbError){0};
+                st = (SnapDiffStats){0};
+                r = pack_layers(s, &st, e);
+        }
         if (r < 0)
                 return r;
         uint64_t tar = 0, compressed = 0;

@@ -19,7 +19,9 @@
 #define NB_LAYERS_MIN      2 /* a base layer and the new one */
 #define NB_LAYERS_MAX      1000
 #define NB_SQUASH_HEADROOM 10 /* layers a squash leaves free for the incremental saves after it */
-#define NB_EXCLUDES_MAX    1024
+/* times a layer is packed again after the registry lost its upload session past the bytes kept in memory */
+#define NB_SAVE_LAYER_AGAIN_MAX 2
+#define NB_EXCLUDES_MAX         1024
 /* One pushed layer blob at most (SWR takes 10 GB): bigger changes are split into several layers. */
 #define NB_LAYER_SIZE_DEFAULT (10ull << 30)
 #define NB_LAYER_SIZE_MIN     SNAP_SPLIT_BLOB_MIN /* room for headers and the compression slack */

@@ -469,7 +469,7 @@ static int upload_restart(RegUpload *u, int r, NbError *e)
 {
         uint64_t kept_from, ready;
         if (!upload_rewind(u, 0, &kept_from, &ready))
-                return nb_error_set(e, -ENOENT,
+                return nb_error_set(e, -ESTALE,
                                     "the registry %s lost the upload session (%s) after %llu bytes; only "
                                     "the last %llu bytes "
                                     "are kept in memory, so the blob cannot be sent again: save again",
@@ -514,7 +514,7 @@ static int upload_resync(RegUpload *u, NbError *e)
                 if (have > ready)
                         return nb_error_set(e, -EBADMSG, "%s: it has %llu bytes, more than the %llu sent",
                                             what, (unsigned long long)have, (unsigned long long)ready);
-                return nb_error_set(e, -ERANGE,
+                return nb_error_set(e, -ESTALE,
                                     "%s: it has %llu bytes; the bytes from there on are no longer in memory "
                                     "(kept from %llu): save again",
                                     what, (unsigned long long)have, (unsigned long long)kept_from);

@@ -245,7 +245,9 @@ int reg_blob_copy(RegClient *src, const char *src_repository, RegClient *dst, co
  *    registry's offset, read with GET <location> (Range: 0-N), when those bytes are still in memory;
  *  - a session the registry lost (BLOB_UPLOAD_UNKNOWN / BLOB_UPLOAD_INVALID, e.g. after a registry restart)
  *    is replaced by a new one and the blob sent again from byte 0, when byte 0 is still in memory; a larger
- *    blob fails with a message that says so (the caller must produce the bytes again: save again).
+ *    blob fails with -ESTALE and a message that says so, as does a registry that went back to an offset
+ *    whose bytes are no longer in memory: the caller may produce the bytes again and send them in a new
+ *    upload (nbsnap save does, NB_SAVE_LAYER_AGAIN_MAX times).
  * Recoveries back off with jitter (Retry-After honoured) and end at the client's retry deadline. */
 typedef struct RegUpload RegUpload;
 typedef void (*reg_progress_fn)(void *userdata, uint64_t bytes_sent);

@@ -284,7 +284,10 @@ if case_wanted reset-patch-too-late; then
     faults '{"rules": [{"id": "rstl", "method": "PATCH", "nth": 20, "action": "reset", "after_bytes": 40000,
         "forward_bytes": 20000}]}'
     save_case reset-patch-too-late NBSNAP_REGISTRY_REPLAY_MAX=262144
-    expect_fail 'lost the upload session.*(BLOB_UPLOAD_INVALID|BLOB_UPLOAD_UNKNOWN).*save again'
+    # byte 0 is no longer in memory: the layer is packed again from the tree, into a new session
+    expect_ok full
+    check "$CASE: the save says it packed the layer again" \
+        grep -Eq 'packing the layer again \(1 of [0-9]+\): .*lost the upload session.*(BLOB_UPLOAD_INVALID|BLOB_UPLOAD_UNKNOWN)' "$CASE_OUT.err"
 fi
 
 if case_wanted stall-patch; then
@@ -370,7 +373,23 @@ if case_wanted upload-unknown-too-late; then
         "headers": {"Content-Type": "application/json"},
         "body": "{\"errors\":[{\"code\":\"BLOB_UPLOAD_UNKNOWN\",\"message\":\"blob upload unknown to registry\"}]}"}]}'
     save_case upload-unknown-too-late NBSNAP_REGISTRY_REPLAY_MAX=262144
+    expect_ok full
+    check "$CASE: the save says it packed the layer again" \
+        grep -Eq 'packing the layer again \(1 of [0-9]+\): .*lost the upload session \(BLOB_UPLOAD_UNKNOWN\)' "$CASE_OUT.err"
+fi
+
+if case_wanted upload-unknown-every-pack; then
+    # every pass loses its session past replay_max (the 20th PATCH of each pass): packed again
+    # NB_SAVE_LAYER_AGAIN_MAX (2) times, then the save fails
+    U='"action": "status", "status": 404, "headers": {"Content-Type": "application/json"}, "body": "{\"errors\":[{\"code\":\"BLOB_UPLOAD_UNKNOWN\",\"message\":\"blob upload unknown to registry\"}]}"'
+    faults "{\"rules\": [{\"id\": \"unk3\", \"method\": \"PATCH\", \"nth\": 20, $U}, {\"id\": \"unk4\", \"method\": \"PATCH\", \"nth\": 39, $U}, {\"id\": \"unk5\", \"method\": \"PATCH\", \"nth\": 58, $U}]}"
+    save_case upload-unknown-every-pack NBSNAP_REGISTRY_REPLAY_MAX=262144
     expect_fail 'lost the upload session \(BLOB_UPLOAD_UNKNOWN\).*cannot be sent again: save again'
+    check "$CASE: the layer was packed again twice (NB_SAVE_LAYER_AGAIN_MAX), not more" \
+        test "$(grep -c 'packing the layer again ([12] of 2)' "$CASE_OUT.err")" -eq 2
+    pcheck "three upload sessions opened, one per pass" \
+        'len([x for x in L if x["method"] == "POST" and x["path"].split("?")[0].endswith("/blobs/uploads/") and "mount=" not in x["path"]]) == 3'
+    pcheck "each pass lost its session once" 'len(fired("unk3")) == 1 and len(fired("unk4")) == 1 and len(fired("unk5")) == 1'
 fi
 
 if case_wanted commit-timeout; then
