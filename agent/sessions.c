@@ -227,6 +227,21 @@ static int sessions_dir_open(const char *state_dir, bool create, int *ret_fd)
         return 0;
 }
 
+/* The owner's lock file. The lock is held on a read-only descriptor: an fd open for writing would keep the
+ * state dir's file system from being remounted read-only. */
+static int lock_create(NbSessions *s, const char *tmp)
+{
+        _cleanup_close_ int wfd =
+                openat(s->dir_fd, tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
+        if (wfd < 0)
+                return -errno;
+        s->lock_fd = openat(s->dir_fd, tmp, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+        if (s->lock_fd < 0 || flock(s->lock_fd, LOCK_EX | LOCK_NB) < 0 ||
+            renameat(s->dir_fd, tmp, s->dir_fd, s->lock_name) < 0)
+                return -errno;
+        return 0;
+}
+
 int nb_sessions_new(const char *state_dir, const char *program, NbSessions **ret, NbError *e)
 {
         uint64_t rnd = 0;
@@ -250,13 +265,9 @@ int nb_sessions_new(const char *state_dir, const char *program, NbSessions **ret
                  * never sees the owner's lock file unlocked. */
                 char tmp[NAME_MAX_ + 8];
                 snprintf(tmp, sizeof(tmp), ".%s.tmp", s->lock_name);
-                s->lock_fd =
-                        openat(s->dir_fd, tmp, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
-                if (s->lock_fd < 0 || flock(s->lock_fd, LOCK_EX | LOCK_NB) < 0 ||
-                    renameat(s->dir_fd, tmp, s->dir_fd, s->lock_name) < 0) {
-                        r = -errno;
+                r = lock_create(s, tmp);
+                if (r < 0)
                         (void)unlinkat(s->dir_fd, tmp, 0);
-                }
         }
         if (r < 0) {
                 nb_sessions_free(s);
@@ -267,13 +278,12 @@ int nb_sessions_new(const char *state_dir, const char *program, NbSessions **ret
         return 0;
 }
 
-/* Renames a new version of the record into place. durable: fsync'ed (file and directory) first, as
+/* Renames a new version of the record into place (with no session left too: the file goes when the owner
+ * ends). durable: fsync'ed (file and directory) first, as
  * fileio.h's atomic write; else only renamed, which a killed process cannot tear either (only a machine
  * crash could lose it: the record then names an earlier Location). Called with the lock held. */
 static int record_write(NbSessions *s, bool durable)
 {
-        if (s->n == 0)
-                return unlinkat(s->dir_fd, s->json_name, 0) < 0 && errno != ENOENT ? -errno : 0;
         NbSessionEntry entries[NB_SESSIONS_MAX];
         for (size_t i = 0; i < s->n; i++)
                 entries[i] = s->open[i].entry;
@@ -340,10 +350,11 @@ static int hook_moved(NbSessions *s, const RegSession *rs, NbError *e)
         }
         free(o->entry.url);
         o->entry.url = url;
-        int r = record_write(s, false);
-        if (r < 0)
-                return nb_error_set(e, r, "cannot record the upload session's new location in %s: %s",
-                                    s->path, strerror(-r));
+        /* Not fatal: the record keeps the Location before (the next write brings it up to date), and a
+         * state dir that can no longer be written stops the save where that is decided (nbsnapd's
+         * manager), not here. The upload's own DELETE uses the latest Location in any case. */
+        (void)record_write(s, false);
+        (void)e;
         return 0;
 }
 

@@ -64,9 +64,12 @@ int nb_sessions_new(const char *state_dir, const char *program, NbSessions **ret
 /* Ends the owner: with no session left open, its record and lock go; else the record stays for a cleanup
  * (the lock is released: the owner is dead from now on). NULL in, NULL out. */
 NbSessions *nb_sessions_free(NbSessions *s);
-/* The hook to give reg_client_set_session_hook() with the NbSessions as userdata. Thread-safe. OPENED and
- * MOVED return the write's error (the upload then fails and deletes the session); OPENED past
- * NB_SESSIONS_MAX is -ENOBUFS. */
+/* The hook to give reg_client_set_session_hook() with the NbSessions as userdata. Thread-safe. OPENED
+ * returns the write's error (the upload then fails and deletes the session at once: no session is opened
+ * that the record does not name). OPENED
+ * past NB_SESSIONS_MAX is -ENOBUFS. A MOVED that cannot be written is not an error: the record keeps the
+ * Location before (a later cleanup then gets 404 for it), and whether a save may go on with a state dir it
+ * cannot write is decided elsewhere (nbsnapd stops it). */
 int nb_sessions_hook(void *userdata, RegSessionEvent event, const RegSession *session, NbError *e);
 /* Sessions the owner has open now. */
 size_t nb_sessions_open_count(NbSessions *s);
