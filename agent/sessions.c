@@ -556,7 +556,7 @@ static void cleanup_record(Cleanup *c, const char *owner)
         snprintf(lock_name, sizeof(lock_name), "%s.lock", owner);
         snprintf(path, sizeof(path), "%s/" NB_SESSIONS_DIR "/%s", c->state_dir, json_name);
         _cleanup_close_ int lfd =
-                openat(c->dir_fd, lock_name, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+                openat(c->dir_fd, lock_name, O_RDONLY | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
         if (lfd < 0 || flock(lfd, LOCK_EX | LOCK_NB) < 0)
                 return; /* its owner runs (or the directory is not ours to write): not touched */
         c->st->records++;
@@ -629,11 +629,17 @@ void nb_sessions_cleanup(const char *state_dir, const NbSessionsCleanupOptions *
                         snprintf(json, sizeof(json), "%s.json", owner);
                         if (faccessat(c.dir_fd, json, F_OK, AT_SYMLINK_NOFOLLOW) < 0 && errno == ENOENT) {
                                 _cleanup_close_ int lfd =
-                                        openat(c.dir_fd, de->d_name, O_RDWR | O_CLOEXEC | O_NOFOLLOW);
+                                        openat(c.dir_fd, de->d_name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
                                 if (lfd >= 0 && flock(lfd, LOCK_EX | LOCK_NB) == 0 &&
                                     faccessat(c.dir_fd, json, F_OK, AT_SYMLINK_NOFOLLOW) < 0)
-                                        (void)unlinkat(c.dir_fd, de->d_name, 0);
+                                        drop_owner_files(c.dir_fd, owner); /* and a first write cut short */
                         }
+                } else if (de->d_name[0] == '.' && owner_of(de->d_name + 1, ".lock.tmp", owner)) {
+                        /* an owner that died before its lock got its name */
+                        _cleanup_close_ int lfd =
+                                openat(c.dir_fd, de->d_name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+                        if (lfd >= 0 && flock(lfd, LOCK_EX | LOCK_NB) == 0)
+                                (void)unlinkat(c.dir_fd, de->d_name, 0);
                 }
         }
         if (d)

@@ -264,6 +264,10 @@ static void test_corrupt(const char *state)
         free(big);
         /* a lock without a record (an owner killed with nothing open), and a live owner's */
         write_file(dir, "3-nothing.lock", "", 0);
+        /* an owner killed in its first write, and one killed before its lock got its name */
+        write_file(dir, "6-first.lock", "", 0);
+        write_file(dir, ".6-first.json.tmp", "{", 1);
+        write_file(dir, ".5-early.lock.tmp", "", 0);
         write_file(dir, "4-live.lock", "", 0);
         char live[600];
         snprintf(live, sizeof(live), "%s/4-live.lock", dir);
@@ -283,6 +287,7 @@ static void test_corrupt(const char *state)
         ASSERT_TRUE(strstr(logged, "/sessions/2-big.json: larger than"));
         ASSERT_EQ(count_files(dir, ".json"), 1); /* the live owner's */
         ASSERT_EQ(count_files(dir, ".lock"), 1);
+        ASSERT_EQ(count_files(dir, ".tmp"), 0);
         close(fd);
 }
 
