@@ -280,8 +280,8 @@ static void test_corrupt(const char *state)
         NbSessionsCleanupStats st;
         logged[0] = 0;
         nb_sessions_cleanup(state, &(NbSessionsCleanupOptions){.log = on_log}, &st);
-        ASSERT_EQ(st.records, 2);
-        ASSERT_EQ(st.dropped, 2);
+        ASSERT_EQ(st.records, 3); /* the two, and the first write cut short */
+        ASSERT_EQ(st.dropped, 3);
         ASSERT_TRUE(strstr(logged, "W: dropping the upload session record "));
         ASSERT_TRUE(strstr(logged, "/sessions/1-bad.json: not JSON"));
         ASSERT_TRUE(strstr(logged, "/sessions/2-big.json: larger than"));
@@ -289,6 +289,38 @@ static void test_corrupt(const char *state)
         ASSERT_EQ(count_files(dir, ".lock"), 1);
         ASSERT_EQ(count_files(dir, ".tmp"), 0);
         close(fd);
+        /* its owner gone now, the next cleanup drops the empty record */
+        nb_sessions_cleanup(state, &(NbSessionsCleanupOptions){0}, &st);
+        ASSERT_EQ(st.records, 1);
+        ASSERT_EQ(count_files(dir, ".json") + count_files(dir, ".lock"), 0);
+}
+
+/* Killed between the record's unlink and the rename of its new version: the whole .tmp is the record. */
+static void test_tmp_fallback(const char *state)
+{
+        char dir[512], json[1024];
+        snprintf(dir, sizeof(dir), "%s/sessions", state);
+        snprintf(json, sizeof(json),
+                 "{\"version\":1,\"owner\":\"8-renaming\",\"program\":\"p\",\"pid\":8,\"sessions\":[{"
+                 "\"registry\":\"%s\",\"repository\":\"ns/img\",\"url\":\"%s/v2/ns/img/blobs/uploads/"
+                 "r?_state=z\"}]}",
+                 dead_registry, dead_registry);
+        write_file(dir, "8-renaming.lock", "", 0);
+        write_file(dir, ".8-renaming.json.tmp", json, strlen(json));
+        NbSessionsCleanupStats st;
+        nb_sessions_cleanup(state, &(NbSessionsCleanupOptions){0}, &st);
+        ASSERT_EQ(st.records, 1);
+        ASSERT_EQ(st.kept, 1); /* the registry is down: kept, now under the record's name */
+        char path[600];
+        snprintf(path, sizeof(path), "%s/8-renaming.json", dir);
+        NbSessionRecord r = {0};
+        read_record(path, &r);
+        ASSERT_EQ(r.n, 1);
+        nb_session_record_done(&r);
+        ASSERT_EQ(count_files(dir, ".tmp"), 0);
+        unlink(path);
+        snprintf(path, sizeof(path), "%s/8-renaming.lock", dir);
+        unlink(path);
 }
 
 static void test_delete_refuses(void)
@@ -320,6 +352,7 @@ int main(void)
         test_parse();
         test_owner(state);
         test_corrupt(state);
+        test_tmp_fallback(state);
         test_delete_refuses();
         char cmd[600];
         snprintf(cmd, sizeof(cmd), "rm -rf '%s'", state);
