@@ -103,6 +103,12 @@ static void on_save_note(void *userdata, const char *message)
         log_image(LOG_INFO, j->img.id, NULL, "%s", message);
 }
 
+static void on_save_warning(void *userdata, const char *message)
+{
+        Job *j = userdata;
+        log_image(LOG_WARNING, j->img.id, NULL, "%s", message);
+}
+
 static void *job_thread(void *userdata)
 {
         Job *j = userdata;
@@ -287,7 +293,9 @@ static void save_options(Job *j, const NbConfig *c)
                 .cancel = &j->cancel,
                 .progress = on_save_progress,
                 .note = on_save_note,
+                .warning = on_save_warning,
                 .userdata = j,
+                .program = "nbsnapd",
         };
 }
 

@@ -16,6 +16,7 @@
 #include "agent/manager.h"
 #include "agent/metrics.h"
 #include "agent/reporter.h"
+#include "agent/sessions.h"
 #include "agent/request.h"
 #include "agent/store.h"
 #include "agent/swr.h"
@@ -66,6 +67,8 @@ struct Manager {
         ManagerChanged changed;
         void *changed_userdata;
         NbMetrics metrics;
+        pthread_t sessions_thread; /* deletes the upload sessions of saves that died, at start */
+        bool have_sessions_thread;
 };
 
 bool manager_transition_allowed(NbStatus from, NbStatus to)
@@ -821,6 +824,8 @@ Manager *manager_free(Manager *m)
 {
         if (!m)
                 return NULL;
+        if (m->have_sessions_thread)
+                pthread_join(m->sessions_thread, NULL);
         if (!m->cancelled_abandoned)
                 cancelled_sync(m, true);
         deletes_sync(m, true);
@@ -858,6 +863,31 @@ static void recover(Manager *m, NbImage *img)
         image_record(m, img, true);
 }
 
+static void sessions_log(void *userdata, bool warning, const char *message)
+{
+        (void)userdata;
+        nb_log_full(warning ? LOG_WARNING : LOG_NOTICE, 0, NULL, NULL, "%s", message);
+}
+
+/* The upload sessions that saves of an earlier run (killed, or stopped with the registry down) left open
+ * are deleted off the loop: the registry may be slow or down. */
+static void *sessions_thread(void *userdata)
+{
+        Manager *m = userdata;
+        NbSessionsCleanupOptions o = {.authfile = m->cfg->authfile,
+                                      .ca_file = m->cfg->ca_file,
+                                      .log = sessions_log,
+                                      .userdata = m};
+        NbSessionsCleanupStats st;
+        nb_sessions_cleanup(m->cfg->state_dir ? m->cfg->state_dir : NB_DEFAULT_STATE_DIR, &o, &st);
+        if (st.records > 0)
+                log_notice(
+                        "upload sessions left by saves that did not end: %zu deleted, %zu already gone, %zu "
+                        "kept for the next try, %zu record(s) dropped",
+                        st.deleted, st.gone, st.kept, st.dropped);
+        return NULL;
+}
+
 static int reporter_start(Manager *m, NbError *e)
 {
         _cleanup_free_ char *token = NULL;
@@ -890,6 +920,11 @@ int manager_start(Manager *m, NbError *e)
                 log_warning("%s (saves are refused until then)", re.msg);
         if (m->cfg->report_url && (r = reporter_start(m, e)) < 0)
                 return r;
+        int k = pthread_create(&m->sessions_thread, NULL, sessions_thread, m);
+        if (k != 0)
+                log_warning_errno(
+                        -k, "cannot start deleting the upload sessions of earlier saves, ignoring: %m");
+        m->have_sessions_thread = k == 0;
         for (size_t i = 0; i < m->n_images; i++)
                 if (m->images[i]->status == NB_STATUS_INIT || m->images[i]->status == NB_STATUS_CREATING)
                         recover(m, m->images[i]);

@@ -12,6 +12,7 @@
 
 #include "agent/chain.h"
 #include "agent/save.h"
+#include "agent/sessions.h"
 #include "agent/swr.h"
 #include "common/clock.h"
 #include "common/digest.h"
@@ -75,7 +76,10 @@ typedef struct Save {
         size_t n_parts;
         char created[32]; /* RFC 3339, the config's and the history entry's */
         RegBuilt config;
+        NbSessions *sessions; /* the record of dst's open upload sessions */
 } Save;
+
+static void warn(Save *s, const char *fmt, ...) _printf_(2, 3);
 
 static void save_done(Save *s)
 {
@@ -105,6 +109,14 @@ static void save_done(Save *s)
         reg_client_free(s->dst);
         free(s->dst_repo);
         reg_built_done(&s->config);
+        size_t left = s->sessions ? nb_sessions_open_count(s->sessions) : 0;
+        if (left > 0)
+                warn(s,
+                     "%zu upload session(s) on %s could not be deleted; recorded in %s, to be deleted by "
+                     "the "
+                     "next save or agent start",
+                     left, s->o->registry_url, nb_sessions_record_path(s->sessions));
+        nb_sessions_free(s->sessions);
 }
 
 static void report(Save *s, NbPhase phase)
@@ -134,6 +146,43 @@ static void note(Save *s, const char *fmt, ...)
         vsnprintf(buf, sizeof(buf), fmt, ap);
         va_end(ap);
         s->o->note(s->o->userdata, buf);
+}
+
+static void warn(Save *s, const char *fmt, ...)
+{
+        void (*fn)(void *, const char *) = s->o->warning ? s->o->warning : s->o->note;
+        if (!fn)
+                return;
+        char buf[NB_ERROR_MSG_MAX + 512];
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(buf, sizeof(buf), fmt, ap);
+        va_end(ap);
+        fn(s->o->userdata, buf);
+}
+
+static void sessions_cleanup_log(void *userdata, bool warning, const char *message)
+{
+        Save *s = userdata;
+        if (warning)
+                warn(s, "%s", message);
+        else
+                note(s, "%s", message);
+}
+
+/* Upload sessions left by saves that died are deleted first; then this save's own are recorded as the
+ * registry opens them (sessions.h). */
+static int sessions_setup(Save *s, NbError *e)
+{
+        const NbSaveOptions *o = s->o;
+        NbSessionsCleanupOptions co = {
+                .authfile = o->authfile, .ca_file = o->ca_file, .log = sessions_cleanup_log, .userdata = s};
+        nb_sessions_cleanup(o->state_dir, &co, NULL);
+        int r = nb_sessions_new(o->state_dir, o->program, &s->sessions, e);
+        if (r < 0)
+                return r;
+        reg_client_set_session_hook(s->dst, nb_sessions_hook, s->sessions);
+        return 0;
 }
 
 int nb_baseline_path(const char *state_dir, char **ret)
@@ -280,7 +329,7 @@ static int connect_registries(Save *s, NbError *e)
                 return nb_error_oom(e);
         if (asprintf(&s->dst_repo, "%s/%s", o->namespace, o->name) < 0)
                 return nb_error_oom(e);
-        return 0;
+        return sessions_setup(s, e);
 }
 
 /* No silent overwrite: unless the caller allows it, a tag that already exists in the registry fails the

@@ -103,7 +103,13 @@ typedef struct NbSaveOptions {
         const _Atomic bool *cancel; /* set from another thread: the save stops soon with -ECANCELED */
         void (*progress)(void *userdata, const NbProgress *p);
         void (*note)(void *userdata, const char *message);
+        /* What went wrong and was survived (an upload session left by an earlier save that cannot be
+         * deleted yet); NULL: told through note. */
+        void (*warning)(void *userdata, const char *message);
         void *userdata;
+        /* Who runs the save, for the record of its upload sessions (sessions.h): "nbsnap save", "nbsnapd".
+         */
+        const char *program;
 } NbSaveOptions;
 
 /* Checks every option that can be checked without touching the registry or the tree. */

@@ -437,6 +437,14 @@ static void on_note(void *userdata, const char *message)
         pthread_mutex_unlock(&pr->lock);
 }
 
+static void on_warning(void *userdata, const char *message)
+{
+        Progress *pr = userdata;
+        pthread_mutex_lock(&pr->lock);
+        fprintf(stderr, "%snbsnap: warning: %s\n", pr->tty ? "\r\033[K" : "", message);
+        pthread_mutex_unlock(&pr->lock);
+}
+
 static int print_image(const NbImage *img)
 {
         _cleanup_free_ char *json = nb_image_to_string(img, true);
@@ -456,6 +464,8 @@ int verb_save(int argc, char **argv)
         a.save.overwrite_how = "give --overwrite";
         a.save.progress = on_progress;
         a.save.note = on_note;
+        a.save.warning = on_warning;
+        a.save.program = "nbsnap save";
         a.save.userdata = &pr;
         const NbImageNames names = {a.save.namespace, a.save.name, a.save.tag, a.save.description,
                                     a.save.workspace_id};

@@ -5,6 +5,7 @@
  * Upload sessions follow the Location of the latest response, resolved against the URL that answered; the
  * registry may move the session to another host or path, or keep its state in the query (`_state=`). */
 #include <pthread.h>
+#include <stdatomic.h>
 #include <string.h>
 
 #include "registry/registry-internal.h"
@@ -47,17 +48,85 @@ int reg_blob_exists(RegClient *c, const char *repository, const char *digest, in
         return 1;
 }
 
-/* DELETE an upload session; errors are ignored (the registry expires sessions anyway). A cleanup request:
- * sent after a cancel too. */
-static void session_cancel(RegClient *c, const char *location, const char *scope)
+/* Ids of the upload sessions this process opened, for the session hook. */
+static _Atomic uint64_t session_ids;
+
+/* Tells the client's session hook (registry.h); 0 when there is none. */
+static int session_report(RegClient *c, RegSessionEvent event, uint64_t id, const char *repository,
+                          const char *url, NbError *e)
+{
+        if (!c->session_fn)
+                return 0;
+        RegSession rs = {.id = id, .registry = c->url, .repository = repository, .url = url};
+        NbError he = {0};
+        int r = c->session_fn(c->session_userdata, event, &rs, &he);
+        if (r >= 0)
+                return 0;
+        if (e)
+                *e = he;
+        return nb_error_wrap(e, r, "the upload session on %s/%s could not be recorded", c->host, repository);
+}
+
+/* DELETE an upload session (a cleanup request: sent after a cancel too). true when nothing is left on the
+ * registry (2xx, or 404: it does not know the session), which the hook is told; a failure is not an error
+ * here (the session stays recorded, for the owner's next cleanup, and the registry purges it anyway). */
+static bool session_cancel(RegClient *c, uint64_t id, const char *repository, const char *location,
+                           const char *scope)
 {
         if (!location)
-                return;
+                return true;
         RegRequest rq = {.method = "DELETE", .url = location, .scope = scope, .cleanup = true};
-        RegResponse resp = {0};
+        _cleanup_(reg_response_done) RegResponse resp = {0};
         NbError ignored = {0};
-        if (reg_request(c, &rq, &resp, &ignored) >= 0)
-                reg_response_done(&resp);
+        bool gone = reg_request(c, &rq, &resp, &ignored) >= 0 &&
+                    ((resp.status >= 200 && resp.status < 300) || resp.status == 404);
+        if (gone)
+                (void)session_report(c, REG_SESSION_CLOSED, id, repository, location, NULL);
+        return gone;
+}
+
+/* A session was opened at location: the hook records it before any data goes; when it cannot, the session
+ * is deleted at once and the hook's error returned. */
+static int session_opened(RegClient *c, const char *repository, const char *location, const char *scope,
+                          uint64_t *ret_id, NbError *e)
+{
+        uint64_t id = atomic_fetch_add(&session_ids, 1) + 1;
+        int r = session_report(c, REG_SESSION_OPENED, id, repository, location, e);
+        if (r < 0) {
+                session_cancel(c, id, repository, location, scope);
+                return r;
+        }
+        *ret_id = id;
+        return 0;
+}
+
+int reg_session_delete(RegClient *c, const char *repository, const char *url, NbError *e)
+{
+        char what[REG_URL_MAX + 64], red[REG_URL_MAX], prefix[REG_URL_MAX + REG_NAME_MAX + 32];
+        int r = check_names(repository, NULL, e);
+        if (r < 0)
+                return r;
+        reg_url_redact(url ? url : "", red, sizeof(red));
+        snprintf(what, sizeof(what), "deleting the upload session %s", red);
+        snprintf(prefix, sizeof(prefix), "%s/v2/%s/blobs/uploads/", c->url, repository);
+        bool web = url &&
+                   (strncmp(url, "https://", 8) == 0 || (c->plain_http && strncmp(url, "http://", 7) == 0));
+        if (!web || !strstr(red, "/blobs/uploads/") ||
+            (reg_url_same_origin(url, c->url) && strncmp(red, prefix, strlen(prefix)) != 0))
+                return nb_error_set(e, -EINVAL, "%s: not an upload session of %s/%s", what, c->host,
+                                    repository);
+        _cleanup_free_ char *scope = NULL;
+        if (reg_scope(repository, "pull,push", &scope) < 0)
+                return nb_error_oom(e);
+        RegRequest rq = {.method = "DELETE", .url = url, .scope = scope, .cleanup = true};
+        _cleanup_(reg_response_done) RegResponse resp = {0};
+        r = reg_request(c, &rq, &resp, e);
+        if (r < 0)
+                return nb_error_wrap(e, r, "%s", what);
+        if (resp.status >= 200 && resp.status < 300)
+                return 1;
+        r = reg_response_error(&resp, e, what);
+        return resp.status == 404 ? 0 : r;
 }
 
 static int mount_url(RegClient *c, const char *repository, const char *digest, const char *from, char **ret)
@@ -94,16 +163,22 @@ int reg_blob_mount(RegClient *c, const char *repository, const char *digest, con
         if (resp.status == 201)
                 return 1;
         if (resp.status == 202) {
-                /* The registry opened an upload session instead of mounting. */
-                session_cancel(c, resp.location, scope);
+                /* The registry opened an upload session instead of mounting: recorded, then deleted. */
+                uint64_t id = 0;
+                if (!resp.location)
+                        return 0;
+                r = session_opened(c, repository, resp.location, scope, &id, e);
+                if (r < 0)
+                        return nb_error_wrap(e, r, "%s", what);
+                session_cancel(c, id, repository, resp.location, scope);
                 return 0;
         }
         return reg_response_error(&resp, e, what);
 }
 
-/* POST blobs/uploads/ -> 202 + Location. */
+/* POST blobs/uploads/ -> 202 + Location, recorded by the session hook (*ret_id). */
 static int session_open(RegClient *c, const char *repository, const char *scope, char **ret_location,
-                        uint64_t *ret_chunk_min, NbError *e)
+                        uint64_t *ret_chunk_min, uint64_t *ret_id, NbError *e)
 {
         _cleanup_free_ char *url = NULL;
         if (reg_client_v2_url(c, repository, "blobs/uploads", NULL, &url) < 0)
@@ -119,6 +194,9 @@ static int session_open(RegClient *c, const char *repository, const char *scope,
                 return reg_response_error(&resp, e, what);
         if (!resp.location)
                 return nb_error_set(e, -EBADMSG, "%s: the registry gave no upload location", what);
+        r = session_opened(c, repository, resp.location, scope, ret_id, e);
+        if (r < 0)
+                return nb_error_wrap(e, r, "%s", what);
         if (ret_chunk_min)
                 *ret_chunk_min = resp.chunk_min;
         *ret_location = TAKE_PTR(resp.location);
@@ -176,13 +254,16 @@ int reg_blob_upload_buffer(RegClient *c, const char *repository, const char *dig
         for (unsigned attempt = 0;; attempt++) {
                 _cleanup_free_ char *location = NULL;
                 bool lost;
-                r = session_open(c, repository, scope, &location, NULL, e);
+                uint64_t id = 0;
+                r = session_open(c, repository, scope, &location, NULL, &id, e);
                 if (r < 0)
                         return r;
                 r = session_commit(c, location, scope, digest, data, size, what, &lost, e);
-                if (r >= 0)
+                if (r >= 0) {
+                        (void)session_report(c, REG_SESSION_CLOSED, id, repository, location, NULL);
                         return 0;
-                session_cancel(c, location, scope);
+                }
+                session_cancel(c, id, repository, location, scope);
                 NbError ignored = {0};
                 if (reg_blob_exists(c, repository, digest, NULL, &ignored) == 1)
                         return 0;
@@ -221,6 +302,7 @@ struct RegUpload {
         char *repository;
         char *scope;
         char *location;
+        uint64_t session_id; /* for the session hook */
         uint8_t **blocks;
         size_t n_blocks, cap;   /* cap: the chunk size, and the size of one block */
         uint64_t kept_from;     /* first byte still in memory */
@@ -282,7 +364,7 @@ RegUpload *reg_upload_abort(RegUpload *u)
         pthread_cond_destroy(&u->cond);
         pthread_mutex_destroy(&u->lock);
         if (!u->committed)
-                session_cancel(u->c, u->location, u->scope);
+                session_cancel(u->c, u->session_id, u->repository, u->location, u->scope);
         free(u->repository);
         free(u->scope);
         free(u->location);
@@ -326,7 +408,7 @@ int reg_upload_begin(RegClient *c, const char *repository, reg_progress_fn progr
             reg_scope(repository, "pull,push", &u->scope) < 0 || nb_digest_ctx_new("sha256:", &u->md) < 0)
                 return nb_error_oom(e);
         uint64_t chunk_min = 0;
-        r = session_open(c, repository, u->scope, &u->location, &chunk_min, e);
+        r = session_open(c, repository, u->scope, &u->location, &chunk_min, &u->session_id, e);
         if (r < 0)
                 return r;
         u->committed = false;
@@ -404,14 +486,29 @@ static Outcome patch_outcome(RegUpload *u, int r, const RegResponse *resp)
         return OUTCOME_FATAL;
 }
 
+/* The registry gave the session a new Location (*location, taken): the hook records it before anything else
+ * is sent, since only the latest Location can delete the session. */
+static int upload_moved(RegUpload *u, char **location, NbError *e)
+{
+        if (!*location)
+                return 0;
+        bool same = u->location && strcmp(u->location, *location) == 0;
+        free(u->location);
+        u->location = TAKE_PTR(*location);
+        if (same)
+                return 0;
+        return session_report(u->c, REG_SESSION_MOVED, u->session_id, u->repository, u->location, e);
+}
+
 /* A chunk was accepted: the registry's Range must say it has everything up to end; when it does not, the
  * registry is asked where it stands (the session moves to the answer's Location either way). */
 static int patch_accepted(RegUpload *u, RegResponse *resp, uint64_t end, Outcome *ret, NbError *e)
 {
         uint64_t have = end;
-        if (resp->location) {
-                free(u->location);
-                u->location = TAKE_PTR(resp->location);
+        int r = upload_moved(u, &resp->location, e);
+        if (r < 0) {
+                *ret = OUTCOME_FATAL;
+                return r;
         }
         *ret = OUTCOME_RESYNC;
         if (resp->range && reg_range_parse(resp->range, &have) < 0)
@@ -479,8 +576,8 @@ static int upload_restart(RegUpload *u, int r, NbError *e)
                 return nb_error_wrap(e, r, "the registry %s lost the upload session %u times, giving up",
                                      u->c->host, u->restarts - 1);
         _cleanup_free_ char *old = TAKE_PTR(u->location);
-        session_cancel(u->c, old, u->scope);
-        r = session_open(u->c, u->repository, u->scope, &u->location, NULL, e);
+        session_cancel(u->c, u->session_id, u->repository, old, u->scope);
+        r = session_open(u->c, u->repository, u->scope, &u->location, NULL, &u->session_id, e);
         if (r < 0)
                 return r;
         u->lost_code[0] = 0;
@@ -519,11 +616,7 @@ static int upload_resync(RegUpload *u, NbError *e)
                                     "(kept from %llu): save again",
                                     what, (unsigned long long)have, (unsigned long long)kept_from);
         }
-        if (resp.location) {
-                free(u->location);
-                u->location = TAKE_PTR(resp.location);
-        }
-        return 0;
+        return upload_moved(u, &resp.location, e);
 }
 
 static int upload_recover(RegUpload *u, Outcome o, int r, NbError *e)
@@ -764,6 +857,7 @@ int reg_upload_commit(RegUpload *u, const char *digest, NbError *e)
         }
         u->committed = true;
         u->failed = false;
+        (void)session_report(u->c, REG_SESSION_CLOSED, u->session_id, u->repository, u->location, NULL);
         upload_ring_free(u); /* nothing will be sent again: the memory goes now, not at reg_upload_abort() */
         return 0;
 }

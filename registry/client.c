@@ -289,7 +289,16 @@ int reg_client_clone(RegClient *c, RegClient **ret, NbError *e)
                 .cancel = c->cancel,
                 .cancel_drain_s = c->cancel_drain_s,
         };
-        return reg_client_new(&o, ret, e);
+        int r = reg_client_new(&o, ret, e);
+        if (r >= 0)
+                reg_client_set_session_hook(*ret, c->session_fn, c->session_userdata);
+        return r;
+}
+
+void reg_client_set_session_hook(RegClient *c, reg_session_fn fn, void *userdata)
+{
+        c->session_fn = fn;
+        c->session_userdata = fn ? userdata : NULL;
 }
 
 int reg_client_v2_url(RegClient *c, const char *repository, const char *kind, const char *ref, char **ret)

@@ -203,6 +203,8 @@ struct RegClient {
         RegToken tokens[REG_TOKENS_MAX];
         size_t n_tokens;
         uint64_t rand_state;
+        reg_session_fn session_fn; /* reg_client_set_session_hook() */
+        void *session_userdata;
 };
 
 /* Streams a 2xx response body elsewhere (blob copy). Returns 0 or -errno (ends the transfer). */

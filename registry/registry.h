@@ -90,6 +90,49 @@ typedef struct RegClient RegClient;
 
 int reg_client_new(const RegClientOptions *o, RegClient **ret, NbError *e);
 RegClient *reg_client_free(RegClient *c);
+
+/* ---- upload sessions ------------------------------------------------------------------------------------
+ *
+ * Every upload session the client opens on the registry (POST blobs/uploads/: streamed uploads, monolithic
+ * blob PUTs, and the session distribution opens when it declines a cross-repository mount) is reported to
+ * the client's session hook, so that its owner can record it and DELETE it after a crash:
+ *  - REG_SESSION_OPENED right after the POST answered, before any byte of data is sent to it; a hook that
+ *    fails (returns < 0) fails the upload with the hook's error, and the session is DELETEd at once;
+ *  - REG_SESSION_MOVED whenever the session's Location changes (distribution signs the session's offset
+ *    into the `_state` query of each PATCH answer: only the latest Location can delete it); a hook that
+ * fails fails the upload (which then DELETEs the session with the latest Location);
+ *  - REG_SESSION_CLOSED once nothing is left on the registry: committed (PUT ?digest= answered 201, or the
+ *    blob found by HEAD after a lost answer), or DELETEd (2xx, or 404: the registry no longer knows it). A
+ *    DELETE that failed (registry unreachable, 5xx, timeout) reports nothing: the session stays recorded.
+ * Sessions are told apart by id (unique in the process). The hook is called on the thread that uses the
+ * client, which for a streamed upload is the upload's sender thread too: it must be thread-safe. The
+ * library only calls it; what a record is, and where it lives, is the caller's. */
+typedef enum RegSessionEvent {
+        REG_SESSION_OPENED,
+        REG_SESSION_MOVED,
+        REG_SESSION_CLOSED,
+} RegSessionEvent;
+
+typedef struct RegSession {
+        uint64_t id;
+        const char *registry;   /* the client's URL: "https://host[:port]" */
+        const char *repository; /* "namespace/name" */
+        const char *url;        /* the session's latest Location, absolute */
+} RegSession;
+
+typedef int (*reg_session_fn)(void *userdata, RegSessionEvent event, const RegSession *session, NbError *e);
+
+/* Sets (fn NULL: clears) the client's session hook. reg_client_clone() copies it. */
+void reg_client_set_session_hook(RegClient *c, reg_session_fn fn, void *userdata);
+
+/* DELETE of an upload session recorded earlier (by a process that died). url must be an http(s) URL of an
+ * upload session ("/blobs/uploads/" in its path, and under /v2/<repository>/blobs/uploads/ when it is on the
+ * client's own registry, the only origin credentials go to): anything else is -EINVAL and nothing is sent.
+ * Sent once, without retries, with REG_CANCEL_CLEANUP_TIMEOUT_S. Returns 1 when the registry deleted it
+ * (2xx), 0 when it answered 404 (it no longer knows the session, or, distribution's BLOB_UPLOAD_INVALID,
+ * the session's offset moved past the one this Location names, which no client can delete: the registry's
+ * purge will), with e holding the registry's words; -errno with e otherwise. */
+int reg_session_delete(RegClient *c, const char *repository, const char *url, NbError *e);
 /* "host[:port]" of the registry, as used in image names (swr_path). */
 const char *reg_client_host(RegClient *c);
 

@@ -402,6 +402,122 @@ static void test_upload_cancel_drain(const Registry *r, const char *authfile, co
         reg_client_free(c);
 }
 
+/* The session hook: what it was told, and an answer for OPENED. */
+typedef struct HookLog {
+        pthread_mutex_t lock;
+        RegSessionEvent events[512];
+        uint64_t ids[512];
+        char first_url[1024];
+        size_t n;
+        size_t files_at_open; /* the session's files when OPENED came: it exists, nothing sent yet */
+        const Registry *r;
+        const char *repository;
+        int fail_open; /* OPENED returns this when < 0 */
+} HookLog;
+
+static int hook_record(void *userdata, RegSessionEvent event, const RegSession *s, NbError *e)
+{
+        HookLog *h = userdata;
+        pthread_mutex_lock(&h->lock);
+        ASSERT_TRUE(h->n < ELEMENTSOF(h->events));
+        ASSERT_STREQ(s->registry, h->r->url);
+        ASSERT_STREQ(s->repository, h->repository);
+        ASSERT_TRUE(strstr(s->url, "/blobs/uploads/") != NULL);
+        if (event == REG_SESSION_OPENED) {
+                snprintf(h->first_url, sizeof(h->first_url), "%s", s->url);
+                h->files_at_open = upload_sessions(h->r, h->repository);
+        }
+        h->events[h->n] = event;
+        h->ids[h->n++] = s->id;
+        pthread_mutex_unlock(&h->lock);
+        if (event == REG_SESSION_OPENED && h->fail_open < 0)
+                return nb_error_set(e, h->fail_open, "the test's record is full");
+        return 0;
+}
+
+/* Every session reported: OPENED before any data (the registry has the session, its data file empty), MOVED
+ * with each PATCH's new Location, CLOSED once committed or deleted; a hook that refuses OPENED fails the
+ * upload and the session is deleted at once; a declined mount's session is reported and deleted; a session
+ * deleted by reg_session_delete() from another client. */
+static void test_session_hook(const Registry *r, const char *authfile, const Blob *layer)
+{
+        const size_t chunk = 256 * 1024;
+        ASSERT_INT(layer->size, >, 2 * chunk);
+        RegClientOptions o = {
+                .url = r->url, .authfile = authfile, .chunk_size = chunk, .user_agent = "nbsnap-test"};
+        RegClient *c = NULL;
+        NbError e = {0};
+        check(reg_client_new(&o, &c, &e), &e, "client");
+        HookLog h = {.lock = PTHREAD_MUTEX_INITIALIZER, .r = r, .repository = "test/hook"};
+        reg_client_set_session_hook(c, hook_record, &h);
+
+        /* streamed */
+        RegUpload *u = NULL;
+        check(reg_upload_begin(c, "test/hook", NULL, NULL, &u, &e), &e, "upload begin");
+        check(reg_upload_write(u, layer->data, layer->size, &e), &e, "upload write");
+        check(reg_upload_commit(u, layer->digest, &e), &e, "upload commit");
+        reg_upload_abort(u);
+        ASSERT_EQ(h.events[0], REG_SESSION_OPENED);
+        ASSERT_EQ(h.files_at_open, 2); /* startedat and data: the session, before the first PATCH */
+        size_t moved = 0;
+        for (size_t i = 1; i + 1 < h.n; i++) {
+                ASSERT_EQ(h.events[i], REG_SESSION_MOVED);
+                ASSERT_EQ(h.ids[i], h.ids[0]);
+                moved++;
+        }
+        ASSERT_EQ(moved, (layer->size + chunk - 1) / chunk); /* one per PATCH */
+        ASSERT_EQ(h.events[h.n - 1], REG_SESSION_CLOSED);
+        ASSERT_EQ(h.ids[h.n - 1], h.ids[0]);
+        ASSERT_EQ(upload_sessions(r, "test/hook"), 0);
+
+        /* monolithic (a blob not there yet) */
+        char small[64], digest[NB_DIGEST_STR_MAX];
+        snprintf(small, sizeof(small), "session hook %d", (int)getpid());
+        digest_of(small, strlen(small), digest);
+        h.n = 0;
+        check(reg_blob_upload_buffer(c, "test/hook", digest, small, strlen(small), &e), &e, "upload buffer");
+        ASSERT_EQ(h.n, 2);
+        ASSERT_EQ(h.events[0], REG_SESSION_OPENED);
+        ASSERT_EQ(h.events[1], REG_SESSION_CLOSED);
+        ASSERT_EQ(h.ids[1], h.ids[0]);
+
+        /* a mount the registry declines (the source has no such blob): the session it opens instead */
+        char other[NB_DIGEST_STR_MAX];
+        digest_of("never uploaded", 14, other);
+        h.n = 0;
+        ASSERT_EQ(reg_blob_mount(c, "test/hook", other, "test/nothing-here", &e), 0);
+        ASSERT_EQ(h.n, 2);
+        ASSERT_EQ(h.events[0], REG_SESSION_OPENED);
+        ASSERT_EQ(h.events[1], REG_SESSION_CLOSED);
+        ASSERT_EQ(upload_sessions(r, "test/hook"), 0);
+
+        /* a hook that cannot record the session: the upload fails with its words, the session is gone */
+        h.n = 0;
+        h.fail_open = -ENOSPC;
+        snprintf(small, sizeof(small), "session hook refused %d", (int)getpid());
+        digest_of(small, strlen(small), digest);
+        ASSERT_EQ(reg_blob_upload_buffer(c, "test/hook", digest, small, strlen(small), &e), -ENOSPC);
+        ASSERT_TRUE(strstr(e.msg, "could not be recorded: the test's record is full") != NULL);
+        ASSERT_EQ(upload_sessions(r, "test/hook"), 0);
+        ASSERT_EQ(reg_upload_begin(c, "test/hook", NULL, NULL, &u, &e), -ENOSPC);
+        ASSERT_EQ(upload_sessions(r, "test/hook"), 0);
+        h.fail_open = 0;
+
+        /* a session another process would find recorded: reg_session_delete() from a second client */
+        h.n = 0;
+        check(reg_upload_begin(c, "test/hook", NULL, NULL, &u, &e), &e, "upload begin");
+        ASSERT_EQ(upload_sessions(r, "test/hook"), 2);
+        RegClient *c2 = NULL;
+        check(reg_client_new(&o, &c2, &e), &e, "second client");
+        ASSERT_EQ(reg_session_delete(c2, "test/hook", h.first_url, &e), 1);
+        ASSERT_EQ(upload_sessions(r, "test/hook"), 0);
+        ASSERT_EQ(reg_session_delete(c2, "test/hook", h.first_url, &e), 0); /* 404: not known any more */
+        reg_upload_abort(u); /* its DELETE gets 404 too: closed */
+        ASSERT_EQ(h.events[h.n - 1], REG_SESSION_CLOSED);
+        reg_client_free(c2);
+        reg_client_free(c);
+}
+
 /* A cancel reaches an upload stuck on a frozen registry that does not come back within the drain time (the
  * chunk on the wire is then cut) and the cleanup timeout, not after the 60 s low-speed limit; the requests
  * after it fail at once with -ECANCELED. */
@@ -1153,6 +1269,7 @@ int main(void)
         registry_start(&anon, "anon", NULL);
         Blob layer = {0};
         test_blobs_and_images(&anon, empty, &layer);
+        test_session_hook(&anon, empty, &layer);
         test_index(&anon, empty, &layer, REG_MEDIA_OCI_INDEX, REG_MEDIA_OCI_MANIFEST, "multi");
         test_index(&anon, empty, &layer, REG_MEDIA_DOCKER_LIST, REG_MEDIA_DOCKER_MANIFEST, "multi-docker");
 
