@@ -57,7 +57,10 @@ typedef struct Save {
         char *record_name, *record_path; /* this save's record */
         bool record_done;
         RegUpload *upload;
-        NbError upload_error;   /* written by the compressor's output thread, read after it was joined */
+        NbError upload_error; /* written by the compressor's output thread, read after it was joined */
+        bool upload_lost; /* the registry lost the upload session past the bytes in memory (-ESTALE from the
+                             upload): the layer may be packed again; nothing else (the tree's own -ESTALE)
+                             may */
         NbError compress_error; /* what snap_compressor_write() said, on the packing thread */
         SnapCompressor *compressor;
         SnapLayer *layer;
@@ -703,6 +706,7 @@ static int pack_error(Save *s, NbError *e, int r)
                                     "the save was cancelled (the agent is stopping); save again");
         if (nb_error_isset(&s->upload_error)) {
                 *e = s->upload_error;
+                s->upload_lost = e->code == -ESTALE;
                 return nb_error_wrap(e, 0, "cannot upload the layer");
         }
         if (nb_error_isset(&s->compress_error)) {
@@ -908,6 +912,7 @@ static int part_end(Save *s, NbError *e)
         s->compressor = snap_compressor_free(s->compressor);
         r = reg_upload_commit(s->upload, res->digest, e);
         s->error_final = r < 0;
+        s->upload_lost = r == -ESTALE;
         if (r < 0)
                 return nb_error_wrap(e, r, "cannot commit the layer");
         s->upload = reg_upload_abort(s->upload); /* committed: frees, cancels nothing */
@@ -1179,10 +1184,12 @@ static void pack_reset(Save *s)
         s->record_name = mfree(s->record_name);
         s->record_path = mfree(s->record_path);
         s->upload_error = (NbError){0};
+        s->upload_lost = false;
         s->compress_error = (NbError){0};
         s->n_parts = 0;
         s->blob_sent = 0;
-        atomic_store(&s->sent, 0);
+        /* s->sent stays: it counts the bytes sent to the registry (the pushed-bytes counter of /metrics must
+         * not go back), those of the failed pass included */
         s->in_content = s->in_skeleton = s->error_final = false;
         s->flow_start = 0;
 }
@@ -1196,8 +1203,8 @@ static int pack_and_upload(Save *s, NbError *e)
         /* The registry lost the upload session (a replica that died in the middle of a chunk leaves one that
          * distribution refuses) past the bytes kept in memory: the layer is packed again from the tree, into
          * a new session. */
-        for (unsigned again = 1; r == -ESTALE && again <= NB_SAVE_LAYER_AGAIN_MAX && !cancelled(s);
-             again++) {
+        for (unsigned again = 1;
+             r < 0 && s->upload_lost && again <= NB_SAVE_LAYER_AGAIN_MAX && !cancelled(s); again++) {
                 note(s, "packing the layer again (%u of %u): %s", again, NB_SAVE_LAYER_AGAIN_MAX, e->msg);
                 pack_reset(s);
                 *e = (NbError){0};

@@ -126,6 +126,7 @@ int snap_layer_split(SnapLayer *l, uint64_t budget, SnapPlan *plan, snap_layer_c
         if (l->stats.entries > 0 || budget == 0 || !cut)
                 return nb_error_set(e, -EINVAL, "cannot split a layer already written to");
         l->budget = budget, l->plan = plan, l->cut = cut;
+        snap_plan_links_reset(plan); /* a layer packed again writes every name again */
         return 0;
 }
 

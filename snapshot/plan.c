@@ -140,6 +140,12 @@ int snap_plan_take_links(SnapPlan *p, uint64_t dev, uint64_t ino, char *const **
         return 1;
 }
 
+void snap_plan_links_reset(SnapPlan *p)
+{
+        for (size_t i = 0; p && i < p->inodes_allocated; i++)
+                p->inodes[i].taken = false;
+}
+
 /* A closed directory competes for the top: the list stays sorted, largest first; on a tie, the first seen
  * (tree order) stays ahead, so the report is deterministic. */
 static void top_offer(SnapPlan *p, Bucket *b)

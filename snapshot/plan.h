@@ -9,3 +9,4 @@
  * call for its inode, which then go into one layer together; 0 on later calls (they were handed out);
  * -ENOENT when the inode has fewer than two names among the changes, or was not counted (created since). */
 int snap_plan_take_links(SnapPlan *p, uint64_t dev, uint64_t ino, char *const **ret_names, size_t *ret_n);
+void snap_plan_links_reset(SnapPlan *p);
