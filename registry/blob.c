@@ -111,7 +111,7 @@ int reg_session_delete(RegClient *c, const char *repository, const char *url, Nb
         snprintf(prefix, sizeof(prefix), "%s/v2/%s/blobs/uploads/", c->url, repository);
         bool web = url &&
                    (strncmp(url, "https://", 8) == 0 || (c->plain_http && strncmp(url, "http://", 7) == 0));
-        if (!web || !strstr(red, "/blobs/uploads/") ||
+        if (!web || !strstr(red, "/blobs/uploads/") || !reg_url_path_plain(url) ||
             (reg_url_same_origin(url, c->url) && strncmp(red, prefix, strlen(prefix)) != 0))
                 return nb_error_set(e, -EINVAL, "%s: not an upload session of %s/%s", what, c->host,
                                     repository);

@@ -782,7 +782,9 @@ int reg_request(RegClient *c, const RegRequest *rq, RegResponse *ret, NbError *e
                 r = request_retrying(c, rq, authz, &resp, e);
                 if (r < 0)
                         return r;
-                if (resp.status != 401) {
+                /* Credentials go to the registry's origin only: a 401 from another host (a session's
+                 * Location there, a recorded URL) is an answer, not a realm to send the password to. */
+                if (resp.status != 401 || !reg_url_same_origin(rq->url, c->url)) {
                         *ret = resp;
                         resp = (RegResponse){0};
                         return 0;

@@ -80,6 +80,32 @@ const char *reg_url_redact(const char *url, char *buf, size_t size)
         return buf;
 }
 
+bool reg_url_path_plain(const char *url)
+{
+        const char *p = url ? strstr(url, "://") : NULL;
+        if (!p)
+                return false;
+        p = strchr(p + 3, '/');
+        if (!p)
+                return true;
+        size_t n = strcspn(p, "?#");
+        for (size_t i = 0; i < n; i++) {
+                if (p[i] == '\\')
+                        return false;
+                /* %2e ('.'), %2f ('/'), %5c ('\\'): what a server may decode into a segment */
+                if (p[i] == '%' && i + 3 <= n &&
+                    (strncasecmp(p + i, "%2e", 3) == 0 || strncasecmp(p + i, "%2f", 3) == 0 ||
+                     strncasecmp(p + i, "%5c", 3) == 0))
+                        return false;
+                if (p[i] != '/')
+                        continue;
+                size_t len = strcspn(p + i + 1, "/?#");
+                if ((len == 1 && p[i + 1] == '.') || (len == 2 && p[i + 1] == '.' && p[i + 2] == '.'))
+                        return false;
+        }
+        return true;
+}
+
 static int url_origin(const char *url, char **scheme, char **host, char **port)
 {
         _cleanup_curlu_ CURLU *u = curl_url();

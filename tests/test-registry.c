@@ -1081,6 +1081,37 @@ static void test_retry_endless(void)
         reg_client_free(c);
 }
 
+/* A 401 from another host (a session's Location there, a recorded session URL) is not a realm to send the
+ * password to: no token request, nothing sent to the client's own registry, the 401 comes back as an error.
+ */
+static void test_foreign_401(void)
+{
+        Mock a, b;
+        mock_start(&a, "127.0.0.1");
+        mock_start(&b, "127.0.0.2");
+        snprintf(b.replies[0], 1024,
+                 "HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Bearer realm=\"http://127.0.0.2:%d/token\","
+                 "service=\"evil\"\r\n",
+                 b.port);
+        snprintf(b.replies[1], 1024, "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n");
+        a.n_replies = 0;
+        b.n_replies = 2;
+        mock_go(&a);
+        mock_go(&b);
+        RegClient *c = mock_client(&a, true);
+        NbError e = {0};
+        char url[128];
+        snprintf(url, sizeof(url), "http://127.0.0.2:%d/v2/r/blobs/uploads/u?_state=s", b.port);
+        int r = reg_session_delete(c, "r", url, &e);
+        ASSERT_INT(r, <, 0);
+        ASSERT_EQ(e.http_status, 401);
+        mock_stop(&a);
+        mock_stop(&b);
+        ASSERT_EQ(a.n_requests, 0);
+        ASSERT_EQ(b.n_requests, 1); /* the DELETE; no GET /token with the password */
+        reg_client_free(c);
+}
+
 /* An upload session that moves to another host: no Authorization there, the Location of the latest
  * response used, the digest appended to its query. */
 static void test_upload_locations(void)
@@ -1313,6 +1344,7 @@ int main(void)
         test_retry_storm();
         test_retry_endless();
         test_upload_locations();
+        test_foreign_401();
         test_upload_resync();
         test_upload_session_lost();
         test_upload_storm();

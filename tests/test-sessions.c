@@ -336,6 +336,19 @@ static void test_delete_refuses(void)
         snprintf(url, sizeof(url), "%s/v2/other/repo/blobs/uploads/x", dead_registry);
         ASSERT_EQ(reg_session_delete(c, "ns/img", url, &e), -EINVAL);
         ASSERT_EQ(reg_session_delete(c, "ns/img", "file:///etc/passwd", &e), -EINVAL);
+        /* dot segments (libcurl would remove them: DELETE /v2/ns/img/manifests/v1) and encoded ones */
+        static const char *const sneaky[] = {
+                "/v2/ns/img/blobs/uploads/../../manifests/v1",
+                "/v2/ns/img/blobs/uploads/x/../../../../other/repo/manifests/v1",
+                "/v2/ns/img/blobs/uploads/./x",
+                "/v2/ns/img/blobs/uploads/%2e%2E/%2e%2e/manifests/v1",
+                "/v2/ns/img/blobs/uploads/x%2F..%2Fy",
+                "/v2/ns/img/blobs/uploads/x\\..\\y",
+        };
+        for (size_t i = 0; i < sizeof(sneaky) / sizeof(sneaky[0]); i++) {
+                snprintf(url, sizeof(url), "%s%s", dead_registry, sneaky[i]);
+                ASSERT_EQ(reg_session_delete(c, "ns/img", url, &e), -EINVAL);
+        }
         /* one that is: sent, and the transport failure comes back (kept by the caller) */
         snprintf(url, sizeof(url), "%s/v2/ns/img/blobs/uploads/x?_state=y", dead_registry);
         int r = reg_session_delete(c, "ns/img", url, &e);
