@@ -101,8 +101,9 @@ int reg_url_add_query(const char *url, const char *key, const char *value, char 
 const char *reg_url_redact(const char *url, char *buf, size_t size);
 /* true when a and b have the same scheme, host and port. */
 bool reg_url_same_origin(const char *a, const char *b);
-/* false when the path of url has a "." or ".." segment, a backslash, or %2e, %2f or %5c in it (libcurl removes
- * dot segments before sending, and a server may decode the others): a path that is not what it reads as. */
+/* false when the path of url has a "." or ".." segment, a backslash, or %2e, %2f or %5c in it (libcurl
+ * removes dot segments before sending, and a server may decode the others): a path that is not what it reads
+ * as. */
 bool reg_url_path_plain(const char *url);
 
 /* "Range: 0-N" of an upload session (also "bytes=0-N"): the number of bytes the registry has (N + 1).
