@@ -67,7 +67,8 @@ struct Manager {
         ManagerChanged changed;
         void *changed_userdata;
         NbMetrics metrics;
-        pthread_t sessions_thread; /* deletes the upload sessions of saves that died, at start */
+        pthread_t sessions_thread;  /* deletes the upload sessions of saves that died, at start */
+        _Atomic bool sessions_stop; /* set by manager_free: the start-up cleanup ends early */
         bool have_sessions_thread;
 };
 
@@ -824,8 +825,10 @@ Manager *manager_free(Manager *m)
 {
         if (!m)
                 return NULL;
-        if (m->have_sessions_thread)
+        if (m->have_sessions_thread) {
+                atomic_store(&m->sessions_stop, true);
                 pthread_join(m->sessions_thread, NULL);
+        }
         if (!m->cancelled_abandoned)
                 cancelled_sync(m, true);
         deletes_sync(m, true);
@@ -877,7 +880,8 @@ static void *sessions_thread(void *userdata)
         NbSessionsCleanupOptions o = {.authfile = m->cfg->authfile,
                                       .ca_file = m->cfg->ca_file,
                                       .log = sessions_log,
-                                      .userdata = m};
+                                      .userdata = m,
+                                      .cancel = &m->sessions_stop};
         NbSessionsCleanupStats st;
         nb_sessions_cleanup(m->cfg->state_dir ? m->cfg->state_dir : NB_DEFAULT_STATE_DIR, &o, &st);
         if (st.records > 0)

@@ -4,6 +4,7 @@
 #include <inttypes.h>
 #include <limits.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/file.h>
@@ -302,11 +303,16 @@ static int record_write(NbSessions *s, bool durable)
          * new one's data out first (auto_da_alloc), about 2 ms per chunk here. A kill between the two
          * leaves the temporary file, whole: the cleanup reads it when the record is missing. */
         int r = nb_write_all(fd, json, strlen(json));
-        if (r >= 0 && (unlinkat(s->dir_fd, s->json_name, 0) < 0 && errno != ENOENT))
-                r = -errno;
+        bool unlinked = false;
+        if (r >= 0) {
+                unlinked = unlinkat(s->dir_fd, s->json_name, 0) == 0;
+                if (!unlinked && errno != ENOENT)
+                        r = -errno;
+        }
         if (r >= 0 && renameat(s->dir_fd, s->tmp_name, s->dir_fd, s->json_name) < 0)
                 r = -errno;
-        if (r < 0)
+        /* once the record is unlinked, the temporary file is the only copy: it stays for the cleanup */
+        if (r < 0 && !unlinked)
                 (void)unlinkat(s->dir_fd, s->tmp_name, 0);
         return r;
 }
@@ -472,12 +478,18 @@ static RegClient *cleanup_client(Cleanup *c, const char *url, NbError *e)
         c->client_url = strdup(url);
         RegClientOptions co = nb_reg_client_options(url, c->o->authfile, c->o->ca_file);
         co.connect_timeout_s = REG_CANCEL_CLEANUP_TIMEOUT_S;
+        co.cancel = c->o->cancel;
         if (!c->client_url || reg_client_new(&co, &c->client, e) < 0)
                 return NULL;
         return c->client;
 }
 
 /* 1: the session is gone from the registry (or cannot be deleted by anyone: dropped); 0: kept. */
+static bool cleanup_cancelled(const Cleanup *c)
+{
+        return c->o && c->o->cancel && atomic_load(c->o->cancel);
+}
+
 static int cleanup_entry(Cleanup *c, const char *file, const NbSessionEntry *x)
 {
         char where[NB_SESSION_URL_MAX + 64];
@@ -583,6 +595,13 @@ static void cleanup_record(Cleanup *c, const char *owner)
                 return;
         }
         c->st->records++;
+        if (r == -ENOMEM || r == -EMFILE || r == -ENFILE || r == -EIO || r == -EINTR) {
+                /* not the record's fault: kept for the next cleanup */
+                c->st->kept++;
+                cleanup_log(c, true, "cannot read the upload session record %s, keeping it: %s", path,
+                            e.msg);
+                return;
+        }
         if (r < 0) {
                 c->st->dropped++;
                 cleanup_log(c, true, "dropping the upload session record %s: %s", path, e.msg);
@@ -591,6 +610,10 @@ static void cleanup_record(Cleanup *c, const char *owner)
         }
         size_t kept = 0;
         for (size_t i = 0; i < rec.n; i++) {
+                if (cleanup_cancelled(c)) {
+                        rec.entries[kept++] = rec.entries[i]; /* for the next cleanup */
+                        continue;
+                }
                 if (cleanup_entry(c, path, &rec.entries[i]) > 0) {
                         free(rec.entries[i].registry);
                         free(rec.entries[i].repository);
@@ -637,6 +660,8 @@ void nb_sessions_cleanup(const char *state_dir, const NbSessionsCleanupOptions *
         DIR *d = fdopendir(dup(c.dir_fd));
         for (struct dirent *de; d && (de = readdir(d));) {
                 char owner[OWNER_MAX], json[NAME_MAX_];
+                if (cleanup_cancelled(&c))
+                        break;
                 if (owner_of(de->d_name, ".json", owner)) {
                         if (st.records >= NB_SESSION_RECORDS_MAX) {
                                 st.left++;
@@ -651,9 +676,13 @@ void nb_sessions_cleanup(const char *state_dir, const NbSessionsCleanupOptions *
                                 cleanup_record(&c, owner);
                 } else if (de->d_name[0] == '.' && owner_of(de->d_name + 1, ".lock.tmp", owner)) {
                         /* an owner that died before its lock got its name */
+                        /* only an old one: a starting owner creates it, then locks it (not atomic) */
                         _cleanup_close_ int lfd =
                                 openat(c.dir_fd, de->d_name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
-                        if (lfd >= 0 && flock(lfd, LOCK_EX | LOCK_NB) == 0)
+                        struct stat sb;
+                        if (lfd >= 0 && fstat(lfd, &sb) == 0 &&
+                            time(NULL) - sb.st_mtime > NB_SESSION_LOCK_TMP_AGE_S &&
+                            flock(lfd, LOCK_EX | LOCK_NB) == 0)
                                 (void)unlinkat(c.dir_fd, de->d_name, 0);
                 }
         }

@@ -19,10 +19,11 @@
 #include "common/error.h"
 #include "registry/registry.h"
 
-#define NB_SESSIONS_DIR       "sessions"
-#define NB_SESSIONS_MAX       64 /* sessions one record holds; opening one more fails the upload */
-#define NB_SESSION_RECORD_MAX (256u * 1024) /* bytes of one record file: larger is refused as corrupt */
-#define NB_SESSION_URL_MAX    8192          /* a session's Location (or a registry URL) in a record */
+#define NB_SESSIONS_DIR           "sessions"
+#define NB_SESSION_LOCK_TMP_AGE_S 60 /* a starting owner's .lock.tmp younger than this is not cleaned up */
+#define NB_SESSIONS_MAX           64 /* sessions one record holds; opening one more fails the upload */
+#define NB_SESSION_RECORD_MAX     (256u * 1024) /* bytes of one record file: larger is refused as corrupt */
+#define NB_SESSION_URL_MAX        8192          /* a session's Location (or a registry URL) in a record */
 #define NB_SESSION_RECORDS_MAX                                                                              \
         256 /* dead owners' records one cleanup handles; the others wait for the next */
 #define NB_SESSION_RECORD_TTL_S                                                                             \
@@ -84,6 +85,9 @@ typedef struct NbSessionsCleanupOptions {
         /* Told what was done (warning false) and what failed and is kept (warning true), one line each. */
         void (*log)(void *userdata, bool warning, const char *message);
         void *userdata;
+        /* NULL, or set from another thread (a stopping daemon): the cleanup ends after the DELETE on the
+         * wire (at most REG_CANCEL_CLEANUP_TIMEOUT_S), keeping the rest for the next one */
+        const _Atomic bool *cancel;
 } NbSessionsCleanupOptions;
 
 typedef struct NbSessionsCleanupStats {

@@ -268,6 +268,13 @@ static void test_corrupt(const char *state)
         write_file(dir, "6-first.lock", "", 0);
         write_file(dir, ".6-first.json.tmp", "{", 1);
         write_file(dir, ".5-early.lock.tmp", "", 0);
+        char old[600];
+        snprintf(old, sizeof(old), "%s/.5-early.lock.tmp", dir);
+        struct timespec then[2] = {{.tv_sec = time(NULL) - NB_SESSION_LOCK_TMP_AGE_S - 10},
+                                   {.tv_sec = time(NULL) - NB_SESSION_LOCK_TMP_AGE_S - 10}};
+        ASSERT_OK(utimensat(AT_FDCWD, old, then, 0));
+        /* ... and one starting now (created, not yet locked): not touched */
+        write_file(dir, ".7-starting.lock.tmp", "", 0);
         write_file(dir, "4-live.lock", "", 0);
         char live[600];
         snprintf(live, sizeof(live), "%s/4-live.lock", dir);
@@ -287,7 +294,9 @@ static void test_corrupt(const char *state)
         ASSERT_TRUE(strstr(logged, "/sessions/2-big.json: larger than"));
         ASSERT_EQ(count_files(dir, ".json"), 1); /* the live owner's */
         ASSERT_EQ(count_files(dir, ".lock"), 1);
-        ASSERT_EQ(count_files(dir, ".tmp"), 0);
+        ASSERT_EQ(count_files(dir, ".tmp"), 1); /* the starting owner's */
+        snprintf(old, sizeof(old), "%s/.7-starting.lock.tmp", dir);
+        ASSERT_OK(unlink(old));
         close(fd);
         /* its owner gone now, the next cleanup drops the empty record */
         nb_sessions_cleanup(state, &(NbSessionsCleanupOptions){0}, &st);
@@ -321,6 +330,34 @@ static void test_tmp_fallback(const char *state)
         unlink(path);
         snprintf(path, sizeof(path), "%s/8-renaming.lock", dir);
         unlink(path);
+}
+
+/* A stopping daemon's cleanup ends early and keeps what it did not get to. */
+static void test_cleanup_cancel(const char *state)
+{
+        char dir[512], json[1024];
+        snprintf(dir, sizeof(dir), "%s/sessions", state);
+        snprintf(json, sizeof(json),
+                 "{\"version\":1,\"owner\":\"9-dead\",\"program\":\"p\",\"pid\":9,\"sessions\":[{"
+                 "\"registry\":\"%s\",\"repository\":\"ns/img\",\"url\":\"%s/v2/ns/img/blobs/uploads/"
+                 "c?_state=z\"}]}",
+                 dead_registry, dead_registry);
+        write_file(dir, "9-dead.lock", "", 0);
+        write_file(dir, "9-dead.json", json, strlen(json));
+        _Atomic bool stop = true;
+        NbSessionsCleanupStats st;
+        nb_sessions_cleanup(state, &(NbSessionsCleanupOptions){.cancel = &stop}, &st);
+        ASSERT_EQ(st.records + st.deleted + st.kept + st.dropped, 0);
+        ASSERT_EQ(count_files(dir, ".json"), 1);
+        stop = false;
+        nb_sessions_cleanup(state, &(NbSessionsCleanupOptions){.cancel = &stop}, &st);
+        ASSERT_EQ(st.records, 1);
+        ASSERT_EQ(st.kept, 1); /* the registry is down */
+        char path[600];
+        snprintf(path, sizeof(path), "%s/9-dead.json", dir);
+        ASSERT_OK(unlink(path));
+        snprintf(path, sizeof(path), "%s/9-dead.lock", dir);
+        ASSERT_OK(unlink(path));
 }
 
 static void test_delete_refuses(void)
@@ -366,6 +403,7 @@ int main(void)
         test_owner(state);
         test_corrupt(state);
         test_tmp_fallback(state);
+        test_cleanup_cancel(state);
         test_delete_refuses();
         char cmd[600];
         snprintf(cmd, sizeof(cmd), "rm -rf '%s'", state);
