@@ -771,9 +771,15 @@ static int request_retrying(RegClient *c, const RegRequest *rq, const char *auth
         }
 }
 
+/* A request meets at most: the challenge to a request sent without credentials (a client's first request),
+ * and REG_AUTH_REFUSED_MAX tokens refused (expired or revoked, e.g. while the request waited out 429s: the
+ * token is dropped and fetched again). Refused Basic credentials, a second challenge or one refusal more are
+ * final. */
 int reg_request(RegClient *c, const RegRequest *rq, RegResponse *ret, NbError *e)
 {
-        for (bool auth_retried = false;; auth_retried = true) {
+        unsigned refused = 0;
+        bool challenged = false;
+        for (;;) {
                 _cleanup_secret_ char *authz = NULL;
                 int r = auth_header(c, rq, &authz, e);
                 if (r < 0)
@@ -789,8 +795,9 @@ int reg_request(RegClient *c, const RegRequest *rq, RegResponse *ret, NbError *e
                         resp = (RegResponse){0};
                         return 0;
                 }
-                if (auth_retried)
+                if (authz ? c->auth == REG_AUTH_BASIC || refused++ == REG_AUTH_REFUSED_MAX : challenged)
                         return auth_refused(c, rq, &resp, e);
+                challenged = challenged || !authz;
                 r = handle_401(c, rq, &resp, authz != NULL, e);
                 if (r < 0)
                         return r;

@@ -34,6 +34,7 @@
 #define REG_HEADER_MAX            8192   /* one response header value kept */
 #define REG_URL_MAX               8192   /* URLs built or resolved */
 #define REG_TOKENS_MAX            16     /* cached tokens (one per scope) */
+#define REG_AUTH_REFUSED_MAX      1      /* tokens a request has refused and fetches again */
 #define REG_TOKEN_EXPIRY_MIN_S    60     /* expires_in default and floor */
 #define REG_AUTHFILE_MAX          (4u * 1024 * 1024) /* auth.json / config.json */
 #define REG_CREDENTIAL_MAX        8192               /* one username, password or token */

@@ -320,6 +320,20 @@ if case_wanted token-expiry; then
         'contiguous() and not [e for e in L if e["method"] == "DELETE" or (e["method"] == "GET" and "/blobs/uploads/" in e["path"])]'
 fi
 
+if case_wanted token-expiry-first; then
+    # the token of a client's first request is refused as expired (it can expire while that request waits out
+    # 429s): the 401 to the challenge-less first attempt must not count as the refusal
+    faults '{"bearer": true, "rules": [{"id": "exp1", "path": "^/v2/.", "nth": 1, "action": "expire_token"}]}'
+    save_case token-expiry-first
+    expect_ok
+    pcheck "challenged, a token, refused as expired, a new token, the same request sent again with it" \
+        'L[0]["status"] == 401 and L[0]["auth"] is None and L[1]["path"].startswith("/__token") and
+         L[2]["rule"] == "exp1" and (L[2]["method"], L[2]["path"]) == (L[0]["method"], L[0]["path"]) and
+         L[3]["path"].startswith("/__token") and (L[4]["method"], L[4]["path"]) == (L[0]["method"], L[0]["path"]) and
+         L[4]["token"] == L[2]["token"] + 1 and L[4]["status"] != 401'
+    pcheck "no other 401" 'len([e for e in L if e["status"] == 401]) == 2'
+fi
+
 if case_wanted 401-no-challenge; then
     faults '{"rules": [{"id": "nc", "method": "PATCH", "nth": 3, "count": 0, "action": "status", "status": 401,
         "headers": {"Content-Type": "application/json"},
