@@ -53,7 +53,8 @@ A RULE matches requests by "method" (default any), "path" (a regex searched in p
     {"action": "corrupt", "at": N}                forward with the body byte at N (default: the middle) flipped
     {"action": "mount202"}                        POST ?mount=: forward without the query (a plain new session)
     {"action": "expire_token"}                    bearer mode: a new token generation; 401 invalid_token
-Each request is logged as one JSON line: t, seq, listener, method, path, auth ("Bearer"/"Basic"/null), token
+Each request is logged as one JSON line: t, seq, conn (the client connection's serial number, from 1: the
+requests of one connection come from one client), listener, method, path, auth ("Bearer"/"Basic"/null), token
 (generation of a bearer token, or null), content_range, len (body bytes received), rule, action, status
 (what the client got: a number, "reset", "closed"), forwarded (body bytes sent upstream), upstream (status).
 """
@@ -87,6 +88,7 @@ class State:
         self.rules_gen = 0
         self.generation = 1
         self.seq = 0
+        self.conns = 0
         self.log = open(args.log, "a", buffering=1)
         up = urllib.parse.urlsplit(args.upstream)
         self.upstream = (up.hostname, up.port or 80)
@@ -141,6 +143,12 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
     def log_message(self, fmt, *args):
         pass
+
+    def setup(self):
+        super().setup()
+        with STATE.lock:
+            STATE.conns += 1
+            self.conn_id = STATE.conns
 
     def handle(self):
         try:
@@ -287,7 +295,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
     def serve(self):
         auth = self.headers.get("Authorization")
-        entry = {"listener": self.listener, "method": self.command, "path": self.path,
+        entry = {"conn": self.conn_id, "listener": self.listener, "method": self.command, "path": self.path,
                  "auth": auth.split(" ", 1)[0] if auth else None, "token": self.token_gen(),
                  "content_range": self.headers.get("Content-Range"), "rule": None, "action": None,
                  "forwarded": 0, "upstream": None, "status": None}

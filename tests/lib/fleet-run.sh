@@ -9,12 +9,15 @@
 #       DIR/nb/I/state), then writes each one's change: 1-4 MiB of random bytes (distinct per notebook) in
 #       /opt/fleet/nbI/big.bin plus FLEET_SMALL_FILES small files, and a line appended to /opt/t/modify.txt.
 #       Sets FLEET_RUN_DIR, FLEET_RUN_N, FLEET_BASE_DIGESTS (the base's layer digests, array).
-#   fleet_run_saves [--kill-after S] [--down S2] [--freeze F]
+#   fleet_run_saves [--kill-after S] [--down S2] [--freeze F] [--registry URL] [--authfile FILE]
 #       all N `nbsnap save --namespace fleet --name nbI --tag v1` at once (each waits for one start file), in
 #       the background; replica 1 is SIGKILLed once a quarter of the saves have opened their upload session
 #       (POST answered 202 in the access log) or S seconds (default 3) after the start, whichever comes first
 #       and restarted S2 (default 3) seconds later (--kill-after 0: no kill). --freeze F: the replica is frozen
-#       (SIGSTOP) for F s before the SIGKILL, so that it dies with requests in flight (default 0: a plain SIGKILL). Waits for all saves. Per notebook: DIR/nb/I/save.{out,err,rc}.
+#       (SIGSTOP) for F s before the SIGKILL, so that it dies with requests in flight (default 0: a plain
+#       SIGKILL). --registry URL: the saves talk to URL instead of the balancer (e.g. an auth proxy in front of
+#       it); --authfile FILE: passed on to `nbsnap save`. Waits for all saves. Per notebook:
+#       DIR/nb/I/save.{out,err,rc}.
 #       Sets FLEET_SAVE_WALL (seconds, from the start to the last save's end), FLEET_LOG_START and FLEET_LOG_END
 #       (the access log's line marks around the saves), FLEET_SAVES_OK (saves that exited 0 and printed ACTIVE).
 #   fleet_run_analyze OUT.json
@@ -78,12 +81,14 @@ fleet_run_setup() {
 }
 
 fleet_run_saves() {
-    local kill_after=3 down=3 freeze=0 i nb pids=() t0 t1 go=$FLEET_RUN_DIR/go killer=''
+    local kill_after=3 down=3 freeze=0 i nb pids=() t0 t1 go=$FLEET_RUN_DIR/go killer='' registry=$FLEET_URL auth=()
     while (($#)); do
         case $1 in
         --kill-after) kill_after=${2:?}; shift 2 ;;
         --down) down=${2:?}; shift 2 ;;
         --freeze) freeze=${2:?}; shift 2 ;;
+        --registry) registry=${2:?}; shift 2 ;;
+        --authfile) auth=(--authfile "${2:?}"); shift 2 ;;
         *) note "fleet_run_saves: unknown argument '$1'"; return 1 ;;
         esac
     done
@@ -95,7 +100,7 @@ fleet_run_saves() {
             while [[ ! -e $go ]]; do sleep 0.01; done
             rc=0
             timeout "${NBSNAP_TIMEOUT:-900}" "$NBSNAP" save --root "$nb/merged" --state-dir "$nb/state" \
-                --registry "$FLEET_URL" --base-image "$FLEET_BASE_REF" --namespace fleet --name "nb$i" --tag v1 \
+                --registry "$registry" "${auth[@]}" --base-image "$FLEET_BASE_REF" --namespace fleet --name "nb$i" --tag v1 \
                 >"$nb/save.out" 2>"$nb/save.err" || rc=$?
             echo "$rc" >"$nb/save.rc"
         ) &
